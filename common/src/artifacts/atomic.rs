@@ -1,0 +1,96 @@
+//! Atomic file writes: a temporary file in the same folder, synced, then
+//! renamed over the target. A stage killed at any moment leaves either the
+//! old file or the new one, never half of one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::ArtifactError;
+
+/// Every temporary file name ends with this.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact");
+    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}-{unique}{TEMP_SUFFIX}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically, creating parent folders.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ArtifactError::new(parent, format!("cannot create folder: {e}")))?;
+    }
+    let temp = temp_path(path);
+    let result = (|| -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&temp);
+        return Err(ArtifactError::new(path, format!("cannot write: {e}")));
+    }
+    Ok(())
+}
+
+/// Removes temporary files left in `dir` by processes that no longer run
+/// (a killed stage). Files of live processes are left alone, so two stages
+/// working in one folder do not disturb each other.
+pub fn remove_stale_temporaries(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with('.') && name.ends_with(TEMP_SUFFIX)) {
+            continue;
+        }
+        let pid = name
+            .trim_end_matches(TEMP_SUFFIX)
+            .rsplit('.')
+            .next()
+            .and_then(|tail| tail.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        let alive = match pid {
+            Some(p) if p == std::process::id() => true,
+            Some(p) => Path::new(&format!("/proc/{p}")).exists(),
+            None => false,
+        };
+        if !alive {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_replace_and_clean_up() {
+        let dir = std::env::temp_dir().join(format!("atomic-{}", std::process::id()));
+        let path = dir.join("sub/file.bin");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.join("sub")).unwrap().collect();
+        assert_eq!(leftovers.len(), 1);
+        let stale = dir.join("sub/.file.bin.999999999-0.tmp");
+        std::fs::write(&stale, b"half").unwrap();
+        assert_eq!(remove_stale_temporaries(&dir.join("sub")).unwrap(), 1);
+        assert!(!stale.exists());
+        assert!(path.exists());
+    }
+}

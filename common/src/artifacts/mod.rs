@@ -1,0 +1,31 @@
+//! Files shared between the stages: where they live, how they are written
+//! (atomically), what produced them (fingerprints), and their formats
+//! (safetensors for tensors, Parquet for tables).
+
+mod atomic;
+mod fingerprint;
+mod layout;
+mod tables;
+mod tensors;
+
+pub use atomic::{remove_stale_temporaries, write_atomic, TEMP_SUFFIX};
+pub use fingerprint::{fingerprint, read_stamp, stamp_path, write_stamp, Fingerprinter};
+pub use layout::{step_name, RunLayout};
+pub use tables::{read_parquet, write_parquet};
+pub use tensors::{read_tensors, write_tensors, TensorData, TensorFile};
+
+use std::path::{Path, PathBuf};
+
+/// An artifact could not be read or written; the message names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct ArtifactError {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+impl ArtifactError {
+    pub fn new(path: &Path, problem: impl std::fmt::Display) -> Self {
+        Self { path: path.to_path_buf(), problem: problem.to_string() }
+    }
+}

@@ -1,0 +1,198 @@
+//! safetensors files: checkpoints, resume state and attribution maps.
+//!
+//! Files are encoded here rather than with `safetensors::serialize`, whose
+//! header writes `__metadata__` from a `HashMap` in random order; the same
+//! content must give the same bytes. Reading goes through the safetensors
+//! crate, which validates the header and offsets.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+
+use super::{write_atomic, ArtifactError};
+
+/// One tensor's values.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    F32 { shape: Vec<usize>, data: Vec<f32> },
+    I64 { shape: Vec<usize>, data: Vec<i64> },
+}
+
+impl TensorData {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            TensorData::F32 { shape, .. } | TensorData::I64 { shape, .. } => shape,
+        }
+    }
+
+    fn dtype_name(&self) -> &'static str {
+        match self {
+            TensorData::F32 { .. } => "F32",
+            TensorData::I64 { .. } => "I64",
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            TensorData::F32 { data, .. } => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            TensorData::I64 { data, .. } => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// The content of a safetensors file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TensorFile {
+    pub metadata: BTreeMap<String, String>,
+    pub tensors: BTreeMap<String, TensorData>,
+}
+
+impl TensorFile {
+    /// A metadata value, or an error naming the file and the key.
+    pub fn meta(&self, path: &Path, key: &str) -> Result<&str, ArtifactError> {
+        self.metadata.get(key).map(|s| s.as_str()).ok_or_else(|| ArtifactError::new(path, format!("metadata `{key}` is missing")))
+    }
+
+    /// An f32 tensor with the expected shape (`None` in `expected` matches any
+    /// extent), or an error naming the tensor and the shape.
+    pub fn f32(&self, path: &Path, name: &str, expected: &[Option<usize>]) -> Result<(&[usize], &[f32]), ArtifactError> {
+        match self.tensors.get(name) {
+            Some(TensorData::F32 { shape, data }) if shape_matches(shape, expected) => Ok((shape, data)),
+            Some(other) => Err(shape_error(path, name, "F32", other, expected)),
+            None => Err(ArtifactError::new(path, format!("tensor `{name}` is missing"))),
+        }
+    }
+
+    pub fn i64(&self, path: &Path, name: &str, expected: &[Option<usize>]) -> Result<(&[usize], &[i64]), ArtifactError> {
+        match self.tensors.get(name) {
+            Some(TensorData::I64 { shape, data }) if shape_matches(shape, expected) => Ok((shape, data)),
+            Some(other) => Err(shape_error(path, name, "I64", other, expected)),
+            None => Err(ArtifactError::new(path, format!("tensor `{name}` is missing"))),
+        }
+    }
+}
+
+fn shape_matches(shape: &[usize], expected: &[Option<usize>]) -> bool {
+    shape.len() == expected.len() && shape.iter().zip(expected).all(|(s, e)| e.map_or(true, |e| e == *s))
+}
+
+fn shape_error(path: &Path, name: &str, dtype: &str, found: &TensorData, expected: &[Option<usize>]) -> ArtifactError {
+    let want: Vec<String> = expected.iter().map(|e| e.map_or("*".to_string(), |v| v.to_string())).collect();
+    ArtifactError::new(
+        path,
+        format!(
+            "tensor `{name}` is {} {:?}, expected {dtype} [{}]",
+            found.dtype_name(),
+            found.shape(),
+            want.join(", ")
+        ),
+    )
+}
+
+/// Encodes tensors and metadata; tensors are laid out in name order.
+pub fn encode(file: &TensorFile) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    if !file.metadata.is_empty() {
+        let meta: serde_json::Map<String, serde_json::Value> =
+            file.metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        header.insert("__metadata__".into(), serde_json::Value::Object(meta));
+    }
+    let mut payload = Vec::new();
+    for (name, tensor) in &file.tensors {
+        let bytes = tensor.bytes();
+        let info = serde_json::json!({
+            "dtype": tensor.dtype_name(),
+            "shape": tensor.shape(),
+            "data_offsets": [payload.len(), payload.len() + bytes.len()],
+        });
+        header.insert(name.clone(), info);
+        payload.extend_from_slice(&bytes);
+    }
+    // serde_json's Map is a BTreeMap here (no `preserve_order`): keys sorted.
+    let mut header_bytes = serde_json::to_vec(&serde_json::Value::Object(header)).expect("JSON header");
+    while header_bytes.len() % 8 != 0 {
+        header_bytes.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + header_bytes.len() + payload.len());
+    out.extend_from_slice(&(header_bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header_bytes);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Writes a safetensors file atomically.
+pub fn write_tensors(path: &Path, file: &TensorFile) -> Result<(), ArtifactError> {
+    write_atomic(path, &encode(file))
+}
+
+/// Decodes safetensors bytes; errors name `path`.
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<TensorFile, ArtifactError> {
+    let bad = |e: &dyn std::fmt::Display| ArtifactError::new(path, format!("not a valid safetensors file ({e})"));
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(&e))?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| bad(&e))?;
+    let mut file = TensorFile {
+        metadata: header.metadata().clone().unwrap_or_default().into_iter().collect(),
+        tensors: BTreeMap::new(),
+    };
+    for (name, view) in tensors.tensors() {
+        let shape = view.shape().to_vec();
+        let data = view.data();
+        let tensor = match view.dtype() {
+            Dtype::F32 => TensorData::F32 {
+                shape,
+                data: data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            },
+            Dtype::I64 => TensorData::I64 {
+                shape,
+                data: data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            },
+            other => return Err(ArtifactError::new(path, format!("tensor `{name}` has unsupported dtype {other:?}"))),
+        };
+        file.tensors.insert(name, tensor);
+    }
+    Ok(file)
+}
+
+/// Reads a safetensors file; a missing, truncated or corrupt file is an
+/// error naming it.
+pub fn read_tensors(path: &Path) -> Result<TensorFile, ArtifactError> {
+    let bytes = std::fs::read(path).map_err(|e| ArtifactError::new(path, format!("cannot read: {e}")))?;
+    decode(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> TensorFile {
+        let mut file = TensorFile::default();
+        for (k, v) in [("run", "a"), ("step", "3"), ("model", "simple"), ("fingerprint", "ff")] {
+            file.metadata.insert(k.into(), v.into());
+        }
+        file.tensors.insert("w".into(), TensorData::F32 { shape: vec![2, 3], data: vec![1.0, -2.0, 3.5, 0.0, 5.0, 6.0] });
+        file.tensors.insert("ids".into(), TensorData::I64 { shape: vec![2], data: vec![7, -1] });
+        file
+    }
+
+    #[test]
+    fn round_trips_and_is_byte_stable() {
+        let file = sample();
+        let bytes = encode(&file);
+        assert_eq!(bytes, encode(&file.clone()));
+        assert_eq!(decode(Path::new("x"), &bytes).unwrap(), file);
+    }
+
+    #[test]
+    fn truncated_or_garbage_files_are_named_errors() {
+        let bytes = encode(&sample());
+        for bad in [&bytes[..bytes.len() - 3], &bytes[..5], b"garbage garbage garbage"] {
+            let err = decode(Path::new("ckpt.safetensors"), bad).unwrap_err().to_string();
+            assert!(err.starts_with("ckpt.safetensors: not a valid safetensors file"), "{err}");
+        }
+        let file = sample();
+        let err = file.f32(Path::new("f"), "w", &[Some(3), None]).unwrap_err().to_string();
+        assert!(err.contains("tensor `w` is F32 [2, 3], expected F32 [3, *]"), "{err}");
+        assert!(file.meta(Path::new("f"), "epoch").unwrap_err().to_string().contains("`epoch` is missing"));
+    }
+}

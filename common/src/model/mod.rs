@@ -1,0 +1,495 @@
+//! The paper's CNNs as plain layer structs, with the layer names and weight
+//! layouts of the reference PyTorch modules (see DESIGN: checkpoints).
+//!
+//! The layers hold their parameters as plain `Vec<f32>`; the same model runs
+//! plain (`forward`, `forward_trace`: evaluation, LRP, Grad-CAM) or on dfdx's
+//! autodiff tape (`training::loss_and_gradients`).
+
+pub mod kernels;
+mod tape_ops;
+pub mod training;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::ImageShape;
+use crate::rng::Rng;
+pub use kernels::{ConvGeometry, PoolGeometry};
+
+/// Which of the paper's two architectures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// Two 5x5 convolutions (16, 32 channels), each followed by ReLU and a
+    /// 2x2 max-pool, then one dense layer.
+    Simple,
+    /// Six 3x3 'same' convolutions (32, 32, 64, 64, 128, 128) with 2x2
+    /// max-pools after the 2nd, 4th and 6th, then dense 1024 + ReLU, dense.
+    Complex,
+}
+
+impl ModelKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelKind::Simple => "simple",
+            ModelKind::Complex => "complex",
+        }
+    }
+}
+
+/// Shape of an activation of one image: a stack of planes or a flat vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationShape {
+    Planes { channels: usize, height: usize, width: usize },
+    Flat(usize),
+}
+
+impl ActivationShape {
+    pub fn len(&self) -> usize {
+        match *self {
+            ActivationShape::Planes { channels, height, width } => channels * height * width,
+            ActivationShape::Flat(n) => n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A convolution with stride 1 and symmetric zero padding; weight
+/// `[out, in, k, k]`, bias `[out]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2d {
+    pub name: String,
+    pub geometry: ConvGeometry,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// A fully connected layer; weight `[out, in]`, bias `[out]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dense {
+    pub name: String,
+    pub inputs: usize,
+    pub outputs: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// One step of the sequential network.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Layer {
+    Conv(Conv2d),
+    Relu,
+    MaxPool(PoolGeometry),
+    Flatten,
+    Dense(Dense),
+}
+
+impl Layer {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Layer::Conv(_) => "conv",
+            Layer::Relu => "relu",
+            Layer::MaxPool(_) => "max-pool",
+            Layer::Flatten => "flatten",
+            Layer::Dense(_) => "dense",
+        }
+    }
+}
+
+/// A named parameter tensor as stored in checkpoints.
+pub struct ParameterRef<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: &'a [f32],
+}
+
+/// A model's parameters could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("tensor `{name}` is missing")]
+    Missing { name: String },
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    Shape { name: String, found: Vec<usize>, expected: Vec<usize> },
+    #[error("unexpected tensor `{name}` (not a parameter of the {model} model)")]
+    Unexpected { name: String, model: &'static str },
+    #[error("input of {found} floats is not a whole number of {shape} images")]
+    Input { found: usize, shape: ImageShape },
+}
+
+/// The output of every layer for a batch, kept for relevance and gradient
+/// passes. `outputs[i]` is the output of `layers[i]`; the input is separate.
+pub struct Trace {
+    pub batch: usize,
+    pub input: Vec<f32>,
+    pub outputs: Vec<Vec<f32>>,
+    /// For max-pool layers, the winning input of each window.
+    pub argmax: Vec<Option<Vec<u32>>>,
+}
+
+impl Trace {
+    /// The input of layer `i`.
+    pub fn layer_input(&self, i: usize) -> &[f32] {
+        if i == 0 {
+            &self.input
+        } else {
+            &self.outputs[i - 1]
+        }
+    }
+
+    pub fn logits(&self) -> &[f32] {
+        self.outputs.last().map(|v| v.as_slice()).unwrap_or(&self.input)
+    }
+}
+
+/// A sequential CNN for one input shape and ten classes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub kind: ModelKind,
+    pub input: ImageShape,
+    pub classes: usize,
+    pub layers: Vec<Layer>,
+}
+
+struct Builder {
+    layers: Vec<Layer>,
+    shape: ActivationShape,
+    index: usize,
+}
+
+impl Builder {
+    fn conv(mut self, out_channels: usize, kernel: usize) -> Self {
+        let ActivationShape::Planes { channels, height, width } = self.shape else { unreachable!("conv after flatten") };
+        let geometry = ConvGeometry { in_channels: channels, out_channels, kernel, padding: kernel / 2, height, width };
+        self.shape = ActivationShape::Planes { channels: out_channels, height: geometry.out_height(), width: geometry.out_width() };
+        let name = format!("features_conv.{}", self.index);
+        self.push(Layer::Conv(Conv2d {
+            name,
+            geometry,
+            weight: vec![0.0; geometry.weight_len()],
+            bias: vec![0.0; out_channels],
+        }))
+    }
+
+    fn relu(self) -> Self {
+        self.push(Layer::Relu)
+    }
+
+    fn pool(mut self) -> Self {
+        let ActivationShape::Planes { channels, height, width } = self.shape else { unreachable!("pool after flatten") };
+        let geometry = PoolGeometry { channels, height, width };
+        self.shape = ActivationShape::Planes { channels, height: geometry.out_height(), width: geometry.out_width() };
+        self.push(Layer::MaxPool(geometry))
+    }
+
+    fn flatten(mut self) -> Self {
+        self.shape = ActivationShape::Flat(self.shape.len());
+        self.push(Layer::Flatten)
+    }
+
+    fn dense(mut self, name: &str, outputs: usize) -> Self {
+        let inputs = self.shape.len();
+        self.shape = ActivationShape::Flat(outputs);
+        self.layers.push(Layer::Dense(Dense {
+            name: name.to_string(),
+            inputs,
+            outputs,
+            weight: vec![0.0; inputs * outputs],
+            bias: vec![0.0; outputs],
+        }));
+        self
+    }
+
+    fn push(mut self, layer: Layer) -> Self {
+        self.layers.push(layer);
+        self.index += 1;
+        self
+    }
+}
+
+impl Model {
+    /// The architecture with all parameters zero; see [`Model::initialized`].
+    pub fn zeros(kind: ModelKind, input: ImageShape, classes: usize) -> Self {
+        let b = Builder {
+            layers: Vec::new(),
+            shape: ActivationShape::Planes { channels: input.channels, height: input.height, width: input.width },
+            index: 0,
+        };
+        let b = match kind {
+            ModelKind::Simple => {
+                b.conv(16, 5).relu().pool().conv(32, 5).relu().pool().flatten().dense("fc1", classes)
+            }
+            ModelKind::Complex => b
+                .conv(32, 3)
+                .relu()
+                .conv(32, 3)
+                .relu()
+                .pool()
+                .conv(64, 3)
+                .relu()
+                .conv(64, 3)
+                .relu()
+                .pool()
+                .conv(128, 3)
+                .relu()
+                .conv(128, 3)
+                .relu()
+                .pool()
+                .flatten()
+                .dense("fc1", 1024)
+                .relu()
+                .dense("fc2", classes),
+        };
+        Model { kind, input, classes, layers: b.layers }
+    }
+
+    /// PyTorch's default initialisation: weights and biases uniform in
+    /// ±1/sqrt(fan_in), drawn in parameter order from `seed`.
+    pub fn initialized(kind: ModelKind, input: ImageShape, classes: usize, seed: u64) -> Self {
+        let mut model = Self::zeros(kind, input, classes);
+        let mut rng = Rng::for_purpose(seed, "init");
+        for layer in &mut model.layers {
+            let (fan_in, weight, bias) = match layer {
+                Layer::Conv(c) => (c.geometry.patch_len(), &mut c.weight, &mut c.bias),
+                Layer::Dense(d) => (d.inputs, &mut d.weight, &mut d.bias),
+                _ => continue,
+            };
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            for v in weight.iter_mut().chain(bias.iter_mut()) {
+                *v = rng.uniform(-bound, bound);
+            }
+        }
+        model
+    }
+
+    /// The shape of each layer's output for one image.
+    pub fn activation_shapes(&self) -> Vec<ActivationShape> {
+        let mut shape = ActivationShape::Planes { channels: self.input.channels, height: self.input.height, width: self.input.width };
+        self.layers
+            .iter()
+            .map(|layer| {
+                shape = match (layer, shape) {
+                    (Layer::Conv(c), _) => ActivationShape::Planes {
+                        channels: c.geometry.out_channels,
+                        height: c.geometry.out_height(),
+                        width: c.geometry.out_width(),
+                    },
+                    (Layer::MaxPool(p), _) => {
+                        ActivationShape::Planes { channels: p.channels, height: p.out_height(), width: p.out_width() }
+                    }
+                    (Layer::Flatten, s) => ActivationShape::Flat(s.len()),
+                    (Layer::Dense(d), _) => ActivationShape::Flat(d.outputs),
+                    (Layer::Relu, s) => s,
+                };
+                shape
+            })
+            .collect()
+    }
+
+    /// Parameters in checkpoint order with their PyTorch names and shapes.
+    pub fn parameters(&self) -> Vec<ParameterRef<'_>> {
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            match layer {
+                Layer::Conv(c) => {
+                    let g = c.geometry;
+                    out.push(ParameterRef {
+                        name: format!("{}.weight", c.name),
+                        shape: vec![g.out_channels, g.in_channels, g.kernel, g.kernel],
+                        data: &c.weight,
+                    });
+                    out.push(ParameterRef { name: format!("{}.bias", c.name), shape: vec![g.out_channels], data: &c.bias });
+                }
+                Layer::Dense(d) => {
+                    out.push(ParameterRef { name: format!("{}.weight", d.name), shape: vec![d.outputs, d.inputs], data: &d.weight });
+                    out.push(ParameterRef { name: format!("{}.bias", d.name), shape: vec![d.outputs], data: &d.bias });
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Mutable parameter buffers in the order of [`Model::parameters`].
+    pub fn parameters_mut(&mut self) -> Vec<&mut Vec<f32>> {
+        let mut out = Vec::new();
+        for layer in &mut self.layers {
+            match layer {
+                Layer::Conv(c) => out.extend([&mut c.weight, &mut c.bias]),
+                Layer::Dense(d) => out.extend([&mut d.weight, &mut d.bias]),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Sets every parameter from `tensors` (name → (shape, data)), checking
+    /// that each exists with the expected shape and nothing else is there.
+    pub fn load_parameters(&mut self, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<(), ModelError> {
+        let expected: Vec<(String, Vec<usize>)> = self.parameters().into_iter().map(|p| (p.name, p.shape)).collect();
+        if let Some(name) = tensors.keys().find(|k| !expected.iter().any(|(n, _)| n == *k)) {
+            return Err(ModelError::Unexpected { name: name.clone(), model: self.kind.name() });
+        }
+        for ((name, shape), buffer) in expected.into_iter().zip(self.parameters_mut()) {
+            let (found, data) = tensors.get(&name).ok_or_else(|| ModelError::Missing { name: name.clone() })?;
+            if *found != shape || data.len() != shape.iter().product::<usize>() {
+                return Err(ModelError::Shape { name, found: found.clone(), expected: shape });
+            }
+            buffer.clone_from(data);
+        }
+        Ok(())
+    }
+
+    fn check_input(&self, x: &[f32]) -> Result<usize, ModelError> {
+        let n = self.input.len();
+        if x.is_empty() || x.len() % n != 0 {
+            return Err(ModelError::Input { found: x.len(), shape: self.input });
+        }
+        Ok(x.len() / n)
+    }
+
+    /// Runs the network on normalised images (N·C·H·W) and keeps every
+    /// layer's output.
+    pub fn forward_trace(&self, x: &[f32]) -> Result<Trace, ModelError> {
+        let batch = self.check_input(x)?;
+        let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
+        let mut argmax = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let input = outputs.last().map(|v| v.as_slice()).unwrap_or(x);
+            let (out, arg) = apply_layer(layer, input);
+            outputs.push(out);
+            argmax.push(arg);
+        }
+        Ok(Trace { batch, input: x.to_vec(), outputs, argmax })
+    }
+
+    /// Logits (N·classes) of normalised images, keeping no intermediates.
+    pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>, ModelError> {
+        self.check_input(x)?;
+        let mut current: Option<Vec<f32>> = None;
+        for layer in &self.layers {
+            let input = current.as_deref().unwrap_or(x);
+            current = Some(apply_layer(layer, input).0);
+        }
+        Ok(current.unwrap_or_else(|| x.to_vec()))
+    }
+}
+
+fn apply_layer(layer: &Layer, input: &[f32]) -> (Vec<f32>, Option<Vec<u32>>) {
+    match layer {
+        Layer::Conv(c) => (kernels::conv2d_forward(input, &c.geometry, &c.weight, Some(&c.bias)), None),
+        Layer::Relu => (input.iter().map(|&v| v.max(0.0)).collect(), None),
+        Layer::MaxPool(g) => {
+            let (y, arg) = kernels::maxpool2x2_forward(input, g);
+            (y, Some(arg))
+        }
+        Layer::Flatten => (input.to_vec(), None),
+        Layer::Dense(d) => (kernels::dense_forward(input, d.inputs, &d.weight, Some(&d.bias)), None),
+    }
+}
+
+/// Mean cross-entropy and the number of correct argmax predictions.
+pub fn cross_entropy_and_correct(logits: &[f32], labels: &[u8], classes: usize) -> (f64, usize) {
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    for (row, &label) in logits.chunks(classes).zip(labels) {
+        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+        loss += log_sum - row[label as usize] as f64;
+        if argmax(row) == label as usize {
+            correct += 1;
+        }
+    }
+    (loss / labels.len().max(1) as f64, correct)
+}
+
+/// Index of the first maximum.
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_names_and_shapes_follow_the_reference_modules() {
+        let simple = Model::zeros(ModelKind::Simple, ImageShape::GRAY_28, 10);
+        let names: Vec<(String, Vec<usize>)> = simple.parameters().into_iter().map(|p| (p.name, p.shape)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("features_conv.0.weight".into(), vec![16, 1, 5, 5]),
+                ("features_conv.0.bias".into(), vec![16]),
+                ("features_conv.3.weight".into(), vec![32, 16, 5, 5]),
+                ("features_conv.3.bias".into(), vec![32]),
+                ("fc1.weight".into(), vec![10, 32 * 7 * 7]),
+                ("fc1.bias".into(), vec![10]),
+            ]
+        );
+        let complex = Model::zeros(ModelKind::Complex, ImageShape::RGB_32, 10);
+        let names: Vec<(String, Vec<usize>)> = complex.parameters().into_iter().map(|p| (p.name, p.shape)).collect();
+        let convs: Vec<&str> = names.iter().filter(|(n, _)| n.ends_with("weight")).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            convs,
+            vec![
+                "features_conv.0.weight",
+                "features_conv.2.weight",
+                "features_conv.5.weight",
+                "features_conv.7.weight",
+                "features_conv.10.weight",
+                "features_conv.12.weight",
+                "fc1.weight",
+                "fc2.weight"
+            ]
+        );
+        assert!(names.contains(&("fc1.weight".into(), vec![1024, 128 * 4 * 4])));
+        assert!(names.contains(&("features_conv.12.weight".into(), vec![128, 128, 3, 3])));
+        let fmnist_complex = Model::zeros(ModelKind::Complex, ImageShape::GRAY_28, 10);
+        assert_eq!(fmnist_complex.activation_shapes().last(), Some(&ActivationShape::Flat(10)));
+        assert!(fmnist_complex.parameters().iter().any(|p| p.name == "fc1.weight" && p.shape == vec![1024, 128 * 3 * 3]));
+    }
+
+    #[test]
+    fn loading_checks_names_and_shapes() {
+        let source = Model::initialized(ModelKind::Simple, ImageShape::GRAY_28, 10, 3);
+        let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> =
+            source.parameters().into_iter().map(|p| (p.name, (p.shape, p.data.to_vec()))).collect();
+        let mut target = Model::zeros(ModelKind::Simple, ImageShape::GRAY_28, 10);
+        target.load_parameters(&tensors).unwrap();
+        assert_eq!(target, source);
+        tensors.get_mut("fc1.bias").unwrap().0 = vec![11];
+        let err = target.load_parameters(&tensors).unwrap_err().to_string();
+        assert!(err.contains("fc1.bias") && err.contains("[10]"), "{err}");
+        tensors.remove("fc1.bias");
+        assert!(target.load_parameters(&tensors).unwrap_err().to_string().contains("`fc1.bias` is missing"));
+    }
+
+    #[test]
+    fn forward_and_trace_agree_and_reject_bad_input() {
+        let model = Model::initialized(ModelKind::Complex, ImageShape::GRAY_28, 10, 1);
+        let mut rng = Rng::new(2);
+        let x: Vec<f32> = (0..3 * 784).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let trace = model.forward_trace(&x).unwrap();
+        assert_eq!(trace.logits(), &model.forward(&x).unwrap()[..]);
+        assert_eq!(trace.logits().len(), 30);
+        assert!(model.forward(&x[..100]).is_err());
+    }
+
+    #[test]
+    fn cross_entropy_by_hand() {
+        let (loss, correct) = cross_entropy_and_correct(&[0.0, 0.0, 2.0, 1.0], &[1, 0], 2);
+        let expected = ((2.0f64.ln()) + (1.0 + (-1.0f64).exp()).ln()) / 2.0;
+        assert!((loss - expected).abs() < 1e-9);
+        assert_eq!(correct, 1);
+    }
+}

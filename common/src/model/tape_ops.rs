@@ -1,0 +1,74 @@
+//! The project's convolution and max-pool kernels as operations on dfdx's
+//! autodiff tape.
+//!
+//! dfdx 0.13 gates its own Conv2D and pooling behind the `nightly` feature,
+//! which does not build on a stable toolchain. These ops run our kernels in
+//! the forward pass and register the matching backward pass with the public
+//! `Tape::add_backward_op` and `Gradients::get_or_alloc_mut`.
+
+use dfdx::prelude::{Cpu, HasShape, PutTape, SplitTape, Tape, Tensor, TensorFromVec};
+
+use super::kernels::{self, ConvGeometry, PoolGeometry};
+
+/// Activations of a batch of images: (batch, channels, height, width).
+pub(crate) type Planes<T> = Tensor<(usize, usize, usize, usize), f32, Cpu, T>;
+/// A flat parameter tensor.
+pub(crate) type Flat = Tensor<(usize,), f32, Cpu>;
+
+fn add_into(dst: &mut [f32], delta: &[f32]) {
+    for (a, b) in dst.iter_mut().zip(delta) {
+        *a += b;
+    }
+}
+
+/// Convolution of `x` with the flat `weight` and `bias` tensors. Gradients
+/// flow to the weight and bias, and to `x` when `input_gradient` is set (the
+/// first layer's input, the image, needs none).
+pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
+    dev: &Cpu,
+    x: Planes<T>,
+    geometry: ConvGeometry,
+    weight: &Flat,
+    bias: &Flat,
+    input_gradient: bool,
+) -> Planes<T> {
+    let (x, mut tape) = x.split_tape();
+    let batch = x.shape().0;
+    let x_data = x.as_vec();
+    let w_data = weight.as_vec();
+    let y = kernels::conv2d_forward(&x_data, &geometry, &w_data, Some(&bias.as_vec()));
+    let out = dev.tensor_from_vec(y, (batch, geometry.out_channels, geometry.out_height(), geometry.out_width()));
+    let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
+    tape.add_backward_op(move |grads| {
+        // The output gradient is moved out while input gradients are
+        // written, then put back.
+        let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
+        let (dw, db) = kernels::conv2d_backward_params(&x_data, &dy, &geometry);
+        add_into(grads.get_or_alloc_mut(&w_ghost)?, &dw);
+        add_into(grads.get_or_alloc_mut(&b_ghost)?, &db);
+        if input_gradient {
+            let dx = kernels::conv2d_backward_input(&dy, &geometry, &w_data);
+            add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
+        }
+        **grads.get_or_alloc_mut(&out_ghost)? = dy;
+        Ok(())
+    });
+    out.put_tape(tape)
+}
+
+/// 2x2, stride-2 max-pool.
+pub(crate) fn maxpool2x2<T: Tape<f32, Cpu>>(dev: &Cpu, x: Planes<T>, geometry: PoolGeometry) -> Planes<T> {
+    let (x, mut tape) = x.split_tape();
+    let batch = x.shape().0;
+    let (y, argmax) = kernels::maxpool2x2_forward(&x.as_vec(), &geometry);
+    let out = dev.tensor_from_vec(y, (batch, geometry.channels, geometry.out_height(), geometry.out_width()));
+    let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
+    tape.add_backward_op(move |grads| {
+        let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
+        let dx = kernels::maxpool2x2_backward(&dy, &argmax, &geometry);
+        add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
+        **grads.get_or_alloc_mut(&out_ghost)? = dy;
+        Ok(())
+    });
+    out.put_tape(tape)
+}
