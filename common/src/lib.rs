@@ -10,4 +10,5 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod model;
+pub mod provenance;
 pub mod rng;

@@ -3,16 +3,24 @@
 //! (safetensors for tensors, Parquet for tables).
 
 mod atomic;
+mod attribution;
+mod checkpoint;
 mod fingerprint;
 mod layout;
+mod probe;
 mod tables;
 mod tensors;
 
 pub use atomic::{remove_stale_temporaries, write_atomic, TEMP_SUFFIX};
+pub use attribution::{read_attributions, write_attributions, Attributions};
+pub use checkpoint::{
+    read_checkpoint, read_checkpoint_fingerprint, write_checkpoint, CheckpointInfo,
+};
 pub use fingerprint::{fingerprint, read_stamp, stamp_path, write_stamp, Fingerprinter};
 pub use layout::{step_name, RunLayout};
+pub use probe::{read_probe, write_probe, Probe, ProbeEntry, Split};
 pub use tables::{read_parquet, write_parquet};
-pub use tensors::{read_tensors, write_tensors, TensorData, TensorFile};
+pub use tensors::{read_metadata, read_tensors, write_tensors, TensorData, TensorFile};
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +34,9 @@ pub struct ArtifactError {
 
 impl ArtifactError {
     pub fn new(path: &Path, problem: impl std::fmt::Display) -> Self {
-        Self { path: path.to_path_buf(), problem: problem.to_string() }
+        Self {
+            path: path.to_path_buf(),
+            problem: problem.to_string(),
+        }
     }
 }

@@ -37,17 +37,27 @@ pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
     let x_data = x.as_vec();
     let w_data = weight.as_vec();
     let y = kernels::conv2d_forward(&x_data, &geometry, &w_data, Some(&bias.as_vec()));
-    let out = dev.tensor_from_vec(y, (batch, geometry.out_channels, geometry.out_height(), geometry.out_width()));
-    let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
+    let out = dev.tensor_from_vec(
+        y,
+        (
+            batch,
+            geometry.out_channels,
+            geometry.out_height(),
+            geometry.out_width(),
+        ),
+    );
+    let (x_ghost, w_ghost, b_ghost, out_ghost) =
+        (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         // The output gradient is moved out while input gradients are
         // written, then put back.
         let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
-        let (dw, db) = kernels::conv2d_backward_params(&x_data, &dy, &geometry);
+        let weight = input_gradient.then_some(w_data.as_slice());
+        let (dx, params) = kernels::conv2d_backward(Some(&x_data), &dy, &geometry, weight);
+        let (dw, db) = params.expect("parameter gradients requested");
         add_into(grads.get_or_alloc_mut(&w_ghost)?, &dw);
         add_into(grads.get_or_alloc_mut(&b_ghost)?, &db);
-        if input_gradient {
-            let dx = kernels::conv2d_backward_input(&dy, &geometry, &w_data);
+        if let Some(dx) = dx {
             add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
         }
         **grads.get_or_alloc_mut(&out_ghost)? = dy;
@@ -57,11 +67,23 @@ pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
 }
 
 /// 2x2, stride-2 max-pool.
-pub(crate) fn maxpool2x2<T: Tape<f32, Cpu>>(dev: &Cpu, x: Planes<T>, geometry: PoolGeometry) -> Planes<T> {
+pub(crate) fn maxpool2x2<T: Tape<f32, Cpu>>(
+    dev: &Cpu,
+    x: Planes<T>,
+    geometry: PoolGeometry,
+) -> Planes<T> {
     let (x, mut tape) = x.split_tape();
     let batch = x.shape().0;
     let (y, argmax) = kernels::maxpool2x2_forward(&x.as_vec(), &geometry);
-    let out = dev.tensor_from_vec(y, (batch, geometry.channels, geometry.out_height(), geometry.out_width()));
+    let out = dev.tensor_from_vec(
+        y,
+        (
+            batch,
+            geometry.channels,
+            geometry.out_height(),
+            geometry.out_width(),
+        ),
+    );
     let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);

@@ -1,0 +1,205 @@
+//! The probe set: the fixed images explained at every checkpoint
+//! (`probe.parquet`: `probe_id, split, source_index, label`).
+
+use std::path::Path;
+
+use polars::prelude::{Column, DataFrame};
+
+use super::{read_parquet, write_parquet, ArtifactError};
+use crate::data::{Dataset, ImageSet};
+
+/// Whether a probe image comes from the training data the run saw, or from
+/// the test set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Split {
+    Seen,
+    Unseen,
+}
+
+impl Split {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Split::Seen => "seen",
+            Split::Unseen => "unseen",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Split> {
+        match text {
+            "seen" => Some(Split::Seen),
+            "unseen" => Some(Split::Unseen),
+            _ => None,
+        }
+    }
+}
+
+/// One probe image: `source_index` indexes the training set (seen) or the
+/// test set (unseen) of the run's data set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeEntry {
+    pub probe_id: i64,
+    pub split: Split,
+    pub source_index: usize,
+    pub label: u8,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Probe {
+    pub entries: Vec<ProbeEntry>,
+}
+
+impl Probe {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The probe images in probe order.
+    pub fn images(&self, dataset: &Dataset) -> Result<ImageSet, String> {
+        let mut set = ImageSet {
+            shape: dataset.train.shape,
+            pixels: Vec::new(),
+            labels: Vec::new(),
+        };
+        for e in &self.entries {
+            let source = match e.split {
+                Split::Seen => &dataset.train,
+                Split::Unseen => &dataset.test,
+            };
+            if e.source_index >= source.len() {
+                return Err(format!(
+                    "probe {} refers to {} image {} but the data set has {}",
+                    e.probe_id,
+                    e.split.name(),
+                    e.source_index,
+                    source.len()
+                ));
+            }
+            if source.labels[e.source_index] != e.label {
+                return Err(format!(
+                    "probe {} has label {} but its source image is labelled {}",
+                    e.probe_id, e.label, source.labels[e.source_index]
+                ));
+            }
+            set.pixels.extend_from_slice(source.image(e.source_index));
+            set.labels.push(e.label);
+        }
+        Ok(set)
+    }
+
+    pub fn to_frame(&self) -> DataFrame {
+        let e = &self.entries;
+        DataFrame::new(vec![
+            Column::new(
+                "probe_id".into(),
+                e.iter().map(|e| e.probe_id).collect::<Vec<i64>>(),
+            ),
+            Column::new(
+                "split".into(),
+                e.iter().map(|e| e.split.name()).collect::<Vec<&str>>(),
+            ),
+            Column::new(
+                "source_index".into(),
+                e.iter()
+                    .map(|e| e.source_index as i64)
+                    .collect::<Vec<i64>>(),
+            ),
+            Column::new(
+                "label".into(),
+                e.iter().map(|e| e.label as i64).collect::<Vec<i64>>(),
+            ),
+        ])
+        .expect("columns of equal length")
+    }
+}
+
+pub fn write_probe(path: &Path, probe: &Probe) -> Result<(), ArtifactError> {
+    write_parquet(path, &mut probe.to_frame())
+}
+
+pub fn read_probe(path: &Path) -> Result<Probe, ArtifactError> {
+    let df = read_parquet(path)?;
+    let bad =
+        |e: &dyn std::fmt::Display| ArtifactError::new(path, format!("not a probe table: {e}"));
+    let ints = |name: &str| -> Result<Vec<i64>, ArtifactError> {
+        let col = df
+            .column(name)
+            .map_err(|e| bad(&e))?
+            .i64()
+            .map_err(|e| bad(&e))?;
+        col.into_iter()
+            .map(|v| v.ok_or_else(|| bad(&format!("null in `{name}`"))))
+            .collect()
+    };
+    let ids = ints("probe_id")?;
+    let sources = ints("source_index")?;
+    let labels = ints("label")?;
+    let splits = df
+        .column("split")
+        .map_err(|e| bad(&e))?
+        .str()
+        .map_err(|e| bad(&e))?;
+    let mut entries = Vec::with_capacity(ids.len());
+    for (i, split) in splits.into_iter().enumerate() {
+        let split = split
+            .and_then(Split::parse)
+            .ok_or_else(|| bad(&format!("row {i}: split must be \"seen\" or \"unseen\"")))?;
+        if sources[i] < 0 || !(0..256).contains(&labels[i]) {
+            return Err(bad(&format!(
+                "row {i}: negative source_index or label out of range"
+            )));
+        }
+        entries.push(ProbeEntry {
+            probe_id: ids[i],
+            split,
+            source_index: sources[i] as usize,
+            label: labels[i] as u8,
+        });
+    }
+    Ok(Probe { entries })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{synthetic, ImageShape};
+
+    #[test]
+    fn probe_round_trips_and_selects_its_images() {
+        let dataset = Dataset {
+            train: synthetic(ImageShape::GRAY_28, 30, 1),
+            test: synthetic(ImageShape::GRAY_28, 20, 2),
+            classes: 10,
+        };
+        let probe = Probe {
+            entries: vec![
+                ProbeEntry {
+                    probe_id: 0,
+                    split: Split::Seen,
+                    source_index: 13,
+                    label: dataset.train.labels[13],
+                },
+                ProbeEntry {
+                    probe_id: 1,
+                    split: Split::Unseen,
+                    source_index: 4,
+                    label: dataset.test.labels[4],
+                },
+            ],
+        };
+        let path = std::env::temp_dir().join(format!("probe-{}/probe.parquet", std::process::id()));
+        write_probe(&path, &probe).unwrap();
+        assert_eq!(read_probe(&path).unwrap(), probe);
+        let images = probe.images(&dataset).unwrap();
+        assert_eq!(images.image(1), dataset.test.image(4));
+        let mut wrong = probe.clone();
+        wrong.entries[0].source_index = 99;
+        assert!(wrong
+            .images(&dataset)
+            .unwrap_err()
+            .contains("seen image 99"));
+    }
+}

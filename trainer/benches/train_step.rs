@@ -1,0 +1,74 @@
+//! Median time of one training step (batch 100, forward + backward on the
+//! tape + Adam) for both models at both input shapes, the work the PyTorch
+//! peer (`../shared/bench/torch_peer.py`) times as `*_train_step_s`.
+//!
+//!     cargo bench -p trainer --bench train_step
+//!     PEER_JSON=peer.json cargo bench -p trainer --bench train_step   # adds ratios
+//!
+//! `peer.json` is the line the peer script prints.
+
+use std::time::Instant;
+
+use common::data::ImageShape;
+use common::model::training::loss_and_gradients;
+use common::model::{Model, ModelKind};
+use common::rng::Rng;
+use dfdx::prelude::Cpu;
+use trainer::adam::Adam;
+
+fn median_seconds(mut f: impl FnMut(), warmup: usize, runs: usize) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[runs / 2]
+}
+
+fn main() {
+    let peer: Option<serde_json::Value> = std::env::var("PEER_JSON").ok().map(|path| {
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("PEER_JSON file"))
+            .expect("PEER_JSON is JSON")
+    });
+    let dev = Cpu::default();
+    println!("threads: {}", rayon::current_num_threads());
+    println!(
+        "{:<16} {:>12} {:>12} {:>8}",
+        "case", "ours (s)", "peer (s)", "ratio"
+    );
+    for (case, kind, shape) in [
+        ("fmnist_simple", ModelKind::Simple, ImageShape::GRAY_28),
+        ("cifar_simple", ModelKind::Simple, ImageShape::RGB_32),
+        ("fmnist_complex", ModelKind::Complex, ImageShape::GRAY_28),
+        ("cifar_complex", ModelKind::Complex, ImageShape::RGB_32),
+    ] {
+        let mut model = Model::initialized(kind, shape, 10, 0);
+        let lengths: Vec<usize> = model.parameters().iter().map(|p| p.data.len()).collect();
+        let mut adam = Adam::new(1e-3, &lengths);
+        let mut rng = Rng::new(1);
+        let x: Vec<f32> = (0..100 * shape.len()).map(|_| rng.normal()).collect();
+        let labels: Vec<u8> = (0..100).map(|_| rng.below(10) as u8).collect();
+        let seconds = median_seconds(
+            || {
+                let step =
+                    loss_and_gradients(&dev, &model, x.clone(), &labels).expect("valid batch");
+                adam.step(model.parameters_mut(), &step.gradients);
+            },
+            2,
+            7,
+        );
+        let peer_seconds = peer
+            .as_ref()
+            .and_then(|p| p[format!("{case}_train_step_s")].as_f64());
+        match peer_seconds {
+            Some(p) => println!("{case:<16} {seconds:>12.4} {p:>12.4} {:>8.2}", seconds / p),
+            None => println!("{case:<16} {seconds:>12.4} {:>12} {:>8}", "-", "-"),
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! Training one run: data order, checkpoints on the schedule, evaluation at
+//! every checkpoint, and exact resumption after a kill.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use common::artifacts::{
+    read_checkpoint, read_checkpoint_fingerprint, read_parquet, read_stamp,
+    remove_stale_temporaries, write_checkpoint, write_probe, write_stamp, CheckpointInfo,
+    RunLayout,
+};
+use common::config::{PipelineConfig, RunConfig};
+use common::data::{load_dataset, Dataset, ImageSet, Normalization};
+use common::model::training::loss_and_gradients;
+use common::model::{cross_entropy_and_correct, Model};
+use common::provenance::{checkpoint_fingerprint, run_fingerprint};
+use common::rng::Rng;
+use dfdx::prelude::Cpu;
+
+use crate::adam::Adam;
+use crate::metrics::{write_metrics, MetricsRow, RunningMean};
+use crate::probe_selection::select_probe;
+use crate::resume::{read_resume_state, write_resume_state, ResumeState};
+
+/// Images per forward pass when evaluating: bounds the activations held at
+/// once (the complex model's first layers are 128 KiB per image).
+const EVAL_CHUNK: usize = 250;
+
+/// The step arithmetic of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub train_len: usize,
+    pub steps_per_epoch: u64,
+    pub last_step: u64,
+    pub checkpoint_steps: Vec<u64>,
+}
+
+impl Plan {
+    pub fn new(run: &RunConfig, train_len: usize) -> Self {
+        let steps_per_epoch = train_len.div_ceil(run.batch_size) as u64;
+        let last_step = steps_per_epoch * u64::from(run.epochs);
+        Self {
+            train_len,
+            steps_per_epoch,
+            last_step,
+            checkpoint_steps: run.checkpoints.steps(last_step),
+        }
+    }
+
+    pub fn epoch_of(&self, step: u64) -> f64 {
+        step as f64 / self.steps_per_epoch as f64
+    }
+}
+
+/// What the trainer would do with a run, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunStatus {
+    UpToDate,
+    /// Nothing usable on disk.
+    Fresh,
+    /// Checkpoints of another configuration are on disk and will be removed.
+    Stale,
+    /// Resumable from this step.
+    Resume(u64),
+}
+
+/// The training images a run uses: all, or the first `train_subset` of a
+/// seeded shuffle.
+pub fn training_indices(run: &RunConfig, train_len: usize) -> anyhow::Result<Vec<usize>> {
+    let mut indices: Vec<usize> = (0..train_len).collect();
+    if let Some(n) = run.train_subset {
+        if n > train_len {
+            bail!("train_subset = {n} but the training set has only {train_len} images");
+        }
+        Rng::for_purpose(run.seed, "train-subset").shuffle(&mut indices);
+        indices.truncate(n);
+    }
+    Ok(indices)
+}
+
+/// Decides, from the files alone, whether a run is done, resumable or
+/// stale. Done means: the metrics table (written last) and the probe carry
+/// the run's current fingerprint and every checkpoint the table lists is
+/// there.
+pub fn run_status(config: &PipelineConfig, run: &RunConfig, layout: &RunLayout) -> RunStatus {
+    let fingerprint = run_fingerprint(config, run);
+    let stamped = |path: &Path| read_stamp(path).as_deref() == Some(fingerprint.as_str());
+    if stamped(&layout.metrics()) && stamped(&layout.probe()) {
+        let listed = read_metric_steps(&layout.metrics());
+        if listed.is_some_and(|steps| steps.iter().all(|&s| layout.checkpoint(s).is_file())) {
+            return RunStatus::UpToDate;
+        }
+    }
+    let steps = layout.checkpoint_steps().unwrap_or_default();
+    let current = |s: u64| {
+        read_checkpoint_fingerprint(&layout.checkpoint(s)).ok()
+            == Some(checkpoint_fingerprint(&fingerprint, s))
+    };
+    if let Some(&s) = steps
+        .iter()
+        .rev()
+        .find(|&&s| current(s) && layout.resume_state(s).is_file())
+    {
+        return RunStatus::Resume(s);
+    }
+    if steps.iter().any(|&s| !current(s)) {
+        RunStatus::Stale
+    } else {
+        RunStatus::Fresh
+    }
+}
+
+fn read_metric_steps(path: &Path) -> Option<Vec<u64>> {
+    let df = read_parquet(path).ok()?;
+    let steps = df.column("step").ok()?.i64().ok()?;
+    steps
+        .into_iter()
+        .map(|s| s.and_then(|s| u64::try_from(s).ok()))
+        .collect()
+}
+
+/// Everything fixed for the duration of one run.
+struct Setup<'a> {
+    name: &'a str,
+    run: &'a RunConfig,
+    layout: &'a RunLayout,
+    fingerprint: String,
+    plan: Plan,
+    dataset: Dataset,
+    normalization: Normalization,
+    train_indices: Vec<usize>,
+    eval_indices: Vec<usize>,
+    probe: ImageSet,
+}
+
+/// Trains one run, or finishes it from where `status` says it stopped.
+pub fn train_run(
+    config: &PipelineConfig,
+    name: &str,
+    run: &RunConfig,
+    status: RunStatus,
+) -> anyhow::Result<()> {
+    let layout = RunLayout::new(&config.output.dir, name);
+    let dataset_config = &config.datasets[&run.dataset];
+    let dataset =
+        load_dataset(dataset_config).with_context(|| format!("data set `{}`", run.dataset))?;
+    let normalization = dataset_config.normalization(dataset.train.shape.channels);
+    let train_indices =
+        training_indices(run, dataset.train.len()).with_context(|| format!("run `{name}`"))?;
+    let plan = Plan::new(run, train_indices.len());
+    let fingerprint = run_fingerprint(config, run);
+    let probe = select_probe(
+        &config.probe,
+        &dataset.train,
+        &train_indices,
+        &dataset.test,
+        dataset.classes,
+    )
+    .map_err(|e| anyhow::anyhow!("run `{name}`: {e}"))?;
+    for dir in [layout.dir.clone(), layout.checkpoints_dir()] {
+        remove_stale_temporaries(&dir).with_context(|| format!("cleaning {}", dir.display()))?;
+    }
+    write_probe(&layout.probe(), &probe)?;
+    write_stamp(&layout.probe(), &fingerprint)?;
+    let eval_len = run
+        .eval_size
+        .unwrap_or(dataset.test.len())
+        .min(dataset.test.len());
+    let setup = Setup {
+        name,
+        run,
+        layout: &layout,
+        fingerprint,
+        plan,
+        probe: probe.images(&dataset).map_err(|e| anyhow::anyhow!(e))?,
+        normalization,
+        train_indices,
+        eval_indices: (0..eval_len).collect(),
+        dataset,
+    };
+
+    let (model, state) = match status {
+        RunStatus::Resume(step) => resume(&setup, step)?,
+        RunStatus::Fresh => start(&setup)?,
+        RunStatus::Stale | RunStatus::UpToDate => {
+            tracing::info!("run `{name}`: removing earlier checkpoints");
+            remove_checkpoints(&layout)?;
+            start(&setup)?
+        }
+    };
+    let rows = train_from(&setup, model, state)?;
+    write_metrics(&layout.metrics(), &rows)?;
+    write_stamp(&layout.metrics(), &setup.fingerprint)?;
+    for step in layout.checkpoint_steps()? {
+        remove_if_present(&layout.resume_state(step))?;
+    }
+    Ok(())
+}
+
+fn remove_checkpoints(layout: &RunLayout) -> anyhow::Result<()> {
+    let dir = layout.checkpoints_dir();
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "safetensors") {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn start(setup: &Setup) -> anyhow::Result<(Model, ResumeState)> {
+    let shape = setup.dataset.train.shape;
+    let model = Model::initialized(
+        setup.run.model,
+        shape,
+        setup.dataset.classes,
+        setup.run.seed,
+    );
+    let lengths: Vec<usize> = model.parameters().iter().map(|p| p.data.len()).collect();
+    let state = ResumeState {
+        step: 0,
+        fingerprint: setup.fingerprint.clone(),
+        adam: Adam::new(setup.run.learning_rate, &lengths),
+        rows: Vec::new(),
+        running: RunningMean::default(),
+    };
+    // Step 0: the untrained model's loss on the first batch stands in for
+    // the training loss.
+    let mut state = state;
+    let order = epoch_order(setup, 0);
+    let chosen = batch_indices(setup, &order, 1);
+    let x = setup.normalization.batch(&setup.dataset.train, chosen);
+    let labels: Vec<u8> = chosen
+        .iter()
+        .map(|&i| setup.dataset.train.labels[i])
+        .collect();
+    let (loss, correct) =
+        cross_entropy_and_correct(&model.forward(&x)?, &labels, setup.dataset.classes);
+    state.running.add(loss, correct, labels.len());
+    checkpoint(setup, &model, &mut state, loss)?;
+    Ok((model, state))
+}
+
+fn resume(setup: &Setup, step: u64) -> anyhow::Result<(Model, ResumeState)> {
+    let (model, _) = read_checkpoint(&setup.layout.checkpoint(step))?;
+    let state = read_resume_state(&setup.layout.resume_state(step), &model)?;
+    tracing::info!(
+        "run `{}`: resuming from step {step} of {}",
+        setup.name,
+        setup.plan.last_step
+    );
+    Ok((model, state))
+}
+
+/// The images of training step `step` (1-based) within its epoch's order.
+fn batch_indices<'o>(setup: &Setup, order: &'o [usize], step: u64) -> &'o [usize] {
+    let position = ((step - 1) % setup.plan.steps_per_epoch) as usize;
+    let size = setup.run.batch_size;
+    &order[position * size..((position + 1) * size).min(order.len())]
+}
+
+/// The run's training images in the order of epoch `epoch`.
+fn epoch_order(setup: &Setup, epoch: u64) -> Vec<usize> {
+    let mut order = setup.train_indices.clone();
+    Rng::for_purpose(setup.run.seed, &format!("epoch-{epoch}")).shuffle(&mut order);
+    order
+}
+
+fn train_from(
+    setup: &Setup,
+    mut model: Model,
+    mut state: ResumeState,
+) -> anyhow::Result<Vec<MetricsRow>> {
+    let dev = Cpu::default();
+    let plan = &setup.plan;
+    let bar = common::cli::progress_bar(plan.last_step, format!("train {}", setup.name));
+    bar.set_position(state.step);
+    let mut order: Option<(u64, Vec<usize>)> = None;
+    let mut x = Vec::new();
+    for step in state.step + 1..=plan.last_step {
+        let epoch = (step - 1) / plan.steps_per_epoch;
+        if order.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            order = Some((epoch, epoch_order(setup, epoch)));
+        }
+        let chosen = batch_indices(setup, &order.as_ref().expect("set above").1, step);
+        setup
+            .normalization
+            .batch_into(&setup.dataset.train, chosen, &mut x);
+        let labels: Vec<u8> = chosen
+            .iter()
+            .map(|&i| setup.dataset.train.labels[i])
+            .collect();
+        let result = loss_and_gradients(&dev, &model, std::mem::take(&mut x), &labels)?;
+        state.adam.step(model.parameters_mut(), &result.gradients);
+        state
+            .running
+            .add(result.loss as f64, result.correct, labels.len());
+        state.step = step;
+        if plan.checkpoint_steps.binary_search(&step).is_ok() {
+            checkpoint(setup, &model, &mut state, result.loss as f64)?;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(state.rows)
+}
+
+/// Mean cross-entropy and accuracy of `model` on `indices` of `set`.
+fn evaluate(
+    model: &Model,
+    set: &ImageSet,
+    indices: &[usize],
+    normalization: &Normalization,
+    classes: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let (mut loss_sum, mut correct) = (0.0, 0);
+    let mut x = Vec::new();
+    for chunk in indices.chunks(EVAL_CHUNK) {
+        normalization.batch_into(set, chunk, &mut x);
+        let labels: Vec<u8> = chunk.iter().map(|&i| set.labels[i]).collect();
+        let (loss, c) = cross_entropy_and_correct(&model.forward(&x)?, &labels, classes);
+        loss_sum += loss * chunk.len() as f64;
+        correct += c;
+    }
+    let n = indices.len().max(1) as f64;
+    Ok((loss_sum / n, correct as f64 / n))
+}
+
+/// Evaluates, records the metrics row, and writes the checkpoint and the
+/// state to resume from it (state first: a checkpoint without its state is
+/// simply not resumable, never inconsistent).
+fn checkpoint(
+    setup: &Setup,
+    model: &Model,
+    state: &mut ResumeState,
+    train_loss: f64,
+) -> anyhow::Result<()> {
+    let classes = setup.dataset.classes;
+    let step = state.step;
+    let (test_loss, test_acc) = evaluate(
+        model,
+        &setup.dataset.test,
+        &setup.eval_indices,
+        &setup.normalization,
+        classes,
+    )?;
+    let all_probe: Vec<usize> = (0..setup.probe.len()).collect();
+    let (probe_loss, probe_acc) = evaluate(
+        model,
+        &setup.probe,
+        &all_probe,
+        &setup.normalization,
+        classes,
+    )?;
+    let (train_loss_running, train_acc_running) = state.running.take();
+    state.rows.push(MetricsRow {
+        step,
+        epoch: setup.plan.epoch_of(step),
+        train_loss,
+        train_loss_running,
+        train_acc_running,
+        test_loss,
+        test_acc,
+        probe_loss,
+        probe_acc,
+    });
+    tracing::info!(
+        "run `{}` step {step}: train loss {train_loss_running:.4}, test loss {test_loss:.4}, test acc {:.2}%",
+        setup.name,
+        100.0 * test_acc
+    );
+    let layout = setup.layout;
+    write_resume_state(&layout.resume_state(step), model, state)?;
+    let info = CheckpointInfo {
+        run: setup.name.to_string(),
+        step,
+        epoch: setup.plan.epoch_of(step),
+        dataset: setup.run.dataset.clone(),
+        fingerprint: checkpoint_fingerprint(&setup.fingerprint, step),
+    };
+    write_checkpoint(&layout.checkpoint(step), model, &info)?;
+    for older in layout.checkpoint_steps()?.into_iter().filter(|&s| s < step) {
+        remove_if_present(&layout.resume_state(older))?;
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
