@@ -57,28 +57,17 @@ impl Shard {
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Shard, String> {
         match (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT")) {
             (None, None) => Ok(Shard::ALL),
-            (Some(id), Some(count)) => format!("{id}/{count}").parse().map_err(|e| {
-                format!(
-                    "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT: {e} (submit with --array=0-<N-1>)"
-                )
-            }),
-            (Some(_), None) => {
-                Err("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not".into())
-            }
-            (None, Some(_)) => {
-                Err("SLURM_ARRAY_TASK_COUNT is set but SLURM_ARRAY_TASK_ID is not".into())
-            }
+            (Some(id), Some(count)) => format!("{id}/{count}")
+                .parse()
+                .map_err(|e| format!("SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT: {e} (submit with --array=0-<N-1>)")),
+            (Some(_), None) => Err("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not".into()),
+            (None, Some(_)) => Err("SLURM_ARRAY_TASK_COUNT is set but SLURM_ARRAY_TASK_ID is not".into()),
         }
     }
 
     /// The units of this shard, in order.
     pub fn select<T>(&self, units: Vec<T>) -> Vec<T> {
-        units
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| i % self.count == self.index)
-            .map(|(_, u)| u)
-            .collect()
+        units.into_iter().enumerate().filter(|(i, _)| i % self.count == self.index).map(|(_, u)| u).collect()
     }
 }
 
@@ -86,17 +75,9 @@ impl std::str::FromStr for Shard {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (i, n) = s
-            .split_once('/')
-            .ok_or_else(|| format!("`{s}` is not of the form I/N (e.g. 0/4)"))?;
-        let index: usize = i
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{i}` in `{s}` is not a number"))?;
-        let count: usize = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{n}` in `{s}` is not a number"))?;
+        let (i, n) = s.split_once('/').ok_or_else(|| format!("`{s}` is not of the form I/N (e.g. 0/4)"))?;
+        let index: usize = i.trim().parse().map_err(|_| format!("`{i}` in `{s}` is not a number"))?;
+        let count: usize = n.trim().parse().map_err(|_| format!("`{n}` in `{s}` is not a number"))?;
         if count == 0 || index >= count {
             return Err(format!("`{s}`: need 0 <= I < N"));
         }
@@ -112,13 +93,9 @@ impl std::fmt::Display for Shard {
 
 /// Logs to stderr; `RUST_LOG` sets the level (default `info`).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 /// A progress bar on a terminal, nothing otherwise (batch jobs keep their
@@ -130,11 +107,9 @@ pub fn progress_bar(len: u64, message: impl Into<String>) -> indicatif::Progress
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:28} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{msg:28} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_message(message.into());
     bar
@@ -156,28 +131,16 @@ impl StageReport {
     pub fn finish(&self, stage: &str) -> std::process::ExitCode {
         if self.failed.is_empty() {
             if self.done == 0 {
-                tracing::info!(
-                    "{stage}: nothing to do, {} unit(s) up to date",
-                    self.skipped
-                );
+                tracing::info!("{stage}: nothing to do, {} unit(s) up to date", self.skipped);
             } else {
-                tracing::info!(
-                    "{stage}: {} unit(s) done, {} up to date",
-                    self.done,
-                    self.skipped
-                );
+                tracing::info!("{stage}: {} unit(s) done, {} up to date", self.done, self.skipped);
             }
             std::process::ExitCode::SUCCESS
         } else {
             for f in &self.failed {
                 tracing::error!("{f}");
             }
-            tracing::error!(
-                "{stage}: {} unit(s) failed, {} done, {} up to date",
-                self.failed.len(),
-                self.done,
-                self.skipped
-            );
+            tracing::error!("{stage}: {} unit(s) failed, {} done, {} up to date", self.failed.len(), self.done, self.skipped);
             std::process::ExitCode::FAILURE
         }
     }
@@ -203,9 +166,7 @@ mod tests {
     fn shards_partition_units_round_robin() {
         let s: Shard = "1/3".parse().unwrap();
         assert_eq!(s.select((0..8).collect()), vec![1, 4, 7]);
-        let all: Vec<Vec<i32>> = (0..3)
-            .map(|i| Shard { index: i, count: 3 }.select((0..8).collect()))
-            .collect();
+        let all: Vec<Vec<i32>> = (0..3).map(|i| Shard { index: i, count: 3 }.select((0..8).collect())).collect();
         assert_eq!(all.concat().len(), 8);
         assert!("3/3".parse::<Shard>().is_err());
         assert!("a/3".parse::<Shard>().unwrap_err().contains("not a number"));
@@ -214,19 +175,10 @@ mod tests {
     #[test]
     fn shard_from_slurm_variables() {
         let env = |id: Option<&str>, count: Option<&str>| {
-            Shard::from_env(move |k| {
-                if k == "SLURM_ARRAY_TASK_ID" {
-                    id.map(String::from)
-                } else {
-                    count.map(String::from)
-                }
-            })
+            Shard::from_env(move |k| if k == "SLURM_ARRAY_TASK_ID" { id.map(String::from) } else { count.map(String::from) })
         };
         assert_eq!(env(None, None).unwrap(), Shard::ALL);
-        assert_eq!(
-            env(Some("2"), Some("4")).unwrap(),
-            Shard { index: 2, count: 4 }
-        );
+        assert_eq!(env(Some("2"), Some("4")).unwrap(), Shard { index: 2, count: 4 });
         assert!(env(Some("4"), Some("4")).is_err());
         assert!(env(Some("1"), None).is_err());
     }

@@ -17,18 +17,11 @@ use crate::model::ModelKind;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
     #[error("{}: `{key}`: {message}", path.display())]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, key: String, message: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,9 +53,7 @@ fn default_output_dir() -> PathBuf {
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        Self {
-            dir: default_output_dir(),
-        }
+        Self { dir: default_output_dir() }
     }
 }
 
@@ -117,15 +108,9 @@ fn parse_shape(text: &str) -> Result<ImageShape, String> {
         .split('x')
         .map(|p| p.trim().parse::<usize>())
         .collect::<Result<_, _>>()
-        .map_err(|_| {
-            format!("`{text}` is not a shape; write CxHxW, e.g. \"1x28x28\" or \"3x32x32\"")
-        })?;
+        .map_err(|_| format!("`{text}` is not a shape; write CxHxW, e.g. \"1x28x28\" or \"3x32x32\""))?;
     match parts[..] {
-        [channels, height, width] if channels >= 1 && height >= 8 && width >= 8 => Ok(ImageShape {
-            channels,
-            height,
-            width,
-        }),
+        [channels, height, width] if channels >= 1 && height >= 8 && width >= 8 => Ok(ImageShape { channels, height, width }),
         _ => Err(format!("`{text}`: need CxHxW with C >= 1 and H, W >= 8")),
     }
 }
@@ -149,11 +134,7 @@ fn ten() -> usize {
 
 impl Default for ProbeConfig {
     fn default() -> Self {
-        Self {
-            seen_per_class: 10,
-            unseen_per_class: 10,
-            seed: 0,
-        }
+        Self { seen_per_class: 10, unseen_per_class: 10, seed: 0 }
     }
 }
 
@@ -177,9 +158,7 @@ impl CheckpointSchedule {
     }
 
     pub fn steps(&self, last_step: u64) -> Vec<u64> {
-        (0..=last_step)
-            .filter(|&s| self.is_checkpoint(s, last_step))
-            .collect()
+        (0..=last_step).filter(|&s| self.is_checkpoint(s, last_step)).collect()
     }
 }
 
@@ -338,35 +317,22 @@ fn default_measures() -> Vec<String> {
 
 impl Default for SummaryConfig {
     fn default() -> Self {
-        Self {
-            measures: default_measures(),
-        }
+        Self { measures: default_measures() }
     }
 }
 
 impl PipelineConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: PipelineConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key,
-                message,
-            })?;
+        let config: PipelineConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid { path: path.to_path_buf(), key, message })?;
         Ok(config)
     }
 
@@ -375,16 +341,10 @@ impl PipelineConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: String, message: &str| Err((key, message.to_string()));
         if self.datasets.is_empty() {
-            return err(
-                "datasets".into(),
-                "define at least one data set, e.g. [datasets.fmnist]",
-            );
+            return err("datasets".into(), "define at least one data set, e.g. [datasets.fmnist]");
         }
         if self.runs.is_empty() {
-            return err(
-                "runs".into(),
-                "define at least one run, e.g. [runs.good-fit]",
-            );
+            return err("runs".into(), "define at least one run, e.g. [runs.good-fit]");
         }
         for (name, d) in &self.datasets {
             let key = |k: &str| format!("datasets.{name}.{k}");
@@ -414,20 +374,14 @@ impl PipelineConfig {
                     if d.train_size.unwrap_or(crate::data::SYNTHETIC_TRAIN_SIZE) < 20
                         || d.test_size.unwrap_or(crate::data::SYNTHETIC_TEST_SIZE) < 20
                     {
-                        return err(
-                            key("train_size"),
-                            "train_size and test_size must be at least 20",
-                        );
+                        return err(key("train_size"), "train_size and test_size must be at least 20");
                     }
                 }
             }
             for (k, values) in [("mean", &d.mean), ("std", &d.std)] {
                 if let Some(v) = values {
                     if v.len() != shape.channels {
-                        return err(
-                            key(k),
-                            &format!("needs one value per channel ({})", shape.channels),
-                        );
+                        return err(key(k), &format!("needs one value per channel ({})", shape.channels));
                     }
                     if k == "std" && v.iter().any(|s| !(*s > 0.0)) {
                         return err(key(k), "every std must be > 0");
@@ -440,10 +394,7 @@ impl PipelineConfig {
             check_name(name).map_err(|m| (format!("runs.{name}"), m))?;
             if !self.datasets.contains_key(&r.dataset) {
                 let known: Vec<&str> = self.datasets.keys().map(|s| s.as_str()).collect();
-                return err(
-                    key("dataset"),
-                    &format!("no data set `{}`; defined: {}", r.dataset, known.join(", ")),
-                );
+                return err(key("dataset"), &format!("no data set `{}`; defined: {}", r.dataset, known.join(", ")));
             }
             if r.epochs == 0 {
                 return err(key("epochs"), "must be at least 1");
@@ -455,16 +406,10 @@ impl PipelineConfig {
                 return err(key("learning_rate"), "must be a positive number");
             }
             if r.train_subset == Some(0) {
-                return err(
-                    key("train_subset"),
-                    "must be at least 1 (or left out for the whole training set)",
-                );
+                return err(key("train_subset"), "must be at least 1 (or left out for the whole training set)");
             }
             if r.eval_size == Some(0) {
-                return err(
-                    key("eval_size"),
-                    "must be at least 1 (or left out for the whole test set)",
-                );
+                return err(key("eval_size"), "must be at least 1 (or left out for the whole test set)");
             }
             if r.checkpoints.every == 0 {
                 return err(key("checkpoints.every"), "must be at least 1");
@@ -475,11 +420,7 @@ impl PipelineConfig {
         }
         for (name, m) in &self.methods {
             check_name(name).map_err(|msg| (format!("methods.{name}"), msg))?;
-            if let MethodConfig::Lrp {
-                composite: CompositeSpec::Named(c),
-                ..
-            } = m
-            {
+            if let MethodConfig::Lrp { composite: CompositeSpec::Named(c), .. } = m {
                 if !["paper", "epsilon-gamma-box"].contains(&c.as_str()) {
                     return err(
                         format!("methods.{name}.composite"),
@@ -497,10 +438,7 @@ impl PipelineConfig {
             }
         }
         if self.probe.seen_per_class + self.probe.unseen_per_class == 0 {
-            return err(
-                "probe".into(),
-                "seen_per_class + unseen_per_class must be at least 1",
-            );
+            return err("probe".into(), "seen_per_class + unseen_per_class must be at least 1");
         }
         Ok(())
     }
@@ -516,39 +454,22 @@ impl PipelineConfig {
     }
 }
 
-fn select<'a, T>(
-    all: &'a BTreeMap<String, T>,
-    filter: &[String],
-    what: &str,
-) -> Result<Vec<(&'a str, &'a T)>, String> {
+fn select<'a, T>(all: &'a BTreeMap<String, T>, filter: &[String], what: &str) -> Result<Vec<(&'a str, &'a T)>, String> {
     for name in filter {
         if !all.contains_key(name) {
             let known: Vec<&str> = all.keys().map(|s| s.as_str()).collect();
-            return Err(format!(
-                "no {what} `{name}` in the config; defined: {}",
-                known.join(", ")
-            ));
+            return Err(format!("no {what} `{name}` in the config; defined: {}", known.join(", ")));
         }
     }
-    Ok(all
-        .iter()
-        .filter(|(k, _)| filter.is_empty() || filter.contains(k))
-        .map(|(k, v)| (k.as_str(), v))
-        .collect())
+    Ok(all.iter().filter(|(k, _)| filter.is_empty() || filter.contains(k)).map(|(k, v)| (k.as_str(), v)).collect())
 }
 
 /// Names become folder and file names: keep them portable.
 fn check_name(name: &str) -> Result<(), String> {
-    if !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         Ok(())
     } else {
-        Err(format!(
-            "name `{name}` may only use letters, digits, '-' and '_'"
-        ))
+        Err(format!("name `{name}` may only use letters, digits, '-' and '_'"))
     }
 }
 
@@ -590,24 +511,12 @@ mod tests {
         assert_eq!((run.batch_size, run.learning_rate), (100, 1e-3));
         assert_eq!(c.output.dir, PathBuf::from("runs"));
         assert_eq!(c.probe.seen_per_class, 10);
-        assert_eq!(
-            c.datasets["synth"].image_shape().unwrap(),
-            ImageShape::RGB_32
-        );
+        assert_eq!(c.datasets["synth"].image_shape().unwrap(), ImageShape::RGB_32);
         assert_eq!(
             c.methods["lrp"],
-            MethodConfig::Lrp {
-                composite: CompositeSpec::Named("paper".into()),
-                target: ExplainedClass::Predicted
-            }
+            MethodConfig::Lrp { composite: CompositeSpec::Named("paper".into()), target: ExplainedClass::Predicted }
         );
-        let MethodConfig::Lrp {
-            composite: CompositeSpec::Rules(rules),
-            ..
-        } = &c.methods["custom"]
-        else {
-            panic!()
-        };
+        let MethodConfig::Lrp { composite: CompositeSpec::Rules(rules), .. } = &c.methods["custom"] else { panic!() };
         assert_eq!(rules.conv, RuleSpec::Gamma { gamma: 0.5 });
         assert_eq!(rules.dense, RuleSpec::Epsilon { epsilon: 1e-6 });
         assert_eq!(rules.max_pool, MaxPoolRule::Average);
@@ -617,43 +526,15 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
         let cases = [
-            (
-                MINIMAL.replace("epochs = 1", "epochs = 1\nepoch = 2"),
-                "unknown field `epoch`",
-            ),
+            (MINIMAL.replace("epochs = 1", "epochs = 1\nepoch = 2"), "unknown field `epoch`"),
             (MINIMAL.replace("epochs = 1", "epochs = 0"), "runs.a.epochs"),
-            (
-                MINIMAL.replace("model = \"simple\"", "model = \"huge\""),
-                "unknown variant `huge`",
-            ),
-            (
-                MINIMAL.replace("dataset = \"synth\"", "dataset = \"cifar\""),
-                "no data set `cifar`",
-            ),
-            (
-                MINIMAL.replace("shape = \"3x32x32\"", "shape = \"3x32\""),
-                "datasets.synth.shape",
-            ),
-            (
-                MINIMAL.replace("upsample = true", "upsample = true\nlayers = 3"),
-                "unknown field `layers`",
-            ),
-            (
-                MINIMAL.replacen(
-                    "kind = \"lrp\"\n",
-                    "kind = \"lrp\"\ncomposite = \"fancy\"\n",
-                    1,
-                ),
-                "unknown composite `fancy`",
-            ),
-            (
-                MINIMAL.replace("every = 10", "every = 0"),
-                "runs.a.checkpoints.every",
-            ),
-            (
-                MINIMAL.replace("[runs.a]", "[runs.\"a b\"]"),
-                "may only use letters",
-            ),
+            (MINIMAL.replace("model = \"simple\"", "model = \"huge\""), "unknown variant `huge`"),
+            (MINIMAL.replace("dataset = \"synth\"", "dataset = \"cifar\""), "no data set `cifar`"),
+            (MINIMAL.replace("shape = \"3x32x32\"", "shape = \"3x32\""), "datasets.synth.shape"),
+            (MINIMAL.replace("upsample = true", "upsample = true\nlayers = 3"), "unknown field `layers`"),
+            (MINIMAL.replacen("kind = \"lrp\"\n", "kind = \"lrp\"\ncomposite = \"fancy\"\n", 1), "unknown composite `fancy`"),
+            (MINIMAL.replace("every = 10", "every = 0"), "runs.a.checkpoints.every"),
+            (MINIMAL.replace("[runs.a]", "[runs.\"a b\"]"), "may only use letters"),
         ];
         for (text, expected) in cases {
             let err = parse(&text).unwrap_err().to_string();
@@ -666,10 +547,7 @@ mod tests {
     fn selecting_unknown_runs_is_an_error() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.select_runs(&[]).unwrap().len(), 1);
-        assert!(c
-            .select_runs(&["b".into()])
-            .unwrap_err()
-            .contains("no run `b`"));
+        assert!(c.select_runs(&["b".into()]).unwrap_err().contains("no run `b`"));
         assert_eq!(c.select_methods(&["cam".into()]).unwrap().len(), 1);
     }
 }

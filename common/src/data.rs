@@ -19,10 +19,7 @@ pub struct DataError {
 }
 
 fn data_error(path: &Path, problem: impl Into<String>) -> DataError {
-    DataError {
-        path: path.to_path_buf(),
-        problem: problem.into(),
-    }
+    DataError { path: path.to_path_buf(), problem: problem.into() }
 }
 
 /// Shape of one image.
@@ -34,16 +31,8 @@ pub struct ImageShape {
 }
 
 impl ImageShape {
-    pub const GRAY_28: ImageShape = ImageShape {
-        channels: 1,
-        height: 28,
-        width: 28,
-    };
-    pub const RGB_32: ImageShape = ImageShape {
-        channels: 3,
-        height: 32,
-        width: 32,
-    };
+    pub const GRAY_28: ImageShape = ImageShape { channels: 1, height: 28, width: 28 };
+    pub const RGB_32: ImageShape = ImageShape { channels: 3, height: 32, width: 32 };
 
     pub fn len(&self) -> usize {
         self.channels * self.height * self.width
@@ -88,11 +77,7 @@ impl ImageSet {
         for &i in indices {
             pixels.extend_from_slice(self.image(i));
         }
-        ImageSet {
-            shape: self.shape,
-            pixels,
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
-        }
+        ImageSet { shape: self.shape, pixels, labels: indices.iter().map(|&i| self.labels[i]).collect() }
     }
 }
 
@@ -115,11 +100,7 @@ impl Normalization {
     /// The normalised value range `[(0-mean)/std, (1-mean)/std]` of each
     /// channel: the bounds of LRP's z^B rule.
     pub fn bounds(&self) -> Vec<(f32, f32)> {
-        self.mean
-            .iter()
-            .zip(&self.std)
-            .map(|(m, s)| ((0.0 - m) / s, (1.0 - m) / s))
-            .collect()
+        self.mean.iter().zip(&self.std).map(|(m, s)| ((0.0 - m) / s, (1.0 - m) / s)).collect()
     }
 
     /// Normalises the images `indices` of `set` into `out` (N·C·H·W floats).
@@ -133,11 +114,7 @@ impl Normalization {
             for c in 0..shape.channels {
                 let scale = 1.0 / (255.0 * self.std[c]);
                 let shift = self.mean[c] / self.std[c];
-                out.extend(
-                    image[c * plane..(c + 1) * plane]
-                        .iter()
-                        .map(|&p| p as f32 * scale - shift),
-                );
+                out.extend(image[c * plane..(c + 1) * plane].iter().map(|&p| p as f32 * scale - shift));
             }
         }
     }
@@ -171,13 +148,7 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 fn parse_idx(path: &Path, bytes: &[u8], dims: usize) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let header = 4 + 4 * dims;
     if bytes.len() < header {
-        return Err(data_error(
-            path,
-            format!(
-                "truncated: {} bytes, the IDX header alone is {header}",
-                bytes.len()
-            ),
-        ));
+        return Err(data_error(path, format!("truncated: {} bytes, the IDX header alone is {header}", bytes.len())));
     }
     let magic = be_u32(bytes, 0);
     let expected = 0x0800 + dims as u32;
@@ -187,9 +158,7 @@ fn parse_idx(path: &Path, bytes: &[u8], dims: usize) -> Result<(Vec<usize>, Vec<
             format!("bad magic number 0x{magic:08x}, expected 0x{expected:08x} (unsigned bytes, {dims} dimensions)"),
         ));
     }
-    let shape: Vec<usize> = (0..dims)
-        .map(|d| be_u32(bytes, 4 + 4 * d) as usize)
-        .collect();
+    let shape: Vec<usize> = (0..dims).map(|d| be_u32(bytes, 4 + 4 * d) as usize).collect();
     let payload: usize = shape.iter().product();
     if bytes.len() - header != payload {
         return Err(data_error(
@@ -204,15 +173,8 @@ fn parse_idx(path: &Path, bytes: &[u8], dims: usize) -> Result<(Vec<usize>, Vec<
 }
 
 fn check_labels(path: &Path, labels: &[u8], classes: usize) -> Result<(), DataError> {
-    if let Some((i, &l)) = labels
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l as usize >= classes)
-    {
-        return Err(data_error(
-            path,
-            format!("label {l} of item {i} is out of range 0..{classes}"),
-        ));
+    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
+        return Err(data_error(path, format!("label {l} of item {i} is out of range 0..{classes}")));
     }
     Ok(())
 }
@@ -222,26 +184,10 @@ pub fn load_idx(images: &Path, labels: &Path) -> Result<ImageSet, DataError> {
     let (dims, pixels) = parse_idx(images, &read_maybe_gzip(images)?, 3)?;
     let (label_dims, label_bytes) = parse_idx(labels, &read_maybe_gzip(labels)?, 1)?;
     if label_dims[0] != dims[0] {
-        return Err(data_error(
-            labels,
-            format!(
-                "{} labels for {} images in {}",
-                label_dims[0],
-                dims[0],
-                images.display()
-            ),
-        ));
+        return Err(data_error(labels, format!("{} labels for {} images in {}", label_dims[0], dims[0], images.display())));
     }
     check_labels(labels, &label_bytes, 10)?;
-    Ok(ImageSet {
-        shape: ImageShape {
-            channels: 1,
-            height: dims[1],
-            width: dims[2],
-        },
-        pixels,
-        labels: label_bytes,
-    })
+    Ok(ImageSet { shape: ImageShape { channels: 1, height: dims[1], width: dims[2] }, pixels, labels: label_bytes })
 }
 
 /// Finds `name` or `name.gz` in `dir`.
@@ -251,56 +197,32 @@ fn idx_file(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
             return Ok(candidate);
         }
     }
-    Err(data_error(
-        &dir.join(name),
-        "missing (neither the file nor its .gz exists); run `make data`",
-    ))
+    Err(data_error(&dir.join(name), "missing (neither the file nor its .gz exists); run `make data`"))
 }
 
 /// Fashion-MNIST or MNIST: the four official IDX files in `dir`.
 pub fn load_idx_dir(dir: &Path) -> Result<Dataset, DataError> {
-    let train = load_idx(
-        &idx_file(dir, "train-images-idx3-ubyte")?,
-        &idx_file(dir, "train-labels-idx1-ubyte")?,
-    )?;
-    let test = load_idx(
-        &idx_file(dir, "t10k-images-idx3-ubyte")?,
-        &idx_file(dir, "t10k-labels-idx1-ubyte")?,
-    )?;
-    Ok(Dataset {
-        train,
-        test,
-        classes: 10,
-    })
+    let train = load_idx(&idx_file(dir, "train-images-idx3-ubyte")?, &idx_file(dir, "train-labels-idx1-ubyte")?)?;
+    let test = load_idx(&idx_file(dir, "t10k-images-idx3-ubyte")?, &idx_file(dir, "t10k-labels-idx1-ubyte")?)?;
+    Ok(Dataset { train, test, classes: 10 })
 }
 
 const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
 
 /// Reads CIFAR-10 binary batches (1 label byte + 3072 bytes R, G, B planes).
 pub fn load_cifar_batches(paths: &[PathBuf]) -> Result<ImageSet, DataError> {
-    let mut set = ImageSet {
-        shape: ImageShape::RGB_32,
-        pixels: Vec::new(),
-        labels: Vec::new(),
-    };
+    let mut set = ImageSet { shape: ImageShape::RGB_32, pixels: Vec::new(), labels: Vec::new() };
     for path in paths {
-        let bytes =
-            std::fs::read(path).map_err(|e| data_error(path, format!("cannot read: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| data_error(path, format!("cannot read: {e}")))?;
         if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
             return Err(data_error(
                 path,
-                format!(
-                    "wrong size: {} bytes is not a whole number of {CIFAR_RECORD}-byte records",
-                    bytes.len()
-                ),
+                format!("wrong size: {} bytes is not a whole number of {CIFAR_RECORD}-byte records", bytes.len()),
             ));
         }
         for (i, record) in bytes.chunks_exact(CIFAR_RECORD).enumerate() {
             if record[0] >= 10 {
-                return Err(data_error(
-                    path,
-                    format!("label {} of record {i} is out of range 0..10", record[0]),
-                ));
+                return Err(data_error(path, format!("label {} of record {i} is out of range 0..10", record[0])));
             }
             set.labels.push(record[0]);
             set.pixels.extend_from_slice(&record[1..]);
@@ -311,8 +233,7 @@ pub fn load_cifar_batches(paths: &[PathBuf]) -> Result<ImageSet, DataError> {
 
 /// CIFAR-10: `data_batch_*.bin` and `test_batch.bin` in `dir`.
 pub fn load_cifar_dir(dir: &Path) -> Result<Dataset, DataError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| data_error(dir, format!("cannot list: {e}; run `make data`")))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| data_error(dir, format!("cannot list: {e}; run `make data`")))?;
     let mut train: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -328,37 +249,21 @@ pub fn load_cifar_dir(dir: &Path) -> Result<Dataset, DataError> {
     if !test.is_file() {
         return Err(data_error(&test, "missing"));
     }
-    Ok(Dataset {
-        train: load_cifar_batches(&train)?,
-        test: load_cifar_batches(&[test])?,
-        classes: 10,
-    })
+    Ok(Dataset { train: load_cifar_batches(&train)?, test: load_cifar_batches(&[test])?, classes: 10 })
 }
 
 /// Loads the data set a config entry describes, checking that its images
 /// have the shape the config declares (the models are built for it).
 pub fn load_dataset(config: &crate::config::DatasetConfig) -> Result<Dataset, DataError> {
     use crate::config::DatasetKind;
-    let declared = config
-        .image_shape()
-        .map_err(|m| data_error(Path::new("<config>"), m))?;
+    let declared = config.image_shape().map_err(|m| data_error(Path::new("<config>"), m))?;
     let dataset = match config.kind {
         DatasetKind::Idx | DatasetKind::Cifar10 => {
-            let dir = config
-                .path
-                .as_deref()
-                .ok_or_else(|| data_error(Path::new("<config>"), "data set has no `path`"))?;
-            let dataset = if config.kind == DatasetKind::Idx {
-                load_idx_dir(dir)?
-            } else {
-                load_cifar_dir(dir)?
-            };
+            let dir = config.path.as_deref().ok_or_else(|| data_error(Path::new("<config>"), "data set has no `path`"))?;
+            let dataset = if config.kind == DatasetKind::Idx { load_idx_dir(dir)? } else { load_cifar_dir(dir)? };
             for (split, set) in [("training", &dataset.train), ("test", &dataset.test)] {
                 if set.shape != declared {
-                    return Err(data_error(
-                        dir,
-                        format!("{split} images are {}, expected {declared}", set.shape),
-                    ));
+                    return Err(data_error(dir, format!("{split} images are {}, expected {declared}", set.shape)));
                 }
             }
             dataset
@@ -366,16 +271,8 @@ pub fn load_dataset(config: &crate::config::DatasetConfig) -> Result<Dataset, Da
         DatasetKind::Synthetic => {
             let seed = config.seed.unwrap_or(0);
             Dataset {
-                train: synthetic(
-                    declared,
-                    config.train_size.unwrap_or(SYNTHETIC_TRAIN_SIZE),
-                    seed,
-                ),
-                test: synthetic(
-                    declared,
-                    config.test_size.unwrap_or(SYNTHETIC_TEST_SIZE),
-                    seed ^ 0x7e57_7e57,
-                ),
+                train: synthetic(declared, config.train_size.unwrap_or(SYNTHETIC_TRAIN_SIZE), seed),
+                test: synthetic(declared, config.test_size.unwrap_or(SYNTHETIC_TEST_SIZE), seed ^ 0x7e57_7e57),
                 classes: 10,
             }
         }
@@ -393,11 +290,7 @@ pub const SYNTHETIC_TEST_SIZE: usize = 500;
 /// has three channels, over uniform noise.
 pub fn synthetic(shape: ImageShape, len: usize, seed: u64) -> ImageSet {
     let mut rng = Rng::for_purpose(seed, "synthetic");
-    let mut set = ImageSet {
-        shape,
-        pixels: Vec::with_capacity(len * shape.len()),
-        labels: Vec::with_capacity(len),
-    };
+    let mut set = ImageSet { shape, pixels: Vec::with_capacity(len * shape.len()), labels: Vec::with_capacity(len) };
     let side = (shape.height.min(shape.width) / 4).max(2);
     for i in 0..len {
         let label = (i % 10) as u8;
@@ -409,15 +302,10 @@ pub fn synthetic(shape: ImageShape, len: usize, seed: u64) -> ImageSet {
         let y0 = (gy * cell_h + cell_h / 2) as isize - side as isize / 2 + jitter(&mut rng);
         let brightness = 160.0 + 95.0 * rng.next_f32();
         for c in 0..shape.channels {
-            let tint = if shape.channels == 3 {
-                [1.0, 0.55, 0.3][(c + label as usize) % 3]
-            } else {
-                1.0
-            };
+            let tint = if shape.channels == 3 { [1.0, 0.55, 0.3][(c + label as usize) % 3] } else { 1.0 };
             for y in 0..shape.height as isize {
                 for x in 0..shape.width as isize {
-                    let inside =
-                        x >= x0 && x < x0 + side as isize && y >= y0 && y < y0 + side as isize;
+                    let inside = x >= x0 && x < x0 + side as isize && y >= y0 && y < y0 + side as isize;
                     let noise = 60.0 * rng.next_f32();
                     let value = if inside { brightness * tint } else { 0.0 } + noise;
                     set.pixels.push(value.min(255.0) as u8);
@@ -462,14 +350,7 @@ mod tests {
         std::fs::write(dir.join("img"), idx_bytes(0x803, &[2, 3, 4], &pixels)).unwrap();
         std::fs::write(dir.join("lab.gz"), gzip(&idx_bytes(0x801, &[2], &[7, 1]))).unwrap();
         let set = load_idx(&dir.join("img"), &dir.join("lab.gz")).unwrap();
-        assert_eq!(
-            set.shape,
-            ImageShape {
-                channels: 1,
-                height: 3,
-                width: 4
-            }
-        );
+        assert_eq!(set.shape, ImageShape { channels: 1, height: 3, width: 4 });
         assert_eq!(set.labels, vec![7, 1]);
         assert_eq!(set.image(1), &pixels[12..]);
     }
@@ -495,11 +376,7 @@ mod tests {
         std::fs::write(&labels, idx_bytes(0x801, &[2], &[0, 12])).unwrap();
         let err = load_idx(&good, &labels).unwrap_err().to_string();
         assert!(err.contains("label 12 of item 1 is out of range"), "{err}");
-        std::fs::write(
-            &labels,
-            gzip(&idx_bytes(0x801, &[2], &[0, 1]))[..10].to_vec(),
-        )
-        .unwrap();
+        std::fs::write(&labels, gzip(&idx_bytes(0x801, &[2], &[0, 1]))[..10].to_vec()).unwrap();
         let err = load_idx(&good, &labels).unwrap_err().to_string();
         assert!(err.contains("corrupt gzip"), "{err}");
     }
@@ -519,10 +396,7 @@ mod tests {
         assert_eq!(set.image(1), &record[1..]);
         std::fs::write(&path, &two[..5000]).unwrap();
         let err = load_cifar_batches(&[path.clone()]).unwrap_err().to_string();
-        assert!(
-            err.contains("data_batch_1.bin") && err.contains("wrong size"),
-            "{err}"
-        );
+        assert!(err.contains("data_batch_1.bin") && err.contains("wrong size"), "{err}");
         two[0] = 10;
         std::fs::write(&path, &two).unwrap();
         let err = load_cifar_batches(&[path]).unwrap_err().to_string();
@@ -542,23 +416,10 @@ mod tests {
 
     #[test]
     fn normalisation_maps_bytes_to_the_configured_range() {
-        let set = ImageSet {
-            shape: ImageShape {
-                channels: 1,
-                height: 1,
-                width: 3,
-            },
-            pixels: vec![0, 255, 51],
-            labels: vec![0],
-        };
-        let norm = Normalization {
-            mean: vec![0.5],
-            std: vec![0.5],
-        };
+        let set = ImageSet { shape: ImageShape { channels: 1, height: 1, width: 3 }, pixels: vec![0, 255, 51], labels: vec![0] };
+        let norm = Normalization { mean: vec![0.5], std: vec![0.5] };
         let x = norm.batch(&set, &[0]);
-        assert!(
-            (x[0] + 1.0).abs() < 1e-6 && (x[1] - 1.0).abs() < 1e-6 && (x[2] + 0.6).abs() < 1e-6
-        );
+        assert!((x[0] + 1.0).abs() < 1e-6 && (x[1] - 1.0).abs() < 1e-6 && (x[2] + 0.6).abs() < 1e-6);
         assert_eq!(norm.bounds(), vec![(-1.0, 1.0)]);
     }
 }

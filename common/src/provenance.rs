@@ -13,10 +13,7 @@ use crate::config::{MethodConfig, PipelineConfig, RunConfig};
 /// the probe set (whose loss the trainer records). `intended_fit` is only a
 /// label for reports and is left out, so relabelling retrains nothing.
 pub fn run_fingerprint(config: &PipelineConfig, run: &RunConfig) -> String {
-    let training = RunConfig {
-        intended_fit: None,
-        ..run.clone()
-    };
+    let training = RunConfig { intended_fit: None, ..run.clone() };
     Fingerprinter::new()
         .add("dataset", &config.datasets.get(&run.dataset))
         .add("run", &training)
@@ -26,10 +23,7 @@ pub fn run_fingerprint(config: &PipelineConfig, run: &RunConfig) -> String {
 
 /// Fingerprint of the model checkpoint at `step` of a run.
 pub fn checkpoint_fingerprint(run_fingerprint: &str, step: u64) -> String {
-    Fingerprinter::new()
-        .add("run", &run_fingerprint)
-        .add("step", &step)
-        .finish()
+    Fingerprinter::new().add("run", &run_fingerprint).add("step", &step).finish()
 }
 
 /// Fingerprint of one explanation method's settings.
@@ -39,10 +33,7 @@ pub fn method_fingerprint(method: &MethodConfig) -> String {
 
 /// Fingerprint of the maps of one method at one checkpoint.
 pub fn attribution_fingerprint(checkpoint_fingerprint: &str, method_fingerprint: &str) -> String {
-    Fingerprinter::new()
-        .add("checkpoint", &checkpoint_fingerprint)
-        .add("method", &method_fingerprint)
-        .finish()
+    Fingerprinter::new().add("checkpoint", &checkpoint_fingerprint).add("method", &method_fingerprint).finish()
 }
 
 #[cfg(test)]
@@ -68,21 +59,12 @@ mod tests {
     #[test]
     fn labels_do_not_change_fingerprints_but_settings_do() {
         let base = PipelineConfig::parse(CONFIG, Path::new("t")).unwrap();
-        let relabelled =
-            PipelineConfig::parse(&CONFIG.replace("good fit", "overfit"), Path::new("t")).unwrap();
-        let longer =
-            PipelineConfig::parse(&CONFIG.replace("epochs = 1", "epochs = 2"), Path::new("t"))
-                .unwrap();
+        let relabelled = PipelineConfig::parse(&CONFIG.replace("good fit", "overfit"), Path::new("t")).unwrap();
+        let longer = PipelineConfig::parse(&CONFIG.replace("epochs = 1", "epochs = 2"), Path::new("t")).unwrap();
         let fp = |c: &PipelineConfig| run_fingerprint(c, &c.runs["a"]);
         assert_eq!(fp(&base), fp(&relabelled));
         assert_ne!(fp(&base), fp(&longer));
-        assert_ne!(
-            checkpoint_fingerprint(&fp(&base), 0),
-            checkpoint_fingerprint(&fp(&base), 1)
-        );
-        assert_ne!(
-            method_fingerprint(&base.methods["lrp"]),
-            method_fingerprint(&base.methods["cam"])
-        );
+        assert_ne!(checkpoint_fingerprint(&fp(&base), 0), checkpoint_fingerprint(&fp(&base), 1));
+        assert_ne!(method_fingerprint(&base.methods["lrp"]), method_fingerprint(&base.methods["cam"]));
     }
 }

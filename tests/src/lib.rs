@@ -10,26 +10,16 @@ pub const STAGES: [&str; 4] = ["trainer", "explainer", "summarizer", "analyzer"]
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
 }
 
 /// A stage binary of the same profile as the running test (`make test`
 /// builds them before the tests run).
 pub fn stage_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
     let path = profile_dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is not built; run `make test` (it builds the stage binaries first)",
-        path.display()
-    );
+    assert!(path.is_file(), "{} is not built; run `make test` (it builds the stage binaries first)", path.display());
     path
 }
 
@@ -52,11 +42,7 @@ impl Scratch {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch folder");
         let config = dir.join("pipeline.toml");
-        std::fs::write(
-            &config,
-            text.replace("@OUT@", &dir.join("out").display().to_string()),
-        )
-        .expect("config");
+        std::fs::write(&config, text.replace("@OUT@", &dir.join("out").display().to_string())).expect("config");
         Self { dir, config }
     }
 
@@ -71,25 +57,15 @@ impl Scratch {
 
     pub fn command(&self, name: &str, args: &[&str]) -> Command {
         let mut command = Command::new(stage_binary(name));
-        command
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .current_dir(&self.dir);
-        command
-            .env_remove("SLURM_ARRAY_TASK_ID")
-            .env_remove("SLURM_ARRAY_TASK_COUNT");
+        command.arg("--config").arg(&self.config).args(args).current_dir(&self.dir);
+        command.env_remove("SLURM_ARRAY_TASK_ID").env_remove("SLURM_ARRAY_TASK_COUNT");
         command
     }
 
     /// Runs a stage and panics with its output unless it succeeds.
     pub fn ok(&self, name: &str, args: &[&str]) -> String {
         let out = self.stage(name, args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{name} {args:?} failed:\n{text}");
         text
     }
@@ -97,12 +73,8 @@ impl Scratch {
 
 /// The smoke config with its output folder replaced by `@OUT@`.
 pub fn smoke_config() -> String {
-    let text = std::fs::read_to_string(workspace_root().join("configs/smoke.toml"))
-        .expect("configs/smoke.toml");
-    assert!(
-        text.contains("dir = \"runs/smoke\""),
-        "configs/smoke.toml sets [output] dir = \"runs/smoke\""
-    );
+    let text = std::fs::read_to_string(workspace_root().join("configs/smoke.toml")).expect("configs/smoke.toml");
+    assert!(text.contains("dir = \"runs/smoke\""), "configs/smoke.toml sets [output] dir = \"runs/smoke\"");
     text.replace("dir = \"runs/smoke\"", "dir = \"@OUT@\"")
 }
 
@@ -120,10 +92,7 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
                 pending.push(path);
             } else {
                 let bytes = std::fs::read(&path).expect("readable file");
-                files.insert(
-                    path.strip_prefix(dir).expect("below dir").to_path_buf(),
-                    bytes,
-                );
+                files.insert(path.strip_prefix(dir).expect("below dir").to_path_buf(), bytes);
             }
         }
     }

@@ -10,30 +10,18 @@ fn trains_writes_the_contract_files_and_skips_when_done() {
     let s = Scratch::new("train-basic");
     s.ok("trainer", &["--run", "simple"]);
     let run = s.out().join("simple");
-    for f in [
-        "probe.parquet",
-        "metrics.parquet",
-        "checkpoints/step-000000.safetensors",
-        "checkpoints/step-000024.safetensors",
-    ] {
+    for f in ["probe.parquet", "metrics.parquet", "checkpoints/step-000000.safetensors", "checkpoints/step-000024.safetensors"] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
-    let leftovers: Vec<_> = snapshot(&run)
-        .into_keys()
-        .filter(|p| p.to_string_lossy().contains("resume"))
-        .collect();
-    assert!(
-        leftovers.is_empty(),
-        "resume state left behind: {leftovers:?}"
-    );
+    let leftovers: Vec<_> = snapshot(&run).into_keys().filter(|p| p.to_string_lossy().contains("resume")).collect();
+    assert!(leftovers.is_empty(), "resume state left behind: {leftovers:?}");
     let before = snapshot(&s.out());
     let log = s.ok("trainer", &["--run", "simple"]);
     assert!(log.contains("up to date"), "{log}");
     assert_same_files(&before, &snapshot(&s.out()));
     let dry = s.ok("trainer", &["--dry-run", "--force"]);
     assert!(
-        dry.contains("run `simple`: would retrain (--force)")
-            && dry.contains("run `complex`: would train from the start"),
+        dry.contains("run `simple`: would retrain (--force)") && dry.contains("run `complex`: would train from the start"),
         "{dry}"
     );
 }
@@ -50,21 +38,14 @@ fn same_config_same_bytes_and_kill_9_then_resume_gives_the_same_bytes() {
 
     let killed = Scratch::new("train-killed");
     for delay_ms in [40u64, 120, 250, 400, 700] {
-        let mut child = killed
-            .command("trainer", &[])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = killed.command("trainer", &[]).stderr(std::process::Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         child.wait().unwrap();
     }
     killed.ok("trainer", &[]);
     let after = snapshot(&killed.out());
-    assert!(
-        after.keys().all(|p| !p.to_string_lossy().ends_with(".tmp")),
-        "temporary files left"
-    );
+    assert!(after.keys().all(|p| !p.to_string_lossy().ends_with(".tmp")), "temporary files left");
     assert_same_files(&expected, &after);
 }
 
@@ -94,13 +75,7 @@ fn changing_a_run_retrains_only_that_run() {
     let s = Scratch::new("train-change");
     s.ok("trainer", &[]);
     let before = snapshot(&s.out());
-    std::fs::write(
-        &s.config,
-        std::fs::read_to_string(&s.config)
-            .unwrap()
-            .replace("epochs = 3", "epochs = 2"),
-    )
-    .unwrap();
+    std::fs::write(&s.config, std::fs::read_to_string(&s.config).unwrap().replace("epochs = 3", "epochs = 2")).unwrap();
     let log = s.ok("trainer", &[]);
     assert!(log.contains("run `complex`: up to date"), "{log}");
     let after = snapshot(&s.out());
@@ -109,37 +84,20 @@ fn changing_a_run_retrains_only_that_run() {
             assert_eq!(bytes, &before[path], "{} changed", path.display());
         }
     }
-    assert!(
-        !after.contains_key(std::path::Path::new(
-            "simple/checkpoints/step-000024.safetensors"
-        )),
-        "old checkpoint kept"
-    );
-    assert!(after.contains_key(std::path::Path::new(
-        "simple/checkpoints/step-000016.safetensors"
-    )));
+    assert!(!after.contains_key(std::path::Path::new("simple/checkpoints/step-000024.safetensors")), "old checkpoint kept");
+    assert!(after.contains_key(std::path::Path::new("simple/checkpoints/step-000016.safetensors")));
 }
 
 #[test]
 fn bad_configs_and_flags_are_named_errors() {
-    let s = Scratch::with_config(
-        "train-bad",
-        &pipeline_tests::smoke_config().replace("epochs = 3", "epochs = 0"),
-    );
+    let s = Scratch::with_config("train-bad", &pipeline_tests::smoke_config().replace("epochs = 3", "epochs = 0"));
     let out = s.stage("trainer", &[]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("runs.simple.epochs") && err.contains("at least 1"),
-        "{err}"
-    );
+    assert!(!out.status.success() && err.contains("runs.simple.epochs") && err.contains("at least 1"), "{err}");
     let s = Scratch::new("train-bad-flags");
     let out = s.stage("trainer", &["--shard", "2/2"]);
-    assert!(
-        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("need 0 <= I < N")
-    );
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("need 0 <= I < N"));
     let out = s.stage("trainer", &["--run", "nope"]);
-    assert!(
-        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no run `nope`")
-    );
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no run `nope`"));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }

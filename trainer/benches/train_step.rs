@@ -32,16 +32,12 @@ fn median_seconds(mut f: impl FnMut(), warmup: usize, runs: usize) -> f64 {
 }
 
 fn main() {
-    let peer: Option<serde_json::Value> = std::env::var("PEER_JSON").ok().map(|path| {
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("PEER_JSON file"))
-            .expect("PEER_JSON is JSON")
-    });
+    let peer: Option<serde_json::Value> = std::env::var("PEER_JSON")
+        .ok()
+        .map(|path| serde_json::from_str(&std::fs::read_to_string(&path).expect("PEER_JSON file")).expect("PEER_JSON is JSON"));
     let dev = Cpu::default();
     println!("threads: {}", rayon::current_num_threads());
-    println!(
-        "{:<16} {:>12} {:>12} {:>8}",
-        "case", "ours (s)", "peer (s)", "ratio"
-    );
+    println!("{:<16} {:>12} {:>12} {:>8}", "case", "ours (s)", "peer (s)", "ratio");
     for (case, kind, shape) in [
         ("fmnist_simple", ModelKind::Simple, ImageShape::GRAY_28),
         ("cifar_simple", ModelKind::Simple, ImageShape::RGB_32),
@@ -56,16 +52,13 @@ fn main() {
         let labels: Vec<u8> = (0..100).map(|_| rng.below(10) as u8).collect();
         let seconds = median_seconds(
             || {
-                let step =
-                    loss_and_gradients(&dev, &model, x.clone(), &labels).expect("valid batch");
+                let step = loss_and_gradients(&dev, &model, x.clone(), &labels).expect("valid batch");
                 adam.step(model.parameters_mut(), &step.gradients);
             },
             2,
             7,
         );
-        let peer_seconds = peer
-            .as_ref()
-            .and_then(|p| p[format!("{case}_train_step_s")].as_f64());
+        let peer_seconds = peer.as_ref().and_then(|p| p[format!("{case}_train_step_s")].as_f64());
         match peer_seconds {
             Some(p) => println!("{case:<16} {seconds:>12.4} {p:>12.4} {:>8.2}", seconds / p),
             None => println!("{case:<16} {seconds:>12.4} {:>12} {:>8}", "-", "-"),

@@ -34,34 +34,18 @@ impl Adam {
 
     /// One update of every parameter with its gradient.
     pub fn step(&mut self, parameters: Vec<&mut Vec<f32>>, gradients: &[Vec<f32>]) {
-        assert_eq!(
-            parameters.len(),
-            gradients.len(),
-            "one gradient per parameter"
-        );
-        assert_eq!(
-            parameters.len(),
-            self.first_moments.len(),
-            "optimizer built for these parameters"
-        );
+        assert_eq!(parameters.len(), gradients.len(), "one gradient per parameter");
+        assert_eq!(parameters.len(), self.first_moments.len(), "optimizer built for these parameters");
         self.steps += 1;
         let t = self.steps as i32;
         let step_size = (self.learning_rate / (1.0 - self.beta1.powi(t))) as f32;
         let correction2_sqrt = (1.0 - self.beta2.powi(t)).sqrt() as f32;
         let (b1, b2, eps) = (self.beta1 as f32, self.beta2 as f32, self.epsilon as f32);
-        for (((param, grad), m), v) in parameters
-            .into_iter()
-            .zip(gradients)
-            .zip(&mut self.first_moments)
-            .zip(&mut self.second_moments)
+        for (((param, grad), m), v) in
+            parameters.into_iter().zip(gradients).zip(&mut self.first_moments).zip(&mut self.second_moments)
         {
             assert_eq!(param.len(), grad.len(), "gradient length");
-            for (((p, &g), m), v) in param
-                .iter_mut()
-                .zip(grad)
-                .zip(m.iter_mut())
-                .zip(v.iter_mut())
-            {
+            for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
                 *m += (1.0 - b1) * (g - *m);
                 *v = *v * b2 + (1.0 - b2) * g * g;
                 let denom = v.sqrt() / correction2_sqrt + eps;
@@ -82,10 +66,7 @@ mod tests {
         let mut adam = Adam::new(0.01, &[3]);
         let mut p = vec![1.0f32, 2.0, 3.0];
         adam.step(vec![&mut p], &[vec![0.5, -4.0, 0.0]]);
-        assert!(
-            (p[0] - 0.99).abs() < 1e-6 && (p[1] - 2.01).abs() < 1e-6 && p[2] == 3.0,
-            "{p:?}"
-        );
+        assert!((p[0] - 0.99).abs() < 1e-6 && (p[1] - 2.01).abs() < 1e-6 && p[2] == 3.0, "{p:?}");
         assert_eq!(adam.steps, 1);
         assert!((adam.first_moments[0][1] + 0.4).abs() < 1e-6);
         assert!((adam.second_moments[0][1] - 0.016).abs() < 1e-6);
@@ -102,10 +83,6 @@ mod tests {
         let m_hat = 0.29 / 0.19;
         let v_hat = 0.004999f64 / 0.001999;
         let expected = -0.1 - 0.1 * m_hat / (v_hat.sqrt() + 1e-8);
-        assert!(
-            (p[0] as f64 - expected).abs() < 1e-5,
-            "{} vs {expected}",
-            p[0]
-        );
+        assert!((p[0] as f64 - expected).abs() < 1e-5, "{} vs {expected}", p[0]);
     }
 }

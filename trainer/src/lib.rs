@@ -38,19 +38,11 @@ pub struct Cli {
 pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     let config = PipelineConfig::load(&cli.stage.config)?;
     let shard = cli.stage.shard().map_err(anyhow::Error::msg)?;
-    let runs = shard.select(
-        config
-            .select_runs(&cli.stage.runs)
-            .map_err(anyhow::Error::msg)?,
-    );
+    let runs = shard.select(config.select_runs(&cli.stage.runs).map_err(anyhow::Error::msg)?);
     let mut report = StageReport::default();
     for (name, run) in runs {
         let layout = RunLayout::new(&config.output.dir, name);
-        let status = if cli.stage.force {
-            RunStatus::Stale
-        } else {
-            run_status(&config, run, &layout)
-        };
+        let status = if cli.stage.force { RunStatus::Stale } else { run_status(&config, run, &layout) };
         let what = match &status {
             RunStatus::UpToDate => {
                 tracing::info!("run `{name}`: up to date");
@@ -59,9 +51,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
             }
             RunStatus::Fresh => "train from the start".to_string(),
             RunStatus::Stale if cli.stage.force => "retrain (--force)".to_string(),
-            RunStatus::Stale => {
-                "retrain: its checkpoints come from another configuration".to_string()
-            }
+            RunStatus::Stale => "retrain: its checkpoints come from another configuration".to_string(),
             RunStatus::Resume(step) => format!("resume from step {step}"),
         };
         if cli.stage.dry_run {

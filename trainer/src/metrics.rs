@@ -44,10 +44,7 @@ impl RunningMean {
 
     /// Mean loss and accuracy, then a fresh start.
     pub fn take(&mut self) -> (f64, f64) {
-        let means = (
-            self.loss_sum / self.batches.max(1) as f64,
-            self.correct as f64 / self.images.max(1) as f64,
-        );
+        let means = (self.loss_sum / self.batches.max(1) as f64, self.correct as f64 / self.images.max(1) as f64);
         *self = Self::default();
         means
     }
@@ -56,10 +53,7 @@ impl RunningMean {
 pub fn metrics_frame(rows: &[MetricsRow]) -> DataFrame {
     let f = |get: fn(&MetricsRow) -> f64| rows.iter().map(get).collect::<Vec<f64>>();
     DataFrame::new(vec![
-        Column::new(
-            "step".into(),
-            rows.iter().map(|r| r.step as i64).collect::<Vec<i64>>(),
-        ),
+        Column::new("step".into(), rows.iter().map(|r| r.step as i64).collect::<Vec<i64>>()),
         Column::new("epoch".into(), f(|r| r.epoch)),
         Column::new("train_loss".into(), f(|r| r.train_loss)),
         Column::new("train_loss_running".into(), f(|r| r.train_loss_running)),

@@ -25,12 +25,8 @@ pub fn select_probe(
         let mut shuffled = pool.to_vec();
         Rng::for_purpose(config.seed, &format!("probe-{}", split.name())).shuffle(&mut shuffled);
         for class in 0..classes {
-            let chosen: Vec<usize> = shuffled
-                .iter()
-                .copied()
-                .filter(|&i| set.labels[i] as usize == class)
-                .take(per_class)
-                .collect();
+            let chosen: Vec<usize> =
+                shuffled.iter().copied().filter(|&i| set.labels[i] as usize == class).take(per_class).collect();
             if chosen.len() < per_class {
                 return Err(format!(
                     "the probe asks for {per_class} {} images of class {class}, but only {} are available",
@@ -39,12 +35,7 @@ pub fn select_probe(
                 ));
             }
             for source_index in chosen {
-                entries.push(ProbeEntry {
-                    probe_id: entries.len() as i64,
-                    split,
-                    source_index,
-                    label: class as u8,
-                });
+                entries.push(ProbeEntry { probe_id: entries.len() as i64, split, source_index, label: class as u8 });
             }
         }
     }
@@ -61,47 +52,22 @@ mod tests {
         let train = synthetic(ImageShape::GRAY_28, 200, 1);
         let test = synthetic(ImageShape::GRAY_28, 100, 2);
         let subset: Vec<usize> = (0..200).filter(|i| i % 3 != 0).collect();
-        let config = ProbeConfig {
-            seen_per_class: 2,
-            unseen_per_class: 3,
-            seed: 5,
-        };
+        let config = ProbeConfig { seen_per_class: 2, unseen_per_class: 3, seed: 5 };
         let probe = select_probe(&config, &train, &subset, &test, 10).unwrap();
         assert_eq!(probe.len(), 50);
-        assert_eq!(
-            probe,
-            select_probe(&config, &train, &subset, &test, 10).unwrap()
-        );
+        assert_eq!(probe, select_probe(&config, &train, &subset, &test, 10).unwrap());
         for (i, e) in probe.entries.iter().enumerate() {
             assert_eq!(e.probe_id, i as i64);
-            let set = if e.split == Split::Seen {
-                &train
-            } else {
-                &test
-            };
+            let set = if e.split == Split::Seen { &train } else { &test };
             assert_eq!(set.labels[e.source_index], e.label);
             if e.split == Split::Seen {
                 assert!(subset.contains(&e.source_index));
             }
         }
-        assert_eq!(
-            probe
-                .entries
-                .iter()
-                .filter(|e| e.split == Split::Seen && e.label == 7)
-                .count(),
-            2
-        );
-        let greedy = ProbeConfig {
-            seen_per_class: 14,
-            unseen_per_class: 0,
-            seed: 5,
-        };
+        assert_eq!(probe.entries.iter().filter(|e| e.split == Split::Seen && e.label == 7).count(), 2);
+        let greedy = ProbeConfig { seen_per_class: 14, unseen_per_class: 0, seed: 5 };
         let err = select_probe(&greedy, &train, &subset, &test, 10).unwrap_err();
         // Class 0 of the subset: multiples of 10 below 200 that are not multiples of 3.
-        assert!(
-            err.contains("14 seen images of class 0") && err.contains("only 13"),
-            "{err}"
-        );
+        assert!(err.contains("14 seen images of class 0") && err.contains("only 13"), "{err}");
     }
 }

@@ -21,42 +21,17 @@ pub struct ResumeState {
     pub running: RunningMean,
 }
 
-pub fn write_resume_state(
-    path: &Path,
-    model: &Model,
-    state: &ResumeState,
-) -> Result<(), ArtifactError> {
+pub fn write_resume_state(path: &Path, model: &Model, state: &ResumeState) -> Result<(), ArtifactError> {
     let mut file = TensorFile::default();
     file.metadata.insert("step".into(), state.step.to_string());
-    file.metadata
-        .insert("fingerprint".into(), state.fingerprint.clone());
-    file.metadata
-        .insert("adam_steps".into(), state.adam.steps.to_string());
-    file.metadata
-        .insert("adam_learning_rate".into(), json(&state.adam.learning_rate));
+    file.metadata.insert("fingerprint".into(), state.fingerprint.clone());
+    file.metadata.insert("adam_steps".into(), state.adam.steps.to_string());
+    file.metadata.insert("adam_learning_rate".into(), json(&state.adam.learning_rate));
     file.metadata.insert("metrics".into(), json(&state.rows));
     file.metadata.insert("running".into(), json(&state.running));
-    for (p, (m, v)) in model.parameters().iter().zip(
-        state
-            .adam
-            .first_moments
-            .iter()
-            .zip(&state.adam.second_moments),
-    ) {
-        file.tensors.insert(
-            format!("adam.m.{}", p.name),
-            TensorData::F32 {
-                shape: p.shape.clone(),
-                data: m.clone(),
-            },
-        );
-        file.tensors.insert(
-            format!("adam.v.{}", p.name),
-            TensorData::F32 {
-                shape: p.shape.clone(),
-                data: v.clone(),
-            },
-        );
+    for (p, (m, v)) in model.parameters().iter().zip(state.adam.first_moments.iter().zip(&state.adam.second_moments)) {
+        file.tensors.insert(format!("adam.m.{}", p.name), TensorData::F32 { shape: p.shape.clone(), data: m.clone() });
+        file.tensors.insert(format!("adam.v.{}", p.name), TensorData::F32 { shape: p.shape.clone(), data: v.clone() });
     }
     write_tensors(path, &file)
 }
@@ -65,40 +40,19 @@ pub fn write_resume_state(
 /// naming the file (the caller then falls back to an older checkpoint).
 pub fn read_resume_state(path: &Path, model: &Model) -> Result<ResumeState, ArtifactError> {
     let file = read_tensors(path)?;
-    let bad = |what: &str, e: &dyn std::fmt::Display| {
-        ArtifactError::new(path, format!("metadata `{what}`: {e}"))
-    };
+    let bad = |what: &str, e: &dyn std::fmt::Display| ArtifactError::new(path, format!("metadata `{what}`: {e}"));
     let parse_json = |key: &str| -> Result<serde_json::Value, ArtifactError> {
         serde_json::from_str(file.meta(path, key)?).map_err(|e| bad(key, &e))
     };
-    let step: u64 = file
-        .meta(path, "step")?
-        .parse()
-        .map_err(|e| bad("step", &e))?;
-    let learning_rate: f64 = serde_json::from_value(parse_json("adam_learning_rate")?)
-        .map_err(|e| bad("adam_learning_rate", &e))?;
-    let mut adam = Adam::new(
-        learning_rate,
-        &model
-            .parameters()
-            .iter()
-            .map(|p| p.data.len())
-            .collect::<Vec<_>>(),
-    );
-    adam.steps = file
-        .meta(path, "adam_steps")?
-        .parse()
-        .map_err(|e| bad("adam_steps", &e))?;
+    let step: u64 = file.meta(path, "step")?.parse().map_err(|e| bad("step", &e))?;
+    let learning_rate: f64 =
+        serde_json::from_value(parse_json("adam_learning_rate")?).map_err(|e| bad("adam_learning_rate", &e))?;
+    let mut adam = Adam::new(learning_rate, &model.parameters().iter().map(|p| p.data.len()).collect::<Vec<_>>());
+    adam.steps = file.meta(path, "adam_steps")?.parse().map_err(|e| bad("adam_steps", &e))?;
     for (i, p) in model.parameters().iter().enumerate() {
         let shape: Vec<Option<usize>> = p.shape.iter().map(|&s| Some(s)).collect();
-        adam.first_moments[i] = file
-            .f32(path, &format!("adam.m.{}", p.name), &shape)?
-            .1
-            .to_vec();
-        adam.second_moments[i] = file
-            .f32(path, &format!("adam.v.{}", p.name), &shape)?
-            .1
-            .to_vec();
+        adam.first_moments[i] = file.f32(path, &format!("adam.m.{}", p.name), &shape)?.1.to_vec();
+        adam.second_moments[i] = file.f32(path, &format!("adam.v.{}", p.name), &shape)?.1.to_vec();
     }
     Ok(ResumeState {
         step,
@@ -126,10 +80,7 @@ mod tests {
         let model = Model::initialized(ModelKind::Simple, ImageShape::GRAY_28, 10, 1);
         let lengths: Vec<usize> = model.parameters().iter().map(|p| p.data.len()).collect();
         let mut adam = Adam::new(1e-3, &lengths);
-        let grads: Vec<Vec<f32>> = lengths
-            .iter()
-            .map(|&n| (0..n).map(|i| (i as f32 * 0.37).sin() / 3.0).collect())
-            .collect();
+        let grads: Vec<Vec<f32>> = lengths.iter().map(|&n| (0..n).map(|i| (i as f32 * 0.37).sin() / 3.0).collect()).collect();
         let mut params = model.clone();
         adam.step(params.parameters_mut(), &grads);
         let row = MetricsRow {
@@ -148,23 +99,12 @@ mod tests {
             fingerprint: "abc".into(),
             adam,
             rows: vec![row],
-            running: RunningMean {
-                loss_sum: 0.7,
-                batches: 3,
-                correct: 11,
-                images: 300,
-            },
+            running: RunningMean { loss_sum: 0.7, batches: 3, correct: 11, images: 300 },
         };
-        let path = std::env::temp_dir().join(format!(
-            "resume-{}/step-000007.resume.safetensors",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("resume-{}/step-000007.resume.safetensors", std::process::id()));
         write_resume_state(&path, &model, &state).unwrap();
         assert_eq!(read_resume_state(&path, &model).unwrap(), state);
         let other = Model::initialized(ModelKind::Complex, ImageShape::GRAY_28, 10, 1);
-        assert!(read_resume_state(&path, &other)
-            .unwrap_err()
-            .to_string()
-            .contains("adam.m.features_conv.0.weight"));
+        assert!(read_resume_state(&path, &other).unwrap_err().to_string().contains("adam.m.features_conv.0.weight"));
     }
 }

@@ -5,9 +5,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use common::artifacts::{
-    read_checkpoint, read_checkpoint_fingerprint, read_parquet, read_stamp,
-    remove_stale_temporaries, write_checkpoint, write_probe, write_stamp, CheckpointInfo,
-    RunLayout,
+    read_checkpoint, read_checkpoint_fingerprint, read_parquet, read_stamp, remove_stale_temporaries, write_checkpoint,
+    write_probe, write_stamp, CheckpointInfo, RunLayout,
 };
 use common::config::{PipelineConfig, RunConfig};
 use common::data::{load_dataset, Dataset, ImageSet, Normalization};
@@ -39,12 +38,7 @@ impl Plan {
     pub fn new(run: &RunConfig, train_len: usize) -> Self {
         let steps_per_epoch = train_len.div_ceil(run.batch_size) as u64;
         let last_step = steps_per_epoch * u64::from(run.epochs);
-        Self {
-            train_len,
-            steps_per_epoch,
-            last_step,
-            checkpoint_steps: run.checkpoints.steps(last_step),
-        }
+        Self { train_len, steps_per_epoch, last_step, checkpoint_steps: run.checkpoints.steps(last_step) }
     }
 
     pub fn epoch_of(&self, step: u64) -> f64 {
@@ -92,15 +86,9 @@ pub fn run_status(config: &PipelineConfig, run: &RunConfig, layout: &RunLayout) 
         }
     }
     let steps = layout.checkpoint_steps().unwrap_or_default();
-    let current = |s: u64| {
-        read_checkpoint_fingerprint(&layout.checkpoint(s)).ok()
-            == Some(checkpoint_fingerprint(&fingerprint, s))
-    };
-    if let Some(&s) = steps
-        .iter()
-        .rev()
-        .find(|&&s| current(s) && layout.resume_state(s).is_file())
-    {
+    let current =
+        |s: u64| read_checkpoint_fingerprint(&layout.checkpoint(s)).ok() == Some(checkpoint_fingerprint(&fingerprint, s));
+    if let Some(&s) = steps.iter().rev().find(|&&s| current(s) && layout.resume_state(s).is_file()) {
         return RunStatus::Resume(s);
     }
     if steps.iter().any(|&s| !current(s)) {
@@ -113,10 +101,7 @@ pub fn run_status(config: &PipelineConfig, run: &RunConfig, layout: &RunLayout) 
 fn read_metric_steps(path: &Path) -> Option<Vec<u64>> {
     let df = read_parquet(path).ok()?;
     let steps = df.column("step").ok()?.i64().ok()?;
-    steps
-        .into_iter()
-        .map(|s| s.and_then(|s| u64::try_from(s).ok()))
-        .collect()
+    steps.into_iter().map(|s| s.and_then(|s| u64::try_from(s).ok())).collect()
 }
 
 /// Everything fixed for the duration of one run.
@@ -134,38 +119,22 @@ struct Setup<'a> {
 }
 
 /// Trains one run, or finishes it from where `status` says it stopped.
-pub fn train_run(
-    config: &PipelineConfig,
-    name: &str,
-    run: &RunConfig,
-    status: RunStatus,
-) -> anyhow::Result<()> {
+pub fn train_run(config: &PipelineConfig, name: &str, run: &RunConfig, status: RunStatus) -> anyhow::Result<()> {
     let layout = RunLayout::new(&config.output.dir, name);
     let dataset_config = &config.datasets[&run.dataset];
-    let dataset =
-        load_dataset(dataset_config).with_context(|| format!("data set `{}`", run.dataset))?;
+    let dataset = load_dataset(dataset_config).with_context(|| format!("data set `{}`", run.dataset))?;
     let normalization = dataset_config.normalization(dataset.train.shape.channels);
-    let train_indices =
-        training_indices(run, dataset.train.len()).with_context(|| format!("run `{name}`"))?;
+    let train_indices = training_indices(run, dataset.train.len()).with_context(|| format!("run `{name}`"))?;
     let plan = Plan::new(run, train_indices.len());
     let fingerprint = run_fingerprint(config, run);
-    let probe = select_probe(
-        &config.probe,
-        &dataset.train,
-        &train_indices,
-        &dataset.test,
-        dataset.classes,
-    )
-    .map_err(|e| anyhow::anyhow!("run `{name}`: {e}"))?;
+    let probe = select_probe(&config.probe, &dataset.train, &train_indices, &dataset.test, dataset.classes)
+        .map_err(|e| anyhow::anyhow!("run `{name}`: {e}"))?;
     for dir in [layout.dir.clone(), layout.checkpoints_dir()] {
         remove_stale_temporaries(&dir).with_context(|| format!("cleaning {}", dir.display()))?;
     }
     write_probe(&layout.probe(), &probe)?;
     write_stamp(&layout.probe(), &fingerprint)?;
-    let eval_len = run
-        .eval_size
-        .unwrap_or(dataset.test.len())
-        .min(dataset.test.len());
+    let eval_len = run.eval_size.unwrap_or(dataset.test.len()).min(dataset.test.len());
     let setup = Setup {
         name,
         run,
@@ -203,8 +172,7 @@ fn remove_checkpoints(layout: &RunLayout) -> anyhow::Result<()> {
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "safetensors") {
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("removing {}", path.display()))?;
+                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             }
         }
     }
@@ -213,12 +181,7 @@ fn remove_checkpoints(layout: &RunLayout) -> anyhow::Result<()> {
 
 fn start(setup: &Setup) -> anyhow::Result<(Model, ResumeState)> {
     let shape = setup.dataset.train.shape;
-    let model = Model::initialized(
-        setup.run.model,
-        shape,
-        setup.dataset.classes,
-        setup.run.seed,
-    );
+    let model = Model::initialized(setup.run.model, shape, setup.dataset.classes, setup.run.seed);
     let lengths: Vec<usize> = model.parameters().iter().map(|p| p.data.len()).collect();
     let state = ResumeState {
         step: 0,
@@ -233,12 +196,8 @@ fn start(setup: &Setup) -> anyhow::Result<(Model, ResumeState)> {
     let order = epoch_order(setup, 0);
     let chosen = batch_indices(setup, &order, 1);
     let x = setup.normalization.batch(&setup.dataset.train, chosen);
-    let labels: Vec<u8> = chosen
-        .iter()
-        .map(|&i| setup.dataset.train.labels[i])
-        .collect();
-    let (loss, correct) =
-        cross_entropy_and_correct(&model.forward(&x)?, &labels, setup.dataset.classes);
+    let labels: Vec<u8> = chosen.iter().map(|&i| setup.dataset.train.labels[i]).collect();
+    let (loss, correct) = cross_entropy_and_correct(&model.forward(&x)?, &labels, setup.dataset.classes);
     state.running.add(loss, correct, labels.len());
     checkpoint(setup, &model, &mut state, loss)?;
     Ok((model, state))
@@ -247,11 +206,7 @@ fn start(setup: &Setup) -> anyhow::Result<(Model, ResumeState)> {
 fn resume(setup: &Setup, step: u64) -> anyhow::Result<(Model, ResumeState)> {
     let (model, _) = read_checkpoint(&setup.layout.checkpoint(step))?;
     let state = read_resume_state(&setup.layout.resume_state(step), &model)?;
-    tracing::info!(
-        "run `{}`: resuming from step {step} of {}",
-        setup.name,
-        setup.plan.last_step
-    );
+    tracing::info!("run `{}`: resuming from step {step} of {}", setup.name, setup.plan.last_step);
     Ok((model, state))
 }
 
@@ -269,11 +224,7 @@ fn epoch_order(setup: &Setup, epoch: u64) -> Vec<usize> {
     order
 }
 
-fn train_from(
-    setup: &Setup,
-    mut model: Model,
-    mut state: ResumeState,
-) -> anyhow::Result<Vec<MetricsRow>> {
+fn train_from(setup: &Setup, mut model: Model, mut state: ResumeState) -> anyhow::Result<Vec<MetricsRow>> {
     let dev = Cpu::default();
     let plan = &setup.plan;
     let bar = common::cli::progress_bar(plan.last_step, format!("train {}", setup.name));
@@ -286,18 +237,11 @@ fn train_from(
             order = Some((epoch, epoch_order(setup, epoch)));
         }
         let chosen = batch_indices(setup, &order.as_ref().expect("set above").1, step);
-        setup
-            .normalization
-            .batch_into(&setup.dataset.train, chosen, &mut x);
-        let labels: Vec<u8> = chosen
-            .iter()
-            .map(|&i| setup.dataset.train.labels[i])
-            .collect();
+        setup.normalization.batch_into(&setup.dataset.train, chosen, &mut x);
+        let labels: Vec<u8> = chosen.iter().map(|&i| setup.dataset.train.labels[i]).collect();
         let result = loss_and_gradients(&dev, &model, std::mem::take(&mut x), &labels)?;
         state.adam.step(model.parameters_mut(), &result.gradients);
-        state
-            .running
-            .add(result.loss as f64, result.correct, labels.len());
+        state.running.add(result.loss as f64, result.correct, labels.len());
         state.step = step;
         if plan.checkpoint_steps.binary_search(&step).is_ok() {
             checkpoint(setup, &model, &mut state, result.loss as f64)?;
@@ -332,29 +276,12 @@ fn evaluate(
 /// Evaluates, records the metrics row, and writes the checkpoint and the
 /// state to resume from it (state first: a checkpoint without its state is
 /// simply not resumable, never inconsistent).
-fn checkpoint(
-    setup: &Setup,
-    model: &Model,
-    state: &mut ResumeState,
-    train_loss: f64,
-) -> anyhow::Result<()> {
+fn checkpoint(setup: &Setup, model: &Model, state: &mut ResumeState, train_loss: f64) -> anyhow::Result<()> {
     let classes = setup.dataset.classes;
     let step = state.step;
-    let (test_loss, test_acc) = evaluate(
-        model,
-        &setup.dataset.test,
-        &setup.eval_indices,
-        &setup.normalization,
-        classes,
-    )?;
+    let (test_loss, test_acc) = evaluate(model, &setup.dataset.test, &setup.eval_indices, &setup.normalization, classes)?;
     let all_probe: Vec<usize> = (0..setup.probe.len()).collect();
-    let (probe_loss, probe_acc) = evaluate(
-        model,
-        &setup.probe,
-        &all_probe,
-        &setup.normalization,
-        classes,
-    )?;
+    let (probe_loss, probe_acc) = evaluate(model, &setup.probe, &all_probe, &setup.normalization, classes)?;
     let (train_loss_running, train_acc_running) = state.running.take();
     state.rows.push(MetricsRow {
         step,
@@ -390,9 +317,7 @@ fn checkpoint(
 
 fn remove_if_present(path: &Path) -> anyhow::Result<()> {
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
         _ => Ok(()),
     }
 }

@@ -14,22 +14,15 @@ pub const TEMP_SUFFIX: &str = ".tmp";
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("artifact");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact");
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(
-        ".{name}.{}-{unique}{TEMP_SUFFIX}",
-        std::process::id()
-    ))
+    path.with_file_name(format!(".{name}.{}-{unique}{TEMP_SUFFIX}", std::process::id()))
 }
 
 /// Writes `bytes` to `path` atomically, creating parent folders.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| ArtifactError::new(parent, format!("cannot create folder: {e}")))?;
+        std::fs::create_dir_all(parent).map_err(|e| ArtifactError::new(parent, format!("cannot create folder: {e}")))?;
     }
     let temp = temp_path(path);
     let result = (|| -> std::io::Result<()> {

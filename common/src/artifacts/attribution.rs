@@ -58,41 +58,11 @@ pub fn write_attributions(path: &Path, a: &Attributions) -> Result<(), ArtifactE
     ] {
         file.metadata.insert(key.into(), value);
     }
-    file.tensors.insert(
-        "attribution".into(),
-        TensorData::F32 {
-            shape: vec![n, a.height, a.width],
-            data: a.maps.clone(),
-        },
-    );
-    file.tensors.insert(
-        "probe_id".into(),
-        TensorData::I64 {
-            shape: vec![n],
-            data: a.probe_id.clone(),
-        },
-    );
-    file.tensors.insert(
-        "target".into(),
-        TensorData::I64 {
-            shape: vec![n],
-            data: a.target.clone(),
-        },
-    );
-    file.tensors.insert(
-        "prediction".into(),
-        TensorData::I64 {
-            shape: vec![n],
-            data: a.prediction.clone(),
-        },
-    );
-    file.tensors.insert(
-        "logit".into(),
-        TensorData::F32 {
-            shape: vec![n],
-            data: a.logit.clone(),
-        },
-    );
+    file.tensors.insert("attribution".into(), TensorData::F32 { shape: vec![n, a.height, a.width], data: a.maps.clone() });
+    file.tensors.insert("probe_id".into(), TensorData::I64 { shape: vec![n], data: a.probe_id.clone() });
+    file.tensors.insert("target".into(), TensorData::I64 { shape: vec![n], data: a.target.clone() });
+    file.tensors.insert("prediction".into(), TensorData::I64 { shape: vec![n], data: a.prediction.clone() });
+    file.tensors.insert("logit".into(), TensorData::F32 { shape: vec![n], data: a.logit.clone() });
     write_tensors(path, &file)
 }
 
@@ -105,9 +75,7 @@ pub fn read_attributions(path: &Path) -> Result<Attributions, ArtifactError> {
     let ints = |name: &str| file.i64(path, name, &[Some(n)]).map(|(_, d)| d.to_vec());
     let number = |key: &str| -> Result<f64, ArtifactError> {
         let text = file.meta(path, key)?;
-        text.parse().map_err(|_| {
-            ArtifactError::new(path, format!("metadata `{key}` = `{text}` is not a number"))
-        })
+        text.parse().map_err(|_| ArtifactError::new(path, format!("metadata `{key}` = `{text}` is not a number")))
     };
     Ok(Attributions {
         run: file.meta(path, "run")?.to_string(),
@@ -149,28 +117,16 @@ mod tests {
             checkpoint_fingerprint: "c".into(),
             fingerprint: "f".into(),
         };
-        let path = std::env::temp_dir().join(format!(
-            "attr-{}/step-000600.safetensors",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("attr-{}/step-000600.safetensors", std::process::id()));
         write_attributions(&path, &a).unwrap();
         let back = read_attributions(&path).unwrap();
         assert_eq!(back, a);
         assert_eq!(back.map(1), &[2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
 
         let mut file = read_tensors(&path).unwrap();
-        file.tensors.insert(
-            "target".into(),
-            TensorData::I64 {
-                shape: vec![3],
-                data: vec![0, 0, 0],
-            },
-        );
+        file.tensors.insert("target".into(), TensorData::I64 { shape: vec![3], data: vec![0, 0, 0] });
         write_tensors(&path, &file).unwrap();
         let err = read_attributions(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("tensor `target`") && err.contains("expected I64 [2]"),
-            "{err}"
-        );
+        assert!(err.contains("tensor `target`") && err.contains("expected I64 [2]"), "{err}");
     }
 }

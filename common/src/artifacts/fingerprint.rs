@@ -49,12 +49,7 @@ impl Fingerprinter {
 
     /// 32 hex digits (128 bits).
     pub fn finish(self) -> String {
-        self.hasher
-            .finalize()
-            .iter()
-            .take(16)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        self.hasher.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -66,10 +61,7 @@ pub fn fingerprint(value: &impl Serialize) -> String {
 /// Parquet files keep their fingerprint in a small file beside them
 /// (`summaries/lrp.parquet.fingerprint`), written after the table.
 pub fn stamp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".fingerprint");
     path.with_file_name(name)
 }
@@ -83,9 +75,7 @@ pub fn read_stamp(path: &Path) -> Option<String> {
     if !path.is_file() {
         return None;
     }
-    std::fs::read_to_string(stamp_path(path))
-        .ok()
-        .map(|s| s.trim().to_string())
+    std::fs::read_to_string(stamp_path(path)).ok().map(|s| s.trim().to_string())
 }
 
 #[cfg(test)]

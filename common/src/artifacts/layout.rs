@@ -26,9 +26,7 @@ pub struct RunLayout {
 
 impl RunLayout {
     pub fn new(output_dir: &Path, run: &str) -> Self {
-        Self {
-            dir: output_dir.join(run),
-        }
+        Self { dir: output_dir.join(run) }
     }
 
     pub fn probe(&self) -> PathBuf {
@@ -44,15 +42,13 @@ impl RunLayout {
     }
 
     pub fn checkpoint(&self, step: u64) -> PathBuf {
-        self.checkpoints_dir()
-            .join(format!("{}.safetensors", step_name(step)))
+        self.checkpoints_dir().join(format!("{}.safetensors", step_name(step)))
     }
 
     /// Optimizer and data-order state needed to resume exactly from `step`,
     /// kept out of the model file so that it loads into PyTorch as is.
     pub fn resume_state(&self, step: u64) -> PathBuf {
-        self.checkpoints_dir()
-            .join(format!("{}.resume.safetensors", step_name(step)))
+        self.checkpoints_dir().join(format!("{}.resume.safetensors", step_name(step)))
     }
 
     pub fn attributions_dir(&self, method: &str) -> PathBuf {
@@ -60,8 +56,7 @@ impl RunLayout {
     }
 
     pub fn attribution(&self, method: &str, step: u64) -> PathBuf {
-        self.attributions_dir(method)
-            .join(format!("{}.safetensors", step_name(step)))
+        self.attributions_dir(method).join(format!("{}.safetensors", step_name(step)))
     }
 
     pub fn summaries(&self, method: &str) -> PathBuf {
@@ -107,13 +102,7 @@ mod tests {
         assert_eq!(parse_step_file("step-000600.resume.safetensors"), None);
         assert_eq!(parse_step_file("step-12.safetensors"), None);
         let layout = RunLayout::new(Path::new("runs"), "good");
-        assert_eq!(
-            layout.attribution("lrp", 0),
-            PathBuf::from("runs/good/attributions/lrp/step-000000.safetensors")
-        );
-        assert_eq!(
-            layout.summaries("lrp"),
-            PathBuf::from("runs/good/summaries/lrp.parquet")
-        );
+        assert_eq!(layout.attribution("lrp", 0), PathBuf::from("runs/good/attributions/lrp/step-000000.safetensors"));
+        assert_eq!(layout.summaries("lrp"), PathBuf::from("runs/good/summaries/lrp.parquet"));
     }
 }

@@ -13,9 +13,7 @@ mod tensors;
 
 pub use atomic::{remove_stale_temporaries, write_atomic, TEMP_SUFFIX};
 pub use attribution::{read_attributions, write_attributions, Attributions};
-pub use checkpoint::{
-    read_checkpoint, read_checkpoint_fingerprint, write_checkpoint, CheckpointInfo,
-};
+pub use checkpoint::{read_checkpoint, read_checkpoint_fingerprint, write_checkpoint, CheckpointInfo};
 pub use fingerprint::{fingerprint, read_stamp, stamp_path, write_stamp, Fingerprinter};
 pub use layout::{step_name, RunLayout};
 pub use probe::{read_probe, write_probe, Probe, ProbeEntry, Split};
@@ -34,9 +32,6 @@ pub struct ArtifactError {
 
 impl ArtifactError {
     pub fn new(path: &Path, problem: impl std::fmt::Display) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            problem: problem.to_string(),
-        }
+        Self { path: path.to_path_buf(), problem: problem.to_string() }
     }
 }

@@ -59,11 +59,7 @@ impl Probe {
 
     /// The probe images in probe order.
     pub fn images(&self, dataset: &Dataset) -> Result<ImageSet, String> {
-        let mut set = ImageSet {
-            shape: dataset.train.shape,
-            pixels: Vec::new(),
-            labels: Vec::new(),
-        };
+        let mut set = ImageSet { shape: dataset.train.shape, pixels: Vec::new(), labels: Vec::new() };
         for e in &self.entries {
             let source = match e.split {
                 Split::Seen => &dataset.train,
@@ -93,24 +89,10 @@ impl Probe {
     pub fn to_frame(&self) -> DataFrame {
         let e = &self.entries;
         DataFrame::new(vec![
-            Column::new(
-                "probe_id".into(),
-                e.iter().map(|e| e.probe_id).collect::<Vec<i64>>(),
-            ),
-            Column::new(
-                "split".into(),
-                e.iter().map(|e| e.split.name()).collect::<Vec<&str>>(),
-            ),
-            Column::new(
-                "source_index".into(),
-                e.iter()
-                    .map(|e| e.source_index as i64)
-                    .collect::<Vec<i64>>(),
-            ),
-            Column::new(
-                "label".into(),
-                e.iter().map(|e| e.label as i64).collect::<Vec<i64>>(),
-            ),
+            Column::new("probe_id".into(), e.iter().map(|e| e.probe_id).collect::<Vec<i64>>()),
+            Column::new("split".into(), e.iter().map(|e| e.split.name()).collect::<Vec<&str>>()),
+            Column::new("source_index".into(), e.iter().map(|e| e.source_index as i64).collect::<Vec<i64>>()),
+            Column::new("label".into(), e.iter().map(|e| e.label as i64).collect::<Vec<i64>>()),
         ])
         .expect("columns of equal length")
     }
@@ -122,42 +104,22 @@ pub fn write_probe(path: &Path, probe: &Probe) -> Result<(), ArtifactError> {
 
 pub fn read_probe(path: &Path) -> Result<Probe, ArtifactError> {
     let df = read_parquet(path)?;
-    let bad =
-        |e: &dyn std::fmt::Display| ArtifactError::new(path, format!("not a probe table: {e}"));
+    let bad = |e: &dyn std::fmt::Display| ArtifactError::new(path, format!("not a probe table: {e}"));
     let ints = |name: &str| -> Result<Vec<i64>, ArtifactError> {
-        let col = df
-            .column(name)
-            .map_err(|e| bad(&e))?
-            .i64()
-            .map_err(|e| bad(&e))?;
-        col.into_iter()
-            .map(|v| v.ok_or_else(|| bad(&format!("null in `{name}`"))))
-            .collect()
+        let col = df.column(name).map_err(|e| bad(&e))?.i64().map_err(|e| bad(&e))?;
+        col.into_iter().map(|v| v.ok_or_else(|| bad(&format!("null in `{name}`")))).collect()
     };
     let ids = ints("probe_id")?;
     let sources = ints("source_index")?;
     let labels = ints("label")?;
-    let splits = df
-        .column("split")
-        .map_err(|e| bad(&e))?
-        .str()
-        .map_err(|e| bad(&e))?;
+    let splits = df.column("split").map_err(|e| bad(&e))?.str().map_err(|e| bad(&e))?;
     let mut entries = Vec::with_capacity(ids.len());
     for (i, split) in splits.into_iter().enumerate() {
-        let split = split
-            .and_then(Split::parse)
-            .ok_or_else(|| bad(&format!("row {i}: split must be \"seen\" or \"unseen\"")))?;
+        let split = split.and_then(Split::parse).ok_or_else(|| bad(&format!("row {i}: split must be \"seen\" or \"unseen\"")))?;
         if sources[i] < 0 || !(0..256).contains(&labels[i]) {
-            return Err(bad(&format!(
-                "row {i}: negative source_index or label out of range"
-            )));
+            return Err(bad(&format!("row {i}: negative source_index or label out of range")));
         }
-        entries.push(ProbeEntry {
-            probe_id: ids[i],
-            split,
-            source_index: sources[i] as usize,
-            label: labels[i] as u8,
-        });
+        entries.push(ProbeEntry { probe_id: ids[i], split, source_index: sources[i] as usize, label: labels[i] as u8 });
     }
     Ok(Probe { entries })
 }
@@ -169,25 +131,12 @@ mod tests {
 
     #[test]
     fn probe_round_trips_and_selects_its_images() {
-        let dataset = Dataset {
-            train: synthetic(ImageShape::GRAY_28, 30, 1),
-            test: synthetic(ImageShape::GRAY_28, 20, 2),
-            classes: 10,
-        };
+        let dataset =
+            Dataset { train: synthetic(ImageShape::GRAY_28, 30, 1), test: synthetic(ImageShape::GRAY_28, 20, 2), classes: 10 };
         let probe = Probe {
             entries: vec![
-                ProbeEntry {
-                    probe_id: 0,
-                    split: Split::Seen,
-                    source_index: 13,
-                    label: dataset.train.labels[13],
-                },
-                ProbeEntry {
-                    probe_id: 1,
-                    split: Split::Unseen,
-                    source_index: 4,
-                    label: dataset.test.labels[4],
-                },
+                ProbeEntry { probe_id: 0, split: Split::Seen, source_index: 13, label: dataset.train.labels[13] },
+                ProbeEntry { probe_id: 1, split: Split::Unseen, source_index: 4, label: dataset.test.labels[4] },
             ],
         };
         let path = std::env::temp_dir().join(format!("probe-{}/probe.parquet", std::process::id()));
@@ -197,9 +146,6 @@ mod tests {
         assert_eq!(images.image(1), dataset.test.image(4));
         let mut wrong = probe.clone();
         wrong.entries[0].source_index = 99;
-        assert!(wrong
-            .images(&dataset)
-            .unwrap_err()
-            .contains("seen image 99"));
+        assert!(wrong.images(&dataset).unwrap_err().contains("seen image 99"));
     }
 }

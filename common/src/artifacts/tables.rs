@@ -18,9 +18,6 @@ pub fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<(), ArtifactErro
 
 /// Reads a Parquet table; a missing or corrupt file is an error naming it.
 pub fn read_parquet(path: &Path) -> Result<DataFrame, ArtifactError> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| ArtifactError::new(path, format!("cannot read: {e}")))?;
-    ParquetReader::new(file)
-        .finish()
-        .map_err(|e| ArtifactError::new(path, format!("not a valid Parquet file ({e})")))
+    let file = std::fs::File::open(path).map_err(|e| ArtifactError::new(path, format!("cannot read: {e}")))?;
+    ParquetReader::new(file).finish().map_err(|e| ArtifactError::new(path, format!("not a valid Parquet file ({e})")))
 }

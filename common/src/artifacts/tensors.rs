@@ -51,78 +51,37 @@ pub struct TensorFile {
 impl TensorFile {
     /// A metadata value, or an error naming the file and the key.
     pub fn meta(&self, path: &Path, key: &str) -> Result<&str, ArtifactError> {
-        self.metadata
-            .get(key)
-            .map(|s| s.as_str())
-            .ok_or_else(|| ArtifactError::new(path, format!("metadata `{key}` is missing")))
+        self.metadata.get(key).map(|s| s.as_str()).ok_or_else(|| ArtifactError::new(path, format!("metadata `{key}` is missing")))
     }
 
     /// An f32 tensor with the expected shape (`None` in `expected` matches any
     /// extent), or an error naming the tensor and the shape.
-    pub fn f32(
-        &self,
-        path: &Path,
-        name: &str,
-        expected: &[Option<usize>],
-    ) -> Result<(&[usize], &[f32]), ArtifactError> {
+    pub fn f32(&self, path: &Path, name: &str, expected: &[Option<usize>]) -> Result<(&[usize], &[f32]), ArtifactError> {
         match self.tensors.get(name) {
-            Some(TensorData::F32 { shape, data }) if shape_matches(shape, expected) => {
-                Ok((shape, data))
-            }
+            Some(TensorData::F32 { shape, data }) if shape_matches(shape, expected) => Ok((shape, data)),
             Some(other) => Err(shape_error(path, name, "F32", other, expected)),
-            None => Err(ArtifactError::new(
-                path,
-                format!("tensor `{name}` is missing"),
-            )),
+            None => Err(ArtifactError::new(path, format!("tensor `{name}` is missing"))),
         }
     }
 
-    pub fn i64(
-        &self,
-        path: &Path,
-        name: &str,
-        expected: &[Option<usize>],
-    ) -> Result<(&[usize], &[i64]), ArtifactError> {
+    pub fn i64(&self, path: &Path, name: &str, expected: &[Option<usize>]) -> Result<(&[usize], &[i64]), ArtifactError> {
         match self.tensors.get(name) {
-            Some(TensorData::I64 { shape, data }) if shape_matches(shape, expected) => {
-                Ok((shape, data))
-            }
+            Some(TensorData::I64 { shape, data }) if shape_matches(shape, expected) => Ok((shape, data)),
             Some(other) => Err(shape_error(path, name, "I64", other, expected)),
-            None => Err(ArtifactError::new(
-                path,
-                format!("tensor `{name}` is missing"),
-            )),
+            None => Err(ArtifactError::new(path, format!("tensor `{name}` is missing"))),
         }
     }
 }
 
 fn shape_matches(shape: &[usize], expected: &[Option<usize>]) -> bool {
-    shape.len() == expected.len()
-        && shape
-            .iter()
-            .zip(expected)
-            .all(|(s, e)| e.map_or(true, |e| e == *s))
+    shape.len() == expected.len() && shape.iter().zip(expected).all(|(s, e)| e.map_or(true, |e| e == *s))
 }
 
-fn shape_error(
-    path: &Path,
-    name: &str,
-    dtype: &str,
-    found: &TensorData,
-    expected: &[Option<usize>],
-) -> ArtifactError {
-    let want: Vec<String> = expected
-        .iter()
-        .map(|e| e.map_or("*".to_string(), |v| v.to_string()))
-        .collect();
+fn shape_error(path: &Path, name: &str, dtype: &str, found: &TensorData, expected: &[Option<usize>]) -> ArtifactError {
+    let want: Vec<String> = expected.iter().map(|e| e.map_or("*".to_string(), |v| v.to_string())).collect();
     ArtifactError::new(
         path,
-        format!(
-            "tensor `{name}` is {} {:?}, expected {dtype} [{}]",
-            found.dtype_name(),
-            found.shape(),
-            want.join(", ")
-        ),
+        format!("tensor `{name}` is {} {:?}, expected {dtype} [{}]", found.dtype_name(), found.shape(), want.join(", ")),
     )
 }
 
@@ -130,11 +89,8 @@ fn shape_error(
 pub fn encode(file: &TensorFile) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     if !file.metadata.is_empty() {
-        let meta: serde_json::Map<String, serde_json::Value> = file
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
+        let meta: serde_json::Map<String, serde_json::Value> =
+            file.metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
         header.insert("__metadata__".into(), serde_json::Value::Object(meta));
     }
     let mut payload = Vec::new();
@@ -149,8 +105,7 @@ pub fn encode(file: &TensorFile) -> Vec<u8> {
         payload.extend_from_slice(&bytes);
     }
     // serde_json's Map is a BTreeMap here (no `preserve_order`): keys sorted.
-    let mut header_bytes =
-        serde_json::to_vec(&serde_json::Value::Object(header)).expect("JSON header");
+    let mut header_bytes = serde_json::to_vec(&serde_json::Value::Object(header)).expect("JSON header");
     while header_bytes.len() % 8 != 0 {
         header_bytes.push(b' ');
     }
@@ -168,44 +123,24 @@ pub fn write_tensors(path: &Path, file: &TensorFile) -> Result<(), ArtifactError
 
 /// Decodes safetensors bytes; errors name `path`.
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<TensorFile, ArtifactError> {
-    let bad = |e: &dyn std::fmt::Display| {
-        ArtifactError::new(path, format!("not a valid safetensors file ({e})"))
-    };
+    let bad = |e: &dyn std::fmt::Display| ArtifactError::new(path, format!("not a valid safetensors file ({e})"));
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(&e))?;
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| bad(&e))?;
-    let mut file = TensorFile {
-        metadata: header
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        tensors: BTreeMap::new(),
-    };
+    let mut file =
+        TensorFile { metadata: header.metadata().clone().unwrap_or_default().into_iter().collect(), tensors: BTreeMap::new() };
     for (name, view) in tensors.tensors() {
         let shape = view.shape().to_vec();
         let data = view.data();
         let tensor = match view.dtype() {
             Dtype::F32 => TensorData::F32 {
                 shape,
-                data: data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
+                data: data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             },
             Dtype::I64 => TensorData::I64 {
                 shape,
-                data: data
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect(),
+                data: data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
             },
-            other => {
-                return Err(ArtifactError::new(
-                    path,
-                    format!("tensor `{name}` has unsupported dtype {other:?}"),
-                ))
-            }
+            other => return Err(ArtifactError::new(path, format!("tensor `{name}` has unsupported dtype {other:?}"))),
         };
         file.tensors.insert(name, tensor);
     }
@@ -215,8 +150,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<TensorFile, ArtifactError> {
 /// Reads a safetensors file; a missing, truncated or corrupt file is an
 /// error naming it.
 pub fn read_tensors(path: &Path) -> Result<TensorFile, ArtifactError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| ArtifactError::new(path, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| ArtifactError::new(path, format!("cannot read: {e}")))?;
     decode(path, &bytes)
 }
 
@@ -224,11 +158,8 @@ pub fn read_tensors(path: &Path) -> Result<TensorFile, ArtifactError> {
 /// (cheap for skip checks on large files).
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, ArtifactError> {
     use std::io::Read;
-    let bad = |e: &dyn std::fmt::Display| {
-        ArtifactError::new(path, format!("not a valid safetensors file ({e})"))
-    };
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| ArtifactError::new(path, format!("cannot read: {e}")))?;
+    let bad = |e: &dyn std::fmt::Display| ArtifactError::new(path, format!("not a valid safetensors file ({e})"));
+    let mut file = std::fs::File::open(path).map_err(|e| ArtifactError::new(path, format!("cannot read: {e}")))?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).map_err(|e| bad(&e))?;
     let len = u64::from_le_bytes(len);
@@ -241,12 +172,7 @@ pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, ArtifactEr
     let mut out = BTreeMap::new();
     if let Some(meta) = value.get("__metadata__").and_then(|m| m.as_object()) {
         for (k, v) in meta {
-            out.insert(
-                k.clone(),
-                v.as_str()
-                    .ok_or_else(|| bad(&format!("metadata `{k}` is not a string")))?
-                    .to_string(),
-            );
+            out.insert(k.clone(), v.as_str().ok_or_else(|| bad(&format!("metadata `{k}` is not a string")))?.to_string());
         }
     }
     Ok(out)
@@ -258,28 +184,11 @@ mod tests {
 
     fn sample() -> TensorFile {
         let mut file = TensorFile::default();
-        for (k, v) in [
-            ("run", "a"),
-            ("step", "3"),
-            ("model", "simple"),
-            ("fingerprint", "ff"),
-        ] {
+        for (k, v) in [("run", "a"), ("step", "3"), ("model", "simple"), ("fingerprint", "ff")] {
             file.metadata.insert(k.into(), v.into());
         }
-        file.tensors.insert(
-            "w".into(),
-            TensorData::F32 {
-                shape: vec![2, 3],
-                data: vec![1.0, -2.0, 3.5, 0.0, 5.0, 6.0],
-            },
-        );
-        file.tensors.insert(
-            "ids".into(),
-            TensorData::I64 {
-                shape: vec![2],
-                data: vec![7, -1],
-            },
-        );
+        file.tensors.insert("w".into(), TensorData::F32 { shape: vec![2, 3], data: vec![1.0, -2.0, 3.5, 0.0, 5.0, 6.0] });
+        file.tensors.insert("ids".into(), TensorData::I64 { shape: vec![2], data: vec![7, -1] });
         file
     }
 
@@ -294,35 +203,15 @@ mod tests {
     #[test]
     fn truncated_or_garbage_files_are_named_errors() {
         let bytes = encode(&sample());
-        for bad in [
-            &bytes[..bytes.len() - 3],
-            &bytes[..5],
-            b"garbage garbage garbage",
-        ] {
-            let err = decode(Path::new("ckpt.safetensors"), bad)
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.starts_with("ckpt.safetensors: not a valid safetensors file"),
-                "{err}"
-            );
+        for bad in [&bytes[..bytes.len() - 3], &bytes[..5], b"garbage garbage garbage"] {
+            let err = decode(Path::new("ckpt.safetensors"), bad).unwrap_err().to_string();
+            assert!(err.starts_with("ckpt.safetensors: not a valid safetensors file"), "{err}");
         }
         let file = sample();
-        let err = file
-            .f32(Path::new("f"), "w", &[Some(3), None])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("tensor `w` is F32 [2, 3], expected F32 [3, *]"),
-            "{err}"
-        );
-        assert!(file
-            .meta(Path::new("f"), "epoch")
-            .unwrap_err()
-            .to_string()
-            .contains("`epoch` is missing"));
-        let path =
-            std::env::temp_dir().join(format!("tensors-meta-{}.safetensors", std::process::id()));
+        let err = file.f32(Path::new("f"), "w", &[Some(3), None]).unwrap_err().to_string();
+        assert!(err.contains("tensor `w` is F32 [2, 3], expected F32 [3, *]"), "{err}");
+        assert!(file.meta(Path::new("f"), "epoch").unwrap_err().to_string().contains("`epoch` is missing"));
+        let path = std::env::temp_dir().join(format!("tensors-meta-{}.safetensors", std::process::id()));
         std::fs::write(&path, encode(&file)).unwrap();
         assert_eq!(read_metadata(&path).unwrap(), file.metadata);
         std::fs::write(&path, &bytes[..20]).unwrap();

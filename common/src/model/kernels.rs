@@ -19,30 +19,18 @@ struct Mat<'a> {
 
 impl<'a> Mat<'a> {
     fn row_major(data: &'a [f32], cols: usize) -> Self {
-        Self {
-            data,
-            row_stride: cols,
-            col_stride: 1,
-        }
+        Self { data, row_stride: cols, col_stride: 1 }
     }
 
     /// The transpose of a row-major `rows x cols` matrix.
     fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Self {
-            data,
-            row_stride: 1,
-            col_stride: cols,
-        }
+        Self { data, row_stride: 1, col_stride: cols }
     }
 
     fn check(&self, rows: usize, cols: usize, what: &str) {
         if rows > 0 && cols > 0 {
             let last = (rows - 1) * self.row_stride + (cols - 1) * self.col_stride;
-            assert!(
-                last < self.data.len(),
-                "{what}: {rows}x{cols} view does not fit in {} floats",
-                self.data.len()
-            );
+            assert!(last < self.data.len(), "{what}: {rows}x{cols} view does not fit in {} floats", self.data.len());
         }
     }
 }
@@ -136,20 +124,14 @@ impl ConvGeometry {
     /// image. Rows of one image are contiguous, so a group of images is one
     /// `(images·positions) x patch` matrix.
     fn im2row(&self, image: &[f32], rows: &mut [f32]) {
-        let (oh, ow, k, p) = (
-            self.out_height(),
-            self.out_width(),
-            self.kernel,
-            self.padding as isize,
-        );
+        let (oh, ow, k, p) = (self.out_height(), self.out_width(), self.kernel, self.padding as isize);
         let (h, w) = (self.height as isize, self.width as isize);
         let patch = self.patch_len();
         for oy in 0..oh {
             for ox in 0..ow {
                 let row = &mut rows[(oy * ow + ox) * patch..][..patch];
                 for c in 0..self.in_channels {
-                    let channel =
-                        &image[c * self.height * self.width..][..self.height * self.width];
+                    let channel = &image[c * self.height * self.width..][..self.height * self.width];
                     for ky in 0..k {
                         let dst = &mut row[(c * k + ky) * k..][..k];
                         let iy = oy as isize + ky as isize - p;
@@ -160,11 +142,7 @@ impl ConvGeometry {
                         let src = &channel[iy as usize * self.width..][..self.width];
                         for (kx, v) in dst.iter_mut().enumerate() {
                             let ix = ox as isize + kx as isize - p;
-                            *v = if ix >= 0 && ix < w {
-                                src[ix as usize]
-                            } else {
-                                0.0
-                            };
+                            *v = if ix >= 0 && ix < w { src[ix as usize] } else { 0.0 };
                         }
                     }
                 }
@@ -175,20 +153,14 @@ impl ConvGeometry {
     /// Adds each row's entries back onto the image positions they were read
     /// from (the adjoint of [`ConvGeometry::im2row`]).
     fn row2im_add(&self, rows: &[f32], image: &mut [f32]) {
-        let (oh, ow, k, p) = (
-            self.out_height(),
-            self.out_width(),
-            self.kernel,
-            self.padding as isize,
-        );
+        let (oh, ow, k, p) = (self.out_height(), self.out_width(), self.kernel, self.padding as isize);
         let (h, w) = (self.height as isize, self.width as isize);
         let patch = self.patch_len();
         for oy in 0..oh {
             for ox in 0..ow {
                 let row = &rows[(oy * ow + ox) * patch..][..patch];
                 for c in 0..self.in_channels {
-                    let channel =
-                        &mut image[c * self.height * self.width..][..self.height * self.width];
+                    let channel = &mut image[c * self.height * self.width..][..self.height * self.width];
                     for ky in 0..k {
                         let iy = oy as isize + ky as isize - p;
                         if iy < 0 || iy >= h {
@@ -223,10 +195,7 @@ impl ConvGeometry {
     fn group_positions_by_channel(&self, images: &[f32], out: &mut [f32]) {
         let (plane, channels) = (self.out_plane(), self.out_channels);
         let count = images.len() / self.out_len();
-        for (image, dst) in images
-            .chunks(self.out_len())
-            .zip(out.chunks_mut(plane * channels))
-        {
+        for (image, dst) in images.chunks(self.out_len()).zip(out.chunks_mut(plane * channels)) {
             for (o, src) in image.chunks(plane).enumerate() {
                 for (position, &v) in src.iter().enumerate() {
                     dst[position * channels + o] = v;
@@ -245,54 +214,35 @@ impl ConvGeometry {
 pub const IMAGES_PER_GEMM: usize = 10;
 
 /// `y = conv(x, weight) + bias` for a batch of images (N·C·H·W).
-pub fn conv2d_forward(
-    x: &[f32],
-    g: &ConvGeometry,
-    weight: &[f32],
-    bias: Option<&[f32]>,
-) -> Vec<f32> {
-    assert_eq!(
-        x.len() % g.in_len(),
-        0,
-        "conv2d input is not a whole number of images"
-    );
+pub fn conv2d_forward(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
     assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
     let batch = x.len() / g.in_len();
     let (plane, patch, channels) = (g.out_plane(), g.patch_len(), g.out_channels);
     let mut y = vec![0.0f32; batch * g.out_len()];
-    y.par_chunks_mut(g.out_len() * IMAGES_PER_GEMM)
-        .zip(x.par_chunks(g.in_len() * IMAGES_PER_GEMM))
-        .for_each_init(
-            || {
-                (
-                    vec![0.0f32; IMAGES_PER_GEMM * plane * patch],
-                    vec![0.0f32; IMAGES_PER_GEMM * plane * channels],
-                )
-            },
-            |(rows, by_position), (out, images)| {
-                g.group_rows(images, rows);
-                matmul(
-                    by_position,
-                    false,
-                    Mat::row_major(rows, patch),
-                    Mat::transposed(weight, patch),
-                    IMAGES_PER_GEMM * plane,
-                    channels,
-                    patch,
-                );
-                for (out_image, block) in out
-                    .chunks_mut(g.out_len())
-                    .zip(by_position.chunks(plane * channels))
-                {
-                    for (o, dst) in out_image.chunks_mut(plane).enumerate() {
-                        let b = bias.map_or(0.0, |b| b[o]);
-                        for (position, v) in dst.iter_mut().enumerate() {
-                            *v = block[position * channels + o] + b;
-                        }
+    y.par_chunks_mut(g.out_len() * IMAGES_PER_GEMM).zip(x.par_chunks(g.in_len() * IMAGES_PER_GEMM)).for_each_init(
+        || (vec![0.0f32; IMAGES_PER_GEMM * plane * patch], vec![0.0f32; IMAGES_PER_GEMM * plane * channels]),
+        |(rows, by_position), (out, images)| {
+            g.group_rows(images, rows);
+            matmul(
+                by_position,
+                false,
+                Mat::row_major(rows, patch),
+                Mat::transposed(weight, patch),
+                IMAGES_PER_GEMM * plane,
+                channels,
+                patch,
+            );
+            for (out_image, block) in out.chunks_mut(g.out_len()).zip(by_position.chunks(plane * channels)) {
+                for (o, dst) in out_image.chunks_mut(plane).enumerate() {
+                    let b = bias.map_or(0.0, |b| b[o]);
+                    for (position, v) in dst.iter_mut().enumerate() {
+                        *v = block[position * channels + o] + b;
                     }
                 }
-            },
-        );
+            }
+        },
+    );
     y
 }
 
@@ -305,11 +255,7 @@ pub fn conv2d_backward(
     g: &ConvGeometry,
     weight: Option<&[f32]>,
 ) -> (Option<Vec<f32>>, Option<(Vec<f32>, Vec<f32>)>) {
-    assert_eq!(
-        dy.len() % g.out_len(),
-        0,
-        "conv2d output gradient is not a whole number of images"
-    );
+    assert_eq!(dy.len() % g.out_len(), 0, "conv2d output gradient is not a whole number of images");
     let batch = dy.len() / g.out_len();
     if let Some(x) = x {
         assert_eq!(x.len(), batch * g.in_len(), "conv2d input length");
@@ -325,22 +271,11 @@ pub fn conv2d_backward(
         .map(|group| {
             let images = group * IMAGES_PER_GEMM..((group + 1) * IMAGES_PER_GEMM).min(batch);
             let mut dy_rows = vec![0.0f32; rows_len * channels];
-            g.group_positions_by_channel(
-                &dy[images.start * g.out_len()..images.end * g.out_len()],
-                &mut dy_rows,
-            );
+            g.group_positions_by_channel(&dy[images.start * g.out_len()..images.end * g.out_len()], &mut dy_rows);
             let mut rows = vec![0.0f32; rows_len * patch];
             let mut dx = Vec::new();
             if let Some(w) = weight {
-                matmul(
-                    &mut rows,
-                    false,
-                    Mat::row_major(&dy_rows, channels),
-                    Mat::row_major(w, patch),
-                    rows_len,
-                    patch,
-                    channels,
-                );
+                matmul(&mut rows, false, Mat::row_major(&dy_rows, channels), Mat::row_major(w, patch), rows_len, patch, channels);
                 dx = vec![0.0f32; images.len() * g.in_len()];
                 for (dimage, block) in dx.chunks_mut(g.in_len()).zip(rows.chunks(plane * patch)) {
                     g.row2im_add(block, dimage);
@@ -348,10 +283,7 @@ pub fn conv2d_backward(
             }
             let (mut dw, mut db) = (Vec::new(), Vec::new());
             if let Some(x) = x {
-                g.group_rows(
-                    &x[images.start * g.in_len()..images.end * g.in_len()],
-                    &mut rows,
-                );
+                g.group_rows(&x[images.start * g.in_len()..images.end * g.in_len()], &mut rows);
                 dw = vec![0.0f32; g.weight_len()];
                 matmul(
                     &mut dw,
@@ -370,12 +302,7 @@ pub fn conv2d_backward(
             (dx, dw, db)
         })
         .collect();
-    let dx = weight.map(|_| {
-        per_group
-            .iter()
-            .flat_map(|(dx, _, _)| dx.iter().copied())
-            .collect()
-    });
+    let dx = weight.map(|_| per_group.iter().flat_map(|(dx, _, _)| dx.iter().copied()).collect());
     let params = x.map(|_| {
         let mut dw = vec![0.0f32; g.weight_len()];
         let mut db = vec![0.0f32; channels];
@@ -391,16 +318,12 @@ pub fn conv2d_backward(
 /// Gradient of a convolution's output with respect to its input (the
 /// transposed convolution of `dy` with `weight`).
 pub fn conv2d_backward_input(dy: &[f32], g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
-    conv2d_backward(None, dy, g, Some(weight))
-        .0
-        .expect("input gradient requested")
+    conv2d_backward(None, dy, g, Some(weight)).0.expect("input gradient requested")
 }
 
 /// Gradients of a convolution's weight and bias, summed over the batch.
 pub fn conv2d_backward_params(x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Vec<f32>) {
-    conv2d_backward(Some(x), dy, g, None)
-        .1
-        .expect("parameter gradients requested")
+    conv2d_backward(Some(x), dy, g, None).1.expect("parameter gradients requested")
 }
 
 /// Shape of a 2x2, stride-2 max-pool over `channels` planes of `height x
@@ -438,18 +361,12 @@ impl PoolGeometry {
 /// Max of each 2x2 window and, per output, the index of the winning input
 /// within its image (the first maximum on ties, as PyTorch).
 pub fn maxpool2x2_forward(x: &[f32], g: &PoolGeometry) -> (Vec<f32>, Vec<u32>) {
-    assert_eq!(
-        x.len() % g.in_len(),
-        0,
-        "max-pool input is not a whole number of images"
-    );
+    assert_eq!(x.len() % g.in_len(), 0, "max-pool input is not a whole number of images");
     let batch = x.len() / g.in_len();
     let mut y = vec![0.0f32; batch * g.out_len()];
     let mut arg = vec![0u32; batch * g.out_len()];
-    y.par_chunks_mut(g.out_len())
-        .zip(arg.par_chunks_mut(g.out_len()))
-        .zip(x.par_chunks(g.in_len()))
-        .for_each(|((out, arg), image)| {
+    y.par_chunks_mut(g.out_len()).zip(arg.par_chunks_mut(g.out_len())).zip(x.par_chunks(g.in_len())).for_each(
+        |((out, arg), image)| {
             let mut o = 0;
             for c in 0..g.channels {
                 for oy in 0..g.out_height() {
@@ -467,29 +384,23 @@ pub fn maxpool2x2_forward(x: &[f32], g: &PoolGeometry) -> (Vec<f32>, Vec<u32>) {
                     }
                 }
             }
-        });
+        },
+    );
     (y, arg)
 }
 
 /// Routes each output's gradient to the input that won its window.
 pub fn maxpool2x2_backward(dy: &[f32], argmax: &[u32], g: &PoolGeometry) -> Vec<f32> {
-    assert_eq!(
-        dy.len(),
-        argmax.len(),
-        "max-pool gradient and argmax lengths"
-    );
+    assert_eq!(dy.len(), argmax.len(), "max-pool gradient and argmax lengths");
     let batch = dy.len() / g.out_len();
     let mut dx = vec![0.0f32; batch * g.in_len()];
-    dx.par_chunks_mut(g.in_len())
-        .zip(
-            dy.par_chunks(g.out_len())
-                .zip(argmax.par_chunks(g.out_len())),
-        )
-        .for_each(|(dimage, (dout, arg))| {
+    dx.par_chunks_mut(g.in_len()).zip(dy.par_chunks(g.out_len()).zip(argmax.par_chunks(g.out_len()))).for_each(
+        |(dimage, (dout, arg))| {
             for (&d, &i) in dout.iter().zip(arg) {
                 dimage[i as usize] += d;
             }
-        });
+        },
+    );
     dx
 }
 
@@ -498,101 +409,61 @@ pub fn maxpool2x2_backward(dy: &[f32], argmax: &[u32], g: &PoolGeometry) -> Vec<
 /// windows whose weights sum to zero spread evenly. This is how LRP
 /// redistributes through a max-pool treated as average pooling.
 pub fn pool2x2_redistribute(dy: &[f32], weights: &[f32], g: &PoolGeometry) -> Vec<f32> {
-    assert_eq!(
-        weights.len() % g.in_len(),
-        0,
-        "pool weights are not a whole number of images"
-    );
+    assert_eq!(weights.len() % g.in_len(), 0, "pool weights are not a whole number of images");
     let batch = weights.len() / g.in_len();
     assert_eq!(dy.len(), batch * g.out_len(), "pool relevance length");
     let mut dx = vec![0.0f32; batch * g.in_len()];
-    dx.par_chunks_mut(g.in_len())
-        .zip(
-            dy.par_chunks(g.out_len())
-                .zip(weights.par_chunks(g.in_len())),
-        )
-        .for_each(|(dimage, (dout, w))| {
+    dx.par_chunks_mut(g.in_len()).zip(dy.par_chunks(g.out_len()).zip(weights.par_chunks(g.in_len()))).for_each(
+        |(dimage, (dout, w))| {
             let mut o = 0;
             for c in 0..g.channels {
                 for oy in 0..g.out_height() {
                     for ox in 0..g.out_width() {
-                        let corners = [(0, 0), (0, 1), (1, 0), (1, 1)]
-                            .map(|(dy, dx)| g.window(c, oy, ox, dy, dx));
+                        let corners = [(0, 0), (0, 1), (1, 0), (1, 1)].map(|(dy, dx)| g.window(c, oy, ox, dy, dx));
                         let total: f32 = corners.iter().map(|&i| w[i]).sum();
                         for &i in &corners {
-                            dimage[i] += if total != 0.0 {
-                                dout[o] * w[i] / total
-                            } else {
-                                dout[o] * 0.25
-                            };
+                            dimage[i] += if total != 0.0 { dout[o] * w[i] / total } else { dout[o] * 0.25 };
                         }
                         o += 1;
                     }
                 }
             }
-        });
+        },
+    );
     dx
 }
 
 /// `y = x · weightᵀ + bias` for a batch of row vectors; `weight` is `[out, in]`.
 pub fn dense_forward(x: &[f32], inputs: usize, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    assert_eq!(
-        x.len() % inputs,
-        0,
-        "dense input is not a whole number of rows"
-    );
+    assert_eq!(x.len() % inputs, 0, "dense input is not a whole number of rows");
     assert_eq!(weight.len() % inputs, 0, "dense weight length");
     let outputs = weight.len() / inputs;
     let batch = x.len() / inputs;
     let mut y = vec![0.0f32; batch * outputs];
     const ROWS: usize = 16;
-    y.par_chunks_mut(outputs * ROWS)
-        .zip(x.par_chunks(inputs * ROWS))
-        .for_each(|(out, rows)| {
-            let n = rows.len() / inputs;
-            if let Some(bias) = bias {
-                for row in out.chunks_mut(outputs) {
-                    row.copy_from_slice(bias);
-                }
+    y.par_chunks_mut(outputs * ROWS).zip(x.par_chunks(inputs * ROWS)).for_each(|(out, rows)| {
+        let n = rows.len() / inputs;
+        if let Some(bias) = bias {
+            for row in out.chunks_mut(outputs) {
+                row.copy_from_slice(bias);
             }
-            matmul(
-                out,
-                bias.is_some(),
-                Mat::row_major(rows, inputs),
-                Mat::transposed(weight, inputs),
-                n,
-                outputs,
-                inputs,
-            );
-        });
+        }
+        matmul(out, bias.is_some(), Mat::row_major(rows, inputs), Mat::transposed(weight, inputs), n, outputs, inputs);
+    });
     y
 }
 
 /// `dx = dy · weight`: the gradient of a dense layer with respect to its input.
 pub fn dense_backward_input(dy: &[f32], inputs: usize, weight: &[f32]) -> Vec<f32> {
     let outputs = weight.len() / inputs;
-    assert_eq!(
-        dy.len() % outputs,
-        0,
-        "dense output gradient is not a whole number of rows"
-    );
+    assert_eq!(dy.len() % outputs, 0, "dense output gradient is not a whole number of rows");
     let batch = dy.len() / outputs;
     let mut dx = vec![0.0f32; batch * inputs];
     const ROWS: usize = 16;
-    dx.par_chunks_mut(inputs * ROWS)
-        .zip(dy.par_chunks(outputs * ROWS))
-        .for_each(|(out, rows)| {
-            let n = rows.len() / outputs;
-            matmul(
-                out,
-                false,
-                Mat::row_major(rows, outputs),
-                Mat::row_major(weight, inputs),
-                n,
-                inputs,
-                outputs,
-            );
-        });
+    dx.par_chunks_mut(inputs * ROWS).zip(dy.par_chunks(outputs * ROWS)).for_each(|(out, rows)| {
+        let n = rows.len() / outputs;
+        matmul(out, false, Mat::row_major(rows, outputs), Mat::row_major(weight, inputs), n, inputs, outputs);
+    });
     dx
 }
 
@@ -621,16 +492,9 @@ mod tests {
                                 for kx in 0..k {
                                     let iy = oy as isize + ky as isize - g.padding as isize;
                                     let ix = ox as isize + kx as isize - g.padding as isize;
-                                    if iy >= 0
-                                        && ix >= 0
-                                        && (iy as usize) < g.height
-                                        && (ix as usize) < g.width
-                                    {
-                                        let xv = x[n * g.in_len()
-                                            + (c * g.height + iy as usize) * g.width
-                                            + ix as usize];
-                                        acc += (xv * w[((o * g.in_channels + c) * k + ky) * k + kx])
-                                            as f64;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < g.height && (ix as usize) < g.width {
+                                        let xv = x[n * g.in_len() + (c * g.height + iy as usize) * g.width + ix as usize];
+                                        acc += (xv * w[((o * g.in_channels + c) * k + ky) * k + kx]) as f64;
                                     }
                                 }
                             }
@@ -644,53 +508,25 @@ mod tests {
     }
 
     fn geometry() -> ConvGeometry {
-        ConvGeometry {
-            in_channels: 3,
-            out_channels: 4,
-            kernel: 3,
-            padding: 1,
-            height: 5,
-            width: 6,
-        }
+        ConvGeometry { in_channels: 3, out_channels: 4, kernel: 3, padding: 1, height: 5, width: 6 }
     }
 
     fn assert_close(a: &[f32], b: &[f32], tol: f32) {
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= tol * (1.0 + y.abs()),
-                "index {i}: {x} vs {y}"
-            );
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "index {i}: {x} vs {y}");
         }
     }
 
     #[test]
     fn conv_forward_matches_naive_reference() {
-        for g in [
-            geometry(),
-            ConvGeometry {
-                in_channels: 2,
-                out_channels: 3,
-                kernel: 5,
-                padding: 2,
-                height: 7,
-                width: 7,
-            },
-        ] {
+        for g in [geometry(), ConvGeometry { in_channels: 2, out_channels: 3, kernel: 5, padding: 2, height: 7, width: 7 }] {
             let x = random(5 * g.in_len(), 1);
             let w = random(g.weight_len(), 2);
             let b = random(g.out_channels, 3);
-            assert_close(
-                &conv2d_forward(&x, &g, &w, Some(&b)),
-                &naive_conv(&x, &g, &w, &b),
-                1e-5,
-            );
+            assert_close(&conv2d_forward(&x, &g, &w, Some(&b)), &naive_conv(&x, &g, &w, &b), 1e-5);
             let zero = vec![0.0; g.out_channels];
-            assert_close(
-                &conv2d_forward(&x, &g, &w, None),
-                &naive_conv(&x, &g, &w, &zero),
-                1e-5,
-            );
+            assert_close(&conv2d_forward(&x, &g, &w, None), &naive_conv(&x, &g, &w, &zero), 1e-5);
         }
     }
 
@@ -704,11 +540,7 @@ mod tests {
         let b = random(g.out_channels, 6);
         let r = random(2 * g.out_len(), 7);
         let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
-            naive_conv(x, &g, w, b)
-                .iter()
-                .zip(&r)
-                .map(|(y, r)| (*y as f64) * (*r as f64))
-                .sum()
+            naive_conv(x, &g, w, b).iter().zip(&r).map(|(y, r)| (*y as f64) * (*r as f64)).sum()
         };
         let dx = conv2d_backward_input(&r, &g, &w);
         let (dw, db) = conv2d_backward_params(&x, &r, &g);
@@ -745,38 +577,20 @@ mod tests {
 
     #[test]
     fn maxpool_picks_window_maxima_and_routes_gradients() {
-        let g = PoolGeometry {
-            channels: 1,
-            height: 3,
-            width: 4,
-        };
+        let g = PoolGeometry { channels: 1, height: 3, width: 4 };
         let x = vec![1.0, 5.0, 2.0, 2.0, 3.0, 4.0, 7.0, 0.0, 9.0, 9.0, 9.0, 9.0];
         let (y, arg) = maxpool2x2_forward(&x, &g);
         assert_eq!(y, vec![5.0, 7.0]);
         assert_eq!(arg, vec![1, 6]);
         let dx = maxpool2x2_backward(&[10.0, 20.0], &arg, &g);
-        assert_eq!(
-            dx,
-            vec![0.0, 10.0, 0.0, 0.0, 0.0, 0.0, 20.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-        );
-        let ties = maxpool2x2_forward(
-            &[2.0, 2.0, 2.0, 2.0],
-            &PoolGeometry {
-                channels: 1,
-                height: 2,
-                width: 2,
-            },
-        );
+        assert_eq!(dx, vec![0.0, 10.0, 0.0, 0.0, 0.0, 0.0, 20.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let ties = maxpool2x2_forward(&[2.0, 2.0, 2.0, 2.0], &PoolGeometry { channels: 1, height: 2, width: 2 });
         assert_eq!(ties.1, vec![0]);
     }
 
     #[test]
     fn redistribution_conserves_and_follows_weights() {
-        let g = PoolGeometry {
-            channels: 1,
-            height: 2,
-            width: 4,
-        };
+        let g = PoolGeometry { channels: 1, height: 2, width: 4 };
         let weights = vec![1.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
         let dx = pool2x2_redistribute(&[8.0, 4.0], &weights, &g);
         assert_eq!(dx, vec![2.0, 6.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]);
@@ -791,10 +605,7 @@ mod tests {
         let y = dense_forward(&x, inputs, &w, Some(&b));
         for n in 0..batch {
             for o in 0..outputs {
-                let expect: f32 = b[o]
-                    + (0..inputs)
-                        .map(|i| x[n * inputs + i] * w[o * inputs + i])
-                        .sum::<f32>();
+                let expect: f32 = b[o] + (0..inputs).map(|i| x[n * inputs + i] * w[o * inputs + i]).sum::<f32>();
                 assert!((y[n * outputs + o] - expect).abs() < 1e-5);
             }
         }
@@ -802,9 +613,7 @@ mod tests {
         let dx = dense_backward_input(&dy, inputs, &w);
         for n in 0..batch {
             for i in 0..inputs {
-                let expect: f32 = (0..outputs)
-                    .map(|o| dy[n * outputs + o] * w[o * inputs + i])
-                    .sum();
+                let expect: f32 = (0..outputs).map(|o| dy[n * outputs + o] * w[o * inputs + i]).sum();
                 assert!((dx[n * inputs + i] - expect).abs() < 1e-5);
             }
         }

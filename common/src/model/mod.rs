@@ -41,22 +41,14 @@ impl ModelKind {
 /// Shape of an activation of one image: a stack of planes or a flat vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActivationShape {
-    Planes {
-        channels: usize,
-        height: usize,
-        width: usize,
-    },
+    Planes { channels: usize, height: usize, width: usize },
     Flat(usize),
 }
 
 impl ActivationShape {
     pub fn len(&self) -> usize {
         match *self {
-            ActivationShape::Planes {
-                channels,
-                height,
-                width,
-            } => channels * height * width,
+            ActivationShape::Planes { channels, height, width } => channels * height * width,
             ActivationShape::Flat(n) => n,
         }
     }
@@ -121,11 +113,7 @@ pub enum ModelError {
     #[error("tensor `{name}` is missing")]
     Missing { name: String },
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape {
-        name: String,
-        found: Vec<usize>,
-        expected: Vec<usize>,
-    },
+    Shape { name: String, found: Vec<usize>, expected: Vec<usize> },
     #[error("unexpected tensor `{name}` (not a parameter of the {model} model)")]
     Unexpected { name: String, model: &'static str },
     #[error("input of {found} floats is not a whole number of {shape} images")]
@@ -153,10 +141,7 @@ impl Trace {
     }
 
     pub fn logits(&self) -> &[f32] {
-        self.outputs
-            .last()
-            .map(|v| v.as_slice())
-            .unwrap_or(&self.input)
+        self.outputs.last().map(|v| v.as_slice()).unwrap_or(&self.input)
     }
 }
 
@@ -177,34 +162,12 @@ struct Builder {
 
 impl Builder {
     fn conv(mut self, out_channels: usize, kernel: usize) -> Self {
-        let ActivationShape::Planes {
-            channels,
-            height,
-            width,
-        } = self.shape
-        else {
-            unreachable!("conv after flatten")
-        };
-        let geometry = ConvGeometry {
-            in_channels: channels,
-            out_channels,
-            kernel,
-            padding: kernel / 2,
-            height,
-            width,
-        };
-        self.shape = ActivationShape::Planes {
-            channels: out_channels,
-            height: geometry.out_height(),
-            width: geometry.out_width(),
-        };
+        let ActivationShape::Planes { channels, height, width } = self.shape else { unreachable!("conv after flatten") };
+        let geometry = ConvGeometry { in_channels: channels, out_channels, kernel, padding: kernel / 2, height, width };
+        self.shape =
+            ActivationShape::Planes { channels: out_channels, height: geometry.out_height(), width: geometry.out_width() };
         let name = format!("features_conv.{}", self.index);
-        self.push(Layer::Conv(Conv2d {
-            name,
-            geometry,
-            weight: vec![0.0; geometry.weight_len()],
-            bias: vec![0.0; out_channels],
-        }))
+        self.push(Layer::Conv(Conv2d { name, geometry, weight: vec![0.0; geometry.weight_len()], bias: vec![0.0; out_channels] }))
     }
 
     fn relu(self) -> Self {
@@ -212,24 +175,9 @@ impl Builder {
     }
 
     fn pool(mut self) -> Self {
-        let ActivationShape::Planes {
-            channels,
-            height,
-            width,
-        } = self.shape
-        else {
-            unreachable!("pool after flatten")
-        };
-        let geometry = PoolGeometry {
-            channels,
-            height,
-            width,
-        };
-        self.shape = ActivationShape::Planes {
-            channels,
-            height: geometry.out_height(),
-            width: geometry.out_width(),
-        };
+        let ActivationShape::Planes { channels, height, width } = self.shape else { unreachable!("pool after flatten") };
+        let geometry = PoolGeometry { channels, height, width };
+        self.shape = ActivationShape::Planes { channels, height: geometry.out_height(), width: geometry.out_width() };
         self.push(Layer::MaxPool(geometry))
     }
 
@@ -263,23 +211,11 @@ impl Model {
     pub fn zeros(kind: ModelKind, input: ImageShape, classes: usize) -> Self {
         let b = Builder {
             layers: Vec::new(),
-            shape: ActivationShape::Planes {
-                channels: input.channels,
-                height: input.height,
-                width: input.width,
-            },
+            shape: ActivationShape::Planes { channels: input.channels, height: input.height, width: input.width },
             index: 0,
         };
         let b = match kind {
-            ModelKind::Simple => b
-                .conv(16, 5)
-                .relu()
-                .pool()
-                .conv(32, 5)
-                .relu()
-                .pool()
-                .flatten()
-                .dense("fc1", classes),
+            ModelKind::Simple => b.conv(16, 5).relu().pool().conv(32, 5).relu().pool().flatten().dense("fc1", classes),
             ModelKind::Complex => b
                 .conv(32, 3)
                 .relu()
@@ -301,12 +237,7 @@ impl Model {
                 .relu()
                 .dense("fc2", classes),
         };
-        Model {
-            kind,
-            input,
-            classes,
-            layers: b.layers,
-        }
+        Model { kind, input, classes, layers: b.layers }
     }
 
     /// PyTorch's default initialisation: weights and biases uniform in
@@ -330,11 +261,8 @@ impl Model {
 
     /// The shape of each layer's output for one image.
     pub fn activation_shapes(&self) -> Vec<ActivationShape> {
-        let mut shape = ActivationShape::Planes {
-            channels: self.input.channels,
-            height: self.input.height,
-            width: self.input.width,
-        };
+        let mut shape =
+            ActivationShape::Planes { channels: self.input.channels, height: self.input.height, width: self.input.width };
         self.layers
             .iter()
             .map(|layer| {
@@ -344,11 +272,9 @@ impl Model {
                         height: c.geometry.out_height(),
                         width: c.geometry.out_width(),
                     },
-                    (Layer::MaxPool(p), _) => ActivationShape::Planes {
-                        channels: p.channels,
-                        height: p.out_height(),
-                        width: p.out_width(),
-                    },
+                    (Layer::MaxPool(p), _) => {
+                        ActivationShape::Planes { channels: p.channels, height: p.out_height(), width: p.out_width() }
+                    }
                     (Layer::Flatten, s) => ActivationShape::Flat(s.len()),
                     (Layer::Dense(d), _) => ActivationShape::Flat(d.outputs),
                     (Layer::Relu, s) => s,
@@ -370,11 +296,7 @@ impl Model {
                         shape: vec![g.out_channels, g.in_channels, g.kernel, g.kernel],
                         data: &c.weight,
                     });
-                    out.push(ParameterRef {
-                        name: format!("{}.bias", c.name),
-                        shape: vec![g.out_channels],
-                        data: &c.bias,
-                    });
+                    out.push(ParameterRef { name: format!("{}.bias", c.name), shape: vec![g.out_channels], data: &c.bias });
                 }
                 Layer::Dense(d) => {
                     out.push(ParameterRef {
@@ -382,11 +304,7 @@ impl Model {
                         shape: vec![d.outputs, d.inputs],
                         data: &d.weight,
                     });
-                    out.push(ParameterRef {
-                        name: format!("{}.bias", d.name),
-                        shape: vec![d.outputs],
-                        data: &d.bias,
-                    });
+                    out.push(ParameterRef { name: format!("{}.bias", d.name), shape: vec![d.outputs], data: &d.bias });
                 }
                 _ => {}
             }
@@ -409,34 +327,15 @@ impl Model {
 
     /// Sets every parameter from `tensors` (name → (shape, data)), checking
     /// that each exists with the expected shape and nothing else is there.
-    pub fn load_parameters(
-        &mut self,
-        tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    ) -> Result<(), ModelError> {
-        let expected: Vec<(String, Vec<usize>)> = self
-            .parameters()
-            .into_iter()
-            .map(|p| (p.name, p.shape))
-            .collect();
-        if let Some(name) = tensors
-            .keys()
-            .find(|k| !expected.iter().any(|(n, _)| n == *k))
-        {
-            return Err(ModelError::Unexpected {
-                name: name.clone(),
-                model: self.kind.name(),
-            });
+    pub fn load_parameters(&mut self, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<(), ModelError> {
+        let expected: Vec<(String, Vec<usize>)> = self.parameters().into_iter().map(|p| (p.name, p.shape)).collect();
+        if let Some(name) = tensors.keys().find(|k| !expected.iter().any(|(n, _)| n == *k)) {
+            return Err(ModelError::Unexpected { name: name.clone(), model: self.kind.name() });
         }
         for ((name, shape), buffer) in expected.into_iter().zip(self.parameters_mut()) {
-            let (found, data) = tensors
-                .get(&name)
-                .ok_or_else(|| ModelError::Missing { name: name.clone() })?;
+            let (found, data) = tensors.get(&name).ok_or_else(|| ModelError::Missing { name: name.clone() })?;
             if *found != shape || data.len() != shape.iter().product::<usize>() {
-                return Err(ModelError::Shape {
-                    name,
-                    found: found.clone(),
-                    expected: shape,
-                });
+                return Err(ModelError::Shape { name, found: found.clone(), expected: shape });
             }
             buffer.clone_from(data);
         }
@@ -446,10 +345,7 @@ impl Model {
     fn check_input(&self, x: &[f32]) -> Result<usize, ModelError> {
         let n = self.input.len();
         if x.is_empty() || x.len() % n != 0 {
-            return Err(ModelError::Input {
-                found: x.len(),
-                shape: self.input,
-            });
+            return Err(ModelError::Input { found: x.len(), shape: self.input });
         }
         Ok(x.len() / n)
     }
@@ -466,12 +362,7 @@ impl Model {
             outputs.push(out);
             argmax.push(arg);
         }
-        Ok(Trace {
-            batch,
-            input: x.to_vec(),
-            outputs,
-            argmax,
-        })
+        Ok(Trace { batch, input: x.to_vec(), outputs, argmax })
     }
 
     /// Logits (N·classes) of normalised images, keeping no intermediates.
@@ -488,20 +379,14 @@ impl Model {
 
 fn apply_layer(layer: &Layer, input: &[f32]) -> (Vec<f32>, Option<Vec<u32>>) {
     match layer {
-        Layer::Conv(c) => (
-            kernels::conv2d_forward(input, &c.geometry, &c.weight, Some(&c.bias)),
-            None,
-        ),
+        Layer::Conv(c) => (kernels::conv2d_forward(input, &c.geometry, &c.weight, Some(&c.bias)), None),
         Layer::Relu => (input.iter().map(|&v| v.max(0.0)).collect(), None),
         Layer::MaxPool(g) => {
             let (y, arg) = kernels::maxpool2x2_forward(input, g);
             (y, Some(arg))
         }
         Layer::Flatten => (input.to_vec(), None),
-        Layer::Dense(d) => (
-            kernels::dense_forward(input, d.inputs, &d.weight, Some(&d.bias)),
-            None,
-        ),
+        Layer::Dense(d) => (kernels::dense_forward(input, d.inputs, &d.weight, Some(&d.bias)), None),
     }
 }
 
@@ -511,12 +396,7 @@ pub fn cross_entropy_and_correct(logits: &[f32], labels: &[u8], classes: usize) 
     let mut correct = 0;
     for (row, &label) in logits.chunks(classes).zip(labels) {
         let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let log_sum: f64 = row
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln()
-            + max;
+        let log_sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
         loss += log_sum - row[label as usize] as f64;
         if argmax(row) == label as usize {
             correct += 1;
@@ -543,11 +423,7 @@ mod tests {
     #[test]
     fn layer_names_and_shapes_follow_the_reference_modules() {
         let simple = Model::zeros(ModelKind::Simple, ImageShape::GRAY_28, 10);
-        let names: Vec<(String, Vec<usize>)> = simple
-            .parameters()
-            .into_iter()
-            .map(|p| (p.name, p.shape))
-            .collect();
+        let names: Vec<(String, Vec<usize>)> = simple.parameters().into_iter().map(|p| (p.name, p.shape)).collect();
         assert_eq!(
             names,
             vec![
@@ -560,16 +436,8 @@ mod tests {
             ]
         );
         let complex = Model::zeros(ModelKind::Complex, ImageShape::RGB_32, 10);
-        let names: Vec<(String, Vec<usize>)> = complex
-            .parameters()
-            .into_iter()
-            .map(|p| (p.name, p.shape))
-            .collect();
-        let convs: Vec<&str> = names
-            .iter()
-            .filter(|(n, _)| n.ends_with("weight"))
-            .map(|(n, _)| n.as_str())
-            .collect();
+        let names: Vec<(String, Vec<usize>)> = complex.parameters().into_iter().map(|p| (p.name, p.shape)).collect();
+        let convs: Vec<&str> = names.iter().filter(|(n, _)| n.ends_with("weight")).map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             convs,
             vec![
@@ -586,24 +454,15 @@ mod tests {
         assert!(names.contains(&("fc1.weight".into(), vec![1024, 128 * 4 * 4])));
         assert!(names.contains(&("features_conv.12.weight".into(), vec![128, 128, 3, 3])));
         let fmnist_complex = Model::zeros(ModelKind::Complex, ImageShape::GRAY_28, 10);
-        assert_eq!(
-            fmnist_complex.activation_shapes().last(),
-            Some(&ActivationShape::Flat(10))
-        );
-        assert!(fmnist_complex
-            .parameters()
-            .iter()
-            .any(|p| p.name == "fc1.weight" && p.shape == vec![1024, 128 * 3 * 3]));
+        assert_eq!(fmnist_complex.activation_shapes().last(), Some(&ActivationShape::Flat(10)));
+        assert!(fmnist_complex.parameters().iter().any(|p| p.name == "fc1.weight" && p.shape == vec![1024, 128 * 3 * 3]));
     }
 
     #[test]
     fn loading_checks_names_and_shapes() {
         let source = Model::initialized(ModelKind::Simple, ImageShape::GRAY_28, 10, 3);
-        let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = source
-            .parameters()
-            .into_iter()
-            .map(|p| (p.name, (p.shape, p.data.to_vec())))
-            .collect();
+        let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> =
+            source.parameters().into_iter().map(|p| (p.name, (p.shape, p.data.to_vec()))).collect();
         let mut target = Model::zeros(ModelKind::Simple, ImageShape::GRAY_28, 10);
         target.load_parameters(&tensors).unwrap();
         assert_eq!(target, source);
@@ -611,11 +470,7 @@ mod tests {
         let err = target.load_parameters(&tensors).unwrap_err().to_string();
         assert!(err.contains("fc1.bias") && err.contains("[10]"), "{err}");
         tensors.remove("fc1.bias");
-        assert!(target
-            .load_parameters(&tensors)
-            .unwrap_err()
-            .to_string()
-            .contains("`fc1.bias` is missing"));
+        assert!(target.load_parameters(&tensors).unwrap_err().to_string().contains("`fc1.bias` is missing"));
     }
 
     #[test]

@@ -37,17 +37,8 @@ pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
     let x_data = x.as_vec();
     let w_data = weight.as_vec();
     let y = kernels::conv2d_forward(&x_data, &geometry, &w_data, Some(&bias.as_vec()));
-    let out = dev.tensor_from_vec(
-        y,
-        (
-            batch,
-            geometry.out_channels,
-            geometry.out_height(),
-            geometry.out_width(),
-        ),
-    );
-    let (x_ghost, w_ghost, b_ghost, out_ghost) =
-        (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
+    let out = dev.tensor_from_vec(y, (batch, geometry.out_channels, geometry.out_height(), geometry.out_width()));
+    let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         // The output gradient is moved out while input gradients are
         // written, then put back.
@@ -67,23 +58,11 @@ pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
 }
 
 /// 2x2, stride-2 max-pool.
-pub(crate) fn maxpool2x2<T: Tape<f32, Cpu>>(
-    dev: &Cpu,
-    x: Planes<T>,
-    geometry: PoolGeometry,
-) -> Planes<T> {
+pub(crate) fn maxpool2x2<T: Tape<f32, Cpu>>(dev: &Cpu, x: Planes<T>, geometry: PoolGeometry) -> Planes<T> {
     let (x, mut tape) = x.split_tape();
     let batch = x.shape().0;
     let (y, argmax) = kernels::maxpool2x2_forward(&x.as_vec(), &geometry);
-    let out = dev.tensor_from_vec(
-        y,
-        (
-            batch,
-            geometry.channels,
-            geometry.out_height(),
-            geometry.out_width(),
-        ),
-    );
+    let out = dev.tensor_from_vec(y, (batch, geometry.channels, geometry.out_height(), geometry.out_width()));
     let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);

@@ -1,8 +1,8 @@
 //! One training step's forward and backward pass on dfdx's tape.
 
 use dfdx::prelude::{
-    cross_entropy_with_logits_loss, Axes2, Axis, Backward, BroadcastTo, Cpu, Gradients, HasShape,
-    OwnedTape, PermuteTo, ReshapeTo, Tensor, TensorFromVec, Trace, TryMatMul,
+    cross_entropy_with_logits_loss, Axes2, Axis, Backward, BroadcastTo, Cpu, Gradients, HasShape, OwnedTape, PermuteTo,
+    ReshapeTo, Tensor, TensorFromVec, Trace, TryMatMul,
 };
 
 use super::tape_ops::{self, Flat, Planes};
@@ -43,29 +43,13 @@ impl Param {
 
 /// Mean cross-entropy of `model` on the normalised images `x` (N·C·H·W) with
 /// `labels`, and its gradients with respect to every parameter.
-pub fn loss_and_gradients(
-    dev: &Cpu,
-    model: &Model,
-    x: Vec<f32>,
-    labels: &[u8],
-) -> Result<StepResult, ModelError> {
+pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) -> Result<StepResult, ModelError> {
     let n = model.input.len();
     if x.is_empty() || x.len() % n != 0 || x.len() / n != labels.len() {
-        return Err(ModelError::Input {
-            found: x.len(),
-            shape: model.input,
-        });
+        return Err(ModelError::Input { found: x.len(), shape: model.input });
     }
     let batch = labels.len();
-    let image = dev.tensor_from_vec(
-        x,
-        (
-            batch,
-            model.input.channels,
-            model.input.height,
-            model.input.width,
-        ),
-    );
+    let image = dev.tensor_from_vec(x, (batch, model.input.channels, model.input.height, model.input.width));
     let mut act = Activation::Planes(image.traced(Gradients::leaky()));
     let mut params = Vec::new();
     let mut first_conv = true;
@@ -81,9 +65,7 @@ pub fn loss_and_gradients(
             }
             (Layer::Relu, Activation::Planes(x)) => Activation::Planes(x.relu()),
             (Layer::Relu, Activation::Rows(x)) => Activation::Rows(x.relu()),
-            (Layer::MaxPool(g), Activation::Planes(x)) => {
-                Activation::Planes(tape_ops::maxpool2x2(dev, x, *g))
-            }
+            (Layer::MaxPool(g), Activation::Planes(x)) => Activation::Planes(tape_ops::maxpool2x2(dev, x, *g)),
             (Layer::Flatten, Activation::Planes(x)) => {
                 let (b, c, h, w) = *x.shape();
                 Activation::Rows(x.reshape_like(&(b, c * h * w)))
@@ -92,21 +74,14 @@ pub fn loss_and_gradients(
                 let w = dev.tensor_from_vec(d.weight.clone(), (d.outputs, d.inputs));
                 let b = dev.tensor_from_vec(d.bias.clone(), (d.outputs,));
                 let y = x.matmul(w.retaped::<Taped>().permute::<_, Axes2<1, 0>>());
-                let y = y + b
-                    .retaped::<Taped>()
-                    .broadcast_like::<_, Axis<0>>(&(batch, d.outputs));
+                let y = y + b.retaped::<Taped>().broadcast_like::<_, Axis<0>>(&(batch, d.outputs));
                 params.extend([Param::Matrix(w), Param::Flat(b)]);
                 Activation::Rows(y)
             }
-            (layer, _) => unreachable!(
-                "layer {} got an activation of the wrong rank",
-                layer.kind_name()
-            ),
+            (layer, _) => unreachable!("layer {} got an activation of the wrong rank", layer.kind_name()),
         };
     }
-    let Activation::Rows(logits) = act else {
-        unreachable!("the network ends in a dense layer")
-    };
+    let Activation::Rows(logits) = act else { unreachable!("the network ends in a dense layer") };
     let logit_values = logits.retaped::<dfdx::prelude::NoneTape>().as_vec();
     let classes = model.classes;
     let mut onehot = vec![0.0f32; batch * classes];
@@ -117,16 +92,8 @@ pub fn loss_and_gradients(
     let loss = cross_entropy_with_logits_loss(logits, target);
     let loss_value = loss.retaped::<dfdx::prelude::NoneTape>().as_vec()[0];
     let grads = loss.backward();
-    let correct = logit_values
-        .chunks(classes)
-        .zip(labels)
-        .filter(|(row, &l)| argmax(row) == l as usize)
-        .count();
-    Ok(StepResult {
-        loss: loss_value,
-        correct,
-        gradients: params.iter().map(|p| p.gradient(&grads)).collect(),
-    })
+    let correct = logit_values.chunks(classes).zip(labels).filter(|(row, &l)| argmax(row) == l as usize).count();
+    Ok(StepResult { loss: loss_value, correct, gradients: params.iter().map(|p| p.gradient(&grads)).collect() })
 }
 
 #[cfg(test)]
@@ -138,12 +105,7 @@ mod tests {
 
     fn batch(shape: ImageShape, n: usize, seed: u64) -> (Vec<f32>, Vec<u8>) {
         let mut rng = Rng::new(seed);
-        (
-            (0..n * shape.len())
-                .map(|_| rng.uniform(-1.0, 1.0))
-                .collect(),
-            (0..n).map(|_| rng.below(10) as u8).collect(),
-        )
+        ((0..n * shape.len()).map(|_| rng.uniform(-1.0, 1.0)).collect(), (0..n).map(|_| rng.below(10) as u8).collect())
     }
 
     #[test]
@@ -154,17 +116,10 @@ mod tests {
             let (x, y) = batch(ImageShape::GRAY_28, 3, 5);
             let step = loss_and_gradients(&dev, &model, x.clone(), &y).unwrap();
             let (loss, correct) = cross_entropy_and_correct(&model.forward(&x).unwrap(), &y, 10);
-            assert!(
-                (step.loss as f64 - loss).abs() < 1e-5,
-                "{kind:?}: {} vs {loss}",
-                step.loss
-            );
+            assert!((step.loss as f64 - loss).abs() < 1e-5, "{kind:?}: {} vs {loss}", step.loss);
             assert_eq!(step.correct, correct);
             let shapes: Vec<usize> = model.parameters().iter().map(|p| p.data.len()).collect();
-            assert_eq!(
-                step.gradients.iter().map(|g| g.len()).collect::<Vec<_>>(),
-                shapes
-            );
+            assert_eq!(step.gradients.iter().map(|g| g.len()).collect::<Vec<_>>(), shapes);
         }
     }
 
@@ -173,11 +128,7 @@ mod tests {
     #[test]
     fn tape_gradients_match_finite_differences() {
         let dev = Cpu::default();
-        let shape = ImageShape {
-            channels: 2,
-            height: 8,
-            width: 8,
-        };
+        let shape = ImageShape { channels: 2, height: 8, width: 8 };
         let model = Model::initialized(ModelKind::Simple, shape, 10, 6);
         let (x, y) = batch(shape, 2, 7);
         let step = loss_and_gradients(&dev, &model, x.clone(), &y).unwrap();
@@ -191,11 +142,7 @@ mod tests {
                 let mut minus = model.clone();
                 minus.parameters_mut()[p][i] -= h;
                 let numeric = ((loss_of(&plus) - loss_of(&minus)) / (2.0 * h as f64)) as f32;
-                assert!(
-                    (grad[i] - numeric).abs() < 2e-3 + 0.02 * numeric.abs(),
-                    "param {p} index {i}: {} vs {numeric}",
-                    grad[i]
-                );
+                assert!((grad[i] - numeric).abs() < 2e-3 + 0.02 * numeric.abs(), "param {p} index {i}: {} vs {numeric}", grad[i]);
             }
         }
     }
