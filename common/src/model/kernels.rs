@@ -119,60 +119,78 @@ impl ConvGeometry {
         self.out_channels * self.patch_len()
     }
 
+    fn padded_height(&self) -> usize {
+        self.height + 2 * self.padding
+    }
+
+    fn padded_width(&self) -> usize {
+        self.width + 2 * self.padding
+    }
+
+    /// The image with its zero border, so that every window read is in
+    /// bounds and the row copies below need no checks.
+    fn pad(&self, image: &[f32], padded: &mut Vec<f32>) {
+        let (ph, pw, p) = (self.padded_height(), self.padded_width(), self.padding);
+        padded.clear();
+        padded.resize(self.in_channels * ph * pw, 0.0);
+        for (c, channel) in image.chunks(self.height * self.width).enumerate() {
+            for (y, src) in channel.chunks(self.width).enumerate() {
+                padded[(c * ph + y + p) * pw + p..][..self.width].copy_from_slice(src);
+            }
+        }
+    }
+
     /// One image's receptive fields as rows: row `p` (an output position)
     /// holds the `(c, ky, kx)` inputs that position sees, zero outside the
     /// image. Rows of one image are contiguous, so a group of images is one
     /// `(images·positions) x patch` matrix.
-    fn im2row(&self, image: &[f32], rows: &mut [f32]) {
-        let (oh, ow, k, p) = (self.out_height(), self.out_width(), self.kernel, self.padding as isize);
-        let (h, w) = (self.height as isize, self.width as isize);
-        let patch = self.patch_len();
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let row = &mut rows[(oy * ow + ox) * patch..][..patch];
-                for c in 0..self.in_channels {
-                    let channel = &image[c * self.height * self.width..][..self.height * self.width];
-                    for ky in 0..k {
-                        let dst = &mut row[(c * k + ky) * k..][..k];
-                        let iy = oy as isize + ky as isize - p;
-                        if iy < 0 || iy >= h {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let src = &channel[iy as usize * self.width..][..self.width];
-                        for (kx, v) in dst.iter_mut().enumerate() {
-                            let ix = ox as isize + kx as isize - p;
-                            *v = if ix >= 0 && ix < w { src[ix as usize] } else { 0.0 };
-                        }
-                    }
-                }
-            }
+    fn im2row(&self, image: &[f32], rows: &mut [f32], padded: &mut Vec<f32>) {
+        self.pad(image, padded);
+        let copy = |src: usize, dst: usize, k: usize| rows[dst..dst + k].copy_from_slice(&padded[src..src + k]);
+        match self.kernel {
+            3 => self.windows::<3>(copy),
+            5 => self.windows::<5>(copy),
+            _ => self.windows::<0>(copy),
         }
     }
 
     /// Adds each row's entries back onto the image positions they were read
     /// from (the adjoint of [`ConvGeometry::im2row`]).
-    fn row2im_add(&self, rows: &[f32], image: &mut [f32]) {
-        let (oh, ow, k, p) = (self.out_height(), self.out_width(), self.kernel, self.padding as isize);
-        let (h, w) = (self.height as isize, self.width as isize);
-        let patch = self.patch_len();
+    fn row2im_add(&self, rows: &[f32], image: &mut [f32], padded: &mut Vec<f32>) {
+        padded.clear();
+        padded.resize(self.in_channels * self.padded_height() * self.padded_width(), 0.0);
+        let add = |dst: usize, src: usize, k: usize| {
+            padded[dst..dst + k].iter_mut().zip(&rows[src..src + k]).for_each(|(d, s)| *d += s)
+        };
+        match self.kernel {
+            3 => self.windows::<3>(add),
+            5 => self.windows::<5>(add),
+            _ => self.windows::<0>(add),
+        }
+        let (ph, pw, p) = (self.padded_height(), self.padded_width(), self.padding);
+        for (c, channel) in image.chunks_mut(self.height * self.width).enumerate() {
+            for (y, dst) in channel.chunks_mut(self.width).enumerate() {
+                let src = &padded[(c * ph + y + p) * pw + p..][..self.width];
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            }
+        }
+    }
+
+    /// Calls `visit(start in the padded image, start in the rows, k)` for
+    /// every kernel row of every receptive field: the `k` inputs of channel
+    /// `c`, kernel row `ky`, at output position `(oy, ox)`. A fixed `K`
+    /// (`0`: the geometry's kernel) turns the copies into a few moves.
+    #[inline(always)]
+    fn windows<const K: usize>(&self, mut visit: impl FnMut(usize, usize, usize)) {
+        let k = if K == 0 { self.kernel } else { K };
+        let (ph, pw) = (self.padded_height(), self.padded_width());
+        let (oh, ow, patch) = (self.out_height(), self.out_width(), self.patch_len());
         for oy in 0..oh {
             for ox in 0..ow {
-                let row = &rows[(oy * ow + ox) * patch..][..patch];
+                let row = (oy * ow + ox) * patch;
                 for c in 0..self.in_channels {
-                    let channel = &mut image[c * self.height * self.width..][..self.height * self.width];
                     for ky in 0..k {
-                        let iy = oy as isize + ky as isize - p;
-                        if iy < 0 || iy >= h {
-                            continue;
-                        }
-                        let dst = &mut channel[iy as usize * self.width..][..self.width];
-                        for (kx, &v) in row[(c * k + ky) * k..][..k].iter().enumerate() {
-                            let ix = ox as isize + kx as isize - p;
-                            if ix >= 0 && ix < w {
-                                dst[ix as usize] += v;
-                            }
-                        }
+                        visit((c * ph + oy + ky) * pw + ox, row + (c * k + ky) * k, k);
                     }
                 }
             }
@@ -181,28 +199,25 @@ impl ConvGeometry {
 
     /// The receptive-field rows of a group of images, zero rows for the
     /// padding images of a short last group.
-    fn group_rows(&self, images: &[f32], rows: &mut [f32]) {
+    fn group_rows(&self, images: &[f32], rows: &mut [f32], padded: &mut Vec<f32>) {
         let block = self.out_plane() * self.patch_len();
         let count = images.len() / self.in_len();
         for (image, dst) in images.chunks(self.in_len()).zip(rows.chunks_mut(block)) {
-            self.im2row(image, dst);
+            self.im2row(image, dst, padded);
         }
         rows[count * block..].fill(0.0);
     }
 
-    /// A group of output images `(o, position)` as `(position, o)` rows, zero
-    /// rows for padding images.
-    fn group_positions_by_channel(&self, images: &[f32], out: &mut [f32]) {
-        let (plane, channels) = (self.out_plane(), self.out_channels);
-        let count = images.len() / self.out_len();
-        for (image, dst) in images.chunks(self.out_len()).zip(out.chunks_mut(plane * channels)) {
+    /// A group of output-shaped images as one `channels x (images·positions)`
+    /// matrix, zero columns for the padding images.
+    fn group_channels(&self, images: &[f32], grouped: &mut [f32]) {
+        let (plane, width) = (self.out_plane(), IMAGES_PER_GEMM * self.out_plane());
+        grouped.fill(0.0);
+        for (i, image) in images.chunks(self.out_len()).enumerate() {
             for (o, src) in image.chunks(plane).enumerate() {
-                for (position, &v) in src.iter().enumerate() {
-                    dst[position * channels + o] = v;
-                }
+                grouped[o * width + i * plane..][..plane].copy_from_slice(src);
             }
         }
-        out[count * plane * channels..].fill(0.0);
     }
 }
 
@@ -219,26 +234,17 @@ pub fn conv2d_forward(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<
     assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
     let batch = x.len() / g.in_len();
     let (plane, patch, channels) = (g.out_plane(), g.patch_len(), g.out_channels);
+    let width = IMAGES_PER_GEMM * plane;
     let mut y = vec![0.0f32; batch * g.out_len()];
     y.par_chunks_mut(g.out_len() * IMAGES_PER_GEMM).zip(x.par_chunks(g.in_len() * IMAGES_PER_GEMM)).for_each_init(
-        || (vec![0.0f32; IMAGES_PER_GEMM * plane * patch], vec![0.0f32; IMAGES_PER_GEMM * plane * channels]),
-        |(rows, by_position), (out, images)| {
-            g.group_rows(images, rows);
-            matmul(
-                by_position,
-                false,
-                Mat::row_major(rows, patch),
-                Mat::transposed(weight, patch),
-                IMAGES_PER_GEMM * plane,
-                channels,
-                patch,
-            );
-            for (out_image, block) in out.chunks_mut(g.out_len()).zip(by_position.chunks(plane * channels)) {
+        || (vec![0.0f32; width * patch], vec![0.0f32; channels * width], Vec::new()),
+        |(rows, grouped, padded), (out, images)| {
+            g.group_rows(images, rows, padded);
+            matmul(grouped, false, Mat::row_major(weight, patch), Mat::transposed(rows, patch), channels, width, patch);
+            for (i, out_image) in out.chunks_mut(g.out_len()).enumerate() {
                 for (o, dst) in out_image.chunks_mut(plane).enumerate() {
                     let b = bias.map_or(0.0, |b| b[o]);
-                    for (position, v) in dst.iter_mut().enumerate() {
-                        *v = block[position * channels + o] + b;
-                    }
+                    dst.iter_mut().zip(&grouped[o * width + i * plane..][..plane]).for_each(|(d, s)| *d = s + b);
                 }
             }
         },
@@ -264,43 +270,41 @@ pub fn conv2d_backward(
         assert_eq!(w.len(), g.weight_len(), "conv2d weight length");
     }
     let (plane, patch, channels) = (g.out_plane(), g.patch_len(), g.out_channels);
-    let rows_len = IMAGES_PER_GEMM * plane;
+    let width = IMAGES_PER_GEMM * plane;
     let groups = batch.div_ceil(IMAGES_PER_GEMM);
     let per_group: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..groups)
         .into_par_iter()
-        .map(|group| {
-            let images = group * IMAGES_PER_GEMM..((group + 1) * IMAGES_PER_GEMM).min(batch);
-            let mut dy_rows = vec![0.0f32; rows_len * channels];
-            g.group_positions_by_channel(&dy[images.start * g.out_len()..images.end * g.out_len()], &mut dy_rows);
-            let mut rows = vec![0.0f32; rows_len * patch];
-            let mut dx = Vec::new();
-            if let Some(w) = weight {
-                matmul(&mut rows, false, Mat::row_major(&dy_rows, channels), Mat::row_major(w, patch), rows_len, patch, channels);
-                dx = vec![0.0f32; images.len() * g.in_len()];
-                for (dimage, block) in dx.chunks_mut(g.in_len()).zip(rows.chunks(plane * patch)) {
-                    g.row2im_add(block, dimage);
+        .map_init(
+            || (vec![0.0f32; channels * width], vec![0.0f32; width * patch], Vec::new()),
+            |(dy_grouped, rows, padded), group| {
+                let images = group * IMAGES_PER_GEMM..((group + 1) * IMAGES_PER_GEMM).min(batch);
+                g.group_channels(&dy[images.start * g.out_len()..images.end * g.out_len()], dy_grouped);
+                let mut dx = Vec::new();
+                if let Some(w) = weight {
+                    matmul(rows, false, Mat::transposed(dy_grouped, width), Mat::row_major(w, patch), width, patch, channels);
+                    dx = vec![0.0f32; images.len() * g.in_len()];
+                    for (dimage, block) in dx.chunks_mut(g.in_len()).zip(rows.chunks(plane * patch)) {
+                        g.row2im_add(block, dimage, padded);
+                    }
                 }
-            }
-            let (mut dw, mut db) = (Vec::new(), Vec::new());
-            if let Some(x) = x {
-                g.group_rows(&x[images.start * g.in_len()..images.end * g.in_len()], &mut rows);
-                dw = vec![0.0f32; g.weight_len()];
-                matmul(
-                    &mut dw,
-                    false,
-                    Mat::transposed(&dy_rows, channels),
-                    Mat::row_major(&rows, patch),
-                    channels,
-                    patch,
-                    rows_len,
-                );
-                db = vec![0.0f32; channels];
-                for row in dy_rows.chunks(channels) {
-                    db.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+                let (mut dw, mut db) = (Vec::new(), Vec::new());
+                if let Some(x) = x {
+                    g.group_rows(&x[images.start * g.in_len()..images.end * g.in_len()], rows, padded);
+                    dw = vec![0.0f32; g.weight_len()];
+                    matmul(
+                        &mut dw,
+                        false,
+                        Mat::row_major(dy_grouped, width),
+                        Mat::row_major(rows, patch),
+                        channels,
+                        patch,
+                        width,
+                    );
+                    db = dy_grouped.chunks(width).map(|row| row.iter().sum()).collect();
                 }
-            }
-            (dx, dw, db)
-        })
+                (dx, dw, db)
+            },
+        )
         .collect();
     let dx = weight.map(|_| per_group.iter().flat_map(|(dx, _, _)| dx.iter().copied()).collect());
     let params = x.map(|_| {
