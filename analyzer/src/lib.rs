@@ -1,1 +1,23 @@
+//! Stage 4 of the attribution-trends pipeline: per-step statistics of the
+//! attribution summaries, their Spearman correlations with train/test loss,
+//! a fit diagnosis per run, a Markdown report and figures.
+//!
+//! - [`inputs`]: reading metrics and summary tables;
+//! - [`by_step`]: per-step descriptive statistics joined with the metrics;
+//! - [`spearman`]: Spearman's rho, p-value, confidence interval;
+//! - [`correlations`]: measures against metrics over training steps;
+//! - [`fit`]: the fit-diagnosis rule;
+//! - [`report`]: `report.md`;
+//! - [`figures`]: PNG/SVG figures;
+//! - [`stage`]: the command, fingerprints and the output files.
 
+pub mod by_step;
+pub mod correlations;
+pub mod figures;
+pub mod fit;
+pub mod inputs;
+pub mod report;
+pub mod spearman;
+pub mod stage;
+
+pub use stage::{run, Cli};

@@ -121,6 +121,8 @@ pub fn progress_bar(len: u64, message: impl Into<String>) -> indicatif::Progress
 pub struct StageReport {
     pub done: usize,
     pub skipped: usize,
+    /// Units a `--dry-run` found to do.
+    pub planned: usize,
     /// One message per unit that failed (the other units still ran).
     pub failed: Vec<String>,
 }
@@ -129,20 +131,21 @@ impl StageReport {
     /// Logs the outcome; exit code 0 when every unit is done or current,
     /// 1 when any failed.
     pub fn finish(&self, stage: &str) -> std::process::ExitCode {
-        if self.failed.is_empty() {
-            if self.done == 0 {
-                tracing::info!("{stage}: nothing to do, {} unit(s) up to date", self.skipped);
-            } else {
-                tracing::info!("{stage}: {} unit(s) done, {} up to date", self.done, self.skipped);
-            }
-            std::process::ExitCode::SUCCESS
-        } else {
+        if !self.failed.is_empty() {
             for f in &self.failed {
                 tracing::error!("{f}");
             }
             tracing::error!("{stage}: {} unit(s) failed, {} done, {} up to date", self.failed.len(), self.done, self.skipped);
-            std::process::ExitCode::FAILURE
+            return std::process::ExitCode::FAILURE;
         }
+        if self.planned > 0 {
+            tracing::info!("{stage}: dry run: {} unit(s) to do, {} up to date", self.planned, self.skipped);
+        } else if self.done == 0 {
+            tracing::info!("{stage}: nothing to do, {} unit(s) up to date", self.skipped);
+        } else {
+            tracing::info!("{stage}: {} unit(s) done, {} up to date", self.done, self.skipped);
+        }
+        std::process::ExitCode::SUCCESS
     }
 }
 

@@ -56,7 +56,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
         };
         if cli.stage.dry_run {
             println!("trainer: run `{name}`: would {what}");
-            report.done += 1;
+            report.planned += 1;
             continue;
         }
         tracing::info!("run `{name}`: {what}");

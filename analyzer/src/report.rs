@@ -1,0 +1,292 @@
+//! `analysis/report.md`: the fit diagnosis of each run, then per method the
+//! paper's table (Spearman's rho of norm and entropy with test and train
+//! loss), descriptive statistics, all correlations, and the figures.
+
+use std::fmt::Write;
+
+use crate::by_step::StepTable;
+use crate::correlations::Correlation;
+use crate::fit::FitDiagnosis;
+use crate::spearman::Spearman;
+
+/// The measure the paper calls "norm".
+pub const NORM: &str = "frobenius";
+/// The measure the paper calls "entropy".
+pub const ENTROPY: &str = "entropy_abs";
+/// The split of the paper's table and of the descriptive statistics.
+pub const MAIN_SPLIT: &str = "all";
+
+/// A run as the report shows it.
+#[derive(Clone, Debug)]
+pub struct RunInfo {
+    pub name: String,
+    pub intended_fit: Option<String>,
+    pub diagnosis: FitDiagnosis,
+}
+
+/// The figures of one (run, method), as paths relative to the report.
+#[derive(Clone, Debug)]
+pub struct FigureLinks {
+    pub run: String,
+    pub method: String,
+    pub evolution: Option<(String, String)>,
+    pub heatmaps: Option<(String, String)>,
+}
+
+/// Everything the report shows.
+pub struct ReportInput<'a> {
+    pub config: String,
+    pub runs: &'a [RunInfo],
+    pub methods: &'a [String],
+    pub measures: &'a [String],
+    pub tables: &'a [StepTable],
+    pub correlations: &'a [Correlation],
+    pub figures: &'a [FigureLinks],
+    /// Why figures are missing, if they are.
+    pub figure_error: Option<String>,
+}
+
+fn num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v != 0.0 && (v.abs() >= 1e4 || v.abs() < 1e-3) => format!("{v:.3e}"),
+        Some(v) => format!("{v:.4}"),
+        None => "–".into(),
+    }
+}
+
+fn p_text(p: f64) -> String {
+    if p == 0.0 {
+        "0".into()
+    } else if p < 1e-3 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+/// `-0.875 (p=1.2e-05)`; `n/a (n=3)` when undefined.
+pub fn rho_cell(c: Option<&Correlation>) -> String {
+    match c {
+        None => "not computed".into(),
+        Some(Correlation { result: Some(Spearman { rho, p_value, .. }), .. }) => format!("{rho:.3} (p={})", p_text(*p_value)),
+        Some(c) => format!("n/a (n={})", c.n),
+    }
+}
+
+fn find<'a>(
+    all: &'a [Correlation],
+    run: &str,
+    method: &str,
+    split: &str,
+    measure: &str,
+    metric: &str,
+) -> Option<&'a Correlation> {
+    all.iter().find(|c| c.run == run && c.method == method && c.split == split && c.measure == measure && c.metric == metric)
+}
+
+/// The run's column header: name and diagnosed fit.
+fn run_header(r: &RunInfo) -> String {
+    match &r.intended_fit {
+        Some(intended) if intended != r.diagnosis.fit.label() => {
+            format!("{} ({}; intended: {intended})", r.name, r.diagnosis.fit.label())
+        }
+        _ => format!("{} ({})", r.name, r.diagnosis.fit.label()),
+    }
+}
+
+pub fn render(input: &ReportInput) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# Attribution trends: analysis\n");
+    let _ = writeln!(
+        w,
+        "Config: `{}`. Spearman's rho is computed over the training steps (checkpoints) of a run, between the \
+         **per-step mean of a measure over the probe images** of a split and the run's metric at that step \
+         (`step` itself for the trend). Ties get average ranks; p-values are two-sided from Student's t with \
+         n-2 degrees of freedom; 95% intervals by Fisher's z with variance 1.06/(n-3) (Fieller, Hartley & \
+         Pearson 1957); undefined (n/a) when n < 4 or a side is constant. Norm = `{NORM}`, entropy = \
+         `{ENTROPY}`; the tables below use split `{MAIN_SPLIT}` (seen and unseen probe images together); \
+         every split is in `correlations.parquet`.\n",
+        input.config
+    );
+
+    // Fit diagnosis.
+    let _ = writeln!(w, "## Fit diagnosis\n");
+    let _ = writeln!(
+        w,
+        "Rule: rise = final test loss / minimum test loss - 1; gap = final test loss - mean batch train loss \
+         over the last 5 checkpoints. Good fit: rise < 0.10 and gap < 0.5 x final test loss; slight overfit: \
+         rise < 0.10 with a larger gap, or 0.10 <= rise < 0.50; overfit: 0.50 <= rise < 1.50; strong overfit: \
+         rise >= 1.50.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| run | intended fit | diagnosed fit | final step | final test loss | min test loss (step) | rise | final train loss | gap | final test acc |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
+    for r in input.runs {
+        let d = &r.diagnosis;
+        let _ = writeln!(
+            w,
+            "| {} | {} | **{}**{} | {} | {} | {} ({}) | {} | {} | {} | {} |",
+            r.name,
+            r.intended_fit.as_deref().unwrap_or("–"),
+            d.fit.label(),
+            d.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
+            d.final_step.map(|s| s.to_string()).unwrap_or("–".into()),
+            num(d.final_test_loss),
+            num(d.min_test_loss),
+            d.min_test_loss_step.map(|s| s.to_string()).unwrap_or("–".into()),
+            num(d.rise),
+            num(d.final_train_loss),
+            num(d.gap),
+            num(d.final_test_acc),
+        );
+    }
+    let _ = writeln!(w);
+
+    for method in input.methods {
+        let runs: Vec<&RunInfo> =
+            input.runs.iter().filter(|r| input.tables.iter().any(|t| &t.run == &r.name && &t.method == method)).collect();
+        let _ = writeln!(w, "## Method `{method}`\n");
+        if runs.is_empty() {
+            let _ = writeln!(w, "No summaries for this method.\n");
+            continue;
+        }
+
+        // The paper's table.
+        let _ = writeln!(w, "### Spearman's rho with the loss (the paper's table)\n");
+        let mut header = String::from("| |");
+        let mut sub = String::from("| |");
+        let mut rule = String::from("|---|");
+        for r in &runs {
+            let _ = write!(header, " {} | |", run_header(r));
+            sub.push_str(" norm | entropy |");
+            rule.push_str("---|---|");
+        }
+        let _ = writeln!(w, "{header}\n{rule}\n{sub}");
+        for (label, metric) in [("test loss", "test_loss"), ("train loss", "train_loss")] {
+            let mut line = format!("| {label} |");
+            for r in &runs {
+                for measure in [NORM, ENTROPY] {
+                    let c = find(input.correlations, &r.name, method, MAIN_SPLIT, measure, metric);
+                    let cell = if input.measures.iter().any(|m| m == measure) { rho_cell(c) } else { "not configured".into() };
+                    let _ = write!(line, " {cell} |");
+                }
+            }
+            let _ = writeln!(w, "{line}");
+        }
+        let _ = writeln!(w);
+
+        // Descriptive statistics.
+        let _ = writeln!(w, "### Descriptive statistics (split `{MAIN_SPLIT}`)\n");
+        let _ = writeln!(
+            w,
+            "Per-step mean over the probe images: at the first and the last checkpoint (with the std over \
+             images), its smallest and largest value over training, and its trend (rho with step). \
+             Null values are maps where the measure is undefined (e.g. the entropy of an all-zero part).\n"
+        );
+        for r in &runs {
+            let Some(t) = input.tables.iter().find(|t| t.run == r.name && &t.method == method && t.split == MAIN_SPLIT) else {
+                continue;
+            };
+            let _ = writeln!(
+                w,
+                "**{}**: {} checkpoints (steps {}–{}), {} probe images per step.\n",
+                r.name,
+                t.steps.len(),
+                t.steps.first().copied().unwrap_or(0),
+                t.steps.last().copied().unwrap_or(0),
+                t.stats.first().and_then(|s| s.first()).map(|d| d.n + d.n_null).unwrap_or(0)
+            );
+            let _ = writeln!(w, "| measure | first: mean ± std | last: mean ± std | min of mean (step) | max of mean (step) | trend rho (p) | null values |");
+            let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+            for (i, measure) in t.measures.iter().enumerate() {
+                let stats = &t.stats[i];
+                let first = stats.first();
+                let last = stats.last();
+                let pm = |d: Option<&crate::by_step::Describe>| match d {
+                    Some(d) => format!("{} ± {}", num(d.mean), num(d.std)),
+                    None => "–".into(),
+                };
+                let means: Vec<(i64, f64)> = t.steps.iter().zip(stats).filter_map(|(&s, d)| d.mean.map(|m| (s, m))).collect();
+                let min = means.iter().min_by(|a, b| a.1.total_cmp(&b.1));
+                let max = means.iter().max_by(|a, b| a.1.total_cmp(&b.1));
+                let at = |x: Option<&(i64, f64)>| x.map(|(s, m)| format!("{} ({s})", num(Some(*m)))).unwrap_or("–".into());
+                let nulls: usize = stats.iter().map(|d| d.n_null).sum();
+                let total: usize = stats.iter().map(|d| d.n + d.n_null).sum();
+                let _ = writeln!(
+                    w,
+                    "| {measure} | {} | {} | {} | {} | {} | {nulls} of {total} |",
+                    pm(first),
+                    pm(last),
+                    at(min),
+                    at(max),
+                    rho_cell(find(input.correlations, &r.name, method, MAIN_SPLIT, measure, "step")),
+                );
+            }
+            let _ = writeln!(w);
+        }
+
+        // All correlations.
+        let _ = writeln!(w, "### All correlations (split `{MAIN_SPLIT}`)\n");
+        let _ = writeln!(w, "| run | measure | train_loss | test_loss | test_acc | step | n |");
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+        for r in &runs {
+            for measure in input.measures {
+                let cells: Vec<String> = ["train_loss", "test_loss", "test_acc", "step"]
+                    .iter()
+                    .map(|metric| rho_cell(find(input.correlations, &r.name, method, MAIN_SPLIT, measure, metric)))
+                    .collect();
+                let n = find(input.correlations, &r.name, method, MAIN_SPLIT, measure, "test_loss").map(|c| c.n).unwrap_or(0);
+                let _ = writeln!(w, "| {} | {measure} | {} | {n} |", r.name, cells.join(" | "));
+            }
+        }
+        let _ = writeln!(w);
+        // Steps left out of correlations, one row per (run, split, measure).
+        let mut dropped: Vec<(String, String, String, usize, Vec<String>)> = Vec::new();
+        for c in input.correlations.iter().filter(|c| &c.method == method) {
+            if c.dropped_null_measure == 0 && c.dropped_missing_metric == 0 {
+                continue;
+            }
+            let key = (c.run.clone(), c.split.clone(), c.measure.clone());
+            let i = match dropped.iter().position(|d| (&d.0, &d.1, &d.2) == (&key.0, &key.1, &key.2)) {
+                Some(i) => i,
+                None => {
+                    dropped.push((key.0, key.1, key.2, c.dropped_null_measure, Vec::new()));
+                    dropped.len() - 1
+                }
+            };
+            if c.dropped_missing_metric > 0 {
+                dropped[i].4.push(format!("{}: {}", c.metric, c.dropped_missing_metric));
+            }
+        }
+        if !dropped.is_empty() {
+            let _ = writeln!(w, "Steps left out of the correlations: where every probe image's value is null (so the mean is), or the metrics lack the step.\n");
+            let _ = writeln!(w, "| run | split | measure | steps with a null mean | steps without the metric |");
+            let _ = writeln!(w, "|---|---|---|---|---|");
+            for (run, split, measure, null_mean, missing) in dropped {
+                let missing = if missing.is_empty() { "0".to_string() } else { missing.join(", ") };
+                let _ = writeln!(w, "| {run} | {split} | {measure} | {null_mean} | {missing} |");
+            }
+            let _ = writeln!(w);
+        }
+
+        // Figures.
+        let _ = writeln!(w, "### Figures\n");
+        if let Some(e) = &input.figure_error {
+            let _ = writeln!(w, "Figures could not be drawn: {e}\n");
+        }
+        for f in input.figures.iter().filter(|f| &f.method == method) {
+            if let Some((png, svg)) = &f.evolution {
+                let _ = writeln!(w, "**{}**: evolution of norm and entropy beside the loss ([SVG]({svg}))\n", f.run);
+                let _ = writeln!(w, "![{} {method} evolution]({png})\n", f.run);
+            }
+            if let Some((png, svg)) = &f.heatmaps {
+                let _ = writeln!(w, "**{}**: attribution maps over training ([SVG]({svg}))\n", f.run);
+                let _ = writeln!(w, "![{} {method} heatmaps]({png})\n", f.run);
+            }
+        }
+    }
+    out
+}

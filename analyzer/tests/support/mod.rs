@@ -1,0 +1,139 @@
+#![allow(dead_code)]
+
+//! Shared setup of the analyzer's stage tests: hand-made metrics, probe and
+//! attribution files, summarised by the summarizer.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use common::artifacts::{
+    write_attributions, write_parquet, write_probe, write_stamp, Attributions, Probe, ProbeEntry, RunLayout, Split,
+};
+use polars::prelude::{Column, DataFrame};
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("analyzer-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn write_config(dir: &Path, run_name: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[output]
+dir = "{}"
+
+[datasets.synth]
+kind = "synthetic"
+shape = "1x28x28"
+train_size = 40
+test_size = 40
+
+[runs.{run_name}]
+dataset = "synth"
+model = "simple"
+epochs = 1
+checkpoints = {{ every = 10 }}
+intended_fit = "overfit"
+
+[methods.lrp]
+kind = "lrp"
+
+[summaries]
+measures = ["frobenius", "entropy_abs", "entropy_neg", "gini"]
+"#,
+        dir.join("runs").display()
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub const STEPS: [u64; 10] = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90];
+
+pub fn write_metrics(layout: &RunLayout, stamp: &str) {
+    let n = STEPS.len();
+    let train: Vec<f64> = (0..n).map(|i| 2.3 / (1.0 + i as f64)).collect();
+    // test loss falls to 1.0 at step 40, then climbs to 2.0: overfit (rise 1.0)
+    let test = vec![2.3, 1.8, 1.4, 1.1, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0];
+    let acc: Vec<f64> = (0..n).map(|i| 0.1 + 0.05 * i as f64).collect();
+    let mut df = DataFrame::new(vec![
+        Column::new("step".into(), STEPS.iter().map(|&s| s as i64).collect::<Vec<_>>()),
+        Column::new("epoch".into(), STEPS.iter().map(|&s| s as f64 / 90.0).collect::<Vec<_>>()),
+        Column::new("train_loss".into(), train.clone()),
+        Column::new("train_loss_running".into(), train),
+        Column::new("train_acc_running".into(), acc.clone()),
+        Column::new("test_loss".into(), test.clone()),
+        Column::new("test_acc".into(), acc.clone()),
+        Column::new("probe_loss".into(), test),
+        Column::new("probe_acc".into(), acc),
+    ])
+    .unwrap();
+    write_parquet(&layout.metrics(), &mut df).unwrap();
+    write_stamp(&layout.metrics(), stamp).unwrap();
+}
+
+/// Maps of a blob that sharpens and grows over training: norm rises,
+/// entropy falls. No negative values: entropy_neg is null everywhere.
+pub fn write_maps(layout: &RunLayout, probe: &Probe) {
+    for (k, &step) in STEPS.iter().enumerate() {
+        let width = 8.0 - 0.6 * k as f32;
+        let amplitude = 2f32.powi(k as i32);
+        let mut maps = Vec::new();
+        for (i, _) in probe.entries.iter().enumerate() {
+            let (cx, cy) = (8.0 + 3.0 * i as f32, 14.0);
+            for y in 0..28 {
+                for x in 0..28 {
+                    let d2 = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2);
+                    maps.push(amplitude * (-d2 / (2.0 * width * width)).exp());
+                }
+            }
+        }
+        let n = probe.len();
+        let a = Attributions {
+            run: "tiny".into(),
+            method: "lrp".into(),
+            step,
+            epoch: step as f64 / 90.0,
+            height: 28,
+            width: 28,
+            maps,
+            probe_id: probe.entries.iter().map(|e| e.probe_id).collect(),
+            target: probe.entries.iter().map(|e| e.label as i64).collect(),
+            prediction: probe.entries.iter().map(|e| if k > 3 { e.label as i64 } else { 0 }).collect(),
+            logit: vec![1.0; n],
+            method_fingerprint: "m".into(),
+            checkpoint_fingerprint: format!("c{step}"),
+            fingerprint: format!("a{step}"),
+        };
+        write_attributions(&layout.attribution("lrp", step), &a).unwrap();
+    }
+}
+
+pub fn setup(dir: &Path) -> (PathBuf, RunLayout) {
+    let config = write_config(dir, "tiny");
+    let layout = RunLayout::new(&dir.join("runs"), "tiny");
+    // synthetic labels are index % 10
+    let probe = Probe {
+        entries: vec![
+            ProbeEntry { probe_id: 0, split: Split::Seen, source_index: 1, label: 1 },
+            ProbeEntry { probe_id: 1, split: Split::Seen, source_index: 12, label: 2 },
+            ProbeEntry { probe_id: 2, split: Split::Unseen, source_index: 3, label: 3 },
+            ProbeEntry { probe_id: 3, split: Split::Unseen, source_index: 24, label: 4 },
+        ],
+    };
+    write_probe(&layout.probe(), &probe).unwrap();
+    write_metrics(&layout, "metrics-1");
+    write_maps(&layout, &probe);
+    let cli = summarizer::Cli::try_parse_from(["summarizer", "--config", config.to_str().unwrap()]).unwrap();
+    let report = summarizer::run(&cli).unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    (config, layout)
+}
+
+pub fn analyze(config: &Path, extra: &[&str]) -> common::cli::StageReport {
+    let mut args = vec!["analyzer", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    analyzer::run(&analyzer::Cli::try_parse_from(args).unwrap()).unwrap()
+}
