@@ -99,6 +99,24 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     files
 }
 
+/// The modification time of every file under `dir`.
+pub fn modification_times(dir: &Path) -> BTreeMap<PathBuf, std::time::SystemTime> {
+    snapshot(dir)
+        .into_keys()
+        .map(|p| {
+            let time = std::fs::metadata(dir.join(&p)).and_then(|m| m.modified()).expect("file metadata");
+            (p, time)
+        })
+        .collect()
+}
+
+/// Runs every stage in order, panicking on the first failure.
+pub fn run_pipeline(scratch: &Scratch) {
+    for stage in STAGES {
+        scratch.ok(stage, &[]);
+    }
+}
+
 /// Asserts two snapshots hold the same files with the same bytes, naming
 /// the first difference.
 pub fn assert_same_files(a: &BTreeMap<PathBuf, Vec<u8>>, b: &BTreeMap<PathBuf, Vec<u8>>) {

@@ -1,0 +1,282 @@
+//! The batched LRP backward pass.
+//!
+//! Relevance starts as the explained logit alone (one-hot of the explained
+//! class times that logit) and flows from the output to the input, layer by
+//! layer: conv and dense layers apply their composite rule (see `rules`),
+//! max-pools pass it to the winner or redistribute it like average pooling,
+//! ReLU and flatten pass it unchanged. The whole batch moves through each
+//! layer at once, so every step is one batched kernel call.
+
+use common::model::kernels::{maxpool2x2_backward, pool2x2_redistribute};
+use common::model::{Layer, Model, Trace};
+
+use crate::composite::{first_linear_layer, Composite, PoolTreatment};
+use crate::error::ExplainError;
+use crate::linear::LinearLayer;
+use crate::rules::Rule;
+
+/// The relevance of every input value (N·C·H·W) for the classes `targets`
+/// (one per image of the trace), under `composite`.
+pub fn relevance(model: &Model, trace: &Trace, composite: &Composite, targets: &[usize]) -> Result<Vec<f32>, ExplainError> {
+    check_trace(model, trace)?;
+    if targets.len() != trace.batch {
+        return Err(ExplainError::Shape(format!("{} target(s) for a batch of {} images", targets.len(), trace.batch)));
+    }
+    let first = first_linear_layer(&model.layers).ok_or(ExplainError::MissingLayer("conv or dense layer to apply LRP to"))?;
+    if let Rule::ZBox { bounds } = &composite.first {
+        if bounds.len() != model.input.channels {
+            return Err(ExplainError::BoundsChannels { bounds: bounds.len(), channels: model.input.channels });
+        }
+    }
+    let through_linear = |linear: LinearLayer, index: usize, relevance: &[f32]| {
+        let rule = composite.rule_for(linear, index == first);
+        rule.relevance(linear, trace.layer_input(index), &trace.outputs[index], relevance)
+    };
+    let mut relevance = explained_logit_only(trace.logits(), model.classes, targets)?;
+    for (index, layer) in model.layers.iter().enumerate().rev() {
+        relevance = match layer {
+            Layer::Relu | Layer::Flatten => relevance,
+            Layer::MaxPool(geometry) => match composite.max_pool {
+                PoolTreatment::WinnerTakeAll => {
+                    let argmax = trace.argmax[index].as_deref().ok_or_else(|| missing_argmax(index))?;
+                    maxpool2x2_backward(&relevance, argmax, geometry)
+                }
+                PoolTreatment::Average => pool2x2_redistribute(&relevance, trace.layer_input(index), geometry),
+            },
+            Layer::Conv(conv) => through_linear(LinearLayer::Conv(conv), index, &relevance)?,
+            Layer::Dense(dense) => through_linear(LinearLayer::Dense(dense), index, &relevance)?,
+        };
+    }
+    Ok(relevance)
+}
+
+/// One-hot of each image's target class times its logit: the relevance the
+/// backward pass starts from.
+pub fn explained_logit_only(logits: &[f32], classes: usize, targets: &[usize]) -> Result<Vec<f32>, ExplainError> {
+    if logits.len() != targets.len() * classes {
+        return Err(ExplainError::Shape(format!("{} logits for {} images of {classes} classes", logits.len(), targets.len())));
+    }
+    let mut start = vec![0.0f32; logits.len()];
+    for (image, &target) in targets.iter().enumerate() {
+        if target >= classes {
+            return Err(ExplainError::LabelOutOfRange { image, label: target, classes });
+        }
+        let at = image * classes + target;
+        start[at] = logits[at];
+    }
+    Ok(start)
+}
+
+/// Sums an N·C·H·W tensor over its channels: N·H·W maps.
+pub fn sum_over_channels(values: &[f32], channels: usize, plane: usize) -> Vec<f32> {
+    let image_len = channels * plane;
+    let mut maps = Vec::with_capacity(values.len() / image_len.max(1) * plane);
+    for image in values.chunks_exact(image_len) {
+        let mut map = image[..plane].to_vec();
+        for channel in image[plane..].chunks_exact(plane) {
+            map.iter_mut().zip(channel).for_each(|(m, v)| *m += v);
+        }
+        maps.extend_from_slice(&map);
+    }
+    maps
+}
+
+/// A trace must come from this model: one output per layer, of the layer's
+/// size for the trace's batch.
+pub(crate) fn check_trace(model: &Model, trace: &Trace) -> Result<(), ExplainError> {
+    let shapes = model.activation_shapes();
+    let consistent = trace.input.len() == trace.batch * model.input.len()
+        && trace.outputs.len() == model.layers.len()
+        && trace.argmax.len() == model.layers.len()
+        && trace.outputs.iter().zip(&shapes).all(|(out, shape)| out.len() == trace.batch * shape.len());
+    if consistent {
+        Ok(())
+    } else {
+        Err(ExplainError::Shape("the forward trace does not belong to this model (layer outputs of other sizes)".into()))
+    }
+}
+
+fn missing_argmax(index: usize) -> ExplainError {
+    ExplainError::Shape(format!("the forward trace has no max-pool winners for layer {index}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcam::gradient_at;
+    use crate::rules::Rule;
+    use crate::test_support::{assert_close, forward_from, random, tiny_model, without_biases};
+    use common::data::ImageShape;
+    use common::model::kernels::{conv2d_backward_input, ConvGeometry};
+    use common::model::{argmax, Conv2d, Dense, ModelKind};
+
+    fn uniform_composite(rule: Rule, max_pool: PoolTreatment) -> Composite {
+        Composite { first: rule.clone(), conv: rule.clone(), dense: rule, max_pool }
+    }
+
+    fn predicted(model: &Model, trace: &Trace) -> Vec<usize> {
+        trace.logits().chunks(model.classes).map(argmax).collect()
+    }
+
+    /// On a bias-free ReLU network with winner-take-all pooling, LRP-0 is
+    /// gradient × input. The gradient comes from the backward kernels (and is
+    /// itself checked against finite differences of the network).
+    #[test]
+    fn lrp0_equals_gradient_times_input_without_biases() {
+        let model = tiny_model(11, false);
+        let x = random(3 * 36, 12, -1.0, 1.0);
+        let trace = model.forward_trace(&x).unwrap();
+        let targets = predicted(&model, &trace);
+        let composite = uniform_composite(Rule::Zero, PoolTreatment::WinnerTakeAll);
+        let r = relevance(&model, &trace, &composite, &targets).unwrap();
+
+        let mut seed = vec![0.0f32; 3 * model.classes];
+        for (i, &t) in targets.iter().enumerate() {
+            seed[i * model.classes + t] = 1.0;
+        }
+        let at_conv_output = gradient_at(&model, &trace, 0, seed).unwrap();
+        let Layer::Conv(conv) = &model.layers[0] else { unreachable!() };
+        let gradient = conv2d_backward_input(&at_conv_output, &conv.geometry, &conv.weight);
+        let gradient_times_input: Vec<f32> = gradient.iter().zip(&x).map(|(g, x)| g * x).collect();
+        assert_close(&r, &gradient_times_input, 1e-5, "LRP-0 vs gradient x input");
+
+        // The gradient against central differences of the explained logit.
+        let h = 1e-3f32;
+        for i in (0..x.len()).step_by(5) {
+            let image = i / 36;
+            let logit = |x: &[f32]| forward_from(&model, 0, x)[image * model.classes + targets[image]];
+            let (mut plus, mut minus) = (x.clone(), x.clone());
+            plus[i] += h;
+            minus[i] -= h;
+            let numeric = (logit(&plus) - logit(&minus)) / (2.0 * h);
+            assert!((numeric - gradient[i]).abs() < 2e-3, "d logit / d x[{i}]: {numeric} vs {}", gradient[i]);
+        }
+    }
+
+    fn assert_conserves(model: &Model, x: &[f32], composite: &Composite, what: &str) {
+        let trace = model.forward_trace(x).unwrap();
+        let targets = predicted(model, &trace);
+        let r = relevance(model, &trace, composite, &targets).unwrap();
+        let image_len = model.input.len();
+        for (i, (image, &t)) in r.chunks(image_len).zip(&targets).enumerate() {
+            let logit = trace.logits()[i * model.classes + t];
+            let total: f32 = image.iter().sum();
+            assert!(
+                (total - logit).abs() <= 1e-3 * (1.0 + logit.abs()),
+                "{what}, image {i}: relevance sums to {total}, logit {logit}"
+            );
+        }
+    }
+
+    /// With zero biases nothing absorbs relevance: the input relevance sums
+    /// to the explained logit, for both max-pool treatments and both models.
+    #[test]
+    fn conservation_without_biases() {
+        let cases = [
+            (ModelKind::Simple, ImageShape { channels: 2, height: 12, width: 12 }),
+            (ModelKind::Complex, ImageShape { channels: 1, height: 8, width: 8 }),
+        ];
+        for (kind, shape) in cases {
+            let model = without_biases(Model::initialized(kind, shape, 10, 5));
+            let x = random(4 * shape.len(), 6, -1.0, 1.0);
+            let x_non_negative: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+            for pool in [PoolTreatment::WinnerTakeAll, PoolTreatment::Average] {
+                for rule in [Rule::Zero, Rule::Epsilon { epsilon: 1e-7 }, Rule::Gamma { gamma: 0.25 }] {
+                    let what = format!("{kind:?} {} {pool:?}", rule.name());
+                    assert_conserves(&model, &x, &uniform_composite(rule, pool), &what);
+                }
+                let mixed = Composite {
+                    first: Rule::Zero,
+                    conv: Rule::Gamma { gamma: 0.25 },
+                    dense: Rule::Epsilon { epsilon: 1e-7 },
+                    max_pool: pool,
+                };
+                assert_conserves(&model, &x, &mixed, &format!("{kind:?} mixed {pool:?}"));
+                let z_plus = Composite { first: Rule::ZPlus, conv: Rule::ZPlus, dense: Rule::Zero, max_pool: pool };
+                assert_conserves(&model, &x_non_negative, &z_plus, &format!("{kind:?} z-plus {pool:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn gamma_zero_equals_lrp0() {
+        let model = tiny_model(21, true);
+        let x = random(4 * 36, 22, -1.0, 1.0);
+        let trace = model.forward_trace(&x).unwrap();
+        let targets = predicted(&model, &trace);
+        for pool in [PoolTreatment::WinnerTakeAll, PoolTreatment::Average] {
+            let zero = relevance(&model, &trace, &uniform_composite(Rule::Zero, pool), &targets).unwrap();
+            let gamma = relevance(&model, &trace, &uniform_composite(Rule::Gamma { gamma: 0.0 }, pool), &targets).unwrap();
+            assert_close(&gamma, &zero, 1e-4, "gamma 0 vs LRP-0");
+        }
+    }
+
+    /// Average redistribution through the pool conserves relevance (checked in
+    /// `conservation_without_biases`) and differs from winner-take-all, which
+    /// leaves the losers of every window without relevance.
+    #[test]
+    fn average_redistribution_spreads_over_windows() {
+        let model = tiny_model(31, false);
+        let x: Vec<f32> = random(36, 32, 0.1, 1.0);
+        let trace = model.forward_trace(&x).unwrap();
+        let targets = predicted(&model, &trace);
+        let winner = relevance(&model, &trace, &uniform_composite(Rule::Zero, PoolTreatment::WinnerTakeAll), &targets).unwrap();
+        let average = relevance(&model, &trace, &uniform_composite(Rule::Zero, PoolTreatment::Average), &targets).unwrap();
+        assert_ne!(winner, average);
+        let logit = trace.logits()[targets[0]];
+        assert!((average.iter().sum::<f32>() - logit).abs() < 1e-3 * (1.0 + logit.abs()));
+    }
+
+    /// z^B on a 1-channel 2x2 convolution with one output, by hand:
+    /// x = [0.5, -1, 1, 0.25], w = [1, -2, 0.5, 3], bounds [-1, 1].
+    /// z = x·w = 3.75 is the logit (dense weight 1, LRP-0). The z^B
+    /// contributions x_i w_i - l w_i⁺ - h w_i⁻ are [1.5, 4, 1, 3.75] (sum
+    /// 10.25), so R = 3.75 / 10.25 · [1.5, 4, 1, 3.75].
+    #[test]
+    fn z_box_by_hand() {
+        let geometry = ConvGeometry { in_channels: 1, out_channels: 1, kernel: 2, padding: 0, height: 2, width: 2 };
+        let model = Model {
+            kind: ModelKind::Simple,
+            input: ImageShape { channels: 1, height: 2, width: 2 },
+            classes: 2,
+            layers: vec![
+                Layer::Conv(Conv2d { name: "c".into(), geometry, weight: vec![1.0, -2.0, 0.5, 3.0], bias: vec![0.0] }),
+                Layer::Flatten,
+                Layer::Dense(Dense { name: "fc".into(), inputs: 1, outputs: 2, weight: vec![1.0, -1.0], bias: vec![0.0, 0.0] }),
+            ],
+        };
+        let trace = model.forward_trace(&[0.5, -1.0, 1.0, 0.25]).unwrap();
+        assert_eq!(trace.logits(), &[3.75, -3.75]);
+        let composite = Composite {
+            first: Rule::ZBox { bounds: vec![(-1.0, 1.0)] },
+            conv: Rule::Zero,
+            dense: Rule::Zero,
+            max_pool: PoolTreatment::Average,
+        };
+        // The dense layer is not first here: the conv is.
+        let r = relevance(&model, &trace, &composite, &[0]).unwrap();
+        let k = 3.75 / 10.25;
+        assert_close(&r, &[1.5 * k, 4.0 * k, 1.0 * k, 3.75 * k], 1e-5, "z-box");
+        assert_close(&r, &[0.548_780_5, 1.463_414_6, 0.365_853_7, 1.371_951_2], 1e-5, "z-box (numbers)");
+
+        let wrong = Composite { first: Rule::ZBox { bounds: vec![(-1.0, 1.0); 3] }, ..composite };
+        assert_eq!(relevance(&model, &trace, &wrong, &[0]).unwrap_err(), ExplainError::BoundsChannels { bounds: 3, channels: 1 });
+    }
+
+    #[test]
+    fn relevance_starts_from_the_explained_logit_only() {
+        let start = explained_logit_only(&[1.0, -2.0, 3.0, 4.0, 5.0, -6.0], 3, &[1, 2]).unwrap();
+        assert_eq!(start, vec![0.0, -2.0, 0.0, 0.0, 0.0, -6.0]);
+        assert!(matches!(explained_logit_only(&[1.0, 2.0], 2, &[2]), Err(ExplainError::LabelOutOfRange { .. })));
+        assert_eq!(sum_over_channels(&[1.0, 2.0, 10.0, 20.0, 3.0, 4.0, 30.0, 40.0], 2, 2), vec![11.0, 22.0, 33.0, 44.0]);
+    }
+
+    #[test]
+    fn a_trace_of_another_model_is_an_error() {
+        let model = tiny_model(1, true);
+        let other = Model::initialized(ModelKind::Simple, ImageShape::GRAY_28, 10, 1);
+        let trace = other.forward_trace(&random(784, 2, -1.0, 1.0)).unwrap();
+        let composite = uniform_composite(Rule::Zero, PoolTreatment::Average);
+        assert!(matches!(relevance(&model, &trace, &composite, &[0]), Err(ExplainError::Shape(_))));
+    }
+}

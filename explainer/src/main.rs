@@ -1,0 +1,9 @@
+//! `explainer`: LRP and Grad-CAM maps of the probe set at every checkpoint.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    common::cli::init_logging();
+    let cli = explainer::Cli::parse();
+    common::cli::exit_with("explainer", explainer::run(&cli))
+}

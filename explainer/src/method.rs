@@ -1,0 +1,164 @@
+//! An explanation method as configured, resolved against a data set (LRP's
+//! z^B bounds come from its normalisation), and run on a forward trace.
+//!
+//! Several methods can explain one trace: the stage runs the forward pass of
+//! a checkpoint once and hands the trace to every method.
+
+use common::config::{ExplainedClass, MethodConfig};
+use common::data::Normalization;
+use common::model::{argmax, Model, Trace};
+
+use crate::composite::Composite;
+use crate::error::ExplainError;
+use crate::gradcam::{gradcam, GradCamSettings};
+use crate::lrp::{relevance, sum_over_channels};
+
+/// A method ready to run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Method {
+    Lrp { composite: Composite, target: ExplainedClass },
+    GradCam { settings: GradCamSettings, target: ExplainedClass },
+}
+
+/// The maps of a batch and what they explain.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explanation {
+    pub height: usize,
+    pub width: usize,
+    /// N·height·width; LRP maps are summed over the input channels.
+    pub maps: Vec<f32>,
+    /// The explained class of each image.
+    pub targets: Vec<usize>,
+    /// The predicted class (argmax of the logits) of each image.
+    pub predictions: Vec<usize>,
+    /// The explained logit of each image.
+    pub logits: Vec<f32>,
+}
+
+impl Method {
+    /// Resolves a config entry; `normalization` is that of the data set the
+    /// explained images come from.
+    pub fn from_config(config: &MethodConfig, normalization: &Normalization) -> Result<Method, ExplainError> {
+        Ok(match config {
+            MethodConfig::Lrp { composite, target } => {
+                Method::Lrp { composite: Composite::resolve(composite, &normalization.bounds())?, target: *target }
+            }
+            MethodConfig::Gradcam { layer, relu, upsample, target } => Method::GradCam {
+                settings: GradCamSettings { layer: layer.clone(), relu: *relu, upsample: *upsample },
+                target: *target,
+            },
+        })
+    }
+
+    pub fn target(&self) -> ExplainedClass {
+        match self {
+            Method::Lrp { target, .. } | Method::GradCam { target, .. } => *target,
+        }
+    }
+
+    /// Explains the images of `trace` (a forward trace of `model`); `labels`
+    /// are their true classes, used when the method explains the label.
+    pub fn explain(&self, model: &Model, trace: &Trace, labels: &[u8]) -> Result<Explanation, ExplainError> {
+        let classes = model.classes;
+        let logits = trace.logits();
+        if logits.len() != trace.batch * classes || labels.len() != trace.batch {
+            return Err(ExplainError::Shape(format!(
+                "{} logits and {} labels for a batch of {} images of {classes} classes",
+                logits.len(),
+                labels.len(),
+                trace.batch
+            )));
+        }
+        let predictions: Vec<usize> = logits.chunks_exact(classes).map(argmax).collect();
+        let targets: Vec<usize> = match self.target() {
+            ExplainedClass::Predicted => predictions.clone(),
+            ExplainedClass::Label => {
+                let targets: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+                if let Some((image, &label)) = targets.iter().enumerate().find(|(_, &l)| l >= classes) {
+                    return Err(ExplainError::LabelOutOfRange { image, label, classes });
+                }
+                targets
+            }
+        };
+        let explained: Vec<f32> = targets.iter().enumerate().map(|(i, &t)| logits[i * classes + t]).collect();
+        let (height, width, maps) = match self {
+            Method::Lrp { composite, .. } => {
+                let input = model.input;
+                let r = relevance(model, trace, composite, &targets)?;
+                (input.height, input.width, sum_over_channels(&r, input.channels, input.height * input.width))
+            }
+            Method::GradCam { settings, .. } => {
+                let cam = gradcam(model, trace, &targets, settings)?;
+                (cam.height, cam.width, cam.maps)
+            }
+        };
+        Ok(Explanation { height, width, maps, targets, predictions, logits: explained })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::random;
+    use common::config::CompositeSpec;
+    use common::data::ImageShape;
+    use common::model::ModelKind;
+
+    fn methods(channels: usize) -> Vec<Method> {
+        let normalization = Normalization { mean: vec![0.5; channels], std: vec![0.5; channels] };
+        let configs = [
+            MethodConfig::Lrp { composite: CompositeSpec::Named("paper".into()), target: ExplainedClass::Predicted },
+            MethodConfig::Lrp { composite: CompositeSpec::Named("epsilon-gamma-box".into()), target: ExplainedClass::Label },
+            MethodConfig::Gradcam { layer: None, relu: false, upsample: false, target: ExplainedClass::Predicted },
+            MethodConfig::Gradcam {
+                layer: Some("features_conv.2".into()),
+                relu: true,
+                upsample: true,
+                target: ExplainedClass::Label,
+            },
+        ];
+        configs.iter().map(|c| Method::from_config(c, &normalization).unwrap()).collect()
+    }
+
+    /// Every image is computed on its own: its map does not depend on which
+    /// other images share the batch.
+    #[test]
+    fn a_map_is_the_same_alone_or_in_a_batch() {
+        let shape = ImageShape { channels: 3, height: 8, width: 8 };
+        let model = Model::initialized(ModelKind::Complex, shape, 10, 2);
+        let x = random(5 * shape.len(), 3, -1.0, 1.0);
+        let labels = [3u8, 1, 4, 1, 5];
+        let batch = crate::conv::forward_trace(&model, &x).unwrap();
+        let alone = crate::conv::forward_trace(&model, &x[2 * shape.len()..3 * shape.len()]).unwrap();
+        for method in methods(3) {
+            let all = method.explain(&model, &batch, &labels).unwrap();
+            let one = method.explain(&model, &alone, &labels[2..3]).unwrap();
+            let plane = all.height * all.width;
+            assert_eq!(&all.maps[2 * plane..3 * plane], &one.maps[..], "{method:?}");
+            assert_eq!((all.targets[2], all.predictions[2], all.logits[2]), (one.targets[0], one.predictions[0], one.logits[0]));
+        }
+    }
+
+    #[test]
+    fn explanations_report_targets_predictions_and_logits() {
+        let shape = ImageShape { channels: 1, height: 8, width: 8 };
+        let model = Model::initialized(ModelKind::Simple, shape, 10, 4);
+        let x = random(3 * shape.len(), 5, -1.0, 1.0);
+        let labels = [7u8, 0, 2];
+        let trace = model.forward_trace(&x).unwrap();
+        let all = methods(1);
+        let predicted = all[0].explain(&model, &trace, &labels).unwrap();
+        assert_eq!((predicted.height, predicted.width, predicted.maps.len()), (8, 8, 192));
+        assert_eq!(predicted.targets, predicted.predictions);
+        let by_label = all[1].explain(&model, &trace, &labels).unwrap();
+        assert_eq!(by_label.targets, vec![7, 0, 2]);
+        for (i, &t) in by_label.targets.iter().enumerate() {
+            assert_eq!(by_label.logits[i], trace.logits()[i * 10 + t]);
+        }
+        let cam = all[2].explain(&model, &trace, &labels).unwrap();
+        assert_eq!((cam.height, cam.width), (4, 4));
+        let err = all[3].explain(&model, &trace, &labels).unwrap_err().to_string();
+        assert!(err.contains("features_conv.2") && err.contains("features_conv.3"), "{err}");
+        assert!(matches!(all[1].explain(&model, &trace, &[1, 2, 10]), Err(ExplainError::LabelOutOfRange { image: 2, .. })));
+    }
+}

@@ -1,0 +1,512 @@
+//! LRP rules for linear layers (conv and dense), as data.
+//!
+//! Every rule of the family redistributes a layer's output relevance `R_j`
+//! onto its inputs in proportion to modified contributions `z_ij`:
+//!
+//! ```text
+//! R_i = Σ_j  z_ij / stab(Σ_i z_ij + b'_j) · R_j
+//! ```
+//!
+//! and every `z_ij` the rules use is a sum of *terms* `± x'_i · w'_ij`, where
+//! `x'` is a modified input (the input, its positive or negative part, or a
+//! bound of the input range) and `w'` a modified weight (the weight, its
+//! positive or negative part, or a gamma-boosted weight). Writing a rule as
+//! such terms lets one generic routine run all of them with two kernel calls
+//! per term: `Σ_i x'_i w'_ij` is the layer's forward pass on `x'` with
+//! weights `w'`, and `Σ_j w'_ij s_j` is its backward-to-input pass on
+//! `s = R / stab(z)`. Alpha-beta is two such redistributions (the positive
+//! and the negative contributions), weighted `α` and `-β`.
+//!
+//! The stabiliser follows Zennit: `stab(z) = z + ε·sign(z)` with
+//! `sign(0) = +1`, so a denominator is never zero while ε > 0.
+
+use std::borrow::Cow;
+
+use common::config::RuleSpec;
+use rayon::prelude::*;
+
+use crate::error::ExplainError;
+use crate::linear::LinearLayer;
+
+/// The stabiliser of LRP-0: small enough to change nothing but zero
+/// denominators.
+pub const LRP0_STABILISER: f32 = 1e-9;
+
+/// Stabiliser of the gamma, z-plus, alpha-beta and z^B rules (Zennit's default).
+pub const RULE_STABILISER: f32 = 1e-6;
+
+/// Element-wise work on slices at least this long runs on rayon.
+const PARALLEL_MIN_LEN: usize = 1 << 14;
+
+/// An LRP rule for one linear layer, with its parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rule {
+    /// LRP-0: `z_ij = x_i w_ij`, bias kept, stabiliser 1e-9. On a ReLU
+    /// network with winner-take-all pooling this is gradient × input.
+    Zero,
+    /// LRP-ε: like LRP-0 with stabiliser `epsilon`, which absorbs relevance of
+    /// weak, noisy activations.
+    Epsilon { epsilon: f32 },
+    /// LRP-γ: `z_ij = x_i (w_ij + γ w_ij⁺)`, bias `b + γ b⁺`: favours positive
+    /// contributions, which gives less noisy maps for hidden convolutions.
+    Gamma { gamma: f32 },
+    /// z⁺: `z_ij = x_i⁺ w_ij⁺ + x_i⁻ w_ij⁻` (only contributions that push the
+    /// output up), bias ignored; conservative wherever an output has any
+    /// positive contribution.
+    ZPlus,
+    /// LRP-αβ: `α` times the z⁺ redistribution minus `β` times the
+    /// redistribution of the negative contributions `x_i⁺ w_ij⁻ + x_i⁻ w_ij⁺`;
+    /// bias ignored. `α = 1, β = 0` is z⁺.
+    AlphaBeta { alpha: f32, beta: f32 },
+    /// z^B for the first layer: `z_ij = x_i w_ij - l_i w_ij⁺ - h_i w_ij⁻` with
+    /// `l, h` the input's value range per channel (the normalised pixel range),
+    /// bias ignored (as in Zennit, where the three bias terms cancel).
+    ZBox { bounds: Vec<(f32, f32)> },
+}
+
+impl Rule {
+    /// The rule a config entry describes; `bounds` (per input channel) are
+    /// used by z^B only.
+    pub fn from_spec(spec: &RuleSpec, bounds: &[(f32, f32)]) -> Result<Rule, ExplainError> {
+        let check = |rule: &'static str, name: &str, value: f32| {
+            if value.is_finite() && value >= 0.0 {
+                Ok(value)
+            } else {
+                Err(ExplainError::BadRuleParameter {
+                    rule,
+                    message: format!("`{name}` must be a finite number >= 0, got {value}"),
+                })
+            }
+        };
+        Ok(match *spec {
+            RuleSpec::Zero => Rule::Zero,
+            RuleSpec::Epsilon { epsilon } => Rule::Epsilon { epsilon: check("epsilon", "epsilon", epsilon)? },
+            RuleSpec::Gamma { gamma } => Rule::Gamma { gamma: check("gamma", "gamma", gamma)? },
+            RuleSpec::ZPlus => Rule::ZPlus,
+            RuleSpec::AlphaBeta { alpha, beta } => {
+                Rule::AlphaBeta { alpha: check("alpha-beta", "alpha", alpha)?, beta: check("alpha-beta", "beta", beta)? }
+            }
+            RuleSpec::ZBox => {
+                if let Some((l, h)) = bounds.iter().find(|(l, h)| !(l.is_finite() && h.is_finite() && l <= h)) {
+                    return Err(ExplainError::BadRuleParameter {
+                        rule: "z-box",
+                        message: format!("bounds ({l}, {h}) are not a finite range low <= high"),
+                    });
+                }
+                Rule::ZBox { bounds: bounds.to_vec() }
+            }
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rule::Zero => "zero",
+            Rule::Epsilon { .. } => "epsilon",
+            Rule::Gamma { .. } => "gamma",
+            Rule::ZPlus => "z-plus",
+            Rule::AlphaBeta { .. } => "alpha-beta",
+            Rule::ZBox { .. } => "z-box",
+        }
+    }
+
+    /// The rule as weighted redistributions of modified contributions.
+    fn redistributions(&self) -> Vec<Redistribution> {
+        use InputPart as X;
+        use WeightPart as W;
+        let positive = [Term::plus(X::Positive, W::Positive), Term::plus(X::Negative, W::Negative)];
+        let negative = [Term::plus(X::Positive, W::Negative), Term::plus(X::Negative, W::Positive)];
+        let single = |weight, bias, stabiliser| Redistribution {
+            coefficient: 1.0,
+            terms: vec![Term::plus(X::Whole, weight)],
+            bias,
+            stabiliser,
+        };
+        match *self {
+            Rule::Zero => vec![single(W::Whole, BiasPart::Whole, LRP0_STABILISER)],
+            Rule::Epsilon { epsilon } => vec![single(W::Whole, BiasPart::Whole, epsilon)],
+            Rule::Gamma { gamma } => vec![single(W::GammaBoosted(gamma), BiasPart::GammaBoosted(gamma), RULE_STABILISER)],
+            Rule::ZPlus => {
+                vec![Redistribution {
+                    coefficient: 1.0,
+                    terms: positive.to_vec(),
+                    bias: BiasPart::Zero,
+                    stabiliser: RULE_STABILISER,
+                }]
+            }
+            Rule::AlphaBeta { alpha, beta } => [(alpha, positive), (-beta, negative)]
+                .into_iter()
+                .filter(|(coefficient, _)| *coefficient != 0.0)
+                .map(|(coefficient, terms)| Redistribution {
+                    coefficient,
+                    terms: terms.to_vec(),
+                    bias: BiasPart::Zero,
+                    stabiliser: RULE_STABILISER,
+                })
+                .collect(),
+            Rule::ZBox { .. } => vec![Redistribution {
+                coefficient: 1.0,
+                terms: vec![
+                    Term::plus(X::Whole, W::Whole),
+                    Term { input: X::LowBound, weight: W::Positive, sign: -1.0 },
+                    Term { input: X::HighBound, weight: W::Negative, sign: -1.0 },
+                ],
+                bias: BiasPart::Zero,
+                stabiliser: RULE_STABILISER,
+            }],
+        }
+    }
+
+    /// Redistributes `relevance` (the layer's output relevance, N·out) onto
+    /// the layer's `input` (N·in). `output` is the layer's own output on
+    /// `input` (from the forward trace); rules that use the plain
+    /// contributions reuse it instead of recomputing it.
+    pub fn relevance(
+        &self,
+        layer: LinearLayer,
+        input: &[f32],
+        output: &[f32],
+        relevance: &[f32],
+    ) -> Result<Vec<f32>, ExplainError> {
+        let (in_len, out_len) = (layer.input_len(), layer.output_len());
+        let batch = input.len() / in_len.max(1);
+        if input.len() != batch * in_len || output.len() != batch * out_len || relevance.len() != batch * out_len {
+            return Err(ExplainError::Shape(format!(
+                "LRP through a layer of {in_len} -> {out_len} floats got input {}, output {}, relevance {} floats",
+                input.len(),
+                output.len(),
+                relevance.len()
+            )));
+        }
+        let bounds = match self {
+            Rule::ZBox { bounds } => Some(bound_images(bounds, in_len)?),
+            _ => None,
+        };
+        let mut result: Option<Vec<f32>> = None;
+        for redistribution in self.redistributions() {
+            let part = redistribution.apply(layer, input, output, relevance, bounds.as_ref());
+            match &mut result {
+                None => {
+                    let mut part = part;
+                    if redistribution.coefficient != 1.0 {
+                        scale(&mut part, redistribution.coefficient);
+                    }
+                    result = Some(part);
+                }
+                Some(total) => add_scaled(total, &part, redistribution.coefficient),
+            }
+        }
+        Ok(result.unwrap_or_else(|| vec![0.0; input.len()]))
+    }
+}
+
+/// Which input a term pushes through the layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum InputPart {
+    Whole,
+    Positive,
+    Negative,
+    /// The lower bound of the input range (z^B), the same for every image.
+    LowBound,
+    /// The upper bound of the input range (z^B), the same for every image.
+    HighBound,
+}
+
+/// Which weights a term pushes through the layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum WeightPart {
+    Whole,
+    Positive,
+    Negative,
+    /// `w + γ w⁺`.
+    GammaBoosted(f32),
+}
+
+/// Which bias joins the denominator.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum BiasPart {
+    Whole,
+    /// `b + γ b⁺`.
+    GammaBoosted(f32),
+    Zero,
+}
+
+/// One `sign · x' · w'` part of the contributions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Term {
+    input: InputPart,
+    weight: WeightPart,
+    sign: f32,
+}
+
+impl Term {
+    fn plus(input: InputPart, weight: WeightPart) -> Self {
+        Term { input, weight, sign: 1.0 }
+    }
+}
+
+/// `coefficient · R_i` with `R_i = Σ_j z_ij / stab(Σ_i z_ij + b'_j) · R_j`,
+/// `z_ij` the sum of the terms.
+#[derive(Clone, Debug, PartialEq)]
+struct Redistribution {
+    coefficient: f32,
+    terms: Vec<Term>,
+    bias: BiasPart,
+    stabiliser: f32,
+}
+
+/// The z^B bound images of one input (`low`, `high`), per channel constant.
+struct BoundImages {
+    low: Vec<f32>,
+    high: Vec<f32>,
+}
+
+fn bound_images(bounds: &[(f32, f32)], in_len: usize) -> Result<BoundImages, ExplainError> {
+    if bounds.is_empty() || in_len % bounds.len() != 0 {
+        return Err(ExplainError::Shape(format!(
+            "z-box has bounds for {} channel(s), which do not divide an input of {in_len} floats",
+            bounds.len()
+        )));
+    }
+    let plane = in_len / bounds.len();
+    let expand = |pick: fn(&(f32, f32)) -> f32| bounds.iter().flat_map(|b| std::iter::repeat(pick(b)).take(plane)).collect();
+    Ok(BoundImages { low: expand(|b| b.0), high: expand(|b| b.1) })
+}
+
+/// A modified input: one per image, or one image shared by the whole batch.
+enum ModifiedInput<'a> {
+    PerImage(Cow<'a, [f32]>),
+    Shared(&'a [f32]),
+}
+
+impl Redistribution {
+    /// Plain contributions (`x · w + b`) equal the layer's traced output.
+    fn is_plain(&self) -> bool {
+        self.bias == BiasPart::Whole && self.terms == [Term::plus(InputPart::Whole, WeightPart::Whole)]
+    }
+
+    fn apply(
+        &self,
+        layer: LinearLayer,
+        input: &[f32],
+        output: &[f32],
+        relevance: &[f32],
+        bounds: Option<&BoundImages>,
+    ) -> Vec<f32> {
+        let in_len = layer.input_len();
+        let batch = input.len() / in_len;
+        // Modified inputs and weights of the terms; terms whose input is all
+        // zero (the negative part of post-ReLU activations) contribute nothing.
+        let terms: Vec<(ModifiedInput, Cow<[f32]>, f32)> = self
+            .terms
+            .iter()
+            .filter_map(|term| {
+                let x = modified_input(term.input, input, bounds)?;
+                Some((x, modified_weight(term.weight, layer.weight()), term.sign))
+            })
+            .collect();
+
+        // Denominators z_j = Σ_i z_ij + b'_j, then s = R / stab(z).
+        let stabiliser = self.stabiliser;
+        let quotient = |r: f32, z: f32| {
+            let denominator = z + if z >= 0.0 { stabiliser } else { -stabiliser };
+            if r == 0.0 || denominator == 0.0 {
+                0.0
+            } else {
+                r / denominator
+            }
+        };
+        let s: Vec<f32> = if self.is_plain() {
+            zip_map(relevance, output, quotient)
+        } else {
+            let mut bias = modified_bias(self.bias, layer.bias());
+            let mut z: Option<Vec<f32>> = None;
+            for (x, w, sign) in &terms {
+                match (&mut z, x) {
+                    // The first term starts the sum; the kernel adds the bias for free.
+                    (None, ModifiedInput::PerImage(x)) if *sign == 1.0 => z = Some(layer.forward(x, w, bias.take().as_deref())),
+                    (None, _) => {
+                        let mut contribution = forward_term(layer, x, w, batch);
+                        scale(&mut contribution, *sign);
+                        z = Some(contribution);
+                    }
+                    (Some(z), _) => add_scaled(z, &forward_term(layer, x, w, batch), *sign),
+                }
+            }
+            let mut z = z.unwrap_or_else(|| vec![0.0f32; relevance.len()]);
+            if let Some(bias) = bias {
+                let out_len = layer.output_len();
+                let per_output = out_len / bias.len().max(1);
+                z.par_chunks_mut(out_len).for_each(|image| {
+                    for (chunk, b) in image.chunks_mut(per_output).zip(bias.iter()) {
+                        chunk.iter_mut().for_each(|v| *v += b);
+                    }
+                });
+            }
+            z.par_iter_mut().with_min_len(PARALLEL_MIN_LEN).zip(relevance.par_iter()).for_each(|(z, &r)| *z = quotient(r, *z));
+            z
+        };
+
+        // R_i = Σ_terms sign · x'_i · (w'ᵀ s)_i, with the w'ᵀ s of all terms
+        // from one stacked backward pass.
+        let mut result = vec![0.0f32; input.len()];
+        if terms.is_empty() {
+            return result;
+        }
+        let weights: Vec<&[f32]> = terms.iter().map(|(_, w, _)| &**w).collect();
+        let gradients = layer.backward_input_stacked(&s, &weights);
+        result.par_chunks_mut(in_len).zip(gradients.par_chunks(terms.len() * in_len)).enumerate().for_each(|(n, (r, g))| {
+            for ((x, _, sign), g) in terms.iter().zip(g.chunks_exact(in_len)) {
+                let x = match x {
+                    ModifiedInput::PerImage(x) => &x[n * in_len..(n + 1) * in_len],
+                    ModifiedInput::Shared(image) => image,
+                };
+                for ((r, &g), &x) in r.iter_mut().zip(g).zip(x) {
+                    *r += sign * x * g;
+                }
+            }
+        });
+        result
+    }
+}
+
+/// One term's contributions summed over the inputs, for the whole batch.
+fn forward_term(layer: LinearLayer, x: &ModifiedInput, weight: &[f32], batch: usize) -> Vec<f32> {
+    match x {
+        ModifiedInput::PerImage(x) => layer.forward(x, weight, None),
+        // The same for every image: compute once, then repeat.
+        ModifiedInput::Shared(image) => layer.forward(image, weight, None).repeat(batch),
+    }
+}
+
+fn modified_input<'a>(part: InputPart, input: &'a [f32], bounds: Option<&'a BoundImages>) -> Option<ModifiedInput<'a>> {
+    let clamped = |keep: fn(f32) -> f32| -> Option<ModifiedInput<'a>> {
+        let x: Vec<f32> = input.par_iter().with_min_len(PARALLEL_MIN_LEN).map(|&v| keep(v)).collect();
+        if x.par_iter().with_min_len(PARALLEL_MIN_LEN).all(|&v| v == 0.0) {
+            None
+        } else {
+            Some(ModifiedInput::PerImage(Cow::Owned(x)))
+        }
+    };
+    match part {
+        InputPart::Whole => Some(ModifiedInput::PerImage(Cow::Borrowed(input))),
+        InputPart::Positive => clamped(|v| v.max(0.0)),
+        InputPart::Negative => clamped(|v| v.min(0.0)),
+        InputPart::LowBound => bounds.map(|b| ModifiedInput::Shared(&b.low)),
+        InputPart::HighBound => bounds.map(|b| ModifiedInput::Shared(&b.high)),
+    }
+}
+
+fn modified_weight(part: WeightPart, weight: &[f32]) -> Cow<'_, [f32]> {
+    match part {
+        WeightPart::Whole => Cow::Borrowed(weight),
+        WeightPart::Positive => Cow::Owned(weight.iter().map(|&w| w.max(0.0)).collect()),
+        WeightPart::Negative => Cow::Owned(weight.iter().map(|&w| w.min(0.0)).collect()),
+        WeightPart::GammaBoosted(gamma) => Cow::Owned(weight.iter().map(|&w| w + gamma * w.max(0.0)).collect()),
+    }
+}
+
+fn modified_bias(part: BiasPart, bias: &[f32]) -> Option<Vec<f32>> {
+    match part {
+        BiasPart::Whole => Some(bias.to_vec()),
+        BiasPart::GammaBoosted(gamma) => Some(bias.iter().map(|&b| b + gamma * b.max(0.0)).collect()),
+        BiasPart::Zero => None,
+    }
+}
+
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    a.par_iter().with_min_len(PARALLEL_MIN_LEN).zip(b.par_iter()).map(|(&a, &b)| f(a, b)).collect()
+}
+
+/// `total += factor · part`.
+fn add_scaled(total: &mut [f32], part: &[f32], factor: f32) {
+    total.par_iter_mut().with_min_len(PARALLEL_MIN_LEN).zip(part.par_iter()).for_each(|(t, &p)| *t += factor * p);
+}
+
+fn scale(values: &mut [f32], factor: f32) {
+    values.par_iter_mut().with_min_len(PARALLEL_MIN_LEN).for_each(|v| *v *= factor);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{assert_close, random};
+    use common::model::kernels::ConvGeometry;
+    use common::model::{Conv2d, Dense};
+
+    fn dense(weight: Vec<f32>, bias: Vec<f32>) -> Dense {
+        let outputs = bias.len();
+        Dense { name: "fc".into(), inputs: weight.len() / outputs, outputs, weight, bias }
+    }
+
+    fn through(rule: &Rule, layer: LinearLayer, input: &[f32], relevance: &[f32]) -> Vec<f32> {
+        let output = layer.forward(input, layer.weight(), Some(layer.bias()));
+        rule.relevance(layer, input, &output, relevance).unwrap()
+    }
+
+    /// x = [1, -2, 3], w = [2, -1, 0.5]: the positive contributions are
+    /// x⁺w⁺ = 2 (i0), x⁻w⁻ = 2 (i1), x⁺w⁺ = 1.5 (i2), total 5.5; relevance
+    /// 11 splits as [4, 4, 3]. The bias is ignored.
+    #[test]
+    fn z_plus_by_hand() {
+        let layer = dense(vec![2.0, -1.0, 0.5], vec![0.7]);
+        let r = through(&Rule::ZPlus, LinearLayer::Dense(&layer), &[1.0, -2.0, 3.0], &[11.0]);
+        assert_close(&r, &[4.0, 4.0, 3.0], 1e-5, "z-plus");
+    }
+
+    /// x = [1, 2, 3], w = [2, -1, 0.5], R = 7: positive contributions
+    /// [2, 0, 1.5] give P = [4, 0, 3]; the negative one (-2 at i1) gives
+    /// N = [0, 7, 0]; α=2, β=1: 2P - N = [8, -7, 6], which sums to R.
+    #[test]
+    fn alpha_beta_by_hand_and_alpha_one_beta_zero_is_z_plus() {
+        let layer = dense(vec![2.0, -1.0, 0.5], vec![0.0]);
+        let linear = LinearLayer::Dense(&layer);
+        let r = through(&Rule::AlphaBeta { alpha: 2.0, beta: 1.0 }, linear, &[1.0, 2.0, 3.0], &[7.0]);
+        assert_close(&r, &[8.0, -7.0, 6.0], 1e-5, "alpha-beta");
+
+        let geometry = ConvGeometry { in_channels: 2, out_channels: 3, kernel: 3, padding: 1, height: 5, width: 4 };
+        let conv = Conv2d {
+            name: "c".into(),
+            geometry,
+            weight: random(geometry.weight_len(), 1, -1.0, 1.0),
+            bias: random(3, 2, -0.5, 0.5),
+        };
+        let linear = LinearLayer::Conv(&conv);
+        let x = random(3 * geometry.in_len(), 3, -1.0, 1.0);
+        let relevance = random(3 * geometry.out_len(), 4, 0.0, 1.0);
+        let z_plus = through(&Rule::ZPlus, linear, &x, &relevance);
+        let alpha_one = through(&Rule::AlphaBeta { alpha: 1.0, beta: 0.0 }, linear, &x, &relevance);
+        assert_eq!(z_plus, alpha_one);
+        // Non-negative relevance on non-negative inputs stays non-negative and is conserved.
+        let x_pos: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+        let r = through(&Rule::ZPlus, linear, &x_pos, &relevance);
+        assert!(r.iter().all(|&v| v >= 0.0));
+        let total: f32 = relevance.iter().sum();
+        assert!((r.iter().sum::<f32>() - total).abs() < 1e-3 * total, "z-plus conserves");
+        let r = through(&Rule::AlphaBeta { alpha: 2.0, beta: 1.0 }, linear, &x, &relevance);
+        assert!((r.iter().sum::<f32>() - total).abs() < 1e-3 * total, "alpha-beta with α-β=1 conserves");
+    }
+
+    #[test]
+    fn gamma_boosts_positive_weights_and_bias() {
+        // w = [1, -1], b = 1, x = [2, 1]: γ = 0.5 gives w' = [1.5, -1], b' = 1.5,
+        // z = 3 - 1 + 1.5 = 3.5; R = 7 splits as [3 / 3.5, -1 / 3.5] · 7.
+        let layer = dense(vec![1.0, -1.0], vec![1.0]);
+        let r = through(&Rule::Gamma { gamma: 0.5 }, LinearLayer::Dense(&layer), &[2.0, 1.0], &[7.0]);
+        assert_close(&r, &[6.0, -2.0], 1e-5, "gamma");
+    }
+
+    #[test]
+    fn parameters_out_of_range_are_errors() {
+        assert!(Rule::from_spec(&RuleSpec::Gamma { gamma: -1.0 }, &[]).unwrap_err().to_string().contains("gamma"));
+        assert!(Rule::from_spec(&RuleSpec::Epsilon { epsilon: f32::NAN }, &[]).is_err());
+        assert!(Rule::from_spec(&RuleSpec::ZBox, &[(1.0, -1.0)]).unwrap_err().to_string().contains("z-box"));
+        assert_eq!(Rule::from_spec(&RuleSpec::ZBox, &[(-1.0, 1.0)]).unwrap(), Rule::ZBox { bounds: vec![(-1.0, 1.0)] });
+    }
+
+    #[test]
+    fn mismatched_sizes_are_errors_not_panics() {
+        let layer = dense(vec![1.0, -1.0], vec![1.0]);
+        let err = Rule::Zero.relevance(LinearLayer::Dense(&layer), &[1.0, 2.0], &[1.0], &[1.0, 2.0]).unwrap_err();
+        assert!(matches!(err, ExplainError::Shape(_)));
+    }
+}

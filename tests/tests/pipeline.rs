@@ -1,0 +1,205 @@
+//! The four stage binaries together on the smoke config: outputs, caching,
+//! partial reruns, sharding, kill -9 and corrupt inputs.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::artifacts::read_parquet;
+use pipeline_tests::{assert_same_files, modification_times, run_pipeline, snapshot, Scratch, STAGES};
+use polars::prelude::*;
+
+const METHODS: [&str; 3] = ["gradcam", "lrp", "lrp-egb"];
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn smoke_pipeline_writes_every_artifact_and_a_rerun_does_nothing() {
+    let s = Scratch::new("pipe-basic");
+    run_pipeline(&s);
+    let out = s.out();
+    for run in ["simple", "complex"] {
+        let steps: Vec<PathBuf> = std::fs::read_dir(out.join(run).join("checkpoints")).unwrap().map(|e| e.unwrap().path()).collect();
+        for method in METHODS {
+            for ckpt in &steps {
+                let attribution = out.join(run).join("attributions").join(method).join(ckpt.file_name().unwrap());
+                assert!(attribution.is_file(), "{} missing", attribution.display());
+            }
+            assert!(out.join(run).join("summaries").join(format!("{method}.parquet")).is_file());
+        }
+    }
+    for f in ["analysis/correlations.parquet", "analysis/by_step.parquet", "analysis/report.md"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let pngs = std::fs::read_dir(out.join("analysis/figures")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "png").count();
+    assert!(pngs >= 2 * METHODS.len(), "{pngs} figures");
+
+    let summary = read_parquet(&out.join("simple/summaries/lrp.parquet")).unwrap();
+    for column in ["step", "epoch", "probe_id", "split", "label", "target", "correct", "frobenius", "entropy_abs"] {
+        assert!(summary.column(column).is_ok(), "summaries lack `{column}`");
+    }
+    let correlations = read_parquet(&out.join("analysis/correlations.parquet")).unwrap();
+    let names: Vec<String> = correlations.get_column_names().iter().map(|s| s.to_string()).collect();
+    assert_eq!(names, ["run", "method", "split", "measure", "metric", "statistic", "rho", "p_value", "ci_low", "ci_high", "n"]);
+
+    let bytes = snapshot(&out);
+    let times = modification_times(&out);
+    for stage in STAGES {
+        let log = s.ok(stage, &[]);
+        assert!(log.contains("nothing to do") || log.contains("up to date"), "{stage} did work on a rerun:\n{log}");
+    }
+    assert_same_files(&bytes, &snapshot(&out));
+    assert_eq!(times, modification_times(&out), "a rerun touched files");
+}
+
+fn correlation_rows_without(path: &Path, method: &str) -> DataFrame {
+    let df = read_parquet(path).unwrap();
+    let keep = df.column("method").unwrap().str().unwrap().into_iter().map(|m| m != Some(method)).collect::<BooleanChunked>();
+    df.filter(&keep).unwrap()
+}
+
+#[test]
+fn changing_one_method_redoes_only_that_method() {
+    let s = Scratch::new("pipe-partial");
+    run_pipeline(&s);
+    let out = s.out();
+    let bytes = snapshot(&out);
+    let times = modification_times(&out);
+    let correlations = out.join("analysis/correlations.parquet");
+    let others_before = correlation_rows_without(&correlations, "gradcam");
+
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    let changed = config.replace("kind = \"gradcam\"\nupsample = true", "kind = \"gradcam\"\nupsample = true\nrelu = true");
+    assert_ne!(config, changed, "the smoke config's gradcam section changed shape");
+    std::fs::write(&s.config, changed).unwrap();
+    run_pipeline(&s);
+
+    let after = snapshot(&out);
+    let times_after = modification_times(&out);
+    let mut rewritten = 0;
+    for (path, old) in &bytes {
+        let text = path.to_string_lossy();
+        let is_gradcam = text.contains("attributions/gradcam/") || text.contains("summaries/gradcam.parquet");
+        if text.starts_with("analysis") {
+            continue;
+        }
+        if is_gradcam {
+            rewritten += 1;
+            assert!(times_after[path] != times[path], "{text} was not redone");
+        } else {
+            assert_eq!(&after[path], old, "{text} changed");
+            assert_eq!(times_after[path], times[path], "{text} was rewritten");
+        }
+    }
+    assert!(rewritten > 0);
+    assert!(correlation_rows_without(&correlations, "gradcam").equals_missing(&others_before), "other methods' analysis rows changed");
+}
+
+#[test]
+fn sharded_stages_in_parallel_give_the_bytes_of_one_process() {
+    let whole = Scratch::new("pipe-whole");
+    run_pipeline(&whole);
+    let sharded = Scratch::new("pipe-sharded");
+    for stage in STAGES {
+        let children: Vec<_> = (0..3)
+            .map(|i| {
+                sharded
+                    .command(stage, &[])
+                    .env("SLURM_ARRAY_TASK_ID", i.to_string())
+                    .env("SLURM_ARRAY_TASK_COUNT", "3")
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut child in children {
+            assert!(child.wait().unwrap().success(), "a shard of {stage} failed");
+        }
+    }
+    assert_same_files(&snapshot(&whole.out()), &snapshot(&sharded.out()));
+}
+
+#[test]
+fn kill_9_at_random_moments_then_rerun_gives_complete_identical_results() {
+    let reference = Scratch::new("pipe-reference");
+    run_pipeline(&reference);
+    let killed = Scratch::new("pipe-killed");
+    let mut rng = common::rng::Rng::new(20261126);
+    for stage in STAGES {
+        for _ in 0..3 {
+            let mut child = killed.command(stage, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(20 + rng.below(600) as u64));
+            let _ = child.kill();
+            child.wait().unwrap();
+        }
+        killed.ok(stage, &[]);
+    }
+    let after = snapshot(&killed.out());
+    let temporaries: Vec<&PathBuf> = after.keys().filter(|p| p.to_string_lossy().contains(".tmp")).collect();
+    assert!(temporaries.is_empty(), "temporary files left: {temporaries:?}");
+    assert_same_files(&snapshot(&reference.out()), &after);
+}
+
+#[test]
+fn two_processes_on_the_same_outputs_do_not_corrupt_them() {
+    let reference = Scratch::new("pipe-alone");
+    run_pipeline(&reference);
+    let twice = Scratch::new("pipe-twice");
+    for stage in STAGES {
+        let children: Vec<_> = (0..2).map(|_| twice.command(stage, &[]).stderr(Stdio::null()).spawn().unwrap()).collect();
+        for mut child in children {
+            assert!(child.wait().unwrap().success(), "{stage} failed beside a twin");
+        }
+    }
+    assert_same_files(&snapshot(&reference.out()), &snapshot(&twice.out()));
+}
+
+#[test]
+fn corrupt_inputs_are_named_errors_and_the_other_units_still_complete() {
+    let s = Scratch::new("pipe-corrupt");
+    s.ok("trainer", &[]);
+    let checkpoint = s.out().join("simple/checkpoints/step-000004.safetensors");
+    let bytes = std::fs::read(&checkpoint).unwrap();
+    std::fs::write(&checkpoint, &bytes[..bytes.len() / 3]).unwrap();
+    let out = s.stage("explainer", &[]);
+    let err = stderr_of(&out);
+    assert!(!out.status.success(), "explainer succeeded on a truncated checkpoint");
+    assert!(err.contains("step-000004.safetensors") && !err.contains("panicked"), "{err}");
+    assert!(s.out().join("simple/attributions/lrp/step-000008.safetensors").is_file(), "other units were not done");
+    assert!(s.out().join("complex/attributions/gradcam/step-000004.safetensors").is_file(), "other runs were not done");
+
+    let attribution = s.out().join("complex/attributions/lrp/step-000004.safetensors");
+    std::fs::write(&attribution, b"not a safetensors file").unwrap();
+    let out = s.stage("summarizer", &[]);
+    let err = stderr_of(&out);
+    assert!(!out.status.success() && err.contains("complex/attributions/lrp/step-000004.safetensors"), "{err}");
+    assert!(s.out().join("complex/summaries/gradcam.parquet").is_file(), "other units were not done");
+
+    let probe = s.out().join("complex/probe.parquet");
+    std::fs::write(&probe, b"PAR1 garbage").unwrap();
+    let out = s.stage("explainer", &["--run", "complex", "--force"]);
+    let err = stderr_of(&out);
+    assert!(!out.status.success() && err.contains("complex/probe.parquet") && !err.contains("panicked"), "{err}");
+
+    let bad_data = Scratch::with_config("pipe-bad-idx", &pipeline_tests::smoke_config().replace(
+        "kind = \"synthetic\"\nshape = \"1x28x28\"\ntrain_size = 400\ntest_size = 200\nseed = 7",
+        "kind = \"idx\"\npath = \"idx\"",
+    ));
+    std::fs::create_dir_all(bad_data.dir.join("idx")).unwrap();
+    for name in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+        std::fs::write(bad_data.dir.join("idx").join(name), [0u8, 0, 8, 3, 0, 0]).unwrap();
+    }
+    let out = bad_data.stage("trainer", &[]);
+    let err = stderr_of(&out);
+    assert!(!out.status.success() && err.contains("train-images-idx3-ubyte") && err.contains("truncated"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    std::fs::write(&s.config, "[datasets.x]\nkind = \"synthetic\"\n[runs.a]\ndataset = \"x\"\nmodel = \"simple\"\n").unwrap();
+    for stage in STAGES {
+        let out = s.stage(stage, &[]);
+        let err = stderr_of(&out);
+        assert!(!out.status.success() && err.contains("pipeline.toml") && err.contains("missing field"), "{stage}: {err}");
+    }
+}
