@@ -128,13 +128,16 @@ pub fn save<F: Figure>(figure: &F, dir: &Path, stem: &str) -> anyhow::Result<[Pa
     Ok([png, svg])
 }
 
-/// Removes partial PNGs left by a killed analyzer.
+/// Removes partial PNGs left by a killed analyzer (`.<stem>.<pid>.partial.png`
+/// of a process that no longer runs; a twin's files in progress stay).
 pub fn remove_partial_files(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with('.') && name.ends_with(".partial.png") {
+            let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".partial.png")) else { continue };
+            let pid = rest.rsplit('.').next().and_then(|p| p.parse::<u32>().ok());
+            if !pid.is_some_and(common::artifacts::process_is_running) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

@@ -279,7 +279,12 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     // Report.
     let method_names: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
     let text = report::render(&ReportInput {
-        config: cli.stage.config.display().to_string(),
+        // The file name only: the same config gives the same report wherever it lives.
+        config: cli
+            .stage
+            .config
+            .file_name()
+            .map_or_else(|| cli.stage.config.display().to_string(), |n| n.to_string_lossy().into_owned()),
         runs: &run_infos,
         methods: &method_names,
         measures: &measures,

@@ -38,6 +38,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
     Ok(())
 }
 
+/// Whether process `pid` is this one or still runs (temporary files of a
+/// live process must be left alone).
+pub fn process_is_running(pid: u32) -> bool {
+    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Removes temporary files left in `dir` by processes that no longer run
 /// (a killed stage). Files of live processes are left alone, so two stages
 /// working in one folder do not disturb each other.
@@ -61,12 +67,7 @@ pub fn remove_stale_temporaries(dir: &Path) -> std::io::Result<usize> {
             .next()
             .and_then(|tail| tail.split('-').next())
             .and_then(|p| p.parse::<u32>().ok());
-        let alive = match pid {
-            Some(p) if p == std::process::id() => true,
-            Some(p) => Path::new(&format!("/proc/{p}")).exists(),
-            None => false,
-        };
-        if !alive {
+        if !pid.is_some_and(process_is_running) {
             std::fs::remove_file(entry.path())?;
             removed += 1;
         }
