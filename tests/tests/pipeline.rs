@@ -21,7 +21,8 @@ fn smoke_pipeline_writes_every_artifact_and_a_rerun_does_nothing() {
     run_pipeline(&s);
     let out = s.out();
     for run in ["simple", "complex"] {
-        let steps: Vec<PathBuf> = std::fs::read_dir(out.join(run).join("checkpoints")).unwrap().map(|e| e.unwrap().path()).collect();
+        let steps: Vec<PathBuf> =
+            std::fs::read_dir(out.join(run).join("checkpoints")).unwrap().map(|e| e.unwrap().path()).collect();
         for method in METHODS {
             for ckpt in &steps {
                 let attribution = out.join(run).join("attributions").join(method).join(ckpt.file_name().unwrap());
@@ -33,7 +34,10 @@ fn smoke_pipeline_writes_every_artifact_and_a_rerun_does_nothing() {
     for f in ["analysis/correlations.parquet", "analysis/by_step.parquet", "analysis/report.md"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    let pngs = std::fs::read_dir(out.join("analysis/figures")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "png").count();
+    let pngs = std::fs::read_dir(out.join("analysis/figures"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "png")
+        .count();
     assert!(pngs >= 2 * METHODS.len(), "{pngs} figures");
 
     let summary = read_parquet(&out.join("simple/summaries/lrp.parquet")).unwrap();
@@ -94,7 +98,10 @@ fn changing_one_method_redoes_only_that_method() {
         }
     }
     assert!(rewritten > 0);
-    assert!(correlation_rows_without(&correlations, "gradcam").equals_missing(&others_before), "other methods' analysis rows changed");
+    assert!(
+        correlation_rows_without(&correlations, "gradcam").equals_missing(&others_before),
+        "other methods' analysis rows changed"
+    );
 }
 
 #[test]
@@ -183,10 +190,13 @@ fn corrupt_inputs_are_named_errors_and_the_other_units_still_complete() {
     let err = stderr_of(&out);
     assert!(!out.status.success() && err.contains("complex/probe.parquet") && !err.contains("panicked"), "{err}");
 
-    let bad_data = Scratch::with_config("pipe-bad-idx", &pipeline_tests::smoke_config().replace(
-        "kind = \"synthetic\"\nshape = \"1x28x28\"\ntrain_size = 400\ntest_size = 200\nseed = 7",
-        "kind = \"idx\"\npath = \"idx\"",
-    ));
+    let bad_data = Scratch::with_config(
+        "pipe-bad-idx",
+        &pipeline_tests::smoke_config().replace(
+            "kind = \"synthetic\"\nshape = \"1x28x28\"\ntrain_size = 400\ntest_size = 200\nseed = 7",
+            "kind = \"idx\"\npath = \"idx\"",
+        ),
+    );
     std::fs::create_dir_all(bad_data.dir.join("idx")).unwrap();
     for name in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
         std::fs::write(bad_data.dir.join("idx").join(name), [0u8, 0, 8, 3, 0, 0]).unwrap();

@@ -149,7 +149,15 @@ pub fn train_run(config: &PipelineConfig, name: &str, run: &RunConfig, status: R
     };
 
     let (model, state) = match status {
-        RunStatus::Resume(step) => resume(&setup, step)?,
+        RunStatus::Resume(step) => match resume(&setup, step) {
+            Ok(resumed) => resumed,
+            // Another trainer on the same run may have moved past this
+            // state and removed it; starting over gives the same bytes.
+            Err(e) => {
+                tracing::warn!("run `{name}`: cannot resume from step {step} ({e:#}); starting over");
+                start(&setup)?
+            }
+        },
         RunStatus::Fresh => start(&setup)?,
         RunStatus::Stale | RunStatus::UpToDate => {
             tracing::info!("run `{name}`: removing earlier checkpoints");
