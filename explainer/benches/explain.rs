@@ -59,12 +59,12 @@ fn main() {
         let lrp = Method::from_config(&lrp_config, &normalization).expect("named composite");
         let cam = Method::from_config(&cam_config, &normalization).expect("default Grad-CAM");
         let explain = |method: &Method| {
-            let trace = explainer::forward_trace(&model, &x).expect("input of the model's shape");
+            let trace = model.forward_trace(&x).expect("input of the model's shape");
             let explanation = method.explain(&model, &trace, &labels).expect("explainable");
             std::hint::black_box(explanation);
         };
         let forward = time(reps, || {
-            std::hint::black_box(explainer::forward_trace(&model, &x).expect("input of the model's shape"));
+            std::hint::black_box(model.forward_trace(&x).expect("input of the model's shape"));
         });
         let lrp_time = time(reps, || explain(&lrp));
         let cam_time = time(reps, || explain(&cam));

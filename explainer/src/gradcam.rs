@@ -8,13 +8,11 @@
 //! to). The gradient only needs the layers after `A`, so only those are
 //! back-propagated.
 
-use common::model::kernels::maxpool2x2_backward;
+use common::model::kernels::{conv2d_backward_input, dense_backward_input, maxpool2x2_backward};
 use common::model::{ActivationShape, Layer, Model, Trace};
 use rayon::prelude::*;
 
-use crate::conv::conv2d_input_gradient;
 use crate::error::ExplainError;
-use crate::linear::dense_input_gradient;
 use crate::lrp::check_trace;
 
 /// Grad-CAM's settings.
@@ -147,8 +145,8 @@ pub fn gradient_at(model: &Model, trace: &Trace, layer: usize, output_gradient: 
                     .ok_or_else(|| ExplainError::Shape(format!("the forward trace has no max-pool winners for layer {index}")))?;
                 maxpool2x2_backward(&gradient, argmax, geometry)
             }
-            Layer::Conv(conv) => conv2d_input_gradient(&gradient, &conv.geometry, &conv.weight),
-            Layer::Dense(dense) => dense_input_gradient(&gradient, dense.inputs, &dense.weight),
+            Layer::Conv(conv) => conv2d_backward_input(&gradient, &conv.geometry, &conv.weight),
+            Layer::Dense(dense) => dense_backward_input(&gradient, dense.inputs, &dense.weight),
         };
     }
     Ok(gradient)

@@ -6,7 +6,6 @@
 //! `stage` turns them into the pipeline stage behind the `explainer` binary.
 
 pub mod composite;
-pub mod conv;
 pub mod error;
 pub mod gradcam;
 pub mod linear;
@@ -19,7 +18,6 @@ pub mod stage;
 mod test_support;
 
 pub use composite::{Composite, PoolTreatment};
-pub use conv::forward_trace;
 pub use error::ExplainError;
 pub use gradcam::{gradcam, GradCamMaps, GradCamSettings};
 pub use lrp::relevance;

@@ -6,10 +6,8 @@
 //! this view a rule is written once, as data, and runs on both layer kinds
 //! through the project's batched kernels (forward and backward-to-input).
 
-use common::model::kernels::dense_forward;
+use common::model::kernels::{conv2d_backward_input, conv2d_forward, dense_backward_input, dense_forward};
 use common::model::{Conv2d, ConvGeometry, Dense, Layer};
-
-use crate::conv::{conv2d, conv2d_input_gradient};
 
 /// A conv or dense layer of a model, borrowed.
 #[derive(Clone, Copy, Debug)]
@@ -61,7 +59,7 @@ impl<'a> LinearLayer<'a> {
     /// `weight · x (+ bias)` for a batch, with any weight of the layer's shape.
     pub fn forward(&self, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         match self {
-            LinearLayer::Conv(c) => conv2d(x, &c.geometry, weight, bias),
+            LinearLayer::Conv(c) => conv2d_forward(x, &c.geometry, weight, bias),
             LinearLayer::Dense(d) => dense_forward(x, d.inputs, weight, bias),
         }
     }
@@ -69,8 +67,8 @@ impl<'a> LinearLayer<'a> {
     /// `weightᵀ · dy`: the gradient with respect to the input for a batch.
     pub fn backward_input(&self, dy: &[f32], weight: &[f32]) -> Vec<f32> {
         match self {
-            LinearLayer::Conv(c) => conv2d_input_gradient(dy, &c.geometry, weight),
-            LinearLayer::Dense(d) => dense_input_gradient(dy, d.inputs, weight),
+            LinearLayer::Conv(c) => conv2d_backward_input(dy, &c.geometry, weight),
+            LinearLayer::Dense(d) => dense_backward_input(dy, d.inputs, weight),
         }
     }
 
@@ -96,56 +94,9 @@ impl<'a> LinearLayer<'a> {
         match self {
             LinearLayer::Conv(c) => {
                 let geometry = ConvGeometry { in_channels: c.geometry.in_channels * weights.len(), ..c.geometry };
-                conv2d_input_gradient(dy, &geometry, &stacked)
+                conv2d_backward_input(dy, &geometry, &stacked)
             }
-            LinearLayer::Dense(d) => dense_input_gradient(dy, d.inputs * weights.len(), &stacked),
-        }
-    }
-}
-
-/// `dx = dy · weight` for a batch of rows (`weight` is `[out, in]`), with
-/// every row's result independent of the batch it is in.
-///
-/// `common`'s `dense_backward_input` hands gemm the weight row-major, and
-/// gemm then sums a lone row in another order than rows of a larger block,
-/// so a map would change in its last bits with the batch around it. The
-/// forward kernel (weight read transposed) has no such dependence, so the
-/// backward pass runs as a forward pass through the transposed weight.
-pub fn dense_input_gradient(dy: &[f32], inputs: usize, weight: &[f32]) -> Vec<f32> {
-    let outputs = weight.len() / inputs.max(1);
-    let mut transposed = vec![0.0f32; weight.len()];
-    for (o, row) in weight.chunks_exact(inputs).enumerate() {
-        for (i, &w) in row.iter().enumerate() {
-            transposed[i * outputs + o] = w;
-        }
-    }
-    dense_forward(dy, outputs, &transposed, None)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::test_support::random;
-
-    #[test]
-    fn dense_input_gradient_is_the_transpose_and_batch_independent() {
-        for (inputs, outputs) in [(3usize, 2usize), (128, 1024), (2048, 10), (37, 5)] {
-            let weight = random(inputs * outputs, 1, -1.0, 1.0);
-            let dy = random(21 * outputs, 2, -1.0, 1.0);
-            let all = dense_input_gradient(&dy, inputs, &weight);
-            for n in [0, 1, 15, 16, 20] {
-                let row = &dy[n * outputs..(n + 1) * outputs];
-                for i in (0..inputs).step_by(7) {
-                    let expected: f32 = (0..outputs).map(|o| row[o] * weight[o * inputs + i]).sum();
-                    assert!((all[n * inputs + i] - expected).abs() < 1e-4 * (1.0 + expected.abs()));
-                }
-            }
-            for batch in 1..=21 {
-                let part = dense_input_gradient(&dy[..batch * outputs], inputs, &weight);
-                assert_eq!(&all[..batch * inputs], &part[..], "{inputs}x{outputs}, batch {batch}");
-                let last = dense_input_gradient(&dy[(batch - 1) * outputs..batch * outputs], inputs, &weight);
-                assert_eq!(&all[(batch - 1) * inputs..batch * inputs], &last[..], "{inputs}x{outputs}, row {batch} alone");
-            }
+            LinearLayer::Dense(d) => dense_backward_input(dy, d.inputs * weights.len(), &stacked),
         }
     }
 }

@@ -128,8 +128,8 @@ mod tests {
         let model = Model::initialized(ModelKind::Complex, shape, 10, 2);
         let x = random(5 * shape.len(), 3, -1.0, 1.0);
         let labels = [3u8, 1, 4, 1, 5];
-        let batch = crate::conv::forward_trace(&model, &x).unwrap();
-        let alone = crate::conv::forward_trace(&model, &x[2 * shape.len()..3 * shape.len()]).unwrap();
+        let batch = model.forward_trace(&x).unwrap();
+        let alone = model.forward_trace(&x[2 * shape.len()..3 * shape.len()]).unwrap();
         for method in methods(3) {
             let all = method.explain(&model, &batch, &labels).unwrap();
             let one = method.explain(&model, &alone, &labels[2..3]).unwrap();

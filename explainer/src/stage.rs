@@ -328,7 +328,6 @@ fn load_and_trace(
             probe.shape
         );
     }
-    let trace =
-        crate::conv::forward_trace(&model, &probe.images).map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
+    let trace = model.forward_trace(&probe.images).map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
     Ok((model, info, trace))
 }

@@ -119,132 +119,163 @@ impl ConvGeometry {
         self.out_channels * self.patch_len()
     }
 
-    fn padded_height(&self) -> usize {
-        self.height + 2 * self.padding
+    /// Images whose receptive fields share one matrix product: enough for
+    /// about [`COLUMNS_PER_PRODUCT`] output positions. It depends on the
+    /// geometry alone, and a short last group is padded with zero images, so
+    /// every product of a layer has the same shape whatever the batch: an
+    /// image's result never depends on the batch it came in.
+    fn images_per_product(&self) -> usize {
+        COLUMNS_PER_PRODUCT.div_ceil(self.out_plane().max(1)).clamp(1, MAX_IMAGES_PER_PRODUCT)
     }
 
-    fn padded_width(&self) -> usize {
-        self.width + 2 * self.padding
-    }
-
-    /// The image with its zero border, so that every window read is in
-    /// bounds and the row copies below need no checks.
-    fn pad(&self, image: &[f32], padded: &mut Vec<f32>) {
-        let (ph, pw, p) = (self.padded_height(), self.padded_width(), self.padding);
-        padded.clear();
-        padded.resize(self.in_channels * ph * pw, 0.0);
-        for (c, channel) in image.chunks(self.height * self.width).enumerate() {
-            for (y, src) in channel.chunks(self.width).enumerate() {
-                padded[(c * ph + y + p) * pw + p..][..self.width].copy_from_slice(src);
-            }
-        }
-    }
-
-    /// One image's receptive fields as rows: row `p` (an output position)
-    /// holds the `(c, ky, kx)` inputs that position sees, zero outside the
-    /// image. Rows of one image are contiguous, so a group of images is one
-    /// `(images·positions) x patch` matrix.
-    fn im2row(&self, image: &[f32], rows: &mut [f32], padded: &mut Vec<f32>) {
-        self.pad(image, padded);
-        let copy = |src: usize, dst: usize, k: usize| rows[dst..dst + k].copy_from_slice(&padded[src..src + k]);
-        match self.kernel {
-            3 => self.windows::<3>(copy),
-            5 => self.windows::<5>(copy),
-            _ => self.windows::<0>(copy),
-        }
-    }
-
-    /// Adds each row's entries back onto the image positions they were read
-    /// from (the adjoint of [`ConvGeometry::im2row`]).
-    fn row2im_add(&self, rows: &[f32], image: &mut [f32], padded: &mut Vec<f32>) {
-        padded.clear();
-        padded.resize(self.in_channels * self.padded_height() * self.padded_width(), 0.0);
-        let add = |dst: usize, src: usize, k: usize| {
-            padded[dst..dst + k].iter_mut().zip(&rows[src..src + k]).for_each(|(d, s)| *d += s)
-        };
-        match self.kernel {
-            3 => self.windows::<3>(add),
-            5 => self.windows::<5>(add),
-            _ => self.windows::<0>(add),
-        }
-        let (ph, pw, p) = (self.padded_height(), self.padded_width(), self.padding);
-        for (c, channel) in image.chunks_mut(self.height * self.width).enumerate() {
-            for (y, dst) in channel.chunks_mut(self.width).enumerate() {
-                let src = &padded[(c * ph + y + p) * pw + p..][..self.width];
-                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-            }
-        }
-    }
-
-    /// Calls `visit(start in the padded image, start in the rows, k)` for
-    /// every kernel row of every receptive field: the `k` inputs of channel
-    /// `c`, kernel row `ky`, at output position `(oy, ox)`. A fixed `K`
-    /// (`0`: the geometry's kernel) turns the copies into a few moves.
-    #[inline(always)]
-    fn windows<const K: usize>(&self, mut visit: impl FnMut(usize, usize, usize)) {
-        let k = if K == 0 { self.kernel } else { K };
-        let (ph, pw) = (self.padded_height(), self.padded_width());
-        let (oh, ow, patch) = (self.out_height(), self.out_width(), self.patch_len());
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let row = (oy * ow + ox) * patch;
-                for c in 0..self.in_channels {
-                    for ky in 0..k {
-                        visit((c * ph + oy + ky) * pw + ox, row + (c * k + ky) * k, k);
+    /// Writes one image's receptive fields into `fields` (rows `(c, ky, kx)`,
+    /// `columns` wide) at columns `offset..offset + positions`, zero where a
+    /// field reaches outside the image. Each field row of an output row is a
+    /// contiguous copy.
+    fn gather_fields(&self, image: &[f32], fields: &mut [f32], offset: usize, columns: usize) {
+        let (k, p) = (self.kernel, self.padding as isize);
+        let (h, w) = (self.height as isize, self.width as isize);
+        let ow = self.out_width();
+        let plane_in = self.height * self.width;
+        for c in 0..self.in_channels {
+            let channel = &image[c * plane_in..][..plane_in];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut fields[((c * k + ky) * k + kx) * columns + offset..][..self.out_plane()];
+                    let shift = kx as isize - p;
+                    // Output columns whose input column ox + shift lies inside the image.
+                    let lo = (-shift).clamp(0, ow as isize) as usize;
+                    let hi = (w - shift).clamp(lo as isize, ow as isize) as usize;
+                    for (oy, dst) in row.chunks_exact_mut(ow).enumerate() {
+                        let iy = oy as isize + ky as isize - p;
+                        if iy < 0 || iy >= h || lo == hi {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &channel[iy as usize * self.width..][..self.width];
+                        dst[..lo].fill(0.0);
+                        dst[lo..hi].copy_from_slice(&src[(lo as isize + shift) as usize..(hi as isize + shift) as usize]);
+                        dst[hi..].fill(0.0);
                     }
                 }
             }
         }
     }
 
-    /// The receptive-field rows of a group of images, zero rows for the
-    /// padding images of a short last group.
-    fn group_rows(&self, images: &[f32], rows: &mut [f32], padded: &mut Vec<f32>) {
-        let block = self.out_plane() * self.patch_len();
-        let count = images.len() / self.in_len();
-        for (image, dst) in images.chunks(self.in_len()).zip(rows.chunks_mut(block)) {
-            self.im2row(image, dst, padded);
-        }
-        rows[count * block..].fill(0.0);
-    }
-
-    /// A group of output-shaped images as one `channels x (images·positions)`
-    /// matrix, zero columns for the padding images.
-    fn group_channels(&self, images: &[f32], grouped: &mut [f32]) {
-        let (plane, width) = (self.out_plane(), IMAGES_PER_GEMM * self.out_plane());
-        grouped.fill(0.0);
-        for (i, image) in images.chunks(self.out_len()).enumerate() {
-            for (o, src) in image.chunks(plane).enumerate() {
-                grouped[o * width + i * plane..][..plane].copy_from_slice(src);
+    /// Adds one image's field columns back onto the image positions they were
+    /// gathered from (the adjoint of [`ConvGeometry::gather_fields`]).
+    fn scatter_fields(&self, fields: &[f32], offset: usize, columns: usize, image: &mut [f32]) {
+        let (k, p) = (self.kernel, self.padding as isize);
+        let (h, w) = (self.height as isize, self.width as isize);
+        let ow = self.out_width();
+        let plane_in = self.height * self.width;
+        for c in 0..self.in_channels {
+            let channel = &mut image[c * plane_in..][..plane_in];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &fields[((c * k + ky) * k + kx) * columns + offset..][..self.out_plane()];
+                    let shift = kx as isize - p;
+                    let lo = (-shift).clamp(0, ow as isize) as usize;
+                    let hi = (w - shift).clamp(lo as isize, ow as isize) as usize;
+                    for (oy, src) in row.chunks_exact(ow).enumerate() {
+                        let iy = oy as isize + ky as isize - p;
+                        if iy < 0 || iy >= h || lo == hi {
+                            continue;
+                        }
+                        let dst = &mut channel[iy as usize * self.width..][..self.width];
+                        let dst = &mut dst[(lo as isize + shift) as usize..(hi as isize + shift) as usize];
+                        dst.iter_mut().zip(&src[lo..hi]).for_each(|(d, s)| *d += s);
+                    }
+                }
             }
         }
     }
+
+    /// The receptive fields of a group of images as one `patch x columns`
+    /// matrix, zero columns for the padding images of a short group.
+    fn group_fields(&self, images: &[f32], fields: &mut Vec<f32>) {
+        let (plane, columns) = (self.out_plane(), self.images_per_product() * self.out_plane());
+        fields.resize(self.patch_len() * columns, 0.0);
+        let count = images.len() / self.in_len();
+        for (i, image) in images.chunks_exact(self.in_len()).enumerate() {
+            self.gather_fields(image, fields, i * plane, columns);
+        }
+        for row in fields.chunks_exact_mut(columns) {
+            row[count * plane..].fill(0.0);
+        }
+    }
+
+    /// A group of output-shaped images as one `channels x columns` matrix,
+    /// zero columns for padding images.
+    fn group_channels(&self, images: &[f32], grouped: &mut Vec<f32>) {
+        let (plane, columns) = (self.out_plane(), self.images_per_product() * self.out_plane());
+        grouped.clear();
+        grouped.resize(self.out_channels * columns, 0.0);
+        for (i, image) in images.chunks_exact(self.out_len()).enumerate() {
+            for (o, src) in image.chunks_exact(plane).enumerate() {
+                grouped[o * columns + i * plane..][..plane].copy_from_slice(src);
+            }
+        }
+    }
+
+    /// The convolution whose forward pass is this one's input gradient:
+    /// channels swapped, kernel flipped, padding `k - 1 - p`, on the output's
+    /// plane.
+    fn transposed(&self, weight: &[f32]) -> (ConvGeometry, Vec<f32>) {
+        let k = self.kernel;
+        let transposed = ConvGeometry {
+            in_channels: self.out_channels,
+            out_channels: self.in_channels,
+            kernel: k,
+            padding: k - 1 - self.padding,
+            height: self.out_height(),
+            width: self.out_width(),
+        };
+        let mut flipped = vec![0.0f32; weight.len()];
+        for o in 0..self.out_channels {
+            for c in 0..self.in_channels {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        flipped[((c * self.out_channels + o) * k + (k - 1 - ky)) * k + (k - 1 - kx)] =
+                            weight[((o * self.in_channels + c) * k + ky) * k + kx];
+                    }
+                }
+            }
+        }
+        (transposed, flipped)
+    }
 }
 
-/// Images per matrix product in a convolution. Every product of a
-/// convolution has the same shape whatever the batch size (a short last
-/// group is padded with zero images), and groups are independent tasks, so
-/// an image's result depends neither on the batch it came in nor on the
-/// thread count.
-pub const IMAGES_PER_GEMM: usize = 10;
+/// Output positions per matrix product of a convolution (see
+/// [`ConvGeometry::images_per_product`]), and the most images one takes.
+const COLUMNS_PER_PRODUCT: usize = 1024;
+const MAX_IMAGES_PER_PRODUCT: usize = 16;
+
+/// Below this many input channels the input gradient scatters field columns
+/// back; above it, it runs as the forward pass of the transposed
+/// convolution, whose field gathering is cheaper than scattering many rows.
+const MIN_CHANNELS_FOR_TRANSPOSED_PASS: usize = 4;
 
 /// `y = conv(x, weight) + bias` for a batch of images (N·C·H·W).
 pub fn conv2d_forward(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
     assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
     let batch = x.len() / g.in_len();
-    let (plane, patch, channels) = (g.out_plane(), g.patch_len(), g.out_channels);
-    let width = IMAGES_PER_GEMM * plane;
+    let group = g.images_per_product();
+    let (plane, patch, channels, columns) = (g.out_plane(), g.patch_len(), g.out_channels, group * g.out_plane());
     let mut y = vec![0.0f32; batch * g.out_len()];
-    y.par_chunks_mut(g.out_len() * IMAGES_PER_GEMM).zip(x.par_chunks(g.in_len() * IMAGES_PER_GEMM)).for_each_init(
-        || (vec![0.0f32; width * patch], vec![0.0f32; channels * width], Vec::new()),
-        |(rows, grouped, padded), (out, images)| {
-            g.group_rows(images, rows, padded);
-            matmul(grouped, false, Mat::row_major(weight, patch), Mat::transposed(rows, patch), channels, width, patch);
-            for (i, out_image) in out.chunks_mut(g.out_len()).enumerate() {
-                for (o, dst) in out_image.chunks_mut(plane).enumerate() {
-                    let b = bias.map_or(0.0, |b| b[o]);
-                    dst.iter_mut().zip(&grouped[o * width + i * plane..][..plane]).for_each(|(d, s)| *d = s + b);
+    y.par_chunks_mut(group * g.out_len()).zip(x.par_chunks(group * g.in_len())).for_each_init(
+        || (Vec::new(), vec![0.0f32; channels * columns]),
+        |(fields, product), (out, images)| {
+            g.group_fields(images, fields);
+            matmul(product, false, Mat::row_major(weight, patch), Mat::row_major(fields, columns), channels, columns, patch);
+            for (i, out_image) in out.chunks_exact_mut(g.out_len()).enumerate() {
+                for (o, dst) in out_image.chunks_exact_mut(plane).enumerate() {
+                    let src = &product[o * columns + i * plane..][..plane];
+                    match bias {
+                        Some(b) => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s + b[o]),
+                        None => dst.copy_from_slice(src),
+                    }
                 }
             }
         },
@@ -252,82 +283,71 @@ pub fn conv2d_forward(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<
     y
 }
 
-/// Gradients of a convolution: with respect to its input (when `weight` is
-/// given) and to its weight and bias, summed over the batch (when `x` is
-/// given). One pass shares the regrouped output gradient between both.
-pub fn conv2d_backward(
-    x: Option<&[f32]>,
-    dy: &[f32],
-    g: &ConvGeometry,
-    weight: Option<&[f32]>,
-) -> (Option<Vec<f32>>, Option<(Vec<f32>, Vec<f32>)>) {
-    assert_eq!(dy.len() % g.out_len(), 0, "conv2d output gradient is not a whole number of images");
-    let batch = dy.len() / g.out_len();
-    if let Some(x) = x {
-        assert_eq!(x.len(), batch * g.in_len(), "conv2d input length");
-    }
-    if let Some(w) = weight {
-        assert_eq!(w.len(), g.weight_len(), "conv2d weight length");
-    }
-    let (plane, patch, channels) = (g.out_plane(), g.patch_len(), g.out_channels);
-    let width = IMAGES_PER_GEMM * plane;
-    let groups = batch.div_ceil(IMAGES_PER_GEMM);
-    let per_group: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..groups)
-        .into_par_iter()
-        .map_init(
-            || (vec![0.0f32; channels * width], vec![0.0f32; width * patch], Vec::new()),
-            |(dy_grouped, rows, padded), group| {
-                let images = group * IMAGES_PER_GEMM..((group + 1) * IMAGES_PER_GEMM).min(batch);
-                g.group_channels(&dy[images.start * g.out_len()..images.end * g.out_len()], dy_grouped);
-                let mut dx = Vec::new();
-                if let Some(w) = weight {
-                    matmul(rows, false, Mat::transposed(dy_grouped, width), Mat::row_major(w, patch), width, patch, channels);
-                    dx = vec![0.0f32; images.len() * g.in_len()];
-                    for (dimage, block) in dx.chunks_mut(g.in_len()).zip(rows.chunks(plane * patch)) {
-                        g.row2im_add(block, dimage, padded);
-                    }
-                }
-                let (mut dw, mut db) = (Vec::new(), Vec::new());
-                if let Some(x) = x {
-                    g.group_rows(&x[images.start * g.in_len()..images.end * g.in_len()], rows, padded);
-                    dw = vec![0.0f32; g.weight_len()];
-                    matmul(
-                        &mut dw,
-                        false,
-                        Mat::row_major(dy_grouped, width),
-                        Mat::row_major(rows, patch),
-                        channels,
-                        patch,
-                        width,
-                    );
-                    db = dy_grouped.chunks(width).map(|row| row.iter().sum()).collect();
-                }
-                (dx, dw, db)
-            },
-        )
-        .collect();
-    let dx = weight.map(|_| per_group.iter().flat_map(|(dx, _, _)| dx.iter().copied()).collect());
-    let params = x.map(|_| {
-        let mut dw = vec![0.0f32; g.weight_len()];
-        let mut db = vec![0.0f32; channels];
-        for (_, pw, pb) in &per_group {
-            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
-        }
-        (dw, db)
-    });
-    (dx, params)
-}
-
 /// Gradient of a convolution's output with respect to its input (the
 /// transposed convolution of `dy` with `weight`).
 pub fn conv2d_backward_input(dy: &[f32], g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
-    conv2d_backward(None, dy, g, Some(weight)).0.expect("input gradient requested")
+    assert_eq!(dy.len() % g.out_len(), 0, "conv2d output gradient is not a whole number of images");
+    assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
+    if g.in_channels >= MIN_CHANNELS_FOR_TRANSPOSED_PASS && g.padding < g.kernel {
+        let (transposed, flipped) = g.transposed(weight);
+        return conv2d_forward(dy, &transposed, &flipped, None);
+    }
+    let batch = dy.len() / g.out_len();
+    let group = g.images_per_product();
+    let (plane, patch, channels, columns) = (g.out_plane(), g.patch_len(), g.out_channels, group * g.out_plane());
+    let mut dx = vec![0.0f32; batch * g.in_len()];
+    dx.par_chunks_mut(group * g.in_len()).zip(dy.par_chunks(group * g.out_len())).for_each_init(
+        || (Vec::new(), vec![0.0f32; patch * columns]),
+        |(grouped, fields), (dimages, douts)| {
+            g.group_channels(douts, grouped);
+            matmul(fields, false, Mat::transposed(weight, patch), Mat::row_major(grouped, columns), patch, columns, channels);
+            for (i, dimage) in dimages.chunks_exact_mut(g.in_len()).enumerate() {
+                g.scatter_fields(fields, i * plane, columns, dimage);
+            }
+        },
+    );
+    dx
 }
 
-/// Gradients of a convolution's weight and bias, summed over the batch.
+/// Gradients of a convolution's weight and bias, summed over the batch
+/// (groups are summed in order: the result does not depend on the thread
+/// count).
 pub fn conv2d_backward_params(x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Vec<f32>) {
-    conv2d_backward(Some(x), dy, g, None).1.expect("parameter gradients requested")
+    assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
+    let batch = x.len() / g.in_len();
+    assert_eq!(dy.len(), batch * g.out_len(), "conv2d output gradient length");
+    let group = g.images_per_product();
+    let (patch, channels, columns) = (g.patch_len(), g.out_channels, group * g.out_plane());
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = x
+        .par_chunks(group * g.in_len())
+        .zip(dy.par_chunks(group * g.out_len()))
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(fields, grouped), (images, douts)| {
+                g.group_fields(images, fields);
+                g.group_channels(douts, grouped);
+                let mut dw = vec![0.0f32; g.weight_len()];
+                matmul(
+                    &mut dw,
+                    false,
+                    Mat::row_major(grouped, columns),
+                    Mat::transposed(fields, columns),
+                    channels,
+                    patch,
+                    columns,
+                );
+                let db = grouped.chunks_exact(columns).map(|row| row.iter().sum()).collect();
+                (dw, db)
+            },
+        )
+        .collect();
+    let mut dw = vec![0.0f32; g.weight_len()];
+    let mut db = vec![0.0f32; channels];
+    for (pw, pb) in partials {
+        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
+    (dw, db)
 }
 
 /// Shape of a 2x2, stride-2 max-pool over `channels` planes of `height x
@@ -437,38 +457,55 @@ pub fn pool2x2_redistribute(dy: &[f32], weights: &[f32], g: &PoolGeometry) -> Ve
     dx
 }
 
+/// Rows per matrix product of a dense layer. A short last block is padded
+/// with zero rows, so every product has the same shape and a row's result
+/// never depends on the batch it came in (gemm sums a lone row in another
+/// order than a block of rows).
+const ROWS_PER_PRODUCT: usize = 16;
+
+/// Applies `product(input block, output block)` to blocks of exactly
+/// [`ROWS_PER_PRODUCT`] rows of `x` (row length `inputs`), in parallel,
+/// and returns the output rows (length `outputs` each).
+fn by_row_blocks(x: &[f32], inputs: usize, outputs: usize, product: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let batch = x.len() / inputs;
+    let mut y = vec![0.0f32; batch * outputs];
+    y.par_chunks_mut(outputs * ROWS_PER_PRODUCT).zip(x.par_chunks(inputs * ROWS_PER_PRODUCT)).for_each(|(out, rows)| {
+        if rows.len() == inputs * ROWS_PER_PRODUCT {
+            product(rows, out);
+        } else {
+            let mut padded_in = rows.to_vec();
+            padded_in.resize(inputs * ROWS_PER_PRODUCT, 0.0);
+            let mut padded_out = vec![0.0f32; outputs * ROWS_PER_PRODUCT];
+            product(&padded_in, &mut padded_out);
+            out.copy_from_slice(&padded_out[..out.len()]);
+        }
+    });
+    y
+}
+
 /// `y = x · weightᵀ + bias` for a batch of row vectors; `weight` is `[out, in]`.
 pub fn dense_forward(x: &[f32], inputs: usize, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     assert_eq!(x.len() % inputs, 0, "dense input is not a whole number of rows");
     assert_eq!(weight.len() % inputs, 0, "dense weight length");
     let outputs = weight.len() / inputs;
-    let batch = x.len() / inputs;
-    let mut y = vec![0.0f32; batch * outputs];
-    const ROWS: usize = 16;
-    y.par_chunks_mut(outputs * ROWS).zip(x.par_chunks(inputs * ROWS)).for_each(|(out, rows)| {
-        let n = rows.len() / inputs;
+    by_row_blocks(x, inputs, outputs, |rows, out| {
         if let Some(bias) = bias {
             for row in out.chunks_mut(outputs) {
                 row.copy_from_slice(bias);
             }
         }
-        matmul(out, bias.is_some(), Mat::row_major(rows, inputs), Mat::transposed(weight, inputs), n, outputs, inputs);
-    });
-    y
+        let m = ROWS_PER_PRODUCT;
+        matmul(out, bias.is_some(), Mat::row_major(rows, inputs), Mat::transposed(weight, inputs), m, outputs, inputs);
+    })
 }
 
 /// `dx = dy · weight`: the gradient of a dense layer with respect to its input.
 pub fn dense_backward_input(dy: &[f32], inputs: usize, weight: &[f32]) -> Vec<f32> {
     let outputs = weight.len() / inputs;
     assert_eq!(dy.len() % outputs, 0, "dense output gradient is not a whole number of rows");
-    let batch = dy.len() / outputs;
-    let mut dx = vec![0.0f32; batch * inputs];
-    const ROWS: usize = 16;
-    dx.par_chunks_mut(inputs * ROWS).zip(dy.par_chunks(outputs * ROWS)).for_each(|(out, rows)| {
-        let n = rows.len() / outputs;
-        matmul(out, false, Mat::row_major(rows, outputs), Mat::row_major(weight, inputs), n, inputs, outputs);
-    });
-    dx
+    by_row_blocks(dy, outputs, inputs, |rows, out| {
+        matmul(out, false, Mat::row_major(rows, outputs), Mat::row_major(weight, inputs), ROWS_PER_PRODUCT, inputs, outputs);
+    })
 }
 
 #[cfg(test)]
@@ -535,10 +572,22 @@ mod tests {
     }
 
     /// The loss `sum(y * r)` has gradient `r` at the output; compare the
-    /// kernels' gradients with central finite differences of that loss.
+    /// kernels' gradients with central finite differences of that loss,
+    /// for both input-gradient paths (scattered fields below 4 input
+    /// channels, the transposed convolution above) and without padding.
     #[test]
     fn conv_backward_matches_finite_differences() {
-        let g = geometry();
+        let geometries = [
+            geometry(),
+            ConvGeometry { in_channels: 5, out_channels: 3, kernel: 3, padding: 1, height: 6, width: 5 },
+            ConvGeometry { in_channels: 4, out_channels: 2, kernel: 3, padding: 0, height: 5, width: 6 },
+        ];
+        for g in geometries {
+            check_conv_gradients(g);
+        }
+    }
+
+    fn check_conv_gradients(g: ConvGeometry) {
         let x = random(2 * g.in_len(), 4);
         let w = random(g.weight_len(), 5);
         let b = random(g.out_channels, 6);
@@ -557,7 +606,7 @@ mod tests {
         };
         for i in (0..x.len()).step_by(7) {
             let num = fd(&x, i, &|v| loss(v, &w, &b));
-            assert!((dx[i] - num).abs() < 1e-3, "dx[{i}] {} vs {num}", dx[i]);
+            assert!((dx[i] - num).abs() < 1e-3, "{g:?} dx[{i}] {} vs {num}", dx[i]);
         }
         for i in 0..w.len() {
             let num = fd(&w, i, &|v| loss(&x, v, &b));
@@ -577,6 +626,45 @@ mod tests {
         let all = conv2d_forward(&x, &g, &w, None);
         let one = conv2d_forward(&x[4 * g.in_len()..5 * g.in_len()], &g, &w, None);
         assert_eq!(&all[4 * g.out_len()..5 * g.out_len()], &one[..]);
+    }
+
+    /// Every kernel gives an image (or row) the same bits alone as in a batch
+    /// of any size: explanations must not depend on the batch.
+    #[test]
+    fn every_kernel_is_independent_of_the_batch() {
+        let geometries = [
+            geometry(),
+            ConvGeometry { in_channels: 16, out_channels: 32, kernel: 5, padding: 2, height: 14, width: 14 },
+            ConvGeometry { in_channels: 1, out_channels: 16, kernel: 5, padding: 2, height: 28, width: 28 },
+            ConvGeometry { in_channels: 6, out_channels: 5, kernel: 3, padding: 0, height: 7, width: 5 },
+        ];
+        for (i, g) in geometries.into_iter().enumerate() {
+            let batch = 2 * g.images_per_product() + 3;
+            let x = random(batch * g.in_len(), 80 + i as u64);
+            let w = random(g.weight_len(), 90 + i as u64);
+            let dy = random(batch * g.out_len(), 100 + i as u64);
+            let all = conv2d_forward(&x, &g, &w, None);
+            let all_dx = conv2d_backward_input(&dy, &g, &w);
+            for n in [0, batch / 2, batch - 1] {
+                let one = conv2d_forward(&x[n * g.in_len()..(n + 1) * g.in_len()], &g, &w, None);
+                assert_eq!(&all[n * g.out_len()..(n + 1) * g.out_len()], &one[..], "{g:?} image {n}");
+                let one_dx = conv2d_backward_input(&dy[n * g.out_len()..(n + 1) * g.out_len()], &g, &w);
+                assert_eq!(&all_dx[n * g.in_len()..(n + 1) * g.in_len()], &one_dx[..], "{g:?} gradient {n}");
+            }
+        }
+        let (inputs, outputs, batch) = (50, 7, 37);
+        let x = random(batch * inputs, 110);
+        let w = random(outputs * inputs, 111);
+        let dy = random(batch * outputs, 112);
+        let (all, all_dx) = (dense_forward(&x, inputs, &w, None), dense_backward_input(&dy, inputs, &w));
+        for n in [0, 17, batch - 1] {
+            assert_eq!(
+                &all[n * outputs..(n + 1) * outputs],
+                &dense_forward(&x[n * inputs..(n + 1) * inputs], inputs, &w, None)[..]
+            );
+            let one_dx = dense_backward_input(&dy[n * outputs..(n + 1) * outputs], inputs, &w);
+            assert_eq!(&all_dx[n * inputs..(n + 1) * inputs], &one_dx[..], "dense row {n}");
+        }
     }
 
     #[test]

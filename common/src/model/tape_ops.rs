@@ -43,12 +43,11 @@ pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
         // The output gradient is moved out while input gradients are
         // written, then put back.
         let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
-        let weight = input_gradient.then_some(w_data.as_slice());
-        let (dx, params) = kernels::conv2d_backward(Some(&x_data), &dy, &geometry, weight);
-        let (dw, db) = params.expect("parameter gradients requested");
+        let (dw, db) = kernels::conv2d_backward_params(&x_data, &dy, &geometry);
         add_into(grads.get_or_alloc_mut(&w_ghost)?, &dw);
         add_into(grads.get_or_alloc_mut(&b_ghost)?, &db);
-        if let Some(dx) = dx {
+        if input_gradient {
+            let dx = kernels::conv2d_backward_input(&dy, &geometry, &w_data);
             add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
         }
         **grads.get_or_alloc_mut(&out_ghost)? = dy;
