@@ -27,7 +27,7 @@ use common::artifacts::{
     read_attributions, read_probe, read_stamp, remove_stale_temporaries, stamp_path, write_atomic, write_parquet, write_stamp,
     Fingerprinter, Probe, RunLayout, Split,
 };
-use common::cli::{StageArgs, StageReport};
+use common::cli::{MethodFilter, StageArgs, StageReport};
 use common::config::PipelineConfig;
 use common::data::{load_dataset, Dataset};
 
@@ -63,9 +63,8 @@ pub struct Cli {
     #[command(flatten)]
     pub stage: StageArgs,
 
-    /// Only these methods (repeatable; default: all methods in the config).
-    #[arg(long = "method", value_name = "NAME")]
-    pub methods: Vec<String>,
+    #[command(flatten)]
+    pub method_filter: MethodFilter,
 
     /// Write the tables and the report but no figures.
     #[arg(long)]
@@ -144,7 +143,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     }
     let runs: Vec<&str> = config.select_runs(&cli.stage.runs).map_err(anyhow::Error::msg)?.into_iter().map(|(n, _)| n).collect();
     let methods: Vec<&str> =
-        config.select_methods(&cli.methods).map_err(anyhow::Error::msg)?.into_iter().map(|(n, _)| n).collect();
+        config.select_methods(&cli.method_filter.methods).map_err(anyhow::Error::msg)?.into_iter().map(|(n, _)| n).collect();
     let measures = config.summaries.measures.clone();
     let inputs = find_inputs(&config, &runs, &methods)?;
     if inputs.runs.is_empty() {
@@ -178,12 +177,13 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     }
     if cli.stage.dry_run {
         let why = if cli.stage.force { "--force" } else { "inputs or settings changed since the last analysis" };
-        tracing::info!(
-            "dry run: would analyse {} run(s), {} (run, method) summaries into {} ({why})",
+        println!(
+            "analyzer: would analyse {} run(s), {} (run, method) summaries into {} ({why})",
             inputs.runs.len(),
             inputs.units.len(),
             dir.display()
         );
+        report.planned = 1;
         return Ok(report);
     }
     remove_stale_temporaries(&dir).with_context(|| format!("{}: cannot clean temporaries", dir.display()))?;

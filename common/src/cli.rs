@@ -41,6 +41,14 @@ impl StageArgs {
     }
 }
 
+/// The `--method` filter of the stages that work per explanation method.
+#[derive(Args, Clone, Debug, Default)]
+pub struct MethodFilter {
+    /// Only these methods (repeatable; default: all methods in the config).
+    #[arg(long = "method", value_name = "NAME")]
+    pub methods: Vec<String>,
+}
+
 /// One slice `index/count` of a sorted list of work units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {

@@ -18,7 +18,7 @@ use common::artifacts::{
     read_checkpoint, read_checkpoint_fingerprint, read_metadata, read_probe, remove_stale_temporaries, step_name,
     write_attributions, Attributions, RunLayout,
 };
-use common::cli::{progress_bar, StageArgs, StageReport};
+use common::cli::{progress_bar, MethodFilter, StageArgs, StageReport};
 use common::config::{MethodConfig, PipelineConfig, RunConfig};
 use common::data::{load_dataset, ImageShape};
 use common::provenance::{attribution_fingerprint, method_fingerprint};
@@ -47,9 +47,8 @@ pub struct Cli {
     #[command(flatten)]
     pub stage: StageArgs,
 
-    /// Only these methods (repeatable; default: all methods in the config).
-    #[arg(long = "method", value_name = "NAME")]
-    pub methods: Vec<String>,
+    #[command(flatten)]
+    pub method_filter: MethodFilter,
 }
 
 /// One unit of work.
@@ -71,7 +70,8 @@ impl std::fmt::Display for Unit<'_> {
 enum Status {
     UpToDate,
     Missing,
-    Stale,
+    /// Which of its inputs changed.
+    Stale(&'static str),
     Unreadable(String),
     Forced,
 }
@@ -81,7 +81,7 @@ impl Status {
         match self {
             Status::UpToDate => "up to date".into(),
             Status::Missing => "missing".into(),
-            Status::Stale => "stale: checkpoint or method settings changed".into(),
+            Status::Stale(why) => format!("stale: {why}"),
             Status::Unreadable(e) => format!("existing file unreadable: {e}"),
             Status::Forced => "--force".into(),
         }
@@ -110,7 +110,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     let args = &cli.stage;
     let config = PipelineConfig::load(&args.config)?;
     let runs = config.select_runs(&args.runs).map_err(anyhow::Error::msg)?;
-    let methods = config.select_methods(&cli.methods).map_err(anyhow::Error::msg)?;
+    let methods = config.select_methods(&cli.method_filter.methods).map_err(anyhow::Error::msg)?;
     let shard = args.shard().map_err(anyhow::Error::msg).context("--shard")?;
     if methods.is_empty() {
         tracing::warn!("no methods in {}; add e.g. [methods.lrp] kind = \"lrp\"", args.config.display());
@@ -150,7 +150,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     units.sort_by(|a, b| (a.run, a.step, a.method).cmp(&(b.run, b.step, b.method)));
 
     let mut report = StageReport::default();
-    let mut would_do = 0usize;
     let bar = progress_bar(units.len() as u64, "explaining");
     let mut probe_cache: Option<(&str, Result<Rc<ProbeBatch>, String>)> = None;
     let mut cleaned: HashSet<(&str, &str)> = HashSet::new();
@@ -176,8 +175,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
         let mut pending = Vec::new();
         for unit in group {
             let (_, _, _, method_fp) = plan.methods.iter().find(|m| m.0 == unit.method).expect("units come from the plans");
-            let expected = attribution_fingerprint(&checkpoint_fingerprint, method_fp);
-            let status = unit_status(&plan.layout.attribution(unit.method, step), &expected, args.force);
+            let status = unit_status(&plan.layout.attribution(unit.method, step), &checkpoint_fingerprint, method_fp, args.force);
             match status {
                 Status::UpToDate => {
                     tracing::debug!("{unit}: up to date");
@@ -185,8 +183,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
                     bar.inc(1);
                 }
                 _ if args.dry_run => {
-                    println!("{unit}: would explain ({})", status.reason());
-                    would_do += 1;
+                    println!("explainer: {unit}: would explain ({})", status.reason());
+                    report.planned += 1;
                     bar.inc(1);
                 }
                 _ => pending.push((unit, status)),
@@ -275,24 +273,33 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
         }
     }
     bar.finish_and_clear();
-    if args.dry_run {
-        tracing::info!("dry run: {would_do} unit(s) would be explained, {} up to date", report.skipped);
-    }
     Ok(report)
 }
 
-/// Whether the file at `out` holds the maps `expected` describes; reads
-/// only the file's header.
-fn unit_status(out: &Path, expected: &str, force: bool) -> Status {
+/// Whether the file at `out` holds the maps of this checkpoint and method
+/// settings, and if not, which of the two changed; reads only the file's
+/// header.
+fn unit_status(out: &Path, checkpoint_fingerprint: &str, method_fingerprint: &str, force: bool) -> Status {
     if force {
         return Status::Forced;
     }
     if !out.exists() {
         return Status::Missing;
     }
+    let expected = attribution_fingerprint(checkpoint_fingerprint, method_fingerprint);
     match read_metadata(out) {
-        Ok(meta) if meta.get("fingerprint").map(String::as_str) == Some(expected) => Status::UpToDate,
-        Ok(_) => Status::Stale,
+        Ok(meta) if meta.get("fingerprint").map(String::as_str) == Some(expected.as_str()) => Status::UpToDate,
+        Ok(meta) => Status::Stale(
+            match (
+                meta.get("checkpoint_fingerprint").map(String::as_str) == Some(checkpoint_fingerprint),
+                meta.get("method_fingerprint").map(String::as_str) == Some(method_fingerprint),
+            ) {
+                (true, false) => "the method's settings changed",
+                (false, true) => "the checkpoint changed (its run was retrained)",
+                (false, false) => "the checkpoint and the method's settings changed",
+                (true, true) => "written by another version of the explainer",
+            },
+        ),
         Err(e) => Status::Unreadable(e.problem),
     }
 }

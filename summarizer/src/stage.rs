@@ -18,7 +18,7 @@ use common::artifacts::{
     read_attributions, read_metadata, read_probe, read_stamp, remove_stale_temporaries, write_parquet, write_stamp,
     Fingerprinter, Probe, RunLayout,
 };
-use common::cli::{progress_bar, StageArgs, StageReport};
+use common::cli::{progress_bar, MethodFilter, StageArgs, StageReport};
 use common::config::PipelineConfig;
 use polars::prelude::{Column, DataFrame};
 use rayon::prelude::*;
@@ -40,9 +40,8 @@ pub struct Cli {
     #[command(flatten)]
     pub stage: StageArgs,
 
-    /// Only these methods (repeatable; default: all methods in the config).
-    #[arg(long = "method", value_name = "NAME")]
-    pub methods: Vec<String>,
+    #[command(flatten)]
+    pub method_filter: MethodFilter,
 }
 
 /// One work unit.
@@ -100,7 +99,7 @@ pub fn attribution_inputs(layout: &RunLayout, method: &str) -> anyhow::Result<Ve
 pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     let config = PipelineConfig::load(&cli.stage.config)?;
     let measures = configured_measures(&config)?;
-    let all = units(&config, &cli.stage.runs, &cli.methods)?;
+    let all = units(&config, &cli.stage.runs, &cli.method_filter.methods)?;
     let shard = cli.stage.shard().map_err(anyhow::Error::msg)?;
     let total = all.len();
     let mine = shard.select(all);
@@ -111,7 +110,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     );
 
     let mut report = StageReport::default();
-    let mut would_do = 0;
     let bar = progress_bar(mine.len() as u64, "summarizing");
     for unit in &mine {
         let layout = RunLayout::new(&config.output.dir, &unit.run);
@@ -125,17 +123,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
                 report.skipped += 1;
             }
             Ok(Outcome::WouldDo(why)) => {
-                tracing::info!("{}/{}: would summarise ({why})", unit.run, unit.method);
-                would_do += 1;
+                println!("summarizer: {}/{}: would summarise ({why})", unit.run, unit.method);
+                report.planned += 1;
             }
             Err(e) => report.failed.push(format!("{}/{}: {e:#}", unit.run, unit.method)),
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    if cli.stage.dry_run {
-        tracing::info!("dry run: {would_do} unit(s) would be summarised, {} up to date", report.skipped);
-    }
     Ok(report)
 }
 
