@@ -5,7 +5,8 @@
 //!     cargo bench -p trainer --bench train_step
 //!     PEER_JSON=peer.json cargo bench -p trainer --bench train_step   # adds ratios
 //!
-//! `peer.json` is the line the peer script prints.
+//! `peer.json` is the line the peer script prints; `BENCH_ONLY=fmnist_simple`
+//! runs one case.
 
 use std::time::Instant;
 
@@ -44,6 +45,9 @@ fn main() {
         ("fmnist_complex", ModelKind::Complex, ImageShape::GRAY_28),
         ("cifar_complex", ModelKind::Complex, ImageShape::RGB_32),
     ] {
+        if std::env::var("BENCH_ONLY").is_ok_and(|only| only != case) {
+            continue;
+        }
         let mut model = Model::initialized(kind, shape, 10, 0);
         let lengths: Vec<usize> = model.parameters().iter().map(|p| p.data.len()).collect();
         let mut adam = Adam::new(1e-3, &lengths);
