@@ -249,7 +249,7 @@ fn the_command_line_parses_and_documents_itself() {
         "--dry-run",
     ])
     .unwrap();
-    assert_eq!(cli.methods, vec!["lrp", "cam"]);
+    assert_eq!(cli.method_filter.methods, vec!["lrp", "cam"]);
     assert_eq!(cli.stage.runs, vec!["a"]);
     assert_eq!(cli.stage.shard, Some(Shard { index: 1, count: 3 }));
     assert!(cli.stage.force && cli.stage.dry_run);
