@@ -409,9 +409,13 @@ fn heatmap_figure(
     datasets: &mut BTreeMap<String, Dataset>,
 ) -> anyhow::Result<Option<Heatmaps>> {
     let layout = RunLayout::new(&config.output.dir, run);
-    let steps = layout
+    let mut steps = layout
         .attribution_steps(method)
         .with_context(|| format!("{}: cannot list", layout.attributions_dir(method).display()))?;
+    // Maps left from checkpoints of an earlier training are not shown.
+    let checkpoints =
+        layout.checkpoint_steps().with_context(|| format!("{}: cannot list", layout.checkpoints_dir().display()))?;
+    steps.retain(|s| checkpoints.contains(s));
     if steps.is_empty() || !layout.probe().is_file() {
         return Ok(None);
     }

@@ -103,7 +103,9 @@ impl DatasetConfig {
     }
 }
 
-fn parse_shape(text: &str) -> Result<ImageShape, String> {
+/// Parses `CxHxW` (C >= 1, H and W >= 8: the simple model pools twice and
+/// the complex one three times).
+pub fn parse_shape(text: &str) -> Result<ImageShape, String> {
     let parts: Vec<usize> = text
         .split('x')
         .map(|p| p.trim().parse::<usize>())
@@ -429,6 +431,9 @@ impl PipelineConfig {
                 }
             }
         }
+        if self.summaries.measures.is_empty() {
+            return err("summaries.measures".into(), &format!("name at least one measure; known: {}", ALL_MEASURES.join(", ")));
+        }
         for (i, m) in self.summaries.measures.iter().enumerate() {
             if !ALL_MEASURES.contains(&m.as_str()) {
                 return err(
@@ -535,6 +540,7 @@ mod tests {
             (MINIMAL.replacen("kind = \"lrp\"\n", "kind = \"lrp\"\ncomposite = \"fancy\"\n", 1), "unknown composite `fancy`"),
             (MINIMAL.replace("every = 10", "every = 0"), "runs.a.checkpoints.every"),
             (MINIMAL.replace("[runs.a]", "[runs.\"a b\"]"), "may only use letters"),
+            (format!("{MINIMAL}\n[summaries]\nmeasures = []"), "summaries.measures"),
         ];
         for (text, expected) in cases {
             let err = parse(&text).unwrap_err().to_string();

@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Parser;
 use common::artifacts::{
-    read_attributions, read_metadata, read_probe, read_stamp, remove_stale_temporaries, write_parquet, write_stamp,
-    Fingerprinter, Probe, RunLayout,
+    read_attributions, read_checkpoint_fingerprint, read_metadata, read_probe, read_stamp, remove_stale_temporaries,
+    write_parquet_stamped, Fingerprinter, Probe, RunLayout,
 };
 use common::cli::{progress_bar, MethodFilter, StageArgs, StageReport};
 use common::config::PipelineConfig;
+use common::provenance::attribution_fingerprint;
 use polars::prelude::{Column, DataFrame};
 use rayon::prelude::*;
 
@@ -80,17 +81,27 @@ pub fn summary_fingerprint(inputs: &[(u64, String)], measures: &[Measure]) -> St
     Fingerprinter::new().add("attributions", &inputs).add("measures", &names).finish()
 }
 
-/// The (step, fingerprint) list of a unit's attribution files, from their
-/// headers only; an error names the unreadable file.
-pub fn attribution_inputs(layout: &RunLayout, method: &str) -> anyhow::Result<Vec<(u64, String)>> {
-    let dir = layout.attributions_dir(method);
-    let steps = layout.attribution_steps(method).with_context(|| format!("{}: cannot list", dir.display()))?;
+/// The (step, fingerprint) list of a unit's attribution files: one per
+/// checkpoint of the run, each holding the maps of that checkpoint with the
+/// method's current settings (read from headers only). Maps of checkpoints
+/// that are gone are not summarised; a missing or stale map is an error that
+/// says to run the explainer.
+pub fn attribution_inputs(layout: &RunLayout, method: &str, method_fingerprint: &str) -> anyhow::Result<Vec<(u64, String)>> {
+    let dir = layout.checkpoints_dir();
+    let steps = layout.checkpoint_steps().with_context(|| format!("{}: cannot list", dir.display()))?;
     let mut inputs = Vec::with_capacity(steps.len());
     for step in steps {
+        let checkpoint = read_checkpoint_fingerprint(&layout.checkpoint(step))?;
+        let expected = attribution_fingerprint(&checkpoint, method_fingerprint);
         let path = layout.attribution(method, step);
+        if !path.is_file() {
+            bail!("{}: missing; run the explainer first", path.display());
+        }
         let meta = read_metadata(&path)?;
-        let fp = meta.get("fingerprint").with_context(|| format!("{}: no `fingerprint` in the metadata", path.display()))?;
-        inputs.push((step, fp.clone()));
+        if meta.get("fingerprint") != Some(&expected) {
+            bail!("{}: stale (its checkpoint or the method's settings changed); run the explainer first", path.display());
+        }
+        inputs.push((step, expected));
     }
     Ok(inputs)
 }
@@ -113,7 +124,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     let bar = progress_bar(mine.len() as u64, "summarizing");
     for unit in &mine {
         let layout = RunLayout::new(&config.output.dir, &unit.run);
-        match process_unit(&layout, unit, &measures, cli.stage.force, cli.stage.dry_run) {
+        let method_fingerprint = common::provenance::method_fingerprint(&config.methods[&unit.method]);
+        match process_unit(&layout, unit, &method_fingerprint, &measures, cli.stage.force, cli.stage.dry_run) {
             Ok(Outcome::Done(rows)) => {
                 tracing::info!("{}/{}: wrote {} ({rows} rows)", unit.run, unit.method, layout.summaries(&unit.method).display());
                 report.done += 1;
@@ -148,14 +160,15 @@ pub enum Outcome {
 pub fn process_unit(
     layout: &RunLayout,
     unit: &Unit,
+    method_fingerprint: &str,
     measures: &[Measure],
     force: bool,
     dry_run: bool,
 ) -> anyhow::Result<Outcome> {
     let out = layout.summaries(&unit.method);
-    let inputs = attribution_inputs(layout, &unit.method)?;
+    let inputs = attribution_inputs(layout, &unit.method, method_fingerprint)?;
     if inputs.is_empty() {
-        bail!("no attribution files in {}; run the explainer first", layout.attributions_dir(&unit.method).display());
+        bail!("no checkpoints in {}; run the trainer first", layout.checkpoints_dir().display());
     }
     let expected = summary_fingerprint(&inputs, measures);
     let stored = read_stamp(&out);
@@ -181,8 +194,7 @@ pub fn process_unit(
     // header check leaves a stamp that makes the next run redo the unit).
     let fingerprint = summary_fingerprint(&fingerprints, measures);
     let rows = frame.height();
-    write_parquet(&out, &mut frame)?;
-    write_stamp(&out, &fingerprint)?;
+    write_parquet_stamped(&out, &mut frame, &fingerprint)?;
     Ok(Outcome::Done(rows))
 }
 

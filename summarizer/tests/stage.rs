@@ -5,8 +5,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use common::artifacts::{
-    read_parquet, read_stamp, write_attributions, write_probe, Attributions, Probe, ProbeEntry, RunLayout, Split,
+    read_parquet, read_stamp, write_attributions, write_checkpoint, write_probe, Attributions, CheckpointInfo, Probe, ProbeEntry,
+    RunLayout, Split,
 };
+use common::config::PipelineConfig;
+use common::data::ImageShape;
+use common::model::{Model, ModelKind};
+use common::provenance::{attribution_fingerprint, method_fingerprint};
 use summarizer::Cli;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -68,7 +73,22 @@ fn attributions(step: u64, maps: Vec<f32>, fingerprint: &str) -> Attributions {
     }
 }
 
+/// A checkpoint at `step` whose fingerprint is `c<step>`.
+fn write_checkpoint_at(layout: &RunLayout, step: u64) {
+    let model = Model::initialized(ModelKind::Simple, ImageShape { channels: 1, height: 8, width: 8 }, 10, step);
+    let info = CheckpointInfo { run: "tiny".into(), step, epoch: 0.0, dataset: "synth".into(), fingerprint: format!("c{step}") };
+    write_checkpoint(&layout.checkpoint(step), &model, &info).unwrap();
+}
+
+/// The fingerprint the explainer gives the maps of checkpoint `step` with
+/// the config's `lrp` method.
+fn current(config: &Path, step: u64) -> String {
+    let config = PipelineConfig::load(config).unwrap();
+    attribution_fingerprint(&format!("c{step}"), &method_fingerprint(&config.methods["lrp"]))
+}
+
 fn setup(dir: &Path) -> RunLayout {
+    let config = write_config(dir, &["frobenius"]);
     let layout = RunLayout::new(&dir.join("runs"), "tiny");
     let probe = Probe {
         entries: vec![
@@ -80,9 +100,14 @@ fn setup(dir: &Path) -> RunLayout {
     write_probe(&layout.probe(), &probe).unwrap();
     // step 0: map 0 mixed, map 1 all zero, map 2 negative only
     let maps0 = vec![3.0, -4.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0, -3.0, 0.0, 0.0];
-    write_attributions(&layout.attribution("lrp", 0), &attributions(0, maps0, "fp0")).unwrap();
+    for step in [0, 10] {
+        write_checkpoint_at(&layout, step);
+    }
+    write_attributions(&layout.attribution("lrp", 0), &attributions(0, maps0, &current(&config, 0))).unwrap();
     let maps10 = vec![1.0; 12];
-    write_attributions(&layout.attribution("lrp", 10), &attributions(10, maps10, "fp10")).unwrap();
+    write_attributions(&layout.attribution("lrp", 10), &attributions(10, maps10, &current(&config, 10))).unwrap();
+    // The maps of a checkpoint that is gone (an earlier training) are not summarised.
+    write_attributions(&layout.attribution("lrp", 5), &attributions(5, vec![9.0; 12], "old")).unwrap();
     layout
 }
 
@@ -150,8 +175,16 @@ fn summarizes_skips_and_redoes_on_measure_change() {
     assert!(df.column("l1").is_ok() && df.column("frobenius").is_err());
     assert_ne!(read_stamp(&out).unwrap(), stamp);
 
-    // a new checkpoint's maps redo the unit
-    write_attributions(&layout.attribution("lrp", 20), &attributions(20, vec![2.0; 12], "fp20")).unwrap();
+    // a new checkpoint without its maps: the unit fails and says why
+    write_checkpoint_at(&layout, 20);
+    let report = summarizer::run(&cli(&config, &[])).unwrap();
+    assert!(report.failed[0].contains("step-000020.safetensors: missing; run the explainer"), "{:?}", report.failed);
+    // stale maps (another method setting) fail it too
+    write_attributions(&layout.attribution("lrp", 20), &attributions(20, vec![2.0; 12], "other settings")).unwrap();
+    let report = summarizer::run(&cli(&config, &[])).unwrap();
+    assert!(report.failed[0].contains("step-000020.safetensors: stale"), "{:?}", report.failed);
+    // its current maps redo the unit
+    write_attributions(&layout.attribution("lrp", 20), &attributions(20, vec![2.0; 12], &current(&config, 20))).unwrap();
     let report = summarizer::run(&cli(&config, &[])).unwrap();
     assert_eq!(report.done, 1);
     assert_eq!(read_parquet(&out).unwrap().height(), 9);

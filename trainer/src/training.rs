@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use common::artifacts::{
     read_checkpoint, read_checkpoint_fingerprint, read_parquet, read_stamp, remove_stale_temporaries, write_checkpoint,
-    write_probe, write_stamp, CheckpointInfo, RunLayout,
+    write_parquet_stamped, CheckpointInfo, RunLayout,
 };
 use common::config::{PipelineConfig, RunConfig};
 use common::data::{load_dataset, Dataset, ImageSet, Normalization};
@@ -17,7 +17,7 @@ use common::rng::Rng;
 use dfdx::prelude::Cpu;
 
 use crate::adam::Adam;
-use crate::metrics::{write_metrics, MetricsRow, RunningMean};
+use crate::metrics::{metrics_frame, MetricsRow, RunningMean};
 use crate::probe_selection::select_probe;
 use crate::resume::{read_resume_state, write_resume_state, ResumeState};
 
@@ -132,8 +132,7 @@ pub fn train_run(config: &PipelineConfig, name: &str, run: &RunConfig, status: R
     for dir in [layout.dir.clone(), layout.checkpoints_dir()] {
         remove_stale_temporaries(&dir).with_context(|| format!("cleaning {}", dir.display()))?;
     }
-    write_probe(&layout.probe(), &probe)?;
-    write_stamp(&layout.probe(), &fingerprint)?;
+    write_parquet_stamped(&layout.probe(), &mut probe.to_frame(), &fingerprint)?;
     let eval_len = run.eval_size.unwrap_or(dataset.test.len()).min(dataset.test.len());
     let setup = Setup {
         name,
@@ -166,8 +165,7 @@ pub fn train_run(config: &PipelineConfig, name: &str, run: &RunConfig, status: R
         }
     };
     let rows = train_from(&setup, model, state)?;
-    write_metrics(&layout.metrics(), &rows)?;
-    write_stamp(&layout.metrics(), &setup.fingerprint)?;
+    write_parquet_stamped(&layout.metrics(), &mut metrics_frame(&rows), &setup.fingerprint)?;
     for step in layout.checkpoint_steps()? {
         remove_if_present(&layout.resume_state(step))?;
     }
@@ -214,6 +212,9 @@ fn start(setup: &Setup) -> anyhow::Result<(Model, ResumeState)> {
 fn resume(setup: &Setup, step: u64) -> anyhow::Result<(Model, ResumeState)> {
     let (model, _) = read_checkpoint(&setup.layout.checkpoint(step))?;
     let state = read_resume_state(&setup.layout.resume_state(step), &model)?;
+    if state.fingerprint != setup.fingerprint || state.step != step {
+        bail!("{}: written for another configuration or step", setup.layout.resume_state(step).display());
+    }
     tracing::info!("run `{}`: resuming from step {step} of {}", setup.name, setup.plan.last_step);
     Ok((model, state))
 }

@@ -7,8 +7,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use common::artifacts::{
-    write_attributions, write_parquet, write_probe, write_stamp, Attributions, Probe, ProbeEntry, RunLayout, Split,
+    write_attributions, write_checkpoint, write_parquet, write_probe, write_stamp, Attributions, CheckpointInfo, Probe,
+    ProbeEntry, RunLayout, Split,
 };
+use common::config::PipelineConfig;
+use common::data::ImageShape;
+use common::model::{Model, ModelKind};
+use common::provenance::{attribution_fingerprint, method_fingerprint};
 use polars::prelude::{Column, DataFrame};
 
 pub fn temp_dir(name: &str) -> PathBuf {
@@ -76,8 +81,13 @@ pub fn write_metrics(layout: &RunLayout, stamp: &str) {
 
 /// Maps of a blob that sharpens and grows over training: norm rises,
 /// entropy falls. No negative values: entropy_neg is null everywhere.
-pub fn write_maps(layout: &RunLayout, probe: &Probe) {
+pub fn write_maps(layout: &RunLayout, probe: &Probe, config: &Path) {
+    let method = method_fingerprint(&PipelineConfig::load(config).unwrap().methods["lrp"]);
     for (k, &step) in STEPS.iter().enumerate() {
+        let model = Model::initialized(ModelKind::Simple, ImageShape::GRAY_28, 10, step);
+        let info =
+            CheckpointInfo { run: "tiny".into(), step, epoch: 0.0, dataset: "synth".into(), fingerprint: format!("c{step}") };
+        write_checkpoint(&layout.checkpoint(step), &model, &info).unwrap();
         let width = 8.0 - 0.6 * k as f32;
         let amplitude = 2f32.powi(k as i32);
         let mut maps = Vec::new();
@@ -105,7 +115,7 @@ pub fn write_maps(layout: &RunLayout, probe: &Probe) {
             logit: vec![1.0; n],
             method_fingerprint: "m".into(),
             checkpoint_fingerprint: format!("c{step}"),
-            fingerprint: format!("a{step}"),
+            fingerprint: attribution_fingerprint(&format!("c{step}"), &method),
         };
         write_attributions(&layout.attribution("lrp", step), &a).unwrap();
     }
@@ -125,7 +135,7 @@ pub fn setup(dir: &Path) -> (PathBuf, RunLayout) {
     };
     write_probe(&layout.probe(), &probe).unwrap();
     write_metrics(&layout, "metrics-1");
-    write_maps(&layout, &probe);
+    write_maps(&layout, &probe, &config);
     let cli = summarizer::Cli::try_parse_from(["summarizer", "--config", config.to_str().unwrap()]).unwrap();
     let report = summarizer::run(&cli).unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);

@@ -13,10 +13,25 @@ pub const TEMP_SUFFIX: &str = ".tmp";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// This machine's name: temporary files carry it, so that a stage cleaning
+/// up after killed processes leaves alone the files of processes on other
+/// nodes of a cluster writing to the same shared folder.
+fn host_name() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().replace(['@', '/'], "_"))
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    })
+}
+
+/// `.<name>.<pid>-<n>@<host>.tmp` beside `path`.
 fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact");
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.{}-{unique}{TEMP_SUFFIX}", std::process::id()))
+    path.with_file_name(format!(".{name}.{}-{unique}@{}{TEMP_SUFFIX}", std::process::id(), host_name()))
 }
 
 /// Writes `bytes` to `path` atomically, creating parent folders.
@@ -58,18 +73,19 @@ pub fn remove_stale_temporaries(dir: &Path) -> std::io::Result<usize> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if !(name.starts_with('.') && name.ends_with(TEMP_SUFFIX)) {
+        let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(TEMP_SUFFIX)) else { continue };
+        let (stem, host) = stem.rsplit_once('@').unwrap_or((stem, host_name()));
+        if host != host_name() {
             continue;
         }
-        let pid = name
-            .trim_end_matches(TEMP_SUFFIX)
-            .rsplit('.')
-            .next()
-            .and_then(|tail| tail.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok());
+        let pid = stem.rsplit('.').next().and_then(|tail| tail.split('-').next()).and_then(|p| p.parse::<u32>().ok());
         if !pid.is_some_and(process_is_running) {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                // Another process cleaning the same folder got there first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(removed)
@@ -90,8 +106,15 @@ mod tests {
         assert_eq!(leftovers.len(), 1);
         let stale = dir.join("sub/.file.bin.999999999-0.tmp");
         std::fs::write(&stale, b"half").unwrap();
-        assert_eq!(remove_stale_temporaries(&dir.join("sub")).unwrap(), 1);
-        assert!(!stale.exists());
+        let stale_here = dir.join(format!("sub/.file.bin.999999999-1@{}.tmp", host_name()));
+        std::fs::write(&stale_here, b"half").unwrap();
+        let elsewhere = dir.join("sub/.file.bin.999999999-2@another-node.tmp");
+        std::fs::write(&elsewhere, b"in progress on another node").unwrap();
+        let live = dir.join(format!("sub/.file.bin.{}-3@{}.tmp", std::process::id(), host_name()));
+        std::fs::write(&live, b"in progress here").unwrap();
+        assert_eq!(remove_stale_temporaries(&dir.join("sub")).unwrap(), 2);
+        assert!(!stale.exists() && !stale_here.exists());
+        assert!(elsewhere.exists() && live.exists());
         assert!(path.exists());
     }
 }

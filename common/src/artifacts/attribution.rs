@@ -80,7 +80,7 @@ pub fn read_attributions(path: &Path) -> Result<Attributions, ArtifactError> {
     Ok(Attributions {
         run: file.meta(path, "run")?.to_string(),
         method: file.meta(path, "method")?.to_string(),
-        step: number("step")? as u64,
+        step: file.meta(path, "step")?.parse().map_err(|_| ArtifactError::new(path, "metadata `step` is not a step number"))?,
         epoch: number("epoch")?,
         height,
         width,

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{read_tensors, write_tensors, ArtifactError, TensorData, TensorFile};
-use crate::data::ImageShape;
 use crate::model::{Model, ModelKind};
 
 /// What a checkpoint says about itself (its `__metadata__`).
@@ -69,8 +68,12 @@ fn read_checkpoint_from(path: &Path, file: &TensorFile) -> Result<(Model, Checkp
             return Err(ArtifactError::new(path, format!("metadata `model` = `{other}`; expected \"simple\" or \"complex\"")))
         }
     };
-    let input = parse_shape(meta("input_shape")?).ok_or_else(|| parse_err("input_shape", meta("input_shape").unwrap_or("")))?;
+    let input = crate::config::parse_shape(meta("input_shape")?)
+        .map_err(|e| ArtifactError::new(path, format!("metadata `input_shape`: {e}")))?;
     let classes: usize = meta("classes")?.parse().map_err(|_| parse_err("classes", meta("classes").unwrap_or("")))?;
+    if !(1..=100_000).contains(&classes) {
+        return Err(parse_err("classes", meta("classes")?));
+    }
     let step: u64 = meta("step")?.parse().map_err(|_| parse_err("step", meta("step").unwrap_or("")))?;
     let epoch: f64 = meta("epoch")?.parse().map_err(|_| parse_err("epoch", meta("epoch").unwrap_or("")))?;
     let mut tensors = BTreeMap::new();
@@ -94,17 +97,10 @@ fn read_checkpoint_from(path: &Path, file: &TensorFile) -> Result<(Model, Checkp
     Ok((model, info))
 }
 
-fn parse_shape(text: &str) -> Option<ImageShape> {
-    let parts: Vec<usize> = text.split('x').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-    match parts[..] {
-        [channels, height, width] => Some(ImageShape { channels, height, width }),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::ImageShape;
 
     #[test]
     fn checkpoints_reload_to_the_same_logits() {

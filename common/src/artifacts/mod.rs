@@ -17,7 +17,7 @@ pub use checkpoint::{read_checkpoint, read_checkpoint_fingerprint, write_checkpo
 pub use fingerprint::{fingerprint, read_stamp, stamp_path, write_stamp, Fingerprinter};
 pub use layout::{step_name, RunLayout};
 pub use probe::{read_probe, write_probe, Probe, ProbeEntry, Split};
-pub use tables::{read_parquet, write_parquet};
+pub use tables::{read_parquet, write_parquet, write_parquet_stamped};
 pub use tensors::{read_metadata, read_tensors, write_tensors, TensorData, TensorFile};
 
 use std::path::{Path, PathBuf};

@@ -16,6 +16,21 @@ pub fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<(), ArtifactErro
     write_atomic(path, &bytes)
 }
 
+/// Writes a table and then its fingerprint stamp. The old stamp is removed
+/// first, so a kill between the two writes leaves a table without a stamp
+/// (redone next time), never a new table beside an old stamp.
+pub fn write_parquet_stamped(path: &Path, df: &mut DataFrame, fingerprint: &str) -> Result<(), ArtifactError> {
+    let stamp = super::stamp_path(path);
+    match std::fs::remove_file(&stamp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(ArtifactError::new(&stamp, format!("cannot remove: {e}")))
+        }
+        _ => {}
+    }
+    write_parquet(path, df)?;
+    super::write_stamp(path, fingerprint)
+}
+
 /// Reads a Parquet table; a missing or corrupt file is an error naming it.
 pub fn read_parquet(path: &Path) -> Result<DataFrame, ArtifactError> {
     let file = std::fs::File::open(path).map_err(|e| ArtifactError::new(path, format!("cannot read: {e}")))?;
