@@ -101,21 +101,15 @@ pub fn save<F: Figure>(figure: &F, dir: &Path, stem: &str) -> anyhow::Result<[Pa
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
-    // The bitmap backend writes the file itself (its format from the
-    // extension): a temporary name in the same folder, then a rename.
-    let temp = dir.join(format!(".{stem}.{}.partial.png", std::process::id()));
-    let result = (|| -> anyhow::Result<()> {
-        let root = BitMapBackend::new(&temp, figure.size()).into_drawing_area();
+    let (width, height) = figure.size();
+    let mut pixels = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(drawing)?;
-        figure.draw(&root)?;
+        figure.draw(&root).with_context(|| format!("{}", png.display()))?;
         root.present().map_err(drawing)?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e.context(format!("{}", png.display())));
     }
-    std::fs::rename(&temp, &png).with_context(|| format!("{}: cannot write", png.display()))?;
+    write_atomic(&png, &encode_png(&pixels, width, height).with_context(|| format!("{}", png.display()))?)?;
 
     let mut text = String::new();
     {
@@ -128,20 +122,15 @@ pub fn save<F: Figure>(figure: &F, dir: &Path, stem: &str) -> anyhow::Result<[Pa
     Ok([png, svg])
 }
 
-/// Removes partial PNGs left by a killed analyzer (`.<stem>.<pid>.partial.png`
-/// of a process that no longer runs; a twin's files in progress stay).
-pub fn remove_partial_files(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".partial.png")) else { continue };
-            let pid = rest.rsplit('.').next().and_then(|p| p.parse::<u32>().ok());
-            if !pid.is_some_and(common::artifacts::process_is_running) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
+/// 8-bit RGB pixels as PNG bytes (written atomically by the caller, like
+/// every other artifact).
+fn encode_png(pixels: &[u8], width: u32, height: u32) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header()?.write_image_data(pixels)?;
+    Ok(bytes)
 }
 
 const SEEN: RGBColor = RGBColor(31, 119, 180);

@@ -260,7 +260,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     let mut figure_error = None;
     if !cli.no_figures {
         let figures_dir = dir.join("figures");
-        figures::remove_partial_files(&figures_dir);
+        remove_stale_temporaries(&figures_dir).with_context(|| format!("{}: cannot clean temporaries", figures_dir.display()))?;
         match draw_figures(&config, &figures_dir, &tables, &metrics, &run_infos, &summaries) {
             Ok((l, errors)) => {
                 links = l;
