@@ -49,23 +49,32 @@ fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, m: usize, n: usize,
         }
         return;
     }
+    // gemm's micro-kernel tiles the rows of its destination 24 at a time:
+    // with few rows (a layer's channels) and many columns (positions),
+    // computing the transpose `bᵀ·aᵀ` into the same memory fills the tiles.
+    let (rows, cols, dst_cs, dst_rs, lhs, rhs) = if m < n {
+        (n, m, n, 1, (b.data, b.row_stride, b.col_stride), (a.data, a.row_stride, a.col_stride))
+    } else {
+        (m, n, 1, n, (a.data, a.col_stride, a.row_stride), (b.data, b.col_stride, b.row_stride))
+    };
     // SAFETY: the views were bounds-checked above for the given extents,
-    // and `dst` holds at least m*n floats laid out row-major.
+    // and `dst` holds at least m*n floats laid out row-major (read as its
+    // transpose, column-major, in the first case).
     unsafe {
         gemm::gemm(
-            m,
-            n,
+            rows,
+            cols,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_cs as isize,
+            dst_rs as isize,
             accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
+            lhs.0.as_ptr(),
+            lhs.1 as isize,
+            lhs.2 as isize,
+            rhs.0.as_ptr(),
+            rhs.1 as isize,
+            rhs.2 as isize,
             1.0,
             1.0,
             false,
