@@ -166,7 +166,12 @@ pub fn process_unit(
     dry_run: bool,
 ) -> anyhow::Result<Outcome> {
     let out = layout.summaries(&unit.method);
-    let inputs = attribution_inputs(layout, &unit.method, method_fingerprint)?;
+    let inputs = match attribution_inputs(layout, &unit.method, method_fingerprint) {
+        Ok(inputs) => inputs,
+        // A dry run before the explainer has caught up: report, not fail.
+        Err(e) if dry_run => return Ok(Outcome::WouldDo(format!("after the explainer: {e:#}"))),
+        Err(e) => return Err(e),
+    };
     if inputs.is_empty() {
         bail!("no checkpoints in {}; run the trainer first", layout.checkpoints_dir().display());
     }
