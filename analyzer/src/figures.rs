@@ -94,6 +94,21 @@ fn drawing<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("drawing failed: {e}")
 }
 
+/// Draws a chart's series labels in the figures' common style at `corner`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    corner: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .label_font((FAMILY, 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .position(corner)
+        .draw()
+        .map_err(drawing)
+}
+
 /// Writes `<dir>/<stem>.png` and `<dir>/<stem>.svg` (each atomically);
 /// returns their paths.
 pub fn save<F: Figure>(figure: &F, dir: &Path, stem: &str) -> anyhow::Result<[PathBuf; 2]> {
@@ -290,14 +305,7 @@ impl Figure for Evolution<'_> {
                     .label(format!("{split}: mean"))
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
             }
-            chart
-                .configure_series_labels()
-                .label_font((FAMILY, 14))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .position(corner)
-                .draw()
-                .map_err(drawing)?;
+            draw_legend(&mut chart, corner)?;
         }
 
         // Losses.
@@ -341,14 +349,7 @@ impl Figure for Evolution<'_> {
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .label_font((FAMILY, 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .position(corner)
-            .draw()
-            .map_err(drawing)?;
+        draw_legend(&mut chart, corner)?;
         Ok(())
     }
 }
