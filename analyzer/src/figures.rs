@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use anyhow::{anyhow, Context};
 use common::artifacts::write_atomic;
 use common::data::ImageShape;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::element::{Drawable, PointCollection};
 use plotters::prelude::*;
@@ -92,6 +93,26 @@ pub trait Figure {
 
 fn drawing<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("drawing failed: {e}")
+}
+
+/// Draws the grid and axes of a chart over training steps, in the figures'
+/// common style.
+fn draw_step_mesh<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    y_desc: &str,
+) -> anyhow::Result<()> {
+    chart
+        .configure_mesh()
+        .x_desc("training step")
+        .y_desc(y_desc)
+        .label_style((FAMILY, 14))
+        .axis_desc_style((FAMILY, 16))
+        .x_labels(6)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| tick(*v))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(drawing)
 }
 
 /// Draws a chart's series labels in the figures' common style at `corner`.
@@ -279,18 +300,7 @@ impl Figure for Evolution<'_> {
                 .y_label_area_size(70)
                 .build_cartesian_2d(x_range.clone(), y_range)
                 .map_err(drawing)?;
-            chart
-                .configure_mesh()
-                .x_desc("training step")
-                .y_desc(measure.as_str())
-                .label_style((FAMILY, 14))
-                .axis_desc_style((FAMILY, 16))
-                .x_labels(6)
-                .x_label_formatter(&|v| format!("{v:.0}"))
-                .y_label_formatter(&|v| tick(*v))
-                .light_line_style(WHITE.mix(0.0))
-                .draw()
-                .map_err(drawing)?;
+            draw_step_mesh(&mut chart, measure.as_str())?;
             for (b, color, split) in &bands {
                 let mut outline: Vec<(f64, f64)> = b.x.iter().copied().zip(b.q75.iter().copied()).collect();
                 outline.extend(b.x.iter().copied().zip(b.q25.iter().copied()).rev());
@@ -330,18 +340,7 @@ impl Figure for Evolution<'_> {
             .y_label_area_size(70)
             .build_cartesian_2d(x_range, y_range)
             .map_err(drawing)?;
-        chart
-            .configure_mesh()
-            .x_desc("training step")
-            .y_desc("cross-entropy loss")
-            .label_style((FAMILY, 14))
-            .axis_desc_style((FAMILY, 16))
-            .x_labels(6)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| tick(*v))
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(drawing)?;
+        draw_step_mesh(&mut chart, "cross-entropy loss")?;
         for (label, color, points) in series {
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))

@@ -1,8 +1,5 @@
 //! `metrics.parquet`: one row per checkpoint step (see DESIGN: Parquet tables).
 
-use std::path::Path;
-
-use common::artifacts::{write_parquet, ArtifactError};
 use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
@@ -64,10 +61,6 @@ pub fn metrics_frame(rows: &[MetricsRow]) -> DataFrame {
         Column::new("probe_acc".into(), f(|r| r.probe_acc)),
     ])
     .expect("columns of equal length")
-}
-
-pub fn write_metrics(path: &Path, rows: &[MetricsRow]) -> Result<(), ArtifactError> {
-    write_parquet(path, &mut metrics_frame(rows))
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use common::artifacts::{
-    read_checkpoint, read_checkpoint_fingerprint, read_parquet, read_stamp, remove_stale_temporaries, write_checkpoint,
-    write_parquet_stamped, CheckpointInfo, RunLayout,
+    read_checkpoint, read_checkpoint_fingerprint, read_parquet, read_stamp, remove_if_present, remove_stale_temporaries,
+    write_checkpoint, write_parquet_stamped, CheckpointInfo, RunLayout,
 };
 use common::config::{PipelineConfig, RunConfig};
 use common::data::{load_dataset, Dataset, ImageSet, Normalization};
@@ -322,11 +322,4 @@ fn checkpoint(setup: &Setup, model: &Model, state: &mut ResumeState, train_loss:
         remove_if_present(&layout.resume_state(older))?;
     }
     Ok(())
-}
-
-fn remove_if_present(path: &Path) -> anyhow::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
-        _ => Ok(()),
-    }
 }

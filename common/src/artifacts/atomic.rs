@@ -53,6 +53,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
     Ok(())
 }
 
+/// Removes `path`; a file that is already gone is not an error.
+pub fn remove_if_present(path: &Path) -> Result<(), ArtifactError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ArtifactError::new(path, format!("cannot remove: {e}"))),
+        _ => Ok(()),
+    }
+}
+
 /// Whether process `pid` is this one or still runs (temporary files of a
 /// live process must be left alone).
 pub fn process_is_running(pid: u32) -> bool {

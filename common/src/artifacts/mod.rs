@@ -11,7 +11,7 @@ mod probe;
 mod tables;
 mod tensors;
 
-pub use atomic::{process_is_running, remove_stale_temporaries, write_atomic, TEMP_SUFFIX};
+pub use atomic::{process_is_running, remove_if_present, remove_stale_temporaries, write_atomic, TEMP_SUFFIX};
 pub use attribution::{read_attributions, write_attributions, Attributions};
 pub use checkpoint::{read_checkpoint, read_checkpoint_fingerprint, write_checkpoint, CheckpointInfo};
 pub use fingerprint::{fingerprint, read_stamp, stamp_path, write_stamp, Fingerprinter};

@@ -20,13 +20,7 @@ pub fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<(), ArtifactErro
 /// first, so a kill between the two writes leaves a table without a stamp
 /// (redone next time), never a new table beside an old stamp.
 pub fn write_parquet_stamped(path: &Path, df: &mut DataFrame, fingerprint: &str) -> Result<(), ArtifactError> {
-    let stamp = super::stamp_path(path);
-    match std::fs::remove_file(&stamp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(ArtifactError::new(&stamp, format!("cannot remove: {e}")))
-        }
-        _ => {}
-    }
+    super::remove_if_present(&super::stamp_path(path))?;
     write_parquet(path, df)?;
     super::write_stamp(path, fingerprint)
 }
