@@ -5,6 +5,7 @@
 //! config schema, the data readers, the network and its kernels, and the
 //! artifact layout with its fingerprints and atomic writes.
 
+pub mod allocator;
 pub mod artifacts;
 pub mod cli;
 pub mod config;

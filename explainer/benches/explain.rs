@@ -34,6 +34,7 @@ fn time(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
 }
 
 fn main() {
+    common::allocator::keep_freed_memory();
     let reps = env_or("BENCH_REPS", 9);
     let images = env_or("BENCH_IMAGES", 200);
     println!("{images} images, median (min) of {reps} runs, {} rayon threads", rayon::current_num_threads());

@@ -36,6 +36,7 @@ fn main() {
     let peer: Option<serde_json::Value> = std::env::var("PEER_JSON")
         .ok()
         .map(|path| serde_json::from_str(&std::fs::read_to_string(&path).expect("PEER_JSON file")).expect("PEER_JSON is JSON"));
+    common::allocator::keep_freed_memory();
     let dev = Cpu::default();
     println!("threads: {}", rayon::current_num_threads());
     println!("{:<16} {:>12} {:>12} {:>8}", "case", "ours (s)", "peer (s)", "ratio");

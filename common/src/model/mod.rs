@@ -6,6 +6,7 @@
 //! autodiff tape (`training::loss_and_gradients`).
 
 pub mod kernels;
+mod microkernels;
 mod tape_ops;
 pub mod training;
 

@@ -6,7 +6,7 @@
 //! the forward pass and register the matching backward pass with the public
 //! `Tape::add_backward_op` and `Gradients::get_or_alloc_mut`.
 
-use dfdx::prelude::{Cpu, HasShape, PutTape, SplitTape, Tape, Tensor, TensorFromVec};
+use dfdx::prelude::{Cpu, HasShape, PutTape, Shape, SplitTape, Tape, Tensor, TensorFromVec};
 
 use super::kernels::{self, ConvGeometry, PoolGeometry};
 
@@ -21,28 +21,45 @@ fn add_into(dst: &mut [f32], delta: &[f32]) {
     }
 }
 
-/// Convolution of `x` with the flat `weight` and `bias` tensors. Gradients
-/// flow to the weight and bias, and to `x` when `input_gradient` is set (the
-/// first layer's input, the image, needs none).
+/// The data of a contiguous tensor (dfdx's `as_vec` walks it element by
+/// element; this is one copy).
+pub(crate) fn data_of<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
+    let mut out = vec![0.0f32; t.shape().num_elements()];
+    t.copy_into(&mut out);
+    out
+}
+
+/// Convolution of `x` with the flat `weight` and `bias` tensors, followed by
+/// a ReLU when `relu` is set. Gradients flow to the weight and bias, and to
+/// `x` when `input_gradient` is set (the first layer's input, the image,
+/// needs none).
 pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
     dev: &Cpu,
     x: Planes<T>,
     geometry: ConvGeometry,
     weight: &Flat,
     bias: &Flat,
+    relu: bool,
     input_gradient: bool,
 ) -> Planes<T> {
     let (x, mut tape) = x.split_tape();
     let batch = x.shape().0;
-    let x_data = x.as_vec();
-    let w_data = weight.as_vec();
-    let y = kernels::conv2d_forward(&x_data, &geometry, &w_data, Some(&bias.as_vec()));
+    let x_data = data_of(&x);
+    let w_data = data_of(weight);
+    let y = kernels::conv2d_forward_with(&x_data, &geometry, &w_data, Some(&data_of(bias)), relu);
+    // The ReLU's gradient needs to know which outputs were clipped.
+    let active: Option<Vec<bool>> = relu.then(|| y.iter().map(|&v| v > 0.0).collect());
     let out = dev.tensor_from_vec(y, (batch, geometry.out_channels, geometry.out_height(), geometry.out_width()));
     let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         // The output gradient is moved out while input gradients are
         // written, then put back.
-        let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
+        let mut dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
+        let saved = active.as_ref().map(|active| {
+            let saved = dy.clone();
+            dy.iter_mut().zip(active).for_each(|(d, &a)| *d = if a { *d } else { 0.0 });
+            saved
+        });
         let (dw, db) = kernels::conv2d_backward_params(&x_data, &dy, &geometry);
         add_into(grads.get_or_alloc_mut(&w_ghost)?, &dw);
         add_into(grads.get_or_alloc_mut(&b_ghost)?, &db);
@@ -50,7 +67,7 @@ pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
             let dx = kernels::conv2d_backward_input(&dy, &geometry, &w_data);
             add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
         }
-        **grads.get_or_alloc_mut(&out_ghost)? = dy;
+        **grads.get_or_alloc_mut(&out_ghost)? = saved.unwrap_or(dy);
         Ok(())
     });
     out.put_tape(tape)
@@ -60,7 +77,7 @@ pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
 pub(crate) fn maxpool2x2<T: Tape<f32, Cpu>>(dev: &Cpu, x: Planes<T>, geometry: PoolGeometry) -> Planes<T> {
     let (x, mut tape) = x.split_tape();
     let batch = x.shape().0;
-    let (y, argmax) = kernels::maxpool2x2_forward(&x.as_vec(), &geometry);
+    let (y, argmax) = kernels::maxpool2x2_forward(&data_of(&x), &geometry);
     let out = dev.tensor_from_vec(y, (batch, geometry.channels, geometry.out_height(), geometry.out_width()));
     let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {

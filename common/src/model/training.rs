@@ -35,8 +35,8 @@ enum Param {
 impl Param {
     fn gradient(&self, grads: &Gradients<f32, Cpu>) -> Vec<f32> {
         match self {
-            Param::Flat(t) => grads.get(t).as_vec(),
-            Param::Matrix(t) => grads.get(t).as_vec(),
+            Param::Flat(t) => tape_ops::data_of(&grads.get(t)),
+            Param::Matrix(t) => tape_ops::data_of(&grads.get(t)),
         }
     }
 }
@@ -53,12 +53,14 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
     let mut act = Activation::Planes(image.traced(Gradients::leaky()));
     let mut params = Vec::new();
     let mut first_conv = true;
-    for layer in &model.layers {
+    let mut layers = model.layers.iter().peekable();
+    while let Some(layer) = layers.next() {
         act = match (layer, act) {
             (Layer::Conv(c), Activation::Planes(x)) => {
                 let w = dev.tensor_from_vec(c.weight.clone(), (c.weight.len(),));
                 let b = dev.tensor_from_vec(c.bias.clone(), (c.bias.len(),));
-                let y = tape_ops::conv2d(dev, x, c.geometry, &w, &b, !first_conv);
+                let relu = layers.next_if(|next| matches!(next, Layer::Relu)).is_some();
+                let y = tape_ops::conv2d(dev, x, c.geometry, &w, &b, relu, !first_conv);
                 first_conv = false;
                 params.extend([Param::Flat(w), Param::Flat(b)]);
                 Activation::Planes(y)
@@ -82,7 +84,7 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
         };
     }
     let Activation::Rows(logits) = act else { unreachable!("the network ends in a dense layer") };
-    let logit_values = logits.retaped::<dfdx::prelude::NoneTape>().as_vec();
+    let logit_values = tape_ops::data_of(&logits);
     let classes = model.classes;
     let mut onehot = vec![0.0f32; batch * classes];
     for (i, &l) in labels.iter().enumerate() {

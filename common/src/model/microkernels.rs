@@ -1,0 +1,376 @@
+//! The inner loops of the direct convolution, compiled once per instruction
+//! set and picked at run time.
+//!
+//! A stride-1 convolution reads, for output position `p` of a zero-padded
+//! image laid out with the padded row width, the input at `p + offset(tap)`
+//! where `offset(c, ky, kx) = c·plane + ky·row + kx`. The positions of an
+//! output row plus the few "virtual" positions in the padding columns after
+//! it are therefore contiguous, and a block of them is one vector load per
+//! tap: no im2col matrix is built or packed. The caller discards the virtual
+//! columns.
+//!
+//! The loops are written once over a small vector trait ([`Lanes`]) and
+//! instantiated for AVX-512, AVX2 (both with fused multiply-add) and plain
+//! scalars; the accumulators of a block stay in registers. Every output is
+//! summed over its taps (or positions) in the same sequential order in every
+//! variant, so AVX-512 and AVX2 give the same bits; the portable variant
+//! rounds each product separately.
+
+use std::sync::OnceLock;
+
+/// An instruction set the kernels are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// The best variant this CPU runs, detected once.
+    pub(crate) fn detected() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| Isa::available()[if std::env::var("ISA1").is_ok() { 1 } else { 0 }])
+    }
+
+    /// Every variant this CPU runs, best first.
+    pub(crate) fn available() -> Vec<Isa> {
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            if fma && std::arch::is_x86_feature_detected!("avx512f") {
+                out.push(Isa::Avx512);
+            }
+            if fma && std::arch::is_x86_feature_detected!("avx2") {
+                out.push(Isa::Avx2);
+            }
+        }
+        out.push(Isa::Portable);
+        out
+    }
+
+    /// Output channels per block of [`tap_products`]; weights are packed in
+    /// blocks of this many channels.
+    pub(crate) fn channel_block(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => 8,
+            _ => 4,
+        }
+    }
+
+    /// Output channels per vector of [`weight_gradient`]: the gradient's
+    /// channel axis is padded to a multiple of this.
+    pub(crate) fn gradient_channel_width(self, channels: usize) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if channels > 16 => 32,
+            _ => 16,
+        }
+    }
+}
+
+/// The caller rounds its virtual positions up to a multiple of this, which
+/// every variant's block of positions divides.
+pub(crate) const POSITION_BLOCK: usize = 32;
+
+/// The vector operations the kernels need.
+trait Lanes: Copy {
+    const WIDTH: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn splat(v: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    /// `self + a·b`.
+    unsafe fn multiply_add(self, a: Self, b: Self) -> Self;
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::Lanes;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512);
+
+    impl Lanes for Avx512 {
+        const WIDTH: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx512(_mm512_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Avx512(_mm512_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx512(_mm512_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn multiply_add(self, a: Self, b: Self) -> Self {
+            Avx512(_mm512_fmadd_ps(a.0, b.0, self.0))
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(__m256);
+
+    impl Lanes for Avx2 {
+        const WIDTH: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx2(_mm256_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Avx2(_mm256_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx2(_mm256_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn multiply_add(self, a: Self, b: Self) -> Self {
+            Avx2(_mm256_fmadd_ps(a.0, b.0, self.0))
+        }
+    }
+}
+
+/// One float: the portable fallback, multiply and add rounded separately.
+#[derive(Clone, Copy)]
+struct Scalar(f32);
+
+impl Lanes for Scalar {
+    const WIDTH: usize = 1;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Scalar(0.0)
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Scalar(v)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Scalar(*p)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        *p = self.0
+    }
+    #[inline(always)]
+    unsafe fn multiply_add(self, a: Self, b: Self) -> Self {
+        Scalar(a.0 * b.0 + self.0)
+    }
+}
+
+/// For OCB channels and NV vectors of positions from `input`:
+/// `out[j][l] = Σ_t weights[t·OCB + j] · input[offsets[t] + l]`, stored at
+/// `out + j·stride + l`.
+///
+/// # Safety
+/// `input` must hold `max(offsets) + NV·WIDTH` floats, `weights`
+/// `offsets.len()·OCB`, and `out` rows of `NV·WIDTH` at each `j·stride`.
+#[inline(always)]
+unsafe fn tap_block<V: Lanes, const OCB: usize, const NV: usize>(
+    input: *const f32,
+    offsets: &[usize],
+    weights: *const f32,
+    out: *mut f32,
+    stride: usize,
+) {
+    let mut acc = [[V::zero(); NV]; OCB];
+    for (t, &offset) in offsets.iter().enumerate() {
+        let x: [V; NV] = std::array::from_fn(|v| V::load(input.add(offset + v * V::WIDTH)));
+        let w = weights.add(t * OCB);
+        for (j, row) in acc.iter_mut().enumerate() {
+            let wj = V::splat(*w.add(j));
+            for (a, &xv) in row.iter_mut().zip(&x) {
+                *a = a.multiply_add(wj, xv);
+            }
+        }
+    }
+    for (j, row) in acc.iter().enumerate() {
+        for (v, a) in row.iter().enumerate() {
+            a.store(out.add(j * stride + v * V::WIDTH));
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn tap_products_generic<V: Lanes, const OCB: usize, const NV: usize>(
+    padded: &[f32],
+    offsets: &[usize],
+    packed: &[f32],
+    positions: usize,
+    out: &mut [f32],
+) {
+    let p_block = NV * V::WIDTH;
+    let taps = offsets.len();
+    let blocks = packed.len() / (taps * OCB).max(1);
+    assert_eq!(positions % p_block, 0, "positions must be whole blocks");
+    assert_eq!(packed.len(), blocks * taps * OCB, "packed weights are not whole channel blocks");
+    assert!(offsets.iter().all(|&o| o + positions <= padded.len()), "padded input too short for its taps");
+    assert!(out.len() >= blocks * OCB * positions, "tap product output too short");
+    for block in 0..blocks {
+        let weights = packed.as_ptr().add(block * taps * OCB);
+        for p in (0..positions).step_by(p_block) {
+            let dst = out.as_mut_ptr().add(block * OCB * positions + p);
+            tap_block::<V, OCB, NV>(padded.as_ptr().add(p), offsets, weights, dst, positions);
+        }
+    }
+}
+
+/// For one padded image: `out[o·positions + p] = Σ_t w[o][t] · padded[offsets[t] + p]`
+/// for every output channel `o` of the packed weights (see
+/// [`Isa::channel_block`]: `[block][tap][channel in block]`) and every
+/// position `p < positions`.
+pub(crate) fn tap_products(isa: Isa, padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
+    // SAFETY: the generic kernel checks its bounds before reading; the
+    // vector variants are only chosen when the CPU has their features.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => tap_products_avx512(padded, offsets, packed, positions, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => tap_products_avx2(padded, offsets, packed, positions, out),
+            Isa::Portable => tap_products_generic::<Scalar, 4, 16>(padded, offsets, packed, positions, out),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn tap_products_avx512(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
+    tap_products_generic::<x86::Avx512, 8, 2>(padded, offsets, packed, positions, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tap_products_avx2(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
+    tap_products_generic::<x86::Avx2, 4, 2>(padded, offsets, packed, positions, out)
+}
+
+/// `acc[i][v] += Σ_t padded[offsets[i] + t] · gradient[t·stride + v·WIDTH ..]`
+/// over `positions` values of t.
+///
+/// # Safety
+/// `padded` must hold `max(offsets) + positions` floats and `gradient`
+/// `(positions - 1)·stride + NV·WIDTH`.
+#[inline(always)]
+unsafe fn position_block<V: Lanes, const KB: usize, const NV: usize>(
+    padded: *const f32,
+    offsets: &[usize; KB],
+    gradient: *const f32,
+    stride: usize,
+    positions: usize,
+    out: *mut f32,
+    out_stride: usize,
+    taps: usize,
+) {
+    let mut acc = [[V::zero(); NV]; KB];
+    for (i, row) in acc.iter_mut().enumerate().take(taps) {
+        for (v, a) in row.iter_mut().enumerate() {
+            *a = V::load(out.add(i * out_stride + v * V::WIDTH));
+        }
+    }
+    for t in 0..positions {
+        let g: [V; NV] = std::array::from_fn(|v| V::load(gradient.add(t * stride + v * V::WIDTH)));
+        for (i, row) in acc.iter_mut().enumerate() {
+            let x = V::splat(*padded.add(offsets[i] + t));
+            for (a, &gv) in row.iter_mut().zip(&g) {
+                *a = a.multiply_add(x, gv);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate().take(taps) {
+        for (v, a) in row.iter().enumerate() {
+            a.store(out.add(i * out_stride + v * V::WIDTH));
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn weight_gradient_generic<V: Lanes, const KB: usize, const NV: usize>(
+    padded: &[f32],
+    offsets: &[usize],
+    gradient: &[f32],
+    positions: usize,
+    out: &mut [f32],
+) {
+    let width = NV * V::WIDTH;
+    let channels = gradient.len() / positions.max(1);
+    assert_eq!(gradient.len(), positions * channels, "gradient is not positions x channels");
+    assert_eq!(channels % width, 0, "gradient channels must be whole vectors");
+    assert_eq!(out.len(), offsets.len() * channels, "weight gradient is not taps x channels");
+    assert!(offsets.iter().all(|&o| o + positions <= padded.len()), "padded input too short for its taps");
+    for first in (0..offsets.len()).step_by(KB) {
+        // Taps past the end read offset 0 and are not stored.
+        let block: [usize; KB] = std::array::from_fn(|i| offsets.get(first + i).copied().unwrap_or(0));
+        let taps = (offsets.len() - first).min(KB);
+        for c in (0..channels).step_by(width) {
+            position_block::<V, KB, NV>(
+                padded.as_ptr(),
+                &block,
+                gradient.as_ptr().add(c),
+                channels,
+                positions,
+                out.as_mut_ptr().add(first * channels + c),
+                channels,
+                taps,
+            );
+        }
+    }
+}
+
+/// For one padded image and its output gradient transposed to
+/// `[position][channel]` (channels padded to
+/// [`Isa::gradient_channel_width`], zero at virtual positions), adds
+/// `Σ_p padded[offsets[t] + p] · gradient[p][o]` to `out[t][o]`.
+pub(crate) fn weight_gradient(isa: Isa, padded: &[f32], offsets: &[usize], gradient: &[f32], positions: usize, out: &mut [f32]) {
+    let channels = gradient.len() / positions.max(1);
+    // SAFETY: the generic kernel checks its bounds before reading; the
+    // vector variants are only chosen when the CPU has their features.
+    unsafe {
+        match (isa, isa.gradient_channel_width(channels)) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, 32) => weight_gradient_avx512_32(padded, offsets, gradient, positions, out),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, _) => weight_gradient_avx512_16(padded, offsets, gradient, positions, out),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, _) => weight_gradient_avx2(padded, offsets, gradient, positions, out),
+            _ => weight_gradient_generic::<Scalar, 4, 16>(padded, offsets, gradient, positions, out),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn weight_gradient_avx512_32(padded: &[f32], offsets: &[usize], gradient: &[f32], positions: usize, out: &mut [f32]) {
+    weight_gradient_generic::<x86::Avx512, 8, 2>(padded, offsets, gradient, positions, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn weight_gradient_avx512_16(padded: &[f32], offsets: &[usize], gradient: &[f32], positions: usize, out: &mut [f32]) {
+    weight_gradient_generic::<x86::Avx512, 12, 1>(padded, offsets, gradient, positions, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_gradient_avx2(padded: &[f32], offsets: &[usize], gradient: &[f32], positions: usize, out: &mut [f32]) {
+    weight_gradient_generic::<x86::Avx2, 4, 2>(padded, offsets, gradient, positions, out)
+}
