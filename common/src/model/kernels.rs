@@ -250,7 +250,7 @@ pub fn conv2d_forward_with(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Op
 fn forward_on(isa: Isa, x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
     assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
     assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
-    let block = isa.channel_block();
+    let block = isa.channel_block(g.out_channels);
     let packed = g.pack_weights(weight, block);
     let offsets = g.tap_offsets();
     let positions = g.virtual_positions();
@@ -260,7 +260,7 @@ fn forward_on(isa: Isa, x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Optio
         || (Vec::new(), vec![0.0f32; g.out_channels.next_multiple_of(block) * positions]),
         |(padded, products), (out, image)| {
             g.pad_image(image, padded);
-            tap_products(isa, padded, &offsets, &packed, positions, products);
+            tap_products(isa, block, padded, &offsets, &packed, positions, products);
             for (o, out_plane) in out.chunks_exact_mut(plane).enumerate() {
                 let b = bias.map_or(0.0, |b| b[o]);
                 for (y, dst) in out_plane.chunks_exact_mut(ow).enumerate() {
@@ -446,7 +446,7 @@ pub fn pool2x2_redistribute(dy: &[f32], weights: &[f32], g: &PoolGeometry) -> Ve
 /// with zero rows, so every product has the same shape and a row's result
 /// never depends on the batch it came in (gemm sums a lone row in another
 /// order than a block of rows).
-const ROWS_PER_PRODUCT: usize = 16;
+const ROWS_PER_PRODUCT: usize = 64;
 
 /// Applies `product(input block, output block)` to blocks of exactly
 /// [`ROWS_PER_PRODUCT`] rows of `x` (row length `inputs`), in parallel,

@@ -52,12 +52,14 @@ impl Isa {
         out
     }
 
-    /// Output channels per block of [`tap_products`]; weights are packed in
-    /// blocks of this many channels.
-    pub(crate) fn channel_block(self) -> usize {
+    /// Output channels per block of [`tap_products`] for a layer of
+    /// `channels` outputs; weights are packed in blocks of this many
+    /// channels. Few channels (the input relevance of a first layer) get
+    /// narrower blocks, which waste fewer padding channels.
+    pub(crate) fn channel_block(self, channels: usize) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => 8,
+            Isa::Avx512 if channels > 4 => 8,
             _ => 4,
         }
     }
@@ -235,16 +237,26 @@ unsafe fn tap_products_generic<V: Lanes, const OCB: usize, const NV: usize>(
 }
 
 /// For one padded image: `out[o·positions + p] = Σ_t w[o][t] · padded[offsets[t] + p]`
-/// for every output channel `o` of the packed weights (see
-/// [`Isa::channel_block`]: `[block][tap][channel in block]`) and every
+/// for every output channel `o` of the packed weights (`[block][tap][channel
+/// in block]`, `block` channels from [`Isa::channel_block`]) and every
 /// position `p < positions`.
-pub(crate) fn tap_products(isa: Isa, padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
+pub(crate) fn tap_products(
+    isa: Isa,
+    block: usize,
+    padded: &[f32],
+    offsets: &[usize],
+    packed: &[f32],
+    positions: usize,
+    out: &mut [f32],
+) {
     // SAFETY: the generic kernel checks its bounds before reading; the
     // vector variants are only chosen when the CPU has their features.
     unsafe {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => tap_products_avx512(padded, offsets, packed, positions, out),
+            Isa::Avx512 if block == 8 => tap_products_avx512(padded, offsets, packed, positions, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => tap_products_avx512_narrow(padded, offsets, packed, positions, out),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => tap_products_avx2(padded, offsets, packed, positions, out),
             Isa::Portable => tap_products_generic::<Scalar, 4, 16>(padded, offsets, packed, positions, out),
@@ -256,6 +268,12 @@ pub(crate) fn tap_products(isa: Isa, padded: &[f32], offsets: &[usize], packed: 
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tap_products_avx512(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
     tap_products_generic::<x86::Avx512, 8, 2>(padded, offsets, packed, positions, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn tap_products_avx512_narrow(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
+    tap_products_generic::<x86::Avx512, 4, 2>(padded, offsets, packed, positions, out)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -12,6 +12,7 @@ pub mod training;
 
 use std::collections::BTreeMap;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageShape;
@@ -381,7 +382,7 @@ impl Model {
 fn apply_layer(layer: &Layer, input: &[f32]) -> (Vec<f32>, Option<Vec<u32>>) {
     match layer {
         Layer::Conv(c) => (kernels::conv2d_forward(input, &c.geometry, &c.weight, Some(&c.bias)), None),
-        Layer::Relu => (input.iter().map(|&v| v.max(0.0)).collect(), None),
+        Layer::Relu => (input.par_iter().with_min_len(1 << 14).map(|&v| v.max(0.0)).collect(), None),
         Layer::MaxPool(g) => {
             let (y, arg) = kernels::maxpool2x2_forward(input, g);
             (y, Some(arg))
