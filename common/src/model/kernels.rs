@@ -374,28 +374,52 @@ pub fn maxpool2x2_forward(x: &[f32], g: &PoolGeometry) -> (Vec<f32>, Vec<u32>) {
     let batch = x.len() / g.in_len();
     let mut y = vec![0.0f32; batch * g.out_len()];
     let mut arg = vec![0u32; batch * g.out_len()];
+    let (w, in_plane, ow, out_plane) = (g.width, g.height * g.width, g.out_width(), g.out_height() * g.out_width());
     y.par_chunks_mut(g.out_len()).zip(arg.par_chunks_mut(g.out_len())).zip(x.par_chunks(g.in_len())).for_each(
         |((out, arg), image)| {
-            let mut o = 0;
-            for c in 0..g.channels {
-                for oy in 0..g.out_height() {
-                    for ox in 0..g.out_width() {
-                        let mut best = g.window(c, oy, ox, 0, 0);
-                        for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
-                            let i = g.window(c, oy, ox, dy, dx);
-                            if image[i] > image[best] || image[i].is_nan() {
-                                best = i;
-                            }
-                        }
-                        out[o] = image[best];
-                        arg[o] = best as u32;
-                        o += 1;
+            for (c, (channel, (out, arg))) in
+                image.chunks_exact(in_plane).zip(out.chunks_exact_mut(out_plane).zip(arg.chunks_exact_mut(out_plane))).enumerate()
+            {
+                for (oy, (out, arg)) in out.chunks_exact_mut(ow).zip(arg.chunks_exact_mut(ow)).enumerate() {
+                    let top = &channel[2 * oy * w..][..2 * ow];
+                    let bottom = &channel[(2 * oy + 1) * w..][..2 * ow];
+                    let first = c * in_plane + 2 * oy * w;
+                    let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+                    for (ox, ((top, bottom), (out, arg))) in windows.zip(out.iter_mut().zip(arg.iter_mut())).enumerate() {
+                        let corners = [top[0], top[1], bottom[0], bottom[1]];
+                        let (best, value) = window_max(corners);
+                        let best = [0, 1, w, w + 1][best];
+                        *out = value;
+                        *arg = (first + 2 * ox + best) as u32;
                     }
                 }
             }
         },
     );
     (y, arg)
+}
+
+/// The largest of a window's corners and its index: the first maximum, or
+/// the last NaN where there is one (NaN propagates, as in PyTorch). Written
+/// without data-dependent branches in the common case: the winner of random
+/// data is unpredictable.
+#[inline(always)]
+fn window_max(corners: [f32; 4]) -> (usize, f32) {
+    let [a, b, c, d] = corners;
+    if (a + b + c + d).is_nan() {
+        let mut best = 0;
+        for k in 1..4 {
+            if corners[k] > corners[best] || corners[k].is_nan() {
+                best = k;
+            }
+        }
+        return (best, corners[best]);
+    }
+    let value = a.max(b).max(c.max(d));
+    let best = if c == value { 2 } else { 3 };
+    let best = if b == value { 1 } else { best };
+    let best = if a == value { 0 } else { best };
+    (best, value)
 }
 
 /// Routes each output's gradient to the input that won its window.
@@ -707,8 +731,11 @@ mod tests {
         assert_eq!(arg, vec![1, 6]);
         let dx = maxpool2x2_backward(&[10.0, 20.0], &arg, &g);
         assert_eq!(dx, vec![0.0, 10.0, 0.0, 0.0, 0.0, 0.0, 20.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        let ties = maxpool2x2_forward(&[2.0, 2.0, 2.0, 2.0], &PoolGeometry { channels: 1, height: 2, width: 2 });
-        assert_eq!(ties.1, vec![0]);
+        let window = PoolGeometry { channels: 1, height: 2, width: 2 };
+        assert_eq!(maxpool2x2_forward(&[2.0, 2.0, 2.0, 2.0], &window).1, vec![0], "ties go to the first corner");
+        assert_eq!(maxpool2x2_forward(&[1.0, 3.0, 3.0, 2.0], &window).1, vec![1]);
+        let (value, arg) = maxpool2x2_forward(&[1.0, f32::NAN, 3.0, f32::NAN], &window);
+        assert!(value[0].is_nan() && arg == vec![3], "NaN propagates from the last NaN corner");
     }
 
     #[test]

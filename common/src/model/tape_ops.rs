@@ -8,6 +8,8 @@
 
 use dfdx::prelude::{Cpu, HasShape, PutTape, Shape, SplitTape, Tape, Tensor, TensorFromVec};
 
+use rayon::prelude::*;
+
 use super::kernels::{self, ConvGeometry, PoolGeometry};
 
 /// Activations of a batch of images: (batch, channels, height, width).
@@ -16,9 +18,7 @@ pub(crate) type Planes<T> = Tensor<(usize, usize, usize, usize), f32, Cpu, T>;
 pub(crate) type Flat = Tensor<(usize,), f32, Cpu>;
 
 fn add_into(dst: &mut [f32], delta: &[f32]) {
-    for (a, b) in dst.iter_mut().zip(delta) {
-        *a += b;
-    }
+    dst.par_iter_mut().with_min_len(1 << 14).zip(delta.par_iter()).for_each(|(a, b)| *a += b);
 }
 
 /// The data of a contiguous tensor (dfdx's `as_vec` walks it element by
@@ -48,18 +48,21 @@ pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
     let w_data = data_of(weight);
     let y = kernels::conv2d_forward_with(&x_data, &geometry, &w_data, Some(&data_of(bias)), relu);
     // The ReLU's gradient needs to know which outputs were clipped.
-    let active: Option<Vec<bool>> = relu.then(|| y.iter().map(|&v| v > 0.0).collect());
+    let active: Option<Vec<bool>> = relu.then(|| y.par_iter().with_min_len(1 << 14).map(|&v| v > 0.0).collect());
     let out = dev.tensor_from_vec(y, (batch, geometry.out_channels, geometry.out_height(), geometry.out_width()));
     let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         // The output gradient is moved out while input gradients are
-        // written, then put back.
+        // written, then put back. It goes back masked by the ReLU: nothing
+        // reads it after this op, and a copy of it would cost a pass.
         let mut dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
-        let saved = active.as_ref().map(|active| {
-            let saved = dy.clone();
-            dy.iter_mut().zip(active).for_each(|(d, &a)| *d = if a { *d } else { 0.0 });
-            saved
-        });
+        if let Some(active) = &active {
+            dy.par_iter_mut().with_min_len(1 << 14).zip(active.par_iter()).for_each(|(d, &a)| {
+                if !a {
+                    *d = 0.0
+                }
+            });
+        }
         let (dw, db) = kernels::conv2d_backward_params(&x_data, &dy, &geometry);
         add_into(grads.get_or_alloc_mut(&w_ghost)?, &dw);
         add_into(grads.get_or_alloc_mut(&b_ghost)?, &db);
@@ -67,7 +70,7 @@ pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
             let dx = kernels::conv2d_backward_input(&dy, &geometry, &w_data);
             add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
         }
-        **grads.get_or_alloc_mut(&out_ghost)? = saved.unwrap_or(dy);
+        **grads.get_or_alloc_mut(&out_ghost)? = dy;
         Ok(())
     });
     out.put_tape(tape)
