@@ -162,10 +162,15 @@ impl ConvGeometry {
         (last_tap + self.virtual_positions()).max(self.in_channels * self.padded_plane())
     }
 
-    /// Copies one image into the middle of a zeroed padded buffer.
+    /// Copies one image into the middle of a padded buffer. The buffer is
+    /// zeroed only when it is new (or of another geometry): the copy
+    /// overwrites the whole interior and never touches the zero border, so a
+    /// buffer reused for the next image needs no clearing.
     fn pad_image(&self, image: &[f32], padded: &mut Vec<f32>) {
-        padded.clear();
-        padded.resize(self.padded_len(), 0.0);
+        if padded.len() != self.padded_len() {
+            padded.clear();
+            padded.resize(self.padded_len(), 0.0);
+        }
         let (row, plane, p) = (self.padded_width(), self.padded_plane(), self.padding);
         for (c, channel) in image.chunks_exact(self.height * self.width).enumerate() {
             for (y, src) in channel.chunks_exact(self.width).enumerate() {
@@ -175,10 +180,13 @@ impl ConvGeometry {
     }
 
     /// One image's output gradient as `[virtual position][channel]`, the
-    /// channels padded to `channels`, zero at virtual positions.
+    /// channels padded to `channels`, zero at virtual positions. As in
+    /// [`ConvGeometry::pad_image`], a reused buffer keeps its zeros.
     fn transpose_gradient(&self, dy: &[f32], channels: usize, out: &mut Vec<f32>) {
-        out.clear();
-        out.resize(self.virtual_positions() * channels, 0.0);
+        if out.len() != self.virtual_positions() * channels {
+            out.clear();
+            out.resize(self.virtual_positions() * channels, 0.0);
+        }
         let (row, ow) = (self.padded_width(), self.out_width());
         for (o, plane) in dy.chunks_exact(self.out_plane()).enumerate() {
             for (y, src) in plane.chunks_exact(ow).enumerate() {
