@@ -246,16 +246,32 @@ const IMAGES_PER_PARTIAL_GRADIENT: usize = 4;
 /// `y = conv(x, weight) + bias` for a batch of images (N·C·H·W), each image
 /// computed alone by one thread.
 pub fn conv2d_forward(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    conv2d_forward_with(x, g, weight, bias, false)
+    forward_on(Isa::detected(), x, g, weight, bias, false, false).0
 }
 
 /// [`conv2d_forward`], followed by a ReLU when `relu` is set (one pass over
 /// the output instead of two).
 pub fn conv2d_forward_with(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
-    forward_on(Isa::detected(), x, g, weight, bias, relu)
+    forward_on(Isa::detected(), x, g, weight, bias, relu, false).0
 }
 
-fn forward_on(isa: Isa, x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
+/// The convolution's output and its ReLU, written in one pass.
+pub fn conv2d_forward_and_relu(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+    let (activated, output) = forward_on(Isa::detected(), x, g, weight, bias, true, true);
+    (output.expect("kept on request"), activated)
+}
+
+/// The convolution (with ReLU when `relu` is set) and, when
+/// `keep_pre_activation` is set, the output before the ReLU too.
+fn forward_on(
+    isa: Isa,
+    x: &[f32],
+    g: &ConvGeometry,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    keep_pre_activation: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
     assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
     let block = isa.channel_block(g.out_channels);
@@ -263,26 +279,44 @@ fn forward_on(isa: Isa, x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Optio
     let offsets = g.tap_offsets();
     let positions = g.virtual_positions();
     let (row, ow, plane) = (g.padded_width(), g.out_width(), g.out_plane());
-    let mut y = vec![0.0f32; x.len() / g.in_len() * g.out_len()];
-    y.par_chunks_mut(g.out_len()).zip(x.par_chunks(g.in_len())).for_each_init(
-        || (Vec::new(), vec![0.0f32; g.out_channels.next_multiple_of(block) * positions]),
-        |(padded, products), (out, image)| {
-            g.pad_image(image, padded);
-            tap_products(isa, block, padded, &offsets, &packed, positions, products);
-            for (o, out_plane) in out.chunks_exact_mut(plane).enumerate() {
-                let b = bias.map_or(0.0, |b| b[o]);
-                for (y, dst) in out_plane.chunks_exact_mut(ow).enumerate() {
-                    let src = &products[o * positions + y * row..][..ow];
-                    if relu {
-                        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = (s + b).max(0.0));
-                    } else {
-                        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s + b);
+    let len = x.len() / g.in_len() * g.out_len();
+    let init = || (Vec::new(), vec![0.0f32; g.out_channels.next_multiple_of(block) * positions]);
+    let image_pass = |(padded, products): &mut (Vec<f32>, Vec<f32>), image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>| {
+        g.pad_image(image, padded);
+        tap_products(isa, block, padded, &offsets, &packed, positions, products);
+        let mut pre_planes = pre.map(|pre| pre.chunks_exact_mut(plane));
+        for (o, out_plane) in out.chunks_exact_mut(plane).enumerate() {
+            let b = bias.map_or(0.0, |b| b[o]);
+            let mut pre_plane = pre_planes.as_mut().and_then(|planes| planes.next());
+            for (y, dst) in out_plane.chunks_exact_mut(ow).enumerate() {
+                let src = &products[o * positions + y * row..][..ow];
+                match (relu, pre_plane.as_deref_mut()) {
+                    (false, _) => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s + b),
+                    (true, None) => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = (s + b).max(0.0)),
+                    (true, Some(pre_plane)) => {
+                        let pre_row = &mut pre_plane[y * ow..][..ow];
+                        for ((d, p), &s) in dst.iter_mut().zip(pre_row).zip(src) {
+                            *p = s + b;
+                            *d = (s + b).max(0.0);
+                        }
                     }
                 }
             }
-        },
-    );
-    y
+        }
+    };
+    let mut y = vec![0.0f32; len];
+    let mut pre = keep_pre_activation.then(|| vec![0.0f32; len]);
+    let outputs = y.par_chunks_mut(g.out_len());
+    match pre.as_mut() {
+        Some(pre) => outputs
+            .zip(pre.par_chunks_mut(g.out_len()))
+            .zip(x.par_chunks(g.in_len()))
+            .for_each_init(init, |buffers, ((out, pre), image)| image_pass(buffers, image, out, Some(pre))),
+        None => outputs
+            .zip(x.par_chunks(g.in_len()))
+            .for_each_init(init, |buffers, (out, image)| image_pass(buffers, image, out, None)),
+    }
+    (y, pre)
 }
 
 /// Gradient of a convolution's output with respect to its input: the
@@ -620,9 +654,11 @@ mod tests {
             let naive_dw: Vec<f32> = naive_dw.iter().map(|&v| v as f32).collect();
             let mut fused: Option<(Vec<f32>, Vec<f32>)> = None;
             for isa in Isa::available() {
-                let y = forward_on(isa, &x, &g, &w, Some(&b), false);
+                let y = forward_on(isa, &x, &g, &w, Some(&b), false, false).0;
                 assert_close(&y, &expected, 1e-5);
-                assert_close(&forward_on(isa, &x, &g, &w, Some(&b), true), &relu, 1e-5);
+                let (activated, pre) = forward_on(isa, &x, &g, &w, Some(&b), true, true);
+                assert_close(&activated, &relu, 1e-5);
+                assert_eq!(pre.as_ref(), Some(&y));
                 let (dw, _) = params_on(isa, &x, &dy, &g);
                 assert_close(&dw, &naive_dw, 1e-4);
                 if isa != Isa::Portable {

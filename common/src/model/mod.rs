@@ -358,8 +358,17 @@ impl Model {
         let batch = self.check_input(x)?;
         let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
         let mut argmax = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
             let input = outputs.last().map(|v| v.as_slice()).unwrap_or(x);
+            // A conv and its ReLU are written in one pass; both are traced.
+            if let (Layer::Conv(c), Some(Layer::Relu)) = (layer, layers.peek()) {
+                let (output, activated) = kernels::conv2d_forward_and_relu(input, &c.geometry, &c.weight, Some(&c.bias));
+                layers.next();
+                outputs.extend([output, activated]);
+                argmax.extend([None, None]);
+                continue;
+            }
             let (out, arg) = apply_layer(layer, input);
             outputs.push(out);
             argmax.push(arg);
@@ -371,9 +380,16 @@ impl Model {
     pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>, ModelError> {
         self.check_input(x)?;
         let mut current: Option<Vec<f32>> = None;
-        for layer in &self.layers {
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
             let input = current.as_deref().unwrap_or(x);
-            current = Some(apply_layer(layer, input).0);
+            current = Some(match (layer, layers.peek()) {
+                (Layer::Conv(c), Some(Layer::Relu)) => {
+                    layers.next();
+                    kernels::conv2d_forward_with(input, &c.geometry, &c.weight, Some(&c.bias), true)
+                }
+                _ => apply_layer(layer, input).0,
+            });
         }
         Ok(current.unwrap_or_else(|| x.to_vec()))
     }

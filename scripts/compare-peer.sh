@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Times the PyTorch peer (../shared/bench/torch_peer.py) and our benchmarks
+# in interleaved rounds on this machine, and prints per case the best
+# (lowest) median of each side and their ratio.
+#
+# Why rounds: shared VMs drift by tens of percent from one minute to the
+# next. Interleaving peer and ours, and keeping each side's best round,
+# compares both at the machine's quieter moments instead of comparing one
+# side's good minute with the other's bad one.
+#
+#   scripts/compare-peer.sh              # 3 rounds
+#   ROUNDS=5 PEER_PYTHON=/path/to/python scripts/compare-peer.sh
+#
+# The peer needs torch, zennit and captum:
+#   python3 -m venv /tmp/peer && /tmp/peer/bin/pip install -q torch zennit captum
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=${ROUNDS:-3}
+python=${PEER_PYTHON:-/tmp/peer/bin/python}
+peer_script=${PEER_SCRIPT:-../shared/bench/torch_peer.py}
+out=${OUT:-target/peer-compare}
+mkdir -p "$out"
+rm -f "$out"/*.json "$out"/*.txt
+
+[ -x "$python" ] || { echo "compare-peer: no peer Python at $python (set PEER_PYTHON)" >&2; exit 1; }
+[ -f "$peer_script" ] || { echo "compare-peer: no peer script at $peer_script" >&2; exit 1; }
+
+cargo bench -q -p trainer --bench train_step --no-run
+cargo bench -q -p explainer --bench explain --no-run
+for round in $(seq 1 "$rounds"); do
+    echo "round $round of $rounds" >&2
+    "$python" "$peer_script" 2 > "$out/peer-$round.json"
+    cargo bench -q -p trainer --bench train_step > "$out/train-$round.txt"
+    BENCH_REPS=7 cargo bench -q -p explainer --bench explain > "$out/explain-$round.txt"
+done
+
+python3 - "$out" "$rounds" <<'EOF'
+import json, re, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+cases = {("simple", "1x28x28"): "fmnist_simple", ("simple", "3x32x32"): "cifar_simple",
+         ("complex", "1x28x28"): "fmnist_complex", ("complex", "3x32x32"): "cifar_complex"}
+ours, peer = {}, {}
+def keep(table, key, value):
+    table[key] = min(value, table.get(key, float("inf")))
+for r in range(1, rounds + 1):
+    for key, value in json.load(open(f"{out}/peer-{r}.json")).items():
+        if key.endswith("_s"):
+            keep(peer, key, value)
+    for line in open(f"{out}/train-{r}.txt"):
+        m = re.match(r"^(\w+_\w+)\s+([0-9.]+)\s", line)
+        if m:
+            keep(ours, f"{m.group(1)}_train_step_s", float(m.group(2)))
+    for line in open(f"{out}/explain-{r}.txt"):
+        m = re.match(r"^(simple|complex) (\dx\d+x\d+)\s+([0-9.]+)s \([0-9.]+s\)\s+([0-9.]+)s \([0-9.]+s\)\s+([0-9.]+)s", line)
+        if m:
+            case = cases[(m.group(1), m.group(2))]
+            keep(ours, f"{case}_lrp200_s", float(m.group(4)))
+            keep(ours, f"{case}_gradcam200_s", float(m.group(5)))
+targets = {"train_step": 1.0, "lrp200": 0.25, "gradcam200": 0.5}
+print(f"best of {rounds} interleaved rounds (median per round)")
+print(f"{'case':<28} {'ours (s)':>10} {'peer (s)':>10} {'ratio':>7} {'target':>7}")
+for what in ["train_step", "lrp200", "gradcam200"]:
+    for case in cases.values():
+        key = f"{case}_{what}_s"
+        if key in ours and key in peer:
+            ratio = ours[key] / peer[key]
+            print(f"{case + ' ' + what:<28} {ours[key]:>10.4f} {peer[key]:>10.4f} {ratio:>7.2f} {targets[what]:>7.2f}")
+EOF
