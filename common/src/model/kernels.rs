@@ -171,6 +171,22 @@ impl ConvGeometry {
             padded.clear();
             padded.resize(self.padded_len(), 0.0);
         }
+        self.copy_interior(image, padded);
+    }
+
+    /// [`ConvGeometry::pad_image`] followed by a row of ones, one per
+    /// virtual position, at [`ConvGeometry::padded_len`]: the weight
+    /// gradient's extra tap there is the bias gradient.
+    fn pad_image_with_ones(&self, image: &[f32], padded: &mut Vec<f32>) {
+        if padded.len() != self.padded_len() + self.virtual_positions() {
+            padded.clear();
+            padded.resize(self.padded_len(), 0.0);
+            padded.resize(self.padded_len() + self.virtual_positions(), 1.0);
+        }
+        self.copy_interior(image, padded);
+    }
+
+    fn copy_interior(&self, image: &[f32], padded: &mut [f32]) {
         let (row, plane, p) = (self.padded_width(), self.padded_plane(), self.padding);
         for (c, channel) in image.chunks_exact(self.height * self.width).enumerate() {
             for (y, src) in channel.chunks_exact(self.width).enumerate() {
@@ -187,11 +203,14 @@ impl ConvGeometry {
             out.clear();
             out.resize(self.virtual_positions() * channels, 0.0);
         }
-        let (row, ow) = (self.padded_width(), self.out_width());
-        for (o, plane) in dy.chunks_exact(self.out_plane()).enumerate() {
-            for (y, src) in plane.chunks_exact(ow).enumerate() {
-                for (x, &v) in src.iter().enumerate() {
-                    out[(y * row + x) * channels + o] = v;
+        // Position-major, so the writes run along the output; the reads
+        // walk one stream per channel plane.
+        let (row, ow, plane) = (self.padded_width(), self.out_width(), self.out_plane());
+        for y in 0..self.out_height() {
+            for x in 0..ow {
+                let dst = &mut out[(y * row + x) * channels..][..self.out_channels];
+                for (o, d) in dst.iter_mut().enumerate() {
+                    *d = dy[o * plane + y * ow + x];
                 }
             }
         }
@@ -340,40 +359,39 @@ fn params_on(isa: Isa, x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Ve
     let batch = x.len() / g.in_len();
     assert_eq!(dy.len(), batch * g.out_len(), "conv2d output gradient length");
     let channels = g.out_channels.next_multiple_of(isa.gradient_channel_width(g.out_channels));
-    let (taps, offsets, positions) = (g.patch_len(), g.tap_offsets(), g.virtual_positions());
+    let (taps, positions) = (g.patch_len(), g.virtual_positions());
+    // One tap more than the kernel has: it reads the row of ones, so its
+    // gradient is the bias gradient.
+    let mut offsets = g.tap_offsets();
+    offsets.push(g.padded_len());
     let per = IMAGES_PER_PARTIAL_GRADIENT;
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = x
+    let partials: Vec<Vec<f32>> = x
         .par_chunks(per * g.in_len())
         .zip(dy.par_chunks(per * g.out_len()))
         .map_init(
             || (Vec::new(), Vec::new()),
             |(padded, gradient), (images, douts)| {
-                let mut dw_transposed = vec![0.0f32; taps * channels];
-                let mut db = vec![0.0f32; g.out_channels];
+                let mut transposed = vec![0.0f32; (taps + 1) * channels];
                 for (image, dout) in images.chunks_exact(g.in_len()).zip(douts.chunks_exact(g.out_len())) {
-                    g.pad_image(image, padded);
+                    g.pad_image_with_ones(image, padded);
                     g.transpose_gradient(dout, channels, gradient);
-                    weight_gradient(isa, padded, &offsets, gradient, positions, &mut dw_transposed);
-                    for (d, plane) in db.iter_mut().zip(dout.chunks_exact(g.out_plane())) {
-                        *d += plane.iter().sum::<f32>();
-                    }
+                    weight_gradient(isa, padded, &offsets, gradient, positions, &mut transposed);
                 }
-                (dw_transposed, db)
+                transposed
             },
         )
         .collect();
-    let mut dw_transposed = vec![0.0f32; taps * channels];
-    let mut db = vec![0.0f32; g.out_channels];
-    for (pw, pb) in partials {
-        dw_transposed.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    let mut transposed = vec![0.0f32; (taps + 1) * channels];
+    for partial in partials {
+        transposed.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
     }
     let mut dw = vec![0.0f32; g.weight_len()];
     for (o, row) in dw.chunks_exact_mut(taps).enumerate() {
         for (t, d) in row.iter_mut().enumerate() {
-            *d = dw_transposed[t * channels + o];
+            *d = transposed[t * channels + o];
         }
     }
+    let db = transposed[taps * channels..][..g.out_channels].to_vec();
     (dw, db)
 }
 
