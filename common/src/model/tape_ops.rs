@@ -29,27 +29,41 @@ pub(crate) fn data_of<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
     out
 }
 
-/// Convolution of `x` with the flat `weight` and `bias` tensors, followed by
-/// a ReLU when `relu` is set. Gradients flow to the weight and bias, and to
-/// `x` when `input_gradient` is set (the first layer's input, the image,
-/// needs none).
-pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
-    dev: &Cpu,
-    x: Planes<T>,
-    geometry: ConvGeometry,
-    weight: &Flat,
-    bias: &Flat,
-    relu: bool,
-    input_gradient: bool,
-) -> Planes<T> {
+/// What follows a convolution inside one tape op: an optional ReLU and an
+/// optional 2x2 max-pool after it. Fusing them keeps the convolution's
+/// output out of dfdx's tensors (no copy into and out of the tape, no
+/// zeroed gradient buffer of its size).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvBlock {
+    pub geometry: ConvGeometry,
+    pub relu: bool,
+    pub pool: Option<PoolGeometry>,
+    /// Whether gradients flow to the block's input (the first layer's
+    /// input, the image, needs none).
+    pub input_gradient: bool,
+}
+
+/// The block's convolution of `x` with the flat `weight` and `bias`
+/// tensors, then its ReLU and max-pool. Gradients flow to the weight and
+/// bias, and to `x` when the block asks for them.
+pub(crate) fn conv_block<T: Tape<f32, Cpu>>(dev: &Cpu, x: Planes<T>, block: ConvBlock, weight: &Flat, bias: &Flat) -> Planes<T> {
     let (x, mut tape) = x.split_tape();
     let batch = x.shape().0;
+    let geometry = block.geometry;
     let x_data = data_of(&x);
     let w_data = data_of(weight);
-    let y = kernels::conv2d_forward_with(&x_data, &geometry, &w_data, Some(&data_of(bias)), relu);
-    // The ReLU's gradient needs to know which outputs were clipped.
-    let active: Option<Vec<bool>> = relu.then(|| y.par_iter().with_min_len(1 << 14).map(|&v| v > 0.0).collect());
-    let out = dev.tensor_from_vec(y, (batch, geometry.out_channels, geometry.out_height(), geometry.out_width()));
+    let y = kernels::conv2d_forward_with(&x_data, &geometry, &w_data, Some(&data_of(bias)), block.relu);
+    let (y, argmax, shape) = match block.pool {
+        Some(pool) => {
+            let (pooled, argmax) = kernels::maxpool2x2_forward(&y, &pool);
+            (pooled, Some(argmax), (batch, pool.channels, pool.out_height(), pool.out_width()))
+        }
+        None => (y, None, (batch, geometry.out_channels, geometry.out_height(), geometry.out_width())),
+    };
+    // The ReLU passes gradient where its output is positive; after a pool,
+    // that is where the window's winner (the pooled value) is.
+    let active: Option<Vec<bool>> = block.relu.then(|| y.par_iter().with_min_len(1 << 14).map(|&v| v > 0.0).collect());
+    let out = dev.tensor_from_vec(y, shape);
     let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         // The output gradient is moved out while input gradients are
@@ -63,11 +77,16 @@ pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
                 }
             });
         }
-        let (dw, db) = kernels::conv2d_backward_params(&x_data, &dy, &geometry);
+        let unpooled = match (&block.pool, &argmax) {
+            (Some(pool), Some(argmax)) => Some(kernels::maxpool2x2_backward(&dy, argmax, pool)),
+            _ => None,
+        };
+        let dconv = unpooled.as_deref().unwrap_or(&dy);
+        let (dw, db) = kernels::conv2d_backward_params(&x_data, dconv, &geometry);
         add_into(grads.get_or_alloc_mut(&w_ghost)?, &dw);
         add_into(grads.get_or_alloc_mut(&b_ghost)?, &db);
-        if input_gradient {
-            let dx = kernels::conv2d_backward_input(&dy, &geometry, &w_data);
+        if block.input_gradient {
+            let dx = kernels::conv2d_backward_input(dconv, &geometry, &w_data);
             add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
         }
         **grads.get_or_alloc_mut(&out_ghost)? = dy;

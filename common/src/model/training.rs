@@ -60,7 +60,12 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
                 let w = dev.tensor_from_vec(c.weight.clone(), (c.weight.len(),));
                 let b = dev.tensor_from_vec(c.bias.clone(), (c.bias.len(),));
                 let relu = layers.next_if(|next| matches!(next, Layer::Relu)).is_some();
-                let y = tape_ops::conv2d(dev, x, c.geometry, &w, &b, relu, !first_conv);
+                let pool = layers.next_if(|next| matches!(next, Layer::MaxPool(_))).map(|next| match next {
+                    Layer::MaxPool(g) => *g,
+                    _ => unreachable!("matched a max-pool"),
+                });
+                let block = tape_ops::ConvBlock { geometry: c.geometry, relu, pool, input_gradient: !first_conv };
+                let y = tape_ops::conv_block(dev, x, block, &w, &b);
                 first_conv = false;
                 params.extend([Param::Flat(w), Param::Flat(b)]);
                 Activation::Planes(y)
