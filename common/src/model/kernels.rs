@@ -280,36 +280,73 @@ pub fn conv2d_forward_and_relu(x: &[f32], g: &ConvGeometry, weight: &[f32], bias
     (output.expect("kept on request"), activated)
 }
 
-/// The convolution (with ReLU when `relu` is set) and, when
-/// `keep_pre_activation` is set, the output before the ReLU too.
-fn forward_on(
-    isa: Isa,
+/// The convolution, then a 2x2 max-pool, per image: the convolution's
+/// output stays in a per-thread buffer (in cache) and only the pooled
+/// values and their winners are written, as [`maxpool2x2_forward`] gives
+/// them.
+pub fn conv2d_forward_pooled(
     x: &[f32],
     g: &ConvGeometry,
     weight: &[f32],
     bias: Option<&[f32]>,
     relu: bool,
-    keep_pre_activation: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
-    assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
-    assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
-    let block = isa.channel_block(g.out_channels);
-    let packed = g.pack_weights(weight, block);
-    let offsets = g.tap_offsets();
-    let positions = g.virtual_positions();
-    let (row, ow, plane) = (g.padded_width(), g.out_width(), g.out_plane());
-    let len = x.len() / g.in_len() * g.out_len();
-    let init = || (Vec::new(), vec![0.0f32; g.out_channels.next_multiple_of(block) * positions]);
-    let image_pass = |(padded, products): &mut (Vec<f32>, Vec<f32>), image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>| {
+    pool: &PoolGeometry,
+) -> (Vec<f32>, Vec<u32>) {
+    assert_eq!(pool.in_len(), g.out_len(), "max-pool after a conv must take its whole output");
+    let pass = ConvPass::new(Isa::detected(), x, g, weight, bias, relu);
+    let batch = x.len() / g.in_len();
+    let mut pooled = vec![0.0f32; batch * pool.out_len()];
+    let mut argmax = vec![0u32; batch * pool.out_len()];
+    pooled.par_chunks_mut(pool.out_len()).zip(argmax.par_chunks_mut(pool.out_len())).zip(x.par_chunks(g.in_len())).for_each_init(
+        || (pass.buffers(), vec![0.0f32; g.out_len()]),
+        |(buffers, conv_out), ((pooled, argmax), image)| {
+            pass.image(buffers, image, conv_out, None);
+            pool_image(pool, conv_out, pooled, argmax);
+        },
+    );
+    (pooled, argmax)
+}
+
+/// A convolution prepared for a batch: packed weights and tap offsets.
+struct ConvPass<'a> {
+    isa: Isa,
+    g: &'a ConvGeometry,
+    block: usize,
+    packed: Vec<f32>,
+    offsets: Vec<usize>,
+    positions: usize,
+    bias: Option<&'a [f32]>,
+    relu: bool,
+}
+
+impl<'a> ConvPass<'a> {
+    fn new(isa: Isa, x: &[f32], g: &'a ConvGeometry, weight: &[f32], bias: Option<&'a [f32]>, relu: bool) -> Self {
+        assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
+        assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
+        let block = isa.channel_block(g.out_channels);
+        let packed = g.pack_weights(weight, block);
+        ConvPass { isa, g, block, packed, offsets: g.tap_offsets(), positions: g.virtual_positions(), bias, relu }
+    }
+
+    /// A thread's padded-image and product buffers.
+    fn buffers(&self) -> (Vec<f32>, Vec<f32>) {
+        (Vec::new(), vec![0.0f32; self.g.out_channels.next_multiple_of(self.block) * self.positions])
+    }
+
+    /// One image's output (after the ReLU if the pass has one) into `out`,
+    /// and the output before the ReLU into `pre` when given.
+    fn image(&self, (padded, products): &mut (Vec<f32>, Vec<f32>), image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>) {
+        let g = self.g;
+        let (row, ow, plane, positions) = (g.padded_width(), g.out_width(), g.out_plane(), self.positions);
         g.pad_image(image, padded);
-        tap_products(isa, block, padded, &offsets, &packed, positions, products);
+        tap_products(self.isa, self.block, padded, &self.offsets, &self.packed, positions, products);
         let mut pre_planes = pre.map(|pre| pre.chunks_exact_mut(plane));
         for (o, out_plane) in out.chunks_exact_mut(plane).enumerate() {
-            let b = bias.map_or(0.0, |b| b[o]);
+            let b = self.bias.map_or(0.0, |b| b[o]);
             let mut pre_plane = pre_planes.as_mut().and_then(|planes| planes.next());
             for (y, dst) in out_plane.chunks_exact_mut(ow).enumerate() {
                 let src = &products[o * positions + y * row..][..ow];
-                match (relu, pre_plane.as_deref_mut()) {
+                match (self.relu, pre_plane.as_deref_mut()) {
                     (false, _) => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s + b),
                     (true, None) => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = (s + b).max(0.0)),
                     (true, Some(pre_plane)) => {
@@ -322,7 +359,22 @@ fn forward_on(
                 }
             }
         }
-    };
+    }
+}
+
+/// The convolution (with ReLU when `relu` is set) and, when
+/// `keep_pre_activation` is set, the output before the ReLU too.
+fn forward_on(
+    isa: Isa,
+    x: &[f32],
+    g: &ConvGeometry,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    keep_pre_activation: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let pass = ConvPass::new(isa, x, g, weight, bias, relu);
+    let len = x.len() / g.in_len() * g.out_len();
     let mut y = vec![0.0f32; len];
     let mut pre = keep_pre_activation.then(|| vec![0.0f32; len]);
     let outputs = y.par_chunks_mut(g.out_len());
@@ -330,10 +382,10 @@ fn forward_on(
         Some(pre) => outputs
             .zip(pre.par_chunks_mut(g.out_len()))
             .zip(x.par_chunks(g.in_len()))
-            .for_each_init(init, |buffers, ((out, pre), image)| image_pass(buffers, image, out, Some(pre))),
+            .for_each_init(|| pass.buffers(), |buffers, ((out, pre), image)| pass.image(buffers, image, out, Some(pre))),
         None => outputs
             .zip(x.par_chunks(g.in_len()))
-            .for_each_init(init, |buffers, (out, image)| image_pass(buffers, image, out, None)),
+            .for_each_init(|| pass.buffers(), |buffers, (out, image)| pass.image(buffers, image, out, None)),
     }
     (y, pre)
 }
@@ -434,52 +486,64 @@ pub fn maxpool2x2_forward(x: &[f32], g: &PoolGeometry) -> (Vec<f32>, Vec<u32>) {
     let batch = x.len() / g.in_len();
     let mut y = vec![0.0f32; batch * g.out_len()];
     let mut arg = vec![0u32; batch * g.out_len()];
-    let (w, in_plane, ow, out_plane) = (g.width, g.height * g.width, g.out_width(), g.out_height() * g.out_width());
-    y.par_chunks_mut(g.out_len()).zip(arg.par_chunks_mut(g.out_len())).zip(x.par_chunks(g.in_len())).for_each(
-        |((out, arg), image)| {
-            for (c, (channel, (out, arg))) in
-                image.chunks_exact(in_plane).zip(out.chunks_exact_mut(out_plane).zip(arg.chunks_exact_mut(out_plane))).enumerate()
-            {
-                for (oy, (out, arg)) in out.chunks_exact_mut(ow).zip(arg.chunks_exact_mut(ow)).enumerate() {
-                    let top = &channel[2 * oy * w..][..2 * ow];
-                    let bottom = &channel[(2 * oy + 1) * w..][..2 * ow];
-                    let first = c * in_plane + 2 * oy * w;
-                    let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
-                    for (ox, ((top, bottom), (out, arg))) in windows.zip(out.iter_mut().zip(arg.iter_mut())).enumerate() {
-                        let corners = [top[0], top[1], bottom[0], bottom[1]];
-                        let (best, value) = window_max(corners);
-                        let best = [0, 1, w, w + 1][best];
-                        *out = value;
-                        *arg = (first + 2 * ox + best) as u32;
-                    }
-                }
-            }
-        },
-    );
+    y.par_chunks_mut(g.out_len())
+        .zip(arg.par_chunks_mut(g.out_len()))
+        .zip(x.par_chunks(g.in_len()))
+        .for_each(|((out, arg), image)| pool_image(g, image, out, arg));
     (y, arg)
 }
 
+/// One image's window maxima and their winners (indices within the image).
+fn pool_image(g: &PoolGeometry, image: &[f32], out: &mut [f32], arg: &mut [u32]) {
+    let (w, in_plane, ow, out_plane) = (g.width, g.height * g.width, g.out_width(), g.out_height() * g.out_width());
+    for (c, (channel, (out, arg))) in
+        image.chunks_exact(in_plane).zip(out.chunks_exact_mut(out_plane).zip(arg.chunks_exact_mut(out_plane))).enumerate()
+    {
+        for (oy, (out, arg)) in out.chunks_exact_mut(ow).zip(arg.chunks_exact_mut(ow)).enumerate() {
+            let top = &channel[2 * oy * w..][..2 * ow];
+            let bottom = &channel[(2 * oy + 1) * w..][..2 * ow];
+            let first = c * in_plane + 2 * oy * w;
+            for ox in 0..ow {
+                let corners = [top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]];
+                let (best, value) = window_max(corners);
+                out[ox] = value;
+                arg[ox] = (first + 2 * ox + (best & 1) + (best >> 1) * w) as u32;
+            }
+        }
+    }
+}
+
 /// The largest of a window's corners and its index: the first maximum, or
-/// the last NaN where there is one (NaN propagates, as in PyTorch). Written
-/// without data-dependent branches in the common case: the winner of random
-/// data is unpredictable.
+/// the last NaN where there is one (NaN propagates, as in PyTorch). Both
+/// answers are computed and one is selected, so the loop has no branch on
+/// the data (a random winner would mispredict) and can be vectorised.
 #[inline(always)]
 fn window_max(corners: [f32; 4]) -> (usize, f32) {
     let [a, b, c, d] = corners;
-    if (a + b + c + d).is_nan() {
-        let mut best = 0;
-        for k in 1..4 {
-            if corners[k] > corners[best] || corners[k].is_nan() {
-                best = k;
-            }
-        }
-        return (best, corners[best]);
+    let largest = a.max(b).max(c.max(d));
+    let first_largest = if a == largest {
+        0
+    } else if b == largest {
+        1
+    } else if c == largest {
+        2
+    } else {
+        3
+    };
+    let last_nan = if d.is_nan() {
+        3
+    } else if c.is_nan() {
+        2
+    } else if b.is_nan() {
+        1
+    } else {
+        0
+    };
+    if a.is_nan() || b.is_nan() || c.is_nan() || d.is_nan() {
+        (last_nan, corners[last_nan])
+    } else {
+        (first_largest, largest)
     }
-    let value = a.max(b).max(c.max(d));
-    let best = if c == value { 2 } else { 3 };
-    let best = if b == value { 1 } else { best };
-    let best = if a == value { 0 } else { best };
-    (best, value)
 }
 
 /// Routes each output's gradient to the input that won its window.
@@ -781,6 +845,19 @@ mod tests {
             );
             let one_dx = dense_backward_input(&dy[n * outputs..(n + 1) * outputs], inputs, &w);
             assert_eq!(&all_dx[n * inputs..(n + 1) * inputs], &one_dx[..], "dense row {n}");
+        }
+    }
+
+    #[test]
+    fn pooled_conv_equals_conv_then_pool() {
+        let g = ConvGeometry { in_channels: 3, out_channels: 5, kernel: 3, padding: 1, height: 6, width: 8 };
+        let pool = PoolGeometry { channels: 5, height: 6, width: 8 };
+        let x = random(4 * g.in_len(), 30);
+        let w = random(g.weight_len(), 31);
+        let b = random(g.out_channels, 32);
+        for relu in [false, true] {
+            let separate = maxpool2x2_forward(&conv2d_forward_with(&x, &g, &w, Some(&b), relu), &pool);
+            assert_eq!(conv2d_forward_pooled(&x, &g, &w, Some(&b), relu, &pool), separate, "relu {relu}");
         }
     }
 

@@ -377,19 +377,30 @@ impl Model {
     }
 
     /// Logits (N·classes) of normalised images, keeping no intermediates.
+    /// A conv with the ReLU and max-pool after it runs as one pass.
     pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>, ModelError> {
         self.check_input(x)?;
         let mut current: Option<Vec<f32>> = None;
-        let mut layers = self.layers.iter().peekable();
-        while let Some(layer) = layers.next() {
+        let mut index = 0;
+        while let Some(layer) = self.layers.get(index) {
             let input = current.as_deref().unwrap_or(x);
-            current = Some(match (layer, layers.peek()) {
-                (Layer::Conv(c), Some(Layer::Relu)) => {
-                    layers.next();
+            let relu = matches!(self.layers.get(index + 1), Some(Layer::Relu));
+            let pool = match self.layers.get(index + 1 + relu as usize) {
+                Some(Layer::MaxPool(pool)) => Some(pool),
+                _ => None,
+            };
+            current = Some(match (layer, pool) {
+                (Layer::Conv(c), Some(pool)) => {
+                    index += 1 + relu as usize;
+                    kernels::conv2d_forward_pooled(input, &c.geometry, &c.weight, Some(&c.bias), relu, pool).0
+                }
+                (Layer::Conv(c), None) if relu => {
+                    index += 1;
                     kernels::conv2d_forward_with(input, &c.geometry, &c.weight, Some(&c.bias), true)
                 }
                 _ => apply_layer(layer, input).0,
             });
+            index += 1;
         }
         Ok(current.unwrap_or_else(|| x.to_vec()))
     }

@@ -52,13 +52,17 @@ pub(crate) fn conv_block<T: Tape<f32, Cpu>>(dev: &Cpu, x: Planes<T>, block: Conv
     let geometry = block.geometry;
     let x_data = data_of(&x);
     let w_data = data_of(weight);
-    let y = kernels::conv2d_forward_with(&x_data, &geometry, &w_data, Some(&data_of(bias)), block.relu);
+    let bias_data = data_of(bias);
     let (y, argmax, shape) = match block.pool {
         Some(pool) => {
-            let (pooled, argmax) = kernels::maxpool2x2_forward(&y, &pool);
+            let (pooled, argmax) =
+                kernels::conv2d_forward_pooled(&x_data, &geometry, &w_data, Some(&bias_data), block.relu, &pool);
             (pooled, Some(argmax), (batch, pool.channels, pool.out_height(), pool.out_width()))
         }
-        None => (y, None, (batch, geometry.out_channels, geometry.out_height(), geometry.out_width())),
+        None => {
+            let y = kernels::conv2d_forward_with(&x_data, &geometry, &w_data, Some(&bias_data), block.relu);
+            (y, None, (batch, geometry.out_channels, geometry.out_height(), geometry.out_width()))
+        }
     };
     // The ReLU passes gradient where its output is positive; after a pool,
     // that is where the window's winner (the pooled value) is.
