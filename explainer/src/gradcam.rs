@@ -77,8 +77,8 @@ impl ActivationSite {
 
 /// Grad-CAM maps for the classes `targets` (one per image of the trace).
 pub fn gradcam(model: &Model, trace: &Trace, targets: &[usize], settings: &GradCamSettings) -> Result<GradCamMaps, ExplainError> {
-    check_trace(model, trace)?;
     let site = ActivationSite::find(model, settings.layer.as_deref())?;
+    check_trace(model, trace, site.activation)?;
     let alphas = channel_weights(model, trace, targets, &site)?;
     let activations = &trace.outputs[site.activation];
     let plane = site.height * site.width;

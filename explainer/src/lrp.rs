@@ -18,7 +18,7 @@ use crate::rules::Rule;
 /// The relevance of every input value (N·C·H·W) for the classes `targets`
 /// (one per image of the trace), under `composite`.
 pub fn relevance(model: &Model, trace: &Trace, composite: &Composite, targets: &[usize]) -> Result<Vec<f32>, ExplainError> {
-    check_trace(model, trace)?;
+    check_trace(model, trace, 0)?;
     if targets.len() != trace.batch {
         return Err(ExplainError::Shape(format!("{} target(s) for a batch of {} images", targets.len(), trace.batch)));
     }
@@ -82,18 +82,25 @@ pub fn sum_over_channels(values: &[f32], channels: usize, plane: usize) -> Vec<f
 }
 
 /// A trace must come from this model: one output per layer, of the layer's
-/// size for the trace's batch.
-pub(crate) fn check_trace(model: &Model, trace: &Trace) -> Result<(), ExplainError> {
+/// size for the trace's batch, kept from layer `needed_from` on (the layer
+/// before it included: its output is that layer's input).
+pub(crate) fn check_trace(model: &Model, trace: &Trace, needed_from: usize) -> Result<(), ExplainError> {
     let shapes = model.activation_shapes();
+    let kept_from = needed_from.saturating_sub(1);
     let consistent = trace.input.len() == trace.batch * model.input.len()
         && trace.outputs.len() == model.layers.len()
         && trace.argmax.len() == model.layers.len()
-        && trace.outputs.iter().zip(&shapes).all(|(out, shape)| out.len() == trace.batch * shape.len());
-    if consistent {
-        Ok(())
-    } else {
-        Err(ExplainError::Shape("the forward trace does not belong to this model (layer outputs of other sizes)".into()))
+        && trace.outputs.iter().zip(&shapes).skip(kept_from).all(|(out, shape)| out.len() == trace.batch * shape.len());
+    if !consistent {
+        return Err(ExplainError::Shape("the forward trace does not belong to this model (layer outputs of other sizes)".into()));
     }
+    if trace.first_kept > needed_from {
+        return Err(ExplainError::Shape(format!(
+            "the forward trace keeps layers from {} on, this method needs them from {needed_from}",
+            trace.first_kept
+        )));
+    }
+    Ok(())
 }
 
 fn missing_argmax(index: usize) -> ExplainError {

@@ -10,7 +10,7 @@ use common::model::{argmax, Model, Trace};
 
 use crate::composite::Composite;
 use crate::error::ExplainError;
-use crate::gradcam::{gradcam, GradCamSettings};
+use crate::gradcam::{gradcam, ActivationSite, GradCamSettings};
 use crate::lrp::{relevance, sum_over_channels};
 
 /// A method ready to run.
@@ -53,6 +53,15 @@ impl Method {
     pub fn target(&self) -> ExplainedClass {
         match self {
             Method::Lrp { target, .. } | Method::GradCam { target, .. } => *target,
+        }
+    }
+
+    /// The first layer whose output this method reads: a trace that keeps
+    /// the layers from there on is enough (see `Model::forward_trace_from`).
+    pub fn first_traced_layer(&self, model: &Model) -> Result<usize, ExplainError> {
+        match self {
+            Method::Lrp { .. } => Ok(0),
+            Method::GradCam { settings, .. } => Ok(ActivationSite::find(model, settings.layer.as_deref())?.activation),
         }
     }
 

@@ -210,7 +210,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
         };
 
         let started = Instant::now();
-        let forward = load_and_trace(&checkpoint, &probe);
+        let pending_methods: Vec<&Method> = pending
+            .iter()
+            .map(|(unit, _)| &plan.methods.iter().find(|m| m.0 == unit.method).expect("units come from the plans").2)
+            .collect();
+        let forward = load_and_trace(&checkpoint, &probe, &pending_methods);
         let (model, info, trace) = match forward {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -320,11 +324,13 @@ fn load_probe_batch(config: &PipelineConfig, plan: &RunPlan) -> anyhow::Result<P
     Ok(ProbeBatch { shape, images, labels: set.labels, probe_ids: probe.entries.iter().map(|e| e.probe_id).collect() })
 }
 
-/// Reads a checkpoint and runs the probe batch through it, keeping every
-/// layer's output for the explanation passes.
+/// Reads a checkpoint and runs the probe batch through it, keeping the
+/// layer outputs that the pending methods read (all of them for LRP, the
+/// top of the network for Grad-CAM alone).
 fn load_and_trace(
     checkpoint: &Path,
     probe: &ProbeBatch,
+    methods: &[&Method],
 ) -> anyhow::Result<(common::model::Model, common::artifacts::CheckpointInfo, common::model::Trace)> {
     let (model, info) = read_checkpoint(checkpoint)?;
     if model.input != probe.shape {
@@ -335,6 +341,10 @@ fn load_and_trace(
             probe.shape
         );
     }
-    let trace = model.forward_trace(&probe.images).map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
+    // A method that cannot say (an unknown layer) gets a full trace and
+    // reports its own error when it explains.
+    let first_kept = methods.iter().map(|m| m.first_traced_layer(&model).unwrap_or(0)).min().unwrap_or(0);
+    let trace =
+        model.forward_trace_from(&probe.images, first_kept).map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
     Ok((model, info, trace))
 }

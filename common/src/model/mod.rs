@@ -124,12 +124,16 @@ pub enum ModelError {
 
 /// The output of every layer for a batch, kept for relevance and gradient
 /// passes. `outputs[i]` is the output of `layers[i]`; the input is separate.
+/// A trace may keep only the layers from `first_kept` on (the outputs
+/// before it are empty): a method that only looks at the top of the
+/// network (Grad-CAM) needs no more.
 pub struct Trace {
     pub batch: usize,
     pub input: Vec<f32>,
     pub outputs: Vec<Vec<f32>>,
     /// For max-pool layers, the winning input of each window.
     pub argmax: Vec<Option<Vec<u32>>>,
+    pub first_kept: usize,
 }
 
 impl Trace {
@@ -355,54 +359,80 @@ impl Model {
     /// Runs the network on normalised images (N·C·H·W) and keeps every
     /// layer's output.
     pub fn forward_trace(&self, x: &[f32]) -> Result<Trace, ModelError> {
+        self.forward_trace_from(x, 0)
+    }
+
+    /// Runs the network and keeps the outputs of layers `first_kept..`; the
+    /// layers before run fused and keep nothing.
+    pub fn forward_trace_from(&self, x: &[f32], first_kept: usize) -> Result<Trace, ModelError> {
         let batch = self.check_input(x)?;
+        let first_kept = first_kept.min(self.layers.len());
         let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
         let mut argmax = Vec::with_capacity(self.layers.len());
-        let mut layers = self.layers.iter().peekable();
-        while let Some(layer) = layers.next() {
+        let mut current: Option<Vec<f32>> = None;
+        let mut index = 0;
+        while index < first_kept {
+            let (out, consumed) = self.fused_step(index, current.as_deref().unwrap_or(x), first_kept);
+            current = Some(out);
+            index += consumed;
+        }
+        outputs.resize_with(first_kept, Vec::new);
+        argmax.resize_with(first_kept, || None);
+        if let Some(last) = current {
+            outputs[first_kept - 1] = last;
+        }
+        while let Some(layer) = self.layers.get(index) {
             let input = outputs.last().map(|v| v.as_slice()).unwrap_or(x);
             // A conv and its ReLU are written in one pass; both are traced.
-            if let (Layer::Conv(c), Some(Layer::Relu)) = (layer, layers.peek()) {
+            if let (Layer::Conv(c), Some(Layer::Relu)) = (layer, self.layers.get(index + 1)) {
                 let (output, activated) = kernels::conv2d_forward_and_relu(input, &c.geometry, &c.weight, Some(&c.bias));
-                layers.next();
                 outputs.extend([output, activated]);
                 argmax.extend([None, None]);
+                index += 2;
                 continue;
             }
             let (out, arg) = apply_layer(layer, input);
             outputs.push(out);
             argmax.push(arg);
+            index += 1;
         }
-        Ok(Trace { batch, input: x.to_vec(), outputs, argmax })
+        Ok(Trace { batch, input: x.to_vec(), outputs, argmax, first_kept })
     }
 
     /// Logits (N·classes) of normalised images, keeping no intermediates.
-    /// A conv with the ReLU and max-pool after it runs as one pass.
     pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>, ModelError> {
         self.check_input(x)?;
         let mut current: Option<Vec<f32>> = None;
         let mut index = 0;
-        while let Some(layer) = self.layers.get(index) {
-            let input = current.as_deref().unwrap_or(x);
-            let relu = matches!(self.layers.get(index + 1), Some(Layer::Relu));
-            let pool = match self.layers.get(index + 1 + relu as usize) {
-                Some(Layer::MaxPool(pool)) => Some(pool),
-                _ => None,
-            };
-            current = Some(match (layer, pool) {
-                (Layer::Conv(c), Some(pool)) => {
-                    index += 1 + relu as usize;
-                    kernels::conv2d_forward_pooled(input, &c.geometry, &c.weight, Some(&c.bias), relu, pool).0
-                }
-                (Layer::Conv(c), None) if relu => {
-                    index += 1;
-                    kernels::conv2d_forward_with(input, &c.geometry, &c.weight, Some(&c.bias), true)
-                }
-                _ => apply_layer(layer, input).0,
-            });
-            index += 1;
+        while index < self.layers.len() {
+            let (out, consumed) = self.fused_step(index, current.as_deref().unwrap_or(x), self.layers.len());
+            current = Some(out);
+            index += consumed;
         }
         Ok(current.unwrap_or_else(|| x.to_vec()))
+    }
+
+    /// The output of layer `index` on `input`, fused with the ReLU and
+    /// max-pool after a conv when they come before `limit` (one pass, the
+    /// conv's output kept in cache), and how many layers that was.
+    fn fused_step(&self, index: usize, input: &[f32], limit: usize) -> (Vec<f32>, usize) {
+        let layer = &self.layers[index];
+        let within = |i: usize| if i < limit { self.layers.get(i) } else { None };
+        let relu = matches!(within(index + 1), Some(Layer::Relu));
+        let pool = match within(index + 1 + relu as usize) {
+            Some(Layer::MaxPool(pool)) => Some(pool),
+            _ => None,
+        };
+        match (layer, pool) {
+            (Layer::Conv(c), Some(pool)) => {
+                let (pooled, _) = kernels::conv2d_forward_pooled(input, &c.geometry, &c.weight, Some(&c.bias), relu, pool);
+                (pooled, 2 + relu as usize)
+            }
+            (Layer::Conv(c), None) if relu => {
+                (kernels::conv2d_forward_with(input, &c.geometry, &c.weight, Some(&c.bias), true), 2)
+            }
+            _ => (apply_layer(layer, input).0, 1),
+        }
     }
 }
 
@@ -510,6 +540,12 @@ mod tests {
         let trace = model.forward_trace(&x).unwrap();
         assert_eq!(trace.logits(), &model.forward(&x).unwrap()[..]);
         assert_eq!(trace.logits().len(), 30);
+        for first_kept in 1..model.layers.len() {
+            let partial = model.forward_trace_from(&x, first_kept).unwrap();
+            assert!(partial.outputs[..first_kept - 1].iter().all(|o| o.is_empty()), "nothing kept before {first_kept}");
+            assert_eq!(partial.outputs[first_kept - 1..], trace.outputs[first_kept - 1..], "kept from {first_kept}");
+            assert_eq!(partial.argmax[first_kept..], trace.argmax[first_kept..]);
+        }
         assert!(model.forward(&x[..100]).is_err());
     }
 
