@@ -8,7 +8,7 @@ CARGO ?= cargo
 BIN := target/release
 STAGE = --config $(CONFIG) $(ARGS)
 
-.PHONY: run build data data-cifar10 train explain summarize analyze status test bench smoke clean-runs
+.PHONY: run build data data-cifar10 train explain summarize analyze status test bench bench-peer smoke clean-runs
 
 run: data train explain summarize analyze
 
@@ -44,6 +44,9 @@ test: build
 bench:
 	$(CARGO) bench -p trainer --bench train_step
 	$(CARGO) bench -p explainer --bench explain
+
+bench-peer:
+	scripts/compare-peer.sh
 
 smoke: CONFIG = configs/smoke.toml
 smoke: train explain summarize analyze

@@ -37,6 +37,9 @@ bench:
     cargo bench -p trainer --bench train_step
     cargo bench -p explainer --bench explain
 
+bench-peer:
+    scripts/compare-peer.sh
+
 smoke:
     CONFIG=configs/smoke.toml just train explain summarize analyze
 
