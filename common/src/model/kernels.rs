@@ -734,6 +734,9 @@ mod tests {
                     unit.iter().zip(&dy[n * g.out_len()..]).map(|(u, d)| (*u as f64) * (*d as f64)).sum::<f64>();
             }
             let naive_dw: Vec<f32> = naive_dw.iter().map(|&v| v as f32).collect();
+            let naive_db: Vec<f32> = (0..g.out_channels)
+                .map(|o| (0..3).map(|n| dy[n * g.out_len() + o * g.out_plane()..][..g.out_plane()].iter().sum::<f32>()).sum())
+                .collect();
             let mut fused: Option<(Vec<f32>, Vec<f32>)> = None;
             for isa in Isa::available() {
                 let y = forward_on(isa, &x, &g, &w, Some(&b), false, false).0;
@@ -741,8 +744,9 @@ mod tests {
                 let (activated, pre) = forward_on(isa, &x, &g, &w, Some(&b), true, true);
                 assert_close(&activated, &relu, 1e-5);
                 assert_eq!(pre.as_ref(), Some(&y));
-                let (dw, _) = params_on(isa, &x, &dy, &g);
+                let (dw, db) = params_on(isa, &x, &dy, &g);
                 assert_close(&dw, &naive_dw, 1e-4);
+                assert_close(&db, &naive_db, 1e-4);
                 if isa != Isa::Portable {
                     match &fused {
                         Some((y0, dw0)) => assert!(y0 == &y && dw0 == &dw, "{isa:?} differs from the other fused variant"),
