@@ -97,6 +97,13 @@ struct RunPlan<'a> {
     methods: Vec<(&'a str, &'a MethodConfig, Method, String)>,
 }
 
+impl RunPlan<'_> {
+    /// The plan of the method a unit names (units come from the plans).
+    fn method(&self, name: &str) -> &(&str, &MethodConfig, Method, String) {
+        self.methods.iter().find(|m| m.0 == name).expect("units come from the plans")
+    }
+}
+
 /// The probe images of a run, normalised, in probe order.
 struct ProbeBatch {
     shape: ImageShape,
@@ -174,7 +181,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
         };
         let mut pending = Vec::new();
         for unit in group {
-            let (_, _, _, method_fp) = plan.methods.iter().find(|m| m.0 == unit.method).expect("units come from the plans");
+            let (_, _, _, method_fp) = plan.method(unit.method);
             let status = unit_status(&plan.layout.attribution(unit.method, step), &checkpoint_fingerprint, method_fp, args.force);
             match status {
                 Status::UpToDate => {
@@ -210,10 +217,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
         };
 
         let started = Instant::now();
-        let pending_methods: Vec<&Method> = pending
-            .iter()
-            .map(|(unit, _)| &plan.methods.iter().find(|m| m.0 == unit.method).expect("units come from the plans").2)
-            .collect();
+        let pending_methods: Vec<&Method> = pending.iter().map(|(unit, _)| &plan.method(unit.method).2).collect();
         let forward = load_and_trace(&checkpoint, &probe, &pending_methods);
         let (model, info, trace) = match forward {
             Ok(loaded) => loaded,
@@ -229,7 +233,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
 
         for (unit, status) in pending {
             let started = Instant::now();
-            let (_, _, method, method_fp) = plan.methods.iter().find(|m| m.0 == unit.method).expect("units come from the plans");
+            let (_, _, method, method_fp) = plan.method(unit.method);
             let out = plan.layout.attribution(unit.method, step);
             if cleaned.insert((unit.run, unit.method)) {
                 if let Some(dir) = out.parent() {

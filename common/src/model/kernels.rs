@@ -53,8 +53,8 @@ fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, m: usize, n: usize,
         }
         return;
     }
-    // gemm's micro-kernel tiles the rows of its destination 24 at a time:
-    // with few rows (a layer's channels) and many columns (positions),
+    // gemm's micro-kernels tile the rows of its destination 24 to 64 at a
+    // time (by instruction set): with few rows (a layer's channels) and many columns (positions),
     // computing the transpose `bᵀ·aᵀ` into the same memory fills the tiles.
     let (rows, cols, dst_cs, dst_rs, lhs, rhs) = if m < n {
         (n, m, n, 1, (b.data, b.row_stride, b.col_stride), (a.data, a.row_stride, a.col_stride))
@@ -162,26 +162,19 @@ impl ConvGeometry {
         (last_tap + self.virtual_positions()).max(self.in_channels * self.padded_plane())
     }
 
-    /// Copies one image into the middle of a padded buffer. The buffer is
-    /// zeroed only when it is new (or of another geometry): the copy
-    /// overwrites the whole interior and never touches the zero border, so a
-    /// buffer reused for the next image needs no clearing.
-    fn pad_image(&self, image: &[f32], padded: &mut Vec<f32>) {
-        if padded.len() != self.padded_len() {
+    /// Copies one image into the middle of a padded buffer, followed by a
+    /// row of ones (one per virtual position, at
+    /// [`ConvGeometry::padded_len`]) when `ones_after` is set: the weight
+    /// gradient's extra tap there is the bias gradient. The buffer is
+    /// filled only when it is new (or of another geometry): the copy
+    /// overwrites the whole interior and never touches the zero border or
+    /// the ones, so a buffer reused for the next image needs no clearing.
+    fn pad_image(&self, image: &[f32], padded: &mut Vec<f32>, ones_after: bool) {
+        let ones = if ones_after { self.virtual_positions() } else { 0 };
+        if padded.len() != self.padded_len() + ones {
             padded.clear();
             padded.resize(self.padded_len(), 0.0);
-        }
-        self.copy_interior(image, padded);
-    }
-
-    /// [`ConvGeometry::pad_image`] followed by a row of ones, one per
-    /// virtual position, at [`ConvGeometry::padded_len`]: the weight
-    /// gradient's extra tap there is the bias gradient.
-    fn pad_image_with_ones(&self, image: &[f32], padded: &mut Vec<f32>) {
-        if padded.len() != self.padded_len() + self.virtual_positions() {
-            padded.clear();
-            padded.resize(self.padded_len(), 0.0);
-            padded.resize(self.padded_len() + self.virtual_positions(), 1.0);
+            padded.resize(self.padded_len() + ones, 1.0);
         }
         self.copy_interior(image, padded);
     }
@@ -338,7 +331,7 @@ impl<'a> ConvPass<'a> {
     fn image(&self, (padded, products): &mut (Vec<f32>, Vec<f32>), image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>) {
         let g = self.g;
         let (row, ow, plane, positions) = (g.padded_width(), g.out_width(), g.out_plane(), self.positions);
-        g.pad_image(image, padded);
+        g.pad_image(image, padded, false);
         tap_products(self.isa, self.block, padded, &self.offsets, &self.packed, positions, products);
         let mut pre_planes = pre.map(|pre| pre.chunks_exact_mut(plane));
         for (o, out_plane) in out.chunks_exact_mut(plane).enumerate() {
@@ -425,7 +418,7 @@ fn params_on(isa: Isa, x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Ve
             |(padded, gradient), (images, douts)| {
                 let mut transposed = vec![0.0f32; (taps + 1) * channels];
                 for (image, dout) in images.chunks_exact(g.in_len()).zip(douts.chunks_exact(g.out_len())) {
-                    g.pad_image_with_ones(image, padded);
+                    g.pad_image(image, padded, true);
                     g.transpose_gradient(dout, channels, gradient);
                     weight_gradient(isa, padded, &offsets, gradient, positions, &mut transposed);
                 }

@@ -384,7 +384,7 @@ impl Model {
         while let Some(layer) = self.layers.get(index) {
             let input = outputs.last().map(|v| v.as_slice()).unwrap_or(x);
             // A conv and its ReLU are written in one pass; both are traced.
-            if let (Layer::Conv(c), Some(Layer::Relu)) = (layer, self.layers.get(index + 1)) {
+            if let (Layer::Conv(c), (true, _)) = (layer, self.conv_followers(index, self.layers.len())) {
                 let (output, activated) = kernels::conv2d_forward_and_relu(input, &c.geometry, &c.weight, Some(&c.bias));
                 outputs.extend([output, activated]);
                 argmax.extend([None, None]);
@@ -412,20 +412,28 @@ impl Model {
         Ok(current.unwrap_or_else(|| x.to_vec()))
     }
 
+    /// The ReLU and 2x2 max-pool directly after layer `index`, among the
+    /// layers before `limit`: what the fused passes run together with a
+    /// conv there.
+    pub(crate) fn conv_followers(&self, index: usize, limit: usize) -> (bool, Option<PoolGeometry>) {
+        let within = |i: usize| if i < limit { self.layers.get(i) } else { None };
+        let relu = matches!(within(index + 1), Some(Layer::Relu));
+        let pool = match within(index + 1 + relu as usize) {
+            Some(Layer::MaxPool(pool)) => Some(*pool),
+            _ => None,
+        };
+        (relu, pool)
+    }
+
     /// The output of layer `index` on `input`, fused with the ReLU and
     /// max-pool after a conv when they come before `limit` (one pass, the
     /// conv's output kept in cache), and how many layers that was.
     fn fused_step(&self, index: usize, input: &[f32], limit: usize) -> (Vec<f32>, usize) {
         let layer = &self.layers[index];
-        let within = |i: usize| if i < limit { self.layers.get(i) } else { None };
-        let relu = matches!(within(index + 1), Some(Layer::Relu));
-        let pool = match within(index + 1 + relu as usize) {
-            Some(Layer::MaxPool(pool)) => Some(pool),
-            _ => None,
-        };
+        let (relu, pool) = self.conv_followers(index, limit);
         match (layer, pool) {
             (Layer::Conv(c), Some(pool)) => {
-                let (pooled, _) = kernels::conv2d_forward_pooled(input, &c.geometry, &c.weight, Some(&c.bias), relu, pool);
+                let (pooled, _) = kernels::conv2d_forward_pooled(input, &c.geometry, &c.weight, Some(&c.bias), relu, &pool);
                 (pooled, 2 + relu as usize)
             }
             (Layer::Conv(c), None) if relu => {

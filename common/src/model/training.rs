@@ -53,17 +53,16 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
     let mut act = Activation::Planes(image.traced(Gradients::leaky()));
     let mut params = Vec::new();
     let mut first_conv = true;
-    let mut layers = model.layers.iter().peekable();
-    while let Some(layer) = layers.next() {
+    let mut index = 0;
+    while let Some(layer) = model.layers.get(index) {
+        let conv_index = index;
+        index += 1;
         act = match (layer, act) {
             (Layer::Conv(c), Activation::Planes(x)) => {
                 let w = dev.tensor_from_vec(c.weight.clone(), (c.weight.len(),));
                 let b = dev.tensor_from_vec(c.bias.clone(), (c.bias.len(),));
-                let relu = layers.next_if(|next| matches!(next, Layer::Relu)).is_some();
-                let pool = layers.next_if(|next| matches!(next, Layer::MaxPool(_))).map(|next| match next {
-                    Layer::MaxPool(g) => *g,
-                    _ => unreachable!("matched a max-pool"),
-                });
+                let (relu, pool) = model.conv_followers(conv_index, model.layers.len());
+                index += relu as usize + pool.is_some() as usize;
                 let block = tape_ops::ConvBlock { geometry: c.geometry, relu, pool, input_gradient: !first_conv };
                 let y = tape_ops::conv_block(dev, x, block, &w, &b);
                 first_conv = false;
