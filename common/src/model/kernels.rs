@@ -169,7 +169,7 @@ impl ConvGeometry {
     /// filled only when it is new (or of another geometry): the copy
     /// overwrites the whole interior and never touches the zero border or
     /// the ones, so a buffer reused for the next image needs no clearing.
-    fn pad_image(&self, image: &[f32], padded: &mut Vec<f32>, ones_after: bool) {
+    pub(crate) fn pad_image(&self, image: &[f32], padded: &mut Vec<f32>, ones_after: bool) {
         let ones = if ones_after { self.virtual_positions() } else { 0 };
         if padded.len() != self.padded_len() + ones {
             padded.clear();
@@ -253,7 +253,7 @@ impl ConvGeometry {
 
 /// Images per partial sum of the weight gradient: a fixed number, so the
 /// order of the sums does not depend on the thread count.
-const IMAGES_PER_PARTIAL_GRADIENT: usize = 4;
+pub(crate) const IMAGES_PER_PARTIAL_GRADIENT: usize = 4;
 
 /// `y = conv(x, weight) + bias` for a batch of images (N·C·H·W), each image
 /// computed alone by one thread.
@@ -286,7 +286,8 @@ pub fn conv2d_forward_pooled(
     pool: &PoolGeometry,
 ) -> (Vec<f32>, Vec<u32>) {
     assert_eq!(pool.in_len(), g.out_len(), "max-pool after a conv must take its whole output");
-    let pass = ConvPass::new(Isa::detected(), x, g, weight, bias, relu);
+    assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
+    let pass = ConvPass::new(Isa::detected(), g, weight, bias, relu);
     let batch = x.len() / g.in_len();
     let mut pooled = vec![0.0f32; batch * pool.out_len()];
     let mut argmax = vec![0u32; batch * pool.out_len()];
@@ -301,41 +302,71 @@ pub fn conv2d_forward_pooled(
 }
 
 /// A convolution prepared for a batch: packed weights and tap offsets.
-struct ConvPass<'a> {
+pub(crate) struct ConvPass {
     isa: Isa,
-    g: &'a ConvGeometry,
+    g: ConvGeometry,
     block: usize,
     packed: Vec<f32>,
     offsets: Vec<usize>,
     positions: usize,
-    bias: Option<&'a [f32]>,
+    bias: Option<Vec<f32>>,
     relu: bool,
 }
 
-impl<'a> ConvPass<'a> {
-    fn new(isa: Isa, x: &[f32], g: &'a ConvGeometry, weight: &[f32], bias: Option<&'a [f32]>, relu: bool) -> Self {
-        assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
+impl ConvPass {
+    pub(crate) fn new(isa: Isa, g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
         assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
+        if let Some(bias) = bias {
+            assert_eq!(bias.len(), g.out_channels, "conv2d bias length");
+        }
         let block = isa.channel_block(g.out_channels);
         let packed = g.pack_weights(weight, block);
-        ConvPass { isa, g, block, packed, offsets: g.tap_offsets(), positions: g.virtual_positions(), bias, relu }
+        let (offsets, positions) = (g.tap_offsets(), g.virtual_positions());
+        ConvPass { isa, g: *g, block, packed, offsets, positions, bias: bias.map(<[f32]>::to_vec), relu }
+    }
+
+    /// The pass whose forward computation is this convolution's input
+    /// gradient (see [`ConvGeometry::transposed`]).
+    pub(crate) fn input_gradient(isa: Isa, g: &ConvGeometry, weight: &[f32]) -> Self {
+        assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
+        assert!(g.padding < g.kernel, "conv2d input gradient needs padding below the kernel size");
+        let (transposed, flipped) = g.transposed(weight);
+        ConvPass::new(isa, &transposed, &flipped, None, false)
+    }
+
+    pub(crate) fn geometry(&self) -> &ConvGeometry {
+        &self.g
     }
 
     /// A thread's padded-image and product buffers.
-    fn buffers(&self) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn buffers(&self) -> (Vec<f32>, Vec<f32>) {
         (Vec::new(), vec![0.0f32; self.g.out_channels.next_multiple_of(self.block) * self.positions])
     }
 
     /// One image's output (after the ReLU if the pass has one) into `out`,
     /// and the output before the ReLU into `pre` when given.
-    fn image(&self, (padded, products): &mut (Vec<f32>, Vec<f32>), image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>) {
-        let g = self.g;
+    pub(crate) fn image(
+        &self,
+        (padded, products): &mut (Vec<f32>, Vec<f32>),
+        image: &[f32],
+        out: &mut [f32],
+        pre: Option<&mut [f32]>,
+    ) {
+        self.g.pad_image(image, padded, false);
+        self.padded_image(padded, products, out, pre);
+    }
+
+    /// [`ConvPass::image`] of an image already padded by
+    /// [`ConvGeometry::pad_image`]; `products` is the second buffer of
+    /// [`ConvPass::buffers`].
+    pub(crate) fn padded_image(&self, padded: &[f32], products: &mut [f32], out: &mut [f32], pre: Option<&mut [f32]>) {
+        let g = &self.g;
         let (row, ow, plane, positions) = (g.padded_width(), g.out_width(), g.out_plane(), self.positions);
-        g.pad_image(image, padded, false);
+        assert_eq!(out.len(), g.out_len(), "conv2d output of one image");
         tap_products(self.isa, self.block, padded, &self.offsets, &self.packed, positions, products);
         let mut pre_planes = pre.map(|pre| pre.chunks_exact_mut(plane));
         for (o, out_plane) in out.chunks_exact_mut(plane).enumerate() {
-            let b = self.bias.map_or(0.0, |b| b[o]);
+            let b = self.bias.as_ref().map_or(0.0, |b| b[o]);
             let mut pre_plane = pre_planes.as_mut().and_then(|planes| planes.next());
             for (y, dst) in out_plane.chunks_exact_mut(ow).enumerate() {
                 let src = &products[o * positions + y * row..][..ow];
@@ -366,7 +397,13 @@ fn forward_on(
     relu: bool,
     keep_pre_activation: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
-    let pass = ConvPass::new(isa, x, g, weight, bias, relu);
+    assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
+    run_pass(&ConvPass::new(isa, g, weight, bias, relu), x, keep_pre_activation)
+}
+
+/// `pass` over every image of `x`, in parallel.
+fn run_pass(pass: &ConvPass, x: &[f32], keep_pre_activation: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+    let g = pass.geometry();
     let len = x.len() / g.in_len() * g.out_len();
     let mut y = vec![0.0f32; len];
     let mut pre = keep_pre_activation.then(|| vec![0.0f32; len]);
@@ -387,10 +424,7 @@ fn forward_on(
 /// forward pass of the transposed convolution of `dy` with `weight`.
 pub fn conv2d_backward_input(dy: &[f32], g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
     assert_eq!(dy.len() % g.out_len(), 0, "conv2d output gradient is not a whole number of images");
-    assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
-    assert!(g.padding < g.kernel, "conv2d input gradient needs padding below the kernel size");
-    let (transposed, flipped) = g.transposed(weight);
-    conv2d_forward(dy, &transposed, &flipped, None)
+    run_pass(&ConvPass::input_gradient(Isa::detected(), g, weight), dy, false).0
 }
 
 /// Gradients of a convolution's weight and bias, summed over the batch in a
@@ -403,12 +437,7 @@ fn params_on(isa: Isa, x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Ve
     assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
     let batch = x.len() / g.in_len();
     assert_eq!(dy.len(), batch * g.out_len(), "conv2d output gradient length");
-    let channels = g.out_channels.next_multiple_of(isa.gradient_channel_width(g.out_channels));
-    let (taps, positions) = (g.patch_len(), g.virtual_positions());
-    // One tap more than the kernel has: it reads the row of ones, so its
-    // gradient is the bias gradient.
-    let mut offsets = g.tap_offsets();
-    offsets.push(g.padded_len());
+    let params = ParamGradient::new(isa, g);
     let per = IMAGES_PER_PARTIAL_GRADIENT;
     let partials: Vec<Vec<f32>> = x
         .par_chunks(per * g.in_len())
@@ -416,28 +445,70 @@ fn params_on(isa: Isa, x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Ve
         .map_init(
             || (Vec::new(), Vec::new()),
             |(padded, gradient), (images, douts)| {
-                let mut transposed = vec![0.0f32; (taps + 1) * channels];
+                let mut partial = params.zeroed();
                 for (image, dout) in images.chunks_exact(g.in_len()).zip(douts.chunks_exact(g.out_len())) {
                     g.pad_image(image, padded, true);
-                    g.transpose_gradient(dout, channels, gradient);
-                    weight_gradient(isa, padded, &offsets, gradient, positions, &mut transposed);
+                    params.add_image(padded, dout, gradient, &mut partial);
                 }
-                transposed
+                partial
             },
         )
         .collect();
-    let mut transposed = vec![0.0f32; (taps + 1) * channels];
-    for partial in partials {
-        transposed.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+    params.finish(partials)
+}
+
+/// The weight and bias gradient of one convolution, accumulated image by
+/// image into partial sums (`[tap][channel]`, channels padded to
+/// [`Isa::gradient_channel_width`], one tap more than the kernel for the
+/// bias) and finished in a fixed order.
+pub(crate) struct ParamGradient {
+    isa: Isa,
+    g: ConvGeometry,
+    channels: usize,
+    offsets: Vec<usize>,
+}
+
+impl ParamGradient {
+    pub(crate) fn new(isa: Isa, g: &ConvGeometry) -> Self {
+        let channels = g.out_channels.next_multiple_of(isa.gradient_channel_width(g.out_channels));
+        // One tap more than the kernel has: it reads the row of ones after
+        // the padded image, so its gradient is the bias gradient.
+        let mut offsets = g.tap_offsets();
+        offsets.push(g.padded_len());
+        ParamGradient { isa, g: *g, channels, offsets }
     }
-    let mut dw = vec![0.0f32; g.weight_len()];
-    for (o, row) in dw.chunks_exact_mut(taps).enumerate() {
-        for (t, d) in row.iter_mut().enumerate() {
-            *d = transposed[t * channels + o];
+
+    /// An empty partial sum.
+    pub(crate) fn zeroed(&self) -> Vec<f32> {
+        vec![0.0f32; self.offsets.len() * self.channels]
+    }
+
+    /// Adds one image's contribution to `partial`: `padded` is the image as
+    /// [`ConvGeometry::pad_image`] pads it with its row of ones, `dout` the
+    /// gradient of the convolution's output, `scratch` a reusable buffer.
+    pub(crate) fn add_image(&self, padded: &[f32], dout: &[f32], scratch: &mut Vec<f32>, partial: &mut [f32]) {
+        assert_eq!(dout.len(), self.g.out_len(), "conv2d output gradient of one image");
+        self.g.transpose_gradient(dout, self.channels, scratch);
+        weight_gradient(self.isa, padded, &self.offsets, scratch, self.g.virtual_positions(), partial);
+    }
+
+    /// The weight `[out][tap]` and bias gradients: the partial sums added
+    /// in their order.
+    pub(crate) fn finish(&self, partials: impl IntoIterator<Item = Vec<f32>>) -> (Vec<f32>, Vec<f32>) {
+        let mut total = self.zeroed();
+        for partial in partials {
+            total.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
         }
+        let (taps, channels) = (self.g.patch_len(), self.channels);
+        let mut dw = vec![0.0f32; self.g.weight_len()];
+        for (o, row) in dw.chunks_exact_mut(taps).enumerate() {
+            for (t, d) in row.iter_mut().enumerate() {
+                *d = total[t * channels + o];
+            }
+        }
+        let db = total[taps * channels..][..self.g.out_channels].to_vec();
+        (dw, db)
     }
-    let db = transposed[taps * channels..][..g.out_channels].to_vec();
-    (dw, db)
 }
 
 /// Shape of a 2x2, stride-2 max-pool over `channels` planes of `height x
@@ -487,7 +558,7 @@ pub fn maxpool2x2_forward(x: &[f32], g: &PoolGeometry) -> (Vec<f32>, Vec<u32>) {
 }
 
 /// One image's window maxima and their winners (indices within the image).
-fn pool_image(g: &PoolGeometry, image: &[f32], out: &mut [f32], arg: &mut [u32]) {
+pub(crate) fn pool_image(g: &PoolGeometry, image: &[f32], out: &mut [f32], arg: &mut [u32]) {
     let (w, in_plane, ow, out_plane) = (g.width, g.height * g.width, g.out_width(), g.out_height() * g.out_width());
     for (c, (channel, (out, arg))) in
         image.chunks_exact(in_plane).zip(out.chunks_exact_mut(out_plane).zip(arg.chunks_exact_mut(out_plane))).enumerate()
@@ -544,14 +615,18 @@ pub fn maxpool2x2_backward(dy: &[f32], argmax: &[u32], g: &PoolGeometry) -> Vec<
     assert_eq!(dy.len(), argmax.len(), "max-pool gradient and argmax lengths");
     let batch = dy.len() / g.out_len();
     let mut dx = vec![0.0f32; batch * g.in_len()];
-    dx.par_chunks_mut(g.in_len()).zip(dy.par_chunks(g.out_len()).zip(argmax.par_chunks(g.out_len()))).for_each(
-        |(dimage, (dout, arg))| {
-            for (&d, &i) in dout.iter().zip(arg) {
-                dimage[i as usize] += d;
-            }
-        },
-    );
+    dx.par_chunks_mut(g.in_len())
+        .zip(dy.par_chunks(g.out_len()).zip(argmax.par_chunks(g.out_len())))
+        .for_each(|(dimage, (dout, arg))| unpool_image(dout, arg, dimage));
     dx
+}
+
+/// Adds one image's output gradients to the inputs that won their windows
+/// (`arg` as [`pool_image`] gives it).
+pub(crate) fn unpool_image(dout: &[f32], arg: &[u32], dimage: &mut [f32]) {
+    for (&d, &i) in dout.iter().zip(arg) {
+        dimage[i as usize] += d;
+    }
 }
 
 /// Spreads each output's value over its 2x2 window in proportion to

@@ -5,6 +5,7 @@
 //! plain (`forward`, `forward_trace`: evaluation, LRP, Grad-CAM) or on dfdx's
 //! autodiff tape (`training::loss_and_gradients`).
 
+mod conv_stack;
 pub mod kernels;
 mod microkernels;
 mod tape_ops;

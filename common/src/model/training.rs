@@ -5,8 +5,9 @@ use dfdx::prelude::{
     ReshapeTo, Tensor, TensorFromVec, Trace, TryMatMul,
 };
 
+use super::conv_stack::{ConvBlock, ConvStack};
 use super::tape_ops::{self, Flat, Planes};
-use super::{argmax, Layer, Model, ModelError};
+use super::{argmax, Conv2d, Layer, Model, ModelError};
 
 type Rows<T> = Tensor<(usize, usize), f32, Cpu, T>;
 type Taped = OwnedTape<f32, Cpu>;
@@ -41,6 +42,18 @@ impl Param {
     }
 }
 
+/// The conv blocks (a conv with the ReLU and max-pool after it) that
+/// follow each other from layer `index` on, and the index after them.
+fn conv_blocks(model: &Model, mut index: usize) -> (Vec<(ConvBlock, &Conv2d)>, usize) {
+    let mut blocks = Vec::new();
+    while let Some(Layer::Conv(c)) = model.layers.get(index) {
+        let (relu, pool) = model.conv_followers(index, model.layers.len());
+        blocks.push((ConvBlock { geometry: c.geometry, relu, pool }, c));
+        index += 1 + relu as usize + pool.is_some() as usize;
+    }
+    (blocks, index)
+}
+
 /// Mean cross-entropy of `model` on the normalised images `x` (N·C·H·W) with
 /// `labels`, and its gradients with respect to every parameter.
 pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) -> Result<StepResult, ModelError> {
@@ -55,18 +68,24 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
     let mut first_conv = true;
     let mut index = 0;
     while let Some(layer) = model.layers.get(index) {
-        let conv_index = index;
-        index += 1;
+        let mut next = index + 1;
         act = match (layer, act) {
-            (Layer::Conv(c), Activation::Planes(x)) => {
-                let w = dev.tensor_from_vec(c.weight.clone(), (c.weight.len(),));
-                let b = dev.tensor_from_vec(c.bias.clone(), (c.bias.len(),));
-                let (relu, pool) = model.conv_followers(conv_index, model.layers.len());
-                index += relu as usize + pool.is_some() as usize;
-                let block = tape_ops::ConvBlock { geometry: c.geometry, relu, pool, input_gradient: !first_conv };
-                let y = tape_ops::conv_block(dev, x, block, &w, &b);
+            (Layer::Conv(_), Activation::Planes(x)) => {
+                let (blocks, after) = conv_blocks(model, index);
+                next = after;
+                let stack = ConvStack::new(&blocks, !first_conv);
                 first_conv = false;
-                params.extend([Param::Flat(w), Param::Flat(b)]);
+                let tensors: Vec<(Flat, Flat)> = blocks
+                    .iter()
+                    .map(|(_, c)| {
+                        (
+                            dev.tensor_from_vec(c.weight.clone(), (c.weight.len(),)),
+                            dev.tensor_from_vec(c.bias.clone(), (c.bias.len(),)),
+                        )
+                    })
+                    .collect();
+                let y = tape_ops::conv_stack(dev, x, stack, &tensors);
+                params.extend(tensors.into_iter().flat_map(|(w, b)| [Param::Flat(w), Param::Flat(b)]));
                 Activation::Planes(y)
             }
             (Layer::Relu, Activation::Planes(x)) => Activation::Planes(x.relu()),
@@ -86,6 +105,7 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
             }
             (layer, _) => unreachable!("layer {} got an activation of the wrong rank", layer.kind_name()),
         };
+        index = next;
     }
     let Activation::Rows(logits) = act else { unreachable!("the network ends in a dense layer") };
     let logit_values = tape_ops::data_of(&logits);
@@ -133,9 +153,15 @@ mod tests {
     /// differences of the plain forward pass (in f64 around f32 weights).
     #[test]
     fn tape_gradients_match_finite_differences() {
+        for kind in [ModelKind::Simple, ModelKind::Complex] {
+            check_gradients_by_finite_differences(kind);
+        }
+    }
+
+    fn check_gradients_by_finite_differences(kind: ModelKind) {
         let dev = Cpu::default();
         let shape = ImageShape { channels: 2, height: 8, width: 8 };
-        let model = Model::initialized(ModelKind::Simple, shape, 10, 6);
+        let model = Model::initialized(kind, shape, 10, 6);
         let (x, y) = batch(shape, 2, 7);
         let step = loss_and_gradients(&dev, &model, x.clone(), &y).unwrap();
         let loss_of = |m: &Model| cross_entropy_and_correct(&m.forward(&x).unwrap(), &y, 10).0;
@@ -148,7 +174,11 @@ mod tests {
                 let mut minus = model.clone();
                 minus.parameters_mut()[p][i] -= h;
                 let numeric = ((loss_of(&plus) - loss_of(&minus)) / (2.0 * h as f64)) as f32;
-                assert!((grad[i] - numeric).abs() < 2e-3 + 0.02 * numeric.abs(), "param {p} index {i}: {} vs {numeric}", grad[i]);
+                assert!(
+                    (grad[i] - numeric).abs() < 2e-3 + 0.02 * numeric.abs(),
+                    "{kind:?} param {p} index {i}: {} vs {numeric}",
+                    grad[i]
+                );
             }
         }
     }

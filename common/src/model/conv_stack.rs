@@ -1,0 +1,314 @@
+//! A run of conv blocks (a convolution with the ReLU and 2x2 max-pool
+//! after it) trained image by image.
+//!
+//! Run layer by layer over a whole batch, every block's activations stream
+//! through main memory (ten megabytes for the first convolution of a batch
+//! of 100) and every layer ends at a barrier where the threads wait for
+//! each other. Here one thread takes an image through all blocks, forward
+//! and then backward, so the image's activations stay in its core's cache
+//! and the threads meet once per pass. The arithmetic is that of the
+//! layer-by-layer kernels: every image is computed alone, and parameter
+//! gradients are summed over fixed groups of images and then over the
+//! groups in order, so no result depends on the thread count or on the
+//! batch an image came in.
+
+use rayon::prelude::*;
+
+use super::kernels::{self, ConvGeometry, ConvPass, ParamGradient, PoolGeometry, IMAGES_PER_PARTIAL_GRADIENT};
+use super::microkernels::Isa;
+use super::Conv2d;
+
+/// A convolution and what follows it inside a stack: an optional ReLU and
+/// an optional 2x2 max-pool after the ReLU.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvBlock {
+    pub geometry: ConvGeometry,
+    pub relu: bool,
+    pub pool: Option<PoolGeometry>,
+}
+
+impl ConvBlock {
+    /// Floats of one image's output, after the pool if there is one.
+    fn out_len(&self) -> usize {
+        self.pool.map_or(self.geometry.out_len(), |pool| pool.out_len())
+    }
+}
+
+/// One block with its convolution prepared for both passes.
+struct Stage {
+    block: ConvBlock,
+    forward: ConvPass,
+    /// Absent for a first block whose input needs no gradient (the images).
+    input_gradient: Option<ConvPass>,
+    params: ParamGradient,
+}
+
+/// Consecutive conv blocks with their weights.
+pub(crate) struct ConvStack {
+    stages: Vec<Stage>,
+}
+
+/// What the backward pass needs of one image at one block.
+struct Saved {
+    /// The block's input padded with its row of ones, as the weight
+    /// gradient reads it.
+    padded_input: Vec<f32>,
+    /// The block's output after its ReLU and pool: where it is not
+    /// positive, the ReLU passes no gradient.
+    output: Vec<f32>,
+    /// The winner of each pool window (empty without a pool).
+    argmax: Vec<u32>,
+}
+
+/// One image's activations at every block of a stack.
+pub(crate) struct SavedImage(Vec<Saved>);
+
+/// A thread's reusable buffers for one block.
+#[derive(Default)]
+struct Scratch {
+    products: Vec<f32>,
+    conv_out: Vec<f32>,
+    transposed_gradient: Vec<f32>,
+    input_gradient: (Vec<f32>, Vec<f32>),
+}
+
+impl ConvStack {
+    /// The stack of `blocks` with their layers' weights. The first block
+    /// passes gradients to its input only when `input_gradient` is set.
+    pub(crate) fn new(blocks: &[(ConvBlock, &Conv2d)], input_gradient: bool) -> Self {
+        for pair in blocks.windows(2) {
+            let ((before, layer), (after, next)) = (&pair[0], &pair[1]);
+            assert_eq!(before.out_len(), after.geometry.in_len(), "{} does not take the output of {}", next.name, layer.name);
+        }
+        let isa = Isa::detected();
+        let stages = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, (block, layer))| {
+                let g = &block.geometry;
+                if let Some(pool) = block.pool {
+                    assert_eq!(pool.in_len(), g.out_len(), "the max-pool after {} must take its whole output", layer.name);
+                }
+                Stage {
+                    block: *block,
+                    forward: ConvPass::new(isa, g, &layer.weight, Some(&layer.bias), block.relu),
+                    input_gradient: (i > 0 || input_gradient).then(|| ConvPass::input_gradient(isa, g, &layer.weight)),
+                    params: ParamGradient::new(isa, g),
+                }
+            })
+            .collect();
+        ConvStack { stages }
+    }
+
+    fn in_len(&self) -> usize {
+        self.stages[0].block.geometry.in_len()
+    }
+
+    fn out_len(&self) -> usize {
+        self.last().out_len()
+    }
+
+    fn last(&self) -> &ConvBlock {
+        &self.stages.last().expect("a stack has blocks").block
+    }
+
+    /// (channels, height, width) of one image's output.
+    pub(crate) fn output_shape(&self) -> (usize, usize, usize) {
+        match self.last().pool {
+            Some(pool) => (pool.channels, pool.out_height(), pool.out_width()),
+            None => {
+                let g = &self.last().geometry;
+                (g.out_channels, g.out_height(), g.out_width())
+            }
+        }
+    }
+
+    fn scratch(&self) -> Vec<Scratch> {
+        self.stages.iter().map(|_| Scratch::default()).collect()
+    }
+
+    /// The stack's output for a batch of images (N·C·H·W) and what the
+    /// backward pass needs of each image.
+    pub(crate) fn forward(&self, x: &[f32]) -> (Vec<f32>, Vec<SavedImage>) {
+        assert_eq!(x.len() % self.in_len(), 0, "conv stack input is not a whole number of images");
+        let saved: Vec<SavedImage> = x
+            .par_chunks(self.in_len())
+            .map_init(|| self.scratch(), |scratch, image| self.forward_image(scratch, image))
+            .collect();
+        let mut out = Vec::with_capacity(saved.len() * self.out_len());
+        for image in &saved {
+            out.extend_from_slice(&image.0.last().expect("a stack has blocks").output);
+        }
+        (out, saved)
+    }
+
+    fn forward_image(&self, scratch: &mut [Scratch], image: &[f32]) -> SavedImage {
+        let mut blocks: Vec<Saved> = Vec::with_capacity(self.stages.len());
+        for (stage, scratch) in self.stages.iter().zip(scratch) {
+            let g = &stage.block.geometry;
+            let mut padded_input = Vec::new();
+            g.pad_image(blocks.last().map_or(image, |before| before.output.as_slice()), &mut padded_input, true);
+            if scratch.products.is_empty() {
+                scratch.products = stage.forward.buffers().1;
+            }
+            let saved = match stage.block.pool {
+                Some(pool) => {
+                    scratch.conv_out.resize(g.out_len(), 0.0);
+                    stage.forward.padded_image(&padded_input, &mut scratch.products, &mut scratch.conv_out, None);
+                    let (mut output, mut argmax) = (vec![0.0f32; pool.out_len()], vec![0u32; pool.out_len()]);
+                    kernels::pool_image(&pool, &scratch.conv_out, &mut output, &mut argmax);
+                    Saved { padded_input, output, argmax }
+                }
+                None => {
+                    let mut output = vec![0.0f32; g.out_len()];
+                    stage.forward.padded_image(&padded_input, &mut scratch.products, &mut output, None);
+                    Saved { padded_input, output, argmax: Vec::new() }
+                }
+            };
+            blocks.push(saved);
+        }
+        SavedImage(blocks)
+    }
+
+    /// From the gradient of the stack's output (N·C·H·W): every block's
+    /// weight and bias gradients, in block order, and the gradient of the
+    /// stack's input when the stack passes one.
+    pub(crate) fn backward(&self, saved: &[SavedImage], d_output: &[f32]) -> (Vec<(Vec<f32>, Vec<f32>)>, Option<Vec<f32>>) {
+        assert_eq!(d_output.len(), saved.len() * self.out_len(), "conv stack output gradient length");
+        let per = IMAGES_PER_PARTIAL_GRADIENT;
+        let mut groups: Vec<(Vec<Vec<f32>>, Vec<f32>)> = saved
+            .par_chunks(per)
+            .zip(d_output.par_chunks(per * self.out_len()))
+            .map_init(
+                || self.scratch(),
+                |scratch, (images, douts)| {
+                    let mut partials: Vec<Vec<f32>> = self.stages.iter().map(|stage| stage.params.zeroed()).collect();
+                    let mut dx = Vec::new();
+                    for (image, dout) in images.iter().zip(douts.chunks_exact(self.out_len())) {
+                        if let Some(d) = self.backward_image(scratch, image, dout, &mut partials) {
+                            dx.extend_from_slice(&d);
+                        }
+                    }
+                    (partials, dx)
+                },
+            )
+            .collect();
+        let params = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, stage)| stage.params.finish(groups.iter_mut().map(|(partials, _)| std::mem::take(&mut partials[i]))))
+            .collect();
+        let dx = self.stages[0].input_gradient.is_some().then(|| groups.into_iter().flat_map(|(_, dx)| dx).collect());
+        (params, dx)
+    }
+
+    /// Adds one image's parameter gradients to `partials` and returns the
+    /// gradient of its input when the first block passes one.
+    fn backward_image(
+        &self,
+        scratch: &mut [Scratch],
+        image: &SavedImage,
+        dout: &[f32],
+        partials: &mut [Vec<f32>],
+    ) -> Option<Vec<f32>> {
+        let mut dout = dout.to_vec();
+        for (i, (stage, saved)) in self.stages.iter().zip(&image.0).enumerate().rev() {
+            let (g, scratch) = (&stage.block.geometry, &mut scratch[i]);
+            if stage.block.relu {
+                for (d, &y) in dout.iter_mut().zip(&saved.output) {
+                    let active = y > 0.0;
+                    if !active {
+                        *d = 0.0;
+                    }
+                }
+            }
+            let dconv: &[f32] = match stage.block.pool {
+                Some(_) => {
+                    scratch.conv_out.clear();
+                    scratch.conv_out.resize(g.out_len(), 0.0);
+                    kernels::unpool_image(&dout, &saved.argmax, &mut scratch.conv_out);
+                    &scratch.conv_out
+                }
+                None => &dout,
+            };
+            stage.params.add_image(&saved.padded_input, dconv, &mut scratch.transposed_gradient, &mut partials[i]);
+            let pass = stage.input_gradient.as_ref()?;
+            if scratch.input_gradient.1.is_empty() {
+                scratch.input_gradient = pass.buffers();
+            }
+            let mut dx = vec![0.0f32; g.in_len()];
+            pass.image(&mut scratch.input_gradient, dconv, &mut dx, None);
+            dout = dx;
+        }
+        Some(dout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::*;
+    use crate::rng::Rng;
+
+    fn random(len: usize, rng: &mut Rng) -> Vec<f32> {
+        (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
+    }
+
+    fn layer(name: &str, geometry: ConvGeometry, rng: &mut Rng) -> Conv2d {
+        Conv2d {
+            name: name.into(),
+            geometry,
+            weight: random(geometry.weight_len(), rng),
+            bias: random(geometry.out_channels, rng),
+        }
+    }
+
+    fn masked(gradient: &[f32], output: &[f32]) -> Vec<f32> {
+        gradient.iter().zip(output).map(|(&d, &y)| if y > 0.0 { d } else { 0.0 }).collect()
+    }
+
+    /// Image by image through the stack gives the same bits as the batch
+    /// kernels layer by layer, forward and backward: a block with ReLU, one
+    /// with ReLU and pool, one with neither, over a batch that is not a
+    /// whole number of gradient groups.
+    #[test]
+    fn stack_equals_the_layer_by_layer_kernels() {
+        let mut rng = Rng::new(11);
+        let ga = ConvGeometry { in_channels: 2, out_channels: 4, kernel: 3, padding: 1, height: 8, width: 8 };
+        let gb = ConvGeometry { in_channels: 4, out_channels: 3, kernel: 3, padding: 1, height: 8, width: 8 };
+        let pool = PoolGeometry { channels: 3, height: 8, width: 8 };
+        let gc = ConvGeometry { in_channels: 3, out_channels: 5, kernel: 5, padding: 2, height: 4, width: 4 };
+        let (a, b, c) = (layer("a", ga, &mut rng), layer("b", gb, &mut rng), layer("c", gc, &mut rng));
+        let blocks = [
+            (ConvBlock { geometry: ga, relu: true, pool: None }, &a),
+            (ConvBlock { geometry: gb, relu: true, pool: Some(pool) }, &b),
+            (ConvBlock { geometry: gc, relu: false, pool: None }, &c),
+        ];
+        let batch = 5;
+        let x = random(batch * ga.in_len(), &mut rng);
+        let dout = random(batch * gc.out_len(), &mut rng);
+
+        let stack = ConvStack::new(&blocks, true);
+        assert_eq!(stack.output_shape(), (5, 4, 4));
+        let (out, saved) = stack.forward(&x);
+        let (params, dx) = stack.backward(&saved, &dout);
+
+        let ya = conv2d_forward_with(&x, &ga, &a.weight, Some(&a.bias), true);
+        let (yb, argmax) = conv2d_forward_pooled(&ya, &gb, &b.weight, Some(&b.bias), true, &pool);
+        let yc = conv2d_forward(&yb, &gc, &c.weight, Some(&c.bias));
+        assert_eq!(out, yc);
+        let grads_c = conv2d_backward_params(&yb, &dout, &gc);
+        let dyb = masked(&conv2d_backward_input(&dout, &gc, &c.weight), &yb);
+        let dconv_b = maxpool2x2_backward(&dyb, &argmax, &pool);
+        let grads_b = conv2d_backward_params(&ya, &dconv_b, &gb);
+        let dya = masked(&conv2d_backward_input(&dconv_b, &gb, &b.weight), &ya);
+        let grads_a = conv2d_backward_params(&x, &dya, &ga);
+        assert_eq!(params, vec![grads_a, grads_b, grads_c]);
+        assert_eq!(dx, Some(conv2d_backward_input(&dya, &ga, &a.weight)));
+
+        let without_input_gradient = ConvStack::new(&blocks, false);
+        let (_, saved) = without_input_gradient.forward(&x);
+        assert_eq!(without_input_gradient.backward(&saved, &dout).1, None);
+    }
+}
