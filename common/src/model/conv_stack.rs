@@ -60,6 +60,9 @@ struct Saved {
     argmax: Vec<u32>,
 }
 
+/// The gradients of one block's weight and bias.
+pub(crate) type WeightAndBias = (Vec<f32>, Vec<f32>);
+
 /// One image's activations at every block of a stack.
 pub(crate) struct SavedImage(Vec<Saved>);
 
@@ -173,7 +176,7 @@ impl ConvStack {
     /// From the gradient of the stack's output (N·C·H·W): every block's
     /// weight and bias gradients, in block order, and the gradient of the
     /// stack's input when the stack passes one.
-    pub(crate) fn backward(&self, saved: &[SavedImage], d_output: &[f32]) -> (Vec<(Vec<f32>, Vec<f32>)>, Option<Vec<f32>>) {
+    pub(crate) fn backward(&self, saved: &[SavedImage], d_output: &[f32]) -> (Vec<WeightAndBias>, Option<Vec<f32>>) {
         assert_eq!(d_output.len(), saved.len() * self.out_len(), "conv stack output gradient length");
         let per = IMAGES_PER_PARTIAL_GRADIENT;
         let mut groups: Vec<(Vec<Vec<f32>>, Vec<f32>)> = saved
@@ -216,11 +219,9 @@ impl ConvStack {
         for (i, (stage, saved)) in self.stages.iter().zip(&image.0).enumerate().rev() {
             let (g, scratch) = (&stage.block.geometry, &mut scratch[i]);
             if stage.block.relu {
+                // A select, not a branch: it vectorises.
                 for (d, &y) in dout.iter_mut().zip(&saved.output) {
-                    let active = y > 0.0;
-                    if !active {
-                        *d = 0.0;
-                    }
+                    *d = if y > 0.0 { *d } else { 0.0 };
                 }
             }
             let dconv: &[f32] = match stage.block.pool {

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::microkernels::{tap_products, weight_gradient, Isa, POSITION_BLOCK};
+use super::microkernels::{pool_row, tap_products, weight_gradient, Isa, POSITION_BLOCK};
 
 /// A row-major or strided view of a matrix inside a slice.
 #[derive(Clone, Copy)]
@@ -39,8 +39,11 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `dst (m x n, row-major) (+)= a (m x k) · b (k x n)` on the calling thread.
-fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, m: usize, n: usize, k: usize) {
+/// `dst (m x n, row-major) (+)= a (m x k) · b (k x n)`, on the calling
+/// thread or, with `Parallelism::Rayon`, split over rayon's threads by
+/// blocks of the destination (gemm never splits the sum over k, so the
+/// result does not depend on the thread count).
+fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, (m, n, k): (usize, usize, usize), parallelism: gemm::Parallelism) {
     assert!(dst.len() >= m * n, "matmul destination too small");
     a.check(m, k, "matmul lhs");
     b.check(k, n, "matmul rhs");
@@ -84,7 +87,7 @@ fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, m: usize, n: usize,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
@@ -559,6 +562,10 @@ pub fn maxpool2x2_forward(x: &[f32], g: &PoolGeometry) -> (Vec<f32>, Vec<u32>) {
 
 /// One image's window maxima and their winners (indices within the image).
 pub(crate) fn pool_image(g: &PoolGeometry, image: &[f32], out: &mut [f32], arg: &mut [u32]) {
+    pool_image_on(Isa::detected(), g, image, out, arg)
+}
+
+fn pool_image_on(isa: Isa, g: &PoolGeometry, image: &[f32], out: &mut [f32], arg: &mut [u32]) {
     let (w, in_plane, ow, out_plane) = (g.width, g.height * g.width, g.out_width(), g.out_height() * g.out_width());
     for (c, (channel, (out, arg))) in
         image.chunks_exact(in_plane).zip(out.chunks_exact_mut(out_plane).zip(arg.chunks_exact_mut(out_plane))).enumerate()
@@ -567,6 +574,9 @@ pub(crate) fn pool_image(g: &PoolGeometry, image: &[f32], out: &mut [f32], arg: 
             let top = &channel[2 * oy * w..][..2 * ow];
             let bottom = &channel[(2 * oy + 1) * w..][..2 * ow];
             let first = c * in_plane + 2 * oy * w;
+            if pool_row(isa, top, bottom, w, first as u32, out, arg) {
+                continue;
+            }
             for ox in 0..ow {
                 let corners = [top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]];
                 let (best, value) = window_max(corners);
@@ -696,7 +706,7 @@ pub fn dense_forward(x: &[f32], inputs: usize, weight: &[f32], bias: Option<&[f3
             }
         }
         let m = ROWS_PER_PRODUCT;
-        matmul(out, bias.is_some(), Mat::row_major(rows, inputs), Mat::transposed(weight, inputs), m, outputs, inputs);
+        matmul(out, bias.is_some(), Mat::row_major(rows, inputs), Mat::transposed(weight, inputs), (m, outputs, inputs), SERIAL);
     })
 }
 
@@ -705,9 +715,55 @@ pub fn dense_backward_input(dy: &[f32], inputs: usize, weight: &[f32]) -> Vec<f3
     let outputs = weight.len() / inputs;
     assert_eq!(dy.len() % outputs, 0, "dense output gradient is not a whole number of rows");
     by_row_blocks(dy, outputs, inputs, |rows, out| {
-        matmul(out, false, Mat::row_major(rows, outputs), Mat::row_major(weight, inputs), ROWS_PER_PRODUCT, inputs, outputs);
+        matmul(
+            out,
+            false,
+            Mat::row_major(rows, outputs),
+            Mat::row_major(weight, inputs),
+            (ROWS_PER_PRODUCT, inputs, outputs),
+            SERIAL,
+        );
     })
 }
+
+/// The dense layer of a training step, `y = x · weightᵀ + bias` over the
+/// whole batch as one product split over the threads. Unlike
+/// [`dense_forward`], a row's result depends on the batch size (gemm tiles
+/// the batch), which a training batch of fixed size does not mind.
+pub fn dense_batch_forward(x: &[f32], inputs: usize, weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let (batch, outputs) = dense_shape(x, inputs, weight, "dense input");
+    assert_eq!(bias.len(), outputs, "dense bias length");
+    let mut y: Vec<f32> = bias.iter().copied().cycle().take(batch * outputs).collect();
+    let shape = (batch, outputs, inputs);
+    matmul(&mut y, true, Mat::row_major(x, inputs), Mat::transposed(weight, inputs), shape, PARALLEL);
+    y
+}
+
+/// The gradients of [`dense_batch_forward`] from its output gradient `dy`:
+/// weight `[out, in]`, bias, and input.
+pub fn dense_batch_backward(x: &[f32], dy: &[f32], inputs: usize, weight: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (batch, outputs) = dense_shape(x, inputs, weight, "dense input");
+    assert_eq!(dy.len(), batch * outputs, "dense output gradient length");
+    let mut dw = vec![0.0f32; weight.len()];
+    matmul(&mut dw, false, Mat::transposed(dy, outputs), Mat::row_major(x, inputs), (outputs, inputs, batch), PARALLEL);
+    let mut dx = vec![0.0f32; x.len()];
+    matmul(&mut dx, false, Mat::row_major(dy, outputs), Mat::row_major(weight, inputs), (batch, inputs, outputs), PARALLEL);
+    let mut db = vec![0.0f32; outputs];
+    for row in dy.chunks_exact(outputs) {
+        db.iter_mut().zip(row).for_each(|(s, &d)| *s += d);
+    }
+    (dw, db, dx)
+}
+
+/// (rows, outputs) of a dense layer's input, checked against its weight.
+fn dense_shape(x: &[f32], inputs: usize, weight: &[f32], what: &str) -> (usize, usize) {
+    assert!(inputs > 0 && x.len() % inputs == 0, "{what} is not a whole number of rows of {inputs}");
+    assert_eq!(weight.len() % inputs, 0, "dense weight length");
+    (x.len() / inputs, weight.len() / inputs)
+}
+
+const SERIAL: gemm::Parallelism = gemm::Parallelism::None;
+const PARALLEL: gemm::Parallelism = gemm::Parallelism::Rayon(0);
 
 #[cfg(test)]
 mod tests {
@@ -949,6 +1005,39 @@ mod tests {
         assert!(value[0].is_nan() && arg == vec![3], "NaN propagates from the last NaN corner");
     }
 
+    /// Every pool variant against the scalar one, on rows wider and
+    /// narrower than a vector, with ties, zeros, infinities and NaNs.
+    #[test]
+    fn every_pool_variant_matches_the_scalar_one() {
+        let mut rng = Rng::new(31);
+        for (height, width) in [(2, 2), (4, 14), (6, 32), (5, 47), (3, 70)] {
+            let g = PoolGeometry { channels: 3, height, width };
+            let x: Vec<f32> = (0..2 * g.in_len())
+                .map(|_| match rng.below(12) {
+                    0 => f32::NAN,
+                    1 => f32::INFINITY,
+                    2 => f32::NEG_INFINITY,
+                    3..=5 => 1.0,
+                    6 => 0.0,
+                    _ => rng.uniform(-2.0, 2.0),
+                })
+                .collect();
+            let pooled = |isa: Isa| {
+                let mut out = vec![0.0f32; 2 * g.out_len()];
+                let mut arg = vec![0u32; 2 * g.out_len()];
+                for ((image, out), arg) in x.chunks(g.in_len()).zip(out.chunks_mut(g.out_len())).zip(arg.chunks_mut(g.out_len()))
+                {
+                    pool_image_on(isa, &g, image, out, arg);
+                }
+                (out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), arg)
+            };
+            let scalar = pooled(Isa::Portable);
+            for isa in Isa::available() {
+                assert_eq!(pooled(isa), scalar, "{isa:?} on {height}x{width}");
+            }
+        }
+    }
+
     #[test]
     fn redistribution_conserves_and_follows_weights() {
         let g = PoolGeometry { channels: 1, height: 2, width: 4 };
@@ -977,6 +1066,42 @@ mod tests {
                 let expect: f32 = (0..outputs).map(|o| dy[n * outputs + o] * w[o * inputs + i]).sum();
                 assert!((dx[n * inputs + i] - expect).abs() < 1e-5);
             }
+        }
+    }
+
+    /// The training step's dense layer against sums written out, and the
+    /// same bits on one thread as on several.
+    #[test]
+    fn batch_dense_matches_naive_on_any_thread_count() {
+        let (inputs, outputs, batch) = (300, 70, 45);
+        let x = random(batch * inputs, 14);
+        let w = random(outputs * inputs, 15);
+        let b = random(outputs, 16);
+        let dy = random(batch * outputs, 17);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| (dense_batch_forward(&x, inputs, &w, &b), dense_batch_backward(&x, &dy, inputs, &w)))
+        };
+        let (y, (dw, db, dx)) = run(1);
+        assert_eq!(run(3), (y.clone(), (dw.clone(), db.clone(), dx.clone())));
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-4 * (1.0 + b.abs());
+        for n in 0..batch {
+            for o in 0..outputs {
+                let expect: f32 = b[o] + (0..inputs).map(|i| x[n * inputs + i] * w[o * inputs + i]).sum::<f32>();
+                assert!(close(y[n * outputs + o], expect), "y[{n}][{o}]");
+            }
+            for i in 0..inputs {
+                let expect: f32 = (0..outputs).map(|o| dy[n * outputs + o] * w[o * inputs + i]).sum();
+                assert!(close(dx[n * inputs + i], expect), "dx[{n}][{i}]");
+            }
+        }
+        for o in 0..outputs {
+            for i in 0..inputs {
+                let expect: f32 = (0..batch).map(|n| dy[n * outputs + o] * x[n * inputs + i]).sum();
+                assert!(close(dw[o * inputs + i], expect), "dw[{o}][{i}]");
+            }
+            let expect: f32 = (0..batch).map(|n| dy[n * outputs + o]).sum();
+            assert!(close(db[o], expect), "db[{o}]");
         }
     }
 }

@@ -123,6 +123,65 @@ mod x86 {
         }
     }
 
+    /// See [`super::pool_row`]: sixteen windows per step, the even and odd
+    /// columns of both rows split apart with permutes.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pool_row_avx512(
+        top: &[f32],
+        bottom: &[f32],
+        row_width: u32,
+        first: u32,
+        out: &mut [f32],
+        arg: &mut [u32],
+    ) {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let lanes_below = |n: usize| -> __mmask16 {
+            if n >= 16 {
+                0xffff
+            } else {
+                (1u16 << n) - 1
+            }
+        };
+        let windows = out.len();
+        for start in (0..windows).step_by(16) {
+            let n = (windows - start).min(16);
+            let (low, high) = (lanes_below(2 * n), lanes_below((2 * n).saturating_sub(16)));
+            let split = |row: &[f32]| {
+                let p = row.as_ptr().add(2 * start);
+                let (lo, hi) = (_mm512_maskz_loadu_ps(low, p), _mm512_maskz_loadu_ps(high, p.add(16)));
+                (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi))
+            };
+            let ((a, b), (c, d)) = (split(top), split(bottom));
+            let largest = _mm512_max_ps(_mm512_max_ps(a, b), _mm512_max_ps(c, d));
+            // The first corner equal to the maximum: later corners first, so
+            // earlier ones overwrite them.
+            let mut best = _mm512_set1_epi32(3);
+            best = _mm512_mask_mov_epi32(best, _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(c, largest), _mm512_set1_epi32(2));
+            best = _mm512_mask_mov_epi32(best, _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(b, largest), _mm512_set1_epi32(1));
+            best = _mm512_mask_mov_epi32(best, _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, largest), _mm512_setzero_si512());
+            let mut value = largest;
+            // The last NaN corner where there is one.
+            let nan = |v: __m512| _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let (nan_a, nan_b, nan_c, nan_d) = (nan(a), nan(b), nan(c), nan(d));
+            value = _mm512_mask_mov_ps(value, nan_a, a);
+            best = _mm512_mask_mov_epi32(best, nan_a, _mm512_setzero_si512());
+            for (mask, corner, index) in [(nan_b, b, 1), (nan_c, c, 2), (nan_d, d, 3)] {
+                value = _mm512_mask_mov_ps(value, mask, corner);
+                best = _mm512_mask_mov_epi32(best, mask, _mm512_set1_epi32(index));
+            }
+            let column = _mm512_add_epi32(_mm512_set1_epi32((first + 2 * start as u32) as i32), _mm512_add_epi32(lane, lane));
+            let dx = _mm512_and_si512(best, _mm512_set1_epi32(1));
+            let lower_row = _mm512_cmpge_epi32_mask(best, _mm512_set1_epi32(2));
+            let dy = _mm512_maskz_mov_epi32(lower_row, _mm512_set1_epi32(row_width as i32));
+            let index = _mm512_add_epi32(column, _mm512_add_epi32(dx, dy));
+            let store = lanes_below(n);
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(start), store, value);
+            _mm512_mask_storeu_epi32(arg.as_mut_ptr().add(start).cast(), store, index);
+        }
+    }
+
     #[derive(Clone, Copy)]
     pub(super) struct Avx2(__m256);
 
@@ -391,4 +450,33 @@ unsafe fn weight_gradient_avx512_16(padded: &[f32], offsets: &[usize], gradient:
 #[target_feature(enable = "avx2,fma")]
 unsafe fn weight_gradient_avx2(padded: &[f32], offsets: &[usize], gradient: &[f32], positions: usize, out: &mut [f32]) {
     weight_gradient_generic::<x86::Avx2, 4, 2>(padded, offsets, gradient, positions, out)
+}
+
+/// One output row of a 2x2 max-pool with the vector unit, where the CPU has
+/// one: for each window `ox`, the maximum of `top[2ox..2ox+2]` and
+/// `bottom[2ox..2ox+2]` into `out[ox]` and the winner's index into
+/// `arg[ox]` as `first + 2ox + dx + dy·row_width`, with the tie and NaN
+/// rules of the scalar `window_max`. Returns false, having written nothing,
+/// where the caller must pool the row itself.
+pub(crate) fn pool_row(
+    isa: Isa,
+    top: &[f32],
+    bottom: &[f32],
+    row_width: usize,
+    first: u32,
+    out: &mut [f32],
+    arg: &mut [u32],
+) -> bool {
+    let windows = out.len();
+    assert!(top.len() >= 2 * windows && bottom.len() >= 2 * windows && arg.len() == windows, "pool row lengths");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: chosen only where the CPU has AVX-512; the lengths are
+        // checked above and every load and store is masked to them.
+        Isa::Avx512 => unsafe {
+            x86::pool_row_avx512(top, bottom, row_width as u32, first, out, arg);
+            true
+        },
+        _ => false,
+    }
 }

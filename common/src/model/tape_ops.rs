@@ -12,9 +12,12 @@ use rayon::prelude::*;
 
 use super::conv_stack::ConvStack;
 use super::kernels::{self, PoolGeometry};
+use super::Dense;
 
 /// Activations of a batch of images: (batch, channels, height, width).
 pub(crate) type Planes<T> = Tensor<(usize, usize, usize, usize), f32, Cpu, T>;
+/// Activations of a batch of row vectors: (batch, features).
+pub(crate) type Rows<T> = Tensor<(usize, usize), f32, Cpu, T>;
 /// A flat parameter tensor.
 pub(crate) type Flat = Tensor<(usize,), f32, Cpu>;
 
@@ -54,6 +57,28 @@ pub(crate) fn conv_stack<T: Tape<f32, Cpu>>(dev: &Cpu, x: Planes<T>, stack: Conv
         if let Some(dx) = dx {
             add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
         }
+        **grads.get_or_alloc_mut(&out_ghost)? = dy;
+        Ok(())
+    });
+    out.put_tape(tape)
+}
+
+/// The dense `layer` on rows `x`, with its flat `weight` and `bias`
+/// tensors (holding the layer's values), as one tape op through gemm.
+/// Gradients flow to the weight, the bias and `x`.
+pub(crate) fn dense<T: Tape<f32, Cpu>>(dev: &Cpu, x: Rows<T>, layer: &Dense, weight: &Flat, bias: &Flat) -> Rows<T> {
+    let (x, mut tape) = x.split_tape();
+    let x_data = data_of(&x);
+    let y = kernels::dense_batch_forward(&x_data, layer.inputs, &layer.weight, &layer.bias);
+    let out = dev.tensor_from_vec(y, (x.shape().0, layer.outputs));
+    let (inputs, w_data) = (layer.inputs, layer.weight.clone());
+    let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
+    tape.add_backward_op(move |grads| {
+        let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
+        let (dw, db, dx) = kernels::dense_batch_backward(&x_data, &dy, inputs, &w_data);
+        add_into(grads.get_or_alloc_mut(&w_ghost)?, &dw);
+        add_into(grads.get_or_alloc_mut(&b_ghost)?, &db);
+        add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
         **grads.get_or_alloc_mut(&out_ghost)? = dy;
         Ok(())
     });

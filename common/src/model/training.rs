@@ -1,15 +1,13 @@
 //! One training step's forward and backward pass on dfdx's tape.
 
 use dfdx::prelude::{
-    cross_entropy_with_logits_loss, Axes2, Axis, Backward, BroadcastTo, Cpu, Gradients, HasShape, OwnedTape, PermuteTo,
-    ReshapeTo, Tensor, TensorFromVec, Trace, TryMatMul,
+    cross_entropy_with_logits_loss, Backward, Cpu, Gradients, HasShape, OwnedTape, ReshapeTo, TensorFromVec, Trace,
 };
 
 use super::conv_stack::{ConvBlock, ConvStack};
-use super::tape_ops::{self, Flat, Planes};
+use super::tape_ops::{self, Flat, Planes, Rows};
 use super::{argmax, Conv2d, Layer, Model, ModelError};
 
-type Rows<T> = Tensor<(usize, usize), f32, Cpu, T>;
 type Taped = OwnedTape<f32, Cpu>;
 
 /// The result of one forward and backward pass over a batch.
@@ -25,21 +23,6 @@ pub struct StepResult {
 enum Activation {
     Planes(Planes<Taped>),
     Rows(Rows<Taped>),
-}
-
-/// A parameter as a dfdx tensor for the duration of one step.
-enum Param {
-    Flat(Flat),
-    Matrix(Tensor<(usize, usize), f32, Cpu>),
-}
-
-impl Param {
-    fn gradient(&self, grads: &Gradients<f32, Cpu>) -> Vec<f32> {
-        match self {
-            Param::Flat(t) => tape_ops::data_of(&grads.get(t)),
-            Param::Matrix(t) => tape_ops::data_of(&grads.get(t)),
-        }
-    }
 }
 
 /// The conv blocks (a conv with the ReLU and max-pool after it) that
@@ -85,7 +68,7 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
                     })
                     .collect();
                 let y = tape_ops::conv_stack(dev, x, stack, &tensors);
-                params.extend(tensors.into_iter().flat_map(|(w, b)| [Param::Flat(w), Param::Flat(b)]));
+                params.extend(tensors.into_iter().flat_map(|(w, b)| [w, b]));
                 Activation::Planes(y)
             }
             (Layer::Relu, Activation::Planes(x)) => Activation::Planes(x.relu()),
@@ -96,11 +79,10 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
                 Activation::Rows(x.reshape_like(&(b, c * h * w)))
             }
             (Layer::Dense(d), Activation::Rows(x)) => {
-                let w = dev.tensor_from_vec(d.weight.clone(), (d.outputs, d.inputs));
-                let b = dev.tensor_from_vec(d.bias.clone(), (d.outputs,));
-                let y = x.matmul(w.retaped::<Taped>().permute::<_, Axes2<1, 0>>());
-                let y = y + b.retaped::<Taped>().broadcast_like::<_, Axis<0>>(&(batch, d.outputs));
-                params.extend([Param::Matrix(w), Param::Flat(b)]);
+                let w = dev.tensor_from_vec(d.weight.clone(), (d.weight.len(),));
+                let b = dev.tensor_from_vec(d.bias.clone(), (d.bias.len(),));
+                let y = tape_ops::dense(dev, x, d, &w, &b);
+                params.extend([w, b]);
                 Activation::Rows(y)
             }
             (layer, _) => unreachable!("layer {} got an activation of the wrong rank", layer.kind_name()),
@@ -119,7 +101,7 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
     let loss_value = loss.retaped::<dfdx::prelude::NoneTape>().as_vec()[0];
     let grads = loss.backward();
     let correct = logit_values.chunks(classes).zip(labels).filter(|(row, &l)| argmax(row) == l as usize).count();
-    Ok(StepResult { loss: loss_value, correct, gradients: params.iter().map(|p| p.gradient(&grads)).collect() })
+    Ok(StepResult { loss: loss_value, correct, gradients: params.iter().map(|p| tape_ops::data_of(&grads.get(p))).collect() })
 }
 
 #[cfg(test)]
