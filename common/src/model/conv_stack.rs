@@ -43,12 +43,39 @@ struct Stage {
     params: ParamGradient,
 }
 
+impl Stage {
+    /// The block on one image into `saved` (whose buffers are reused),
+    /// its input padded with the row of ones for the weight gradient when
+    /// `ones` is set.
+    fn run(&self, scratch: &mut Scratch, input: &[f32], saved: &mut Saved, ones: bool) {
+        let g = &self.block.geometry;
+        g.pad_image(input, &mut saved.padded_input, ones);
+        if scratch.products.is_empty() {
+            scratch.products = self.forward.buffers().1;
+        }
+        match self.block.pool {
+            Some(pool) => {
+                scratch.conv_out.resize(g.out_len(), 0.0);
+                self.forward.padded_image(&saved.padded_input, &mut scratch.products, &mut scratch.conv_out, None);
+                saved.output.resize(pool.out_len(), 0.0);
+                saved.argmax.resize(pool.out_len(), 0);
+                kernels::pool_image(&pool, &scratch.conv_out, &mut saved.output, &mut saved.argmax);
+            }
+            None => {
+                saved.output.resize(g.out_len(), 0.0);
+                self.forward.padded_image(&saved.padded_input, &mut scratch.products, &mut saved.output, None);
+            }
+        }
+    }
+}
+
 /// Consecutive conv blocks with their weights.
 pub(crate) struct ConvStack {
     stages: Vec<Stage>,
 }
 
 /// What the backward pass needs of one image at one block.
+#[derive(Default)]
 struct Saved {
     /// The block's input padded with its row of ones, as the weight
     /// gradient reads it.
@@ -76,9 +103,20 @@ struct Scratch {
 }
 
 impl ConvStack {
-    /// The stack of `blocks` with their layers' weights. The first block
-    /// passes gradients to its input only when `input_gradient` is set.
-    pub(crate) fn new(blocks: &[(ConvBlock, &Conv2d)], input_gradient: bool) -> Self {
+    /// The stack of `blocks` with their layers' weights, for inference.
+    pub(crate) fn new(blocks: &[(ConvBlock, &Conv2d)]) -> Self {
+        Self::prepared(blocks, None)
+    }
+
+    /// The stack for a training step. The first block passes gradients to
+    /// its input only when `input_gradient` is set.
+    pub(crate) fn for_training(blocks: &[(ConvBlock, &Conv2d)], input_gradient: bool) -> Self {
+        Self::prepared(blocks, Some(input_gradient))
+    }
+
+    /// Input-gradient passes are prepared for training (`Some`), for every
+    /// block after the first and for the first when asked.
+    fn prepared(blocks: &[(ConvBlock, &Conv2d)], training: Option<bool>) -> Self {
         for pair in blocks.windows(2) {
             let ((before, layer), (after, next)) = (&pair[0], &pair[1]);
             assert_eq!(before.out_len(), after.geometry.in_len(), "{} does not take the output of {}", next.name, layer.name);
@@ -95,7 +133,9 @@ impl ConvStack {
                 Stage {
                     block: *block,
                     forward: ConvPass::new(isa, g, &layer.weight, Some(&layer.bias), block.relu),
-                    input_gradient: (i > 0 || input_gradient).then(|| ConvPass::input_gradient(isa, g, &layer.weight)),
+                    input_gradient: training
+                        .filter(|&first_too| i > 0 || first_too)
+                        .map(|_| ConvPass::input_gradient(isa, g, &layer.weight)),
                     params: ParamGradient::new(isa, g),
                 }
             })
@@ -148,29 +188,30 @@ impl ConvStack {
     fn forward_image(&self, scratch: &mut [Scratch], image: &[f32]) -> SavedImage {
         let mut blocks: Vec<Saved> = Vec::with_capacity(self.stages.len());
         for (stage, scratch) in self.stages.iter().zip(scratch) {
-            let g = &stage.block.geometry;
-            let mut padded_input = Vec::new();
-            g.pad_image(blocks.last().map_or(image, |before| before.output.as_slice()), &mut padded_input, true);
-            if scratch.products.is_empty() {
-                scratch.products = stage.forward.buffers().1;
-            }
-            let saved = match stage.block.pool {
-                Some(pool) => {
-                    scratch.conv_out.resize(g.out_len(), 0.0);
-                    stage.forward.padded_image(&padded_input, &mut scratch.products, &mut scratch.conv_out, None);
-                    let (mut output, mut argmax) = (vec![0.0f32; pool.out_len()], vec![0u32; pool.out_len()]);
-                    kernels::pool_image(&pool, &scratch.conv_out, &mut output, &mut argmax);
-                    Saved { padded_input, output, argmax }
-                }
-                None => {
-                    let mut output = vec![0.0f32; g.out_len()];
-                    stage.forward.padded_image(&padded_input, &mut scratch.products, &mut output, None);
-                    Saved { padded_input, output, argmax: Vec::new() }
-                }
-            };
+            let mut saved = Saved { padded_input: Vec::new(), output: Vec::new(), argmax: Vec::new() };
+            let input = blocks.last().map_or(image, |before| before.output.as_slice());
+            stage.run(scratch, input, &mut saved, true);
             blocks.push(saved);
         }
         SavedImage(blocks)
+    }
+
+    /// The stack's output for a batch of images (N·C·H·W), keeping nothing
+    /// for a backward pass.
+    pub(crate) fn infer(&self, x: &[f32]) -> Vec<f32> {
+        assert_eq!(x.len() % self.in_len(), 0, "conv stack input is not a whole number of images");
+        let mut out = vec![0.0f32; x.len() / self.in_len() * self.out_len()];
+        out.par_chunks_mut(self.out_len()).zip(x.par_chunks(self.in_len())).for_each_init(
+            || (self.scratch(), self.stages.iter().map(|_| Saved::default()).collect::<Vec<_>>()),
+            |(scratch, blocks), (out, image)| {
+                for (i, (stage, scratch)) in self.stages.iter().zip(scratch.iter_mut()).enumerate() {
+                    let (before, rest) = blocks.split_at_mut(i);
+                    stage.run(scratch, before.last().map_or(image, |b| b.output.as_slice()), &mut rest[0], false);
+                }
+                out.copy_from_slice(&blocks.last().expect("a stack has blocks").output);
+            },
+        );
+        out
     }
 
     /// From the gradient of the stack's output (N·C·H·W): every block's
@@ -290,15 +331,16 @@ mod tests {
         let x = random(batch * ga.in_len(), &mut rng);
         let dout = random(batch * gc.out_len(), &mut rng);
 
-        let stack = ConvStack::new(&blocks, true);
+        let stack = ConvStack::for_training(&blocks, true);
         assert_eq!(stack.output_shape(), (5, 4, 4));
         let (out, saved) = stack.forward(&x);
         let (params, dx) = stack.backward(&saved, &dout);
 
         let ya = conv2d_forward_with(&x, &ga, &a.weight, Some(&a.bias), true);
-        let (yb, argmax) = conv2d_forward_pooled(&ya, &gb, &b.weight, Some(&b.bias), true, &pool);
+        let (yb, argmax) = maxpool2x2_forward(&conv2d_forward_with(&ya, &gb, &b.weight, Some(&b.bias), true), &pool);
         let yc = conv2d_forward(&yb, &gc, &c.weight, Some(&c.bias));
         assert_eq!(out, yc);
+        assert_eq!(ConvStack::new(&blocks).infer(&x), yc);
         let grads_c = conv2d_backward_params(&yb, &dout, &gc);
         let dyb = masked(&conv2d_backward_input(&dout, &gc, &c.weight), &yb);
         let dconv_b = maxpool2x2_backward(&dyb, &argmax, &pool);
@@ -308,7 +350,7 @@ mod tests {
         assert_eq!(params, vec![grads_a, grads_b, grads_c]);
         assert_eq!(dx, Some(conv2d_backward_input(&dya, &ga, &a.weight)));
 
-        let without_input_gradient = ConvStack::new(&blocks, false);
+        let without_input_gradient = ConvStack::for_training(&blocks, false);
         let (_, saved) = without_input_gradient.forward(&x);
         assert_eq!(without_input_gradient.backward(&saved, &dout).1, None);
     }

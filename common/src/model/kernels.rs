@@ -276,34 +276,6 @@ pub fn conv2d_forward_and_relu(x: &[f32], g: &ConvGeometry, weight: &[f32], bias
     (output.expect("kept on request"), activated)
 }
 
-/// The convolution, then a 2x2 max-pool, per image: the convolution's
-/// output stays in a per-thread buffer (in cache) and only the pooled
-/// values and their winners are written, as [`maxpool2x2_forward`] gives
-/// them.
-pub fn conv2d_forward_pooled(
-    x: &[f32],
-    g: &ConvGeometry,
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    relu: bool,
-    pool: &PoolGeometry,
-) -> (Vec<f32>, Vec<u32>) {
-    assert_eq!(pool.in_len(), g.out_len(), "max-pool after a conv must take its whole output");
-    assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
-    let pass = ConvPass::new(Isa::detected(), g, weight, bias, relu);
-    let batch = x.len() / g.in_len();
-    let mut pooled = vec![0.0f32; batch * pool.out_len()];
-    let mut argmax = vec![0u32; batch * pool.out_len()];
-    pooled.par_chunks_mut(pool.out_len()).zip(argmax.par_chunks_mut(pool.out_len())).zip(x.par_chunks(g.in_len())).for_each_init(
-        || (pass.buffers(), vec![0.0f32; g.out_len()]),
-        |(buffers, conv_out), ((pooled, argmax), image)| {
-            pass.image(buffers, image, conv_out, None);
-            pool_image(pool, conv_out, pooled, argmax);
-        },
-    );
-    (pooled, argmax)
-}
-
 /// A convolution prepared for a batch: packed weights and tap offsets.
 pub(crate) struct ConvPass {
     isa: Isa,
@@ -973,19 +945,6 @@ mod tests {
             );
             let one_dx = dense_backward_input(&dy[n * outputs..(n + 1) * outputs], inputs, &w);
             assert_eq!(&all_dx[n * inputs..(n + 1) * inputs], &one_dx[..], "dense row {n}");
-        }
-    }
-
-    #[test]
-    fn pooled_conv_equals_conv_then_pool() {
-        let g = ConvGeometry { in_channels: 3, out_channels: 5, kernel: 3, padding: 1, height: 6, width: 8 };
-        let pool = PoolGeometry { channels: 5, height: 6, width: 8 };
-        let x = random(4 * g.in_len(), 30);
-        let w = random(g.weight_len(), 31);
-        let b = random(g.out_channels, 32);
-        for relu in [false, true] {
-            let separate = maxpool2x2_forward(&conv2d_forward_with(&x, &g, &w, Some(&b), relu), &pool);
-            assert_eq!(conv2d_forward_pooled(&x, &g, &w, Some(&b), relu, &pool), separate, "relu {relu}");
         }
     }
 

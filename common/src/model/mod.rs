@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::ImageShape;
 use crate::rng::Rng;
+
+use conv_stack::{ConvBlock, ConvStack};
 pub use kernels::{ConvGeometry, PoolGeometry};
 
 /// Which of the paper's two architectures.
@@ -426,21 +428,26 @@ impl Model {
         (relu, pool)
     }
 
-    /// The output of layer `index` on `input`, fused with the ReLU and
-    /// max-pool after a conv when they come before `limit` (one pass, the
-    /// conv's output kept in cache), and how many layers that was.
+    /// The conv blocks (a conv with the ReLU and max-pool after it) that
+    /// follow each other from layer `index` on, among the layers before
+    /// `limit`, and the index after them.
+    pub(crate) fn conv_blocks(&self, mut index: usize, limit: usize) -> (Vec<(ConvBlock, &Conv2d)>, usize) {
+        let mut blocks = Vec::new();
+        while let (true, Some(Layer::Conv(c))) = (index < limit, self.layers.get(index)) {
+            let (relu, pool) = self.conv_followers(index, limit);
+            blocks.push((ConvBlock { geometry: c.geometry, relu, pool }, c));
+            index += 1 + relu as usize + pool.is_some() as usize;
+        }
+        (blocks, index)
+    }
+
+    /// The output of layer `index` on `input` and how many layers that
+    /// was: from a conv, every conv block up to `limit` image by image (an
+    /// image's activations stay in cache).
     fn fused_step(&self, index: usize, input: &[f32], limit: usize) -> (Vec<f32>, usize) {
-        let layer = &self.layers[index];
-        let (relu, pool) = self.conv_followers(index, limit);
-        match (layer, pool) {
-            (Layer::Conv(c), Some(pool)) => {
-                let (pooled, _) = kernels::conv2d_forward_pooled(input, &c.geometry, &c.weight, Some(&c.bias), relu, &pool);
-                (pooled, 2 + relu as usize)
-            }
-            (Layer::Conv(c), None) if relu => {
-                (kernels::conv2d_forward_with(input, &c.geometry, &c.weight, Some(&c.bias), true), 2)
-            }
-            _ => (apply_layer(layer, input).0, 1),
+        match self.conv_blocks(index, limit) {
+            (blocks, after) if !blocks.is_empty() => (ConvStack::new(&blocks).infer(input), after - index),
+            _ => (apply_layer(&self.layers[index], input).0, 1),
         }
     }
 }

@@ -4,9 +4,9 @@ use dfdx::prelude::{
     cross_entropy_with_logits_loss, Backward, Cpu, Gradients, HasShape, OwnedTape, ReshapeTo, TensorFromVec, Trace,
 };
 
-use super::conv_stack::{ConvBlock, ConvStack};
+use super::conv_stack::ConvStack;
 use super::tape_ops::{self, Flat, Planes, Rows};
-use super::{argmax, Conv2d, Layer, Model, ModelError};
+use super::{argmax, Layer, Model, ModelError};
 
 type Taped = OwnedTape<f32, Cpu>;
 
@@ -23,18 +23,6 @@ pub struct StepResult {
 enum Activation {
     Planes(Planes<Taped>),
     Rows(Rows<Taped>),
-}
-
-/// The conv blocks (a conv with the ReLU and max-pool after it) that
-/// follow each other from layer `index` on, and the index after them.
-fn conv_blocks(model: &Model, mut index: usize) -> (Vec<(ConvBlock, &Conv2d)>, usize) {
-    let mut blocks = Vec::new();
-    while let Some(Layer::Conv(c)) = model.layers.get(index) {
-        let (relu, pool) = model.conv_followers(index, model.layers.len());
-        blocks.push((ConvBlock { geometry: c.geometry, relu, pool }, c));
-        index += 1 + relu as usize + pool.is_some() as usize;
-    }
-    (blocks, index)
 }
 
 /// Mean cross-entropy of `model` on the normalised images `x` (N·C·H·W) with
@@ -54,9 +42,9 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
         let mut next = index + 1;
         act = match (layer, act) {
             (Layer::Conv(_), Activation::Planes(x)) => {
-                let (blocks, after) = conv_blocks(model, index);
+                let (blocks, after) = model.conv_blocks(index, model.layers.len());
                 next = after;
-                let stack = ConvStack::new(&blocks, !first_conv);
+                let stack = ConvStack::for_training(&blocks, !first_conv);
                 first_conv = false;
                 let tensors: Vec<(Flat, Flat)> = blocks
                     .iter()
