@@ -811,6 +811,8 @@ mod tests {
             geometry(),
             ConvGeometry { in_channels: 3, out_channels: 40, kernel: 3, padding: 1, height: 9, width: 7 },
             ConvGeometry { in_channels: 2, out_channels: 16, kernel: 5, padding: 2, height: 6, width: 6 },
+            // 80 virtual positions: whole blocks and a tail vector.
+            ConvGeometry { in_channels: 5, out_channels: 12, kernel: 3, padding: 1, height: 8, width: 8 },
         ];
         for g in geometries {
             let x = random(3 * g.in_len(), 20);

@@ -76,8 +76,9 @@ impl Isa {
 }
 
 /// The caller rounds its virtual positions up to a multiple of this, which
-/// every variant's block of positions divides.
-pub(crate) const POSITION_BLOCK: usize = 32;
+/// every variant's vector width divides. (Blocks of several vectors end in
+/// a tail of single vectors, so small images waste fewer positions.)
+pub(crate) const POSITION_BLOCK: usize = 16;
 
 /// The vector operations the kernels need.
 trait Lanes: Copy {
@@ -282,15 +283,22 @@ unsafe fn tap_products_generic<V: Lanes, const OCB: usize, const NV: usize>(
     let p_block = NV * V::WIDTH;
     let taps = offsets.len();
     let blocks = packed.len() / (taps * OCB).max(1);
-    assert_eq!(positions % p_block, 0, "positions must be whole blocks");
+    assert_eq!(positions % V::WIDTH, 0, "positions must be whole vectors");
     assert_eq!(packed.len(), blocks * taps * OCB, "packed weights are not whole channel blocks");
     assert!(offsets.iter().all(|&o| o + positions <= padded.len()), "padded input too short for its taps");
     assert!(out.len() >= blocks * OCB * positions, "tap product output too short");
     for block in 0..blocks {
         let weights = packed.as_ptr().add(block * taps * OCB);
-        for p in (0..positions).step_by(p_block) {
+        let whole_blocks = positions / p_block * p_block;
+        for p in (0..whole_blocks).step_by(p_block) {
             let dst = out.as_mut_ptr().add(block * OCB * positions + p);
             tap_block::<V, OCB, NV>(padded.as_ptr().add(p), offsets, weights, dst, positions);
+        }
+        // The positions after the last whole block, a vector at a time (the
+        // same sums in the same order).
+        for p in (whole_blocks..positions).step_by(V::WIDTH) {
+            let dst = out.as_mut_ptr().add(block * OCB * positions + p);
+            tap_block::<V, OCB, 1>(padded.as_ptr().add(p), offsets, weights, dst, positions);
         }
     }
 }
@@ -394,24 +402,33 @@ unsafe fn weight_gradient_generic<V: Lanes, const KB: usize, const NV: usize>(
     assert_eq!(channels % width, 0, "gradient channels must be whole vectors");
     assert_eq!(out.len(), offsets.len() * channels, "weight gradient is not taps x channels");
     assert!(offsets.iter().all(|&o| o + positions <= padded.len()), "padded input too short for its taps");
-    for first in (0..offsets.len()).step_by(KB) {
-        // Taps past the end read offset 0 and are not stored.
-        let block: [usize; KB] = std::array::from_fn(|i| offsets.get(first + i).copied().unwrap_or(0));
-        let taps = (offsets.len() - first).min(KB);
-        for c in (0..channels).step_by(width) {
-            position_block::<V, KB, NV>(
-                padded.as_ptr(),
-                &block,
-                gradient.as_ptr().add(c),
-                channels,
-                positions,
-                out.as_mut_ptr().add(first * channels + c),
-                channels,
-                taps,
-            );
+    // Positions in chunks whose slice of the gradient stays in the L1 cache
+    // while every tap reads it. Each sum still runs over the positions in
+    // order (the accumulators are stored between chunks and loaded again).
+    for start in (0..positions).step_by(GRADIENT_CHUNK) {
+        let length = GRADIENT_CHUNK.min(positions - start);
+        for first in (0..offsets.len()).step_by(KB) {
+            // Taps past the end read offset 0 and are not stored.
+            let block: [usize; KB] = std::array::from_fn(|i| offsets.get(first + i).copied().unwrap_or(0));
+            let taps = (offsets.len() - first).min(KB);
+            for c in (0..channels).step_by(width) {
+                position_block::<V, KB, NV>(
+                    padded.as_ptr().add(start),
+                    &block,
+                    gradient.as_ptr().add(start * channels + c),
+                    channels,
+                    length,
+                    out.as_mut_ptr().add(first * channels + c),
+                    channels,
+                    taps,
+                );
+            }
         }
     }
 }
+
+/// Positions per pass of [`weight_gradient`] over the taps.
+const GRADIENT_CHUNK: usize = 128;
 
 /// For one padded image and its output gradient transposed to
 /// `[position][channel]` (channels padded to
