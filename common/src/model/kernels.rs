@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::microkernels::{pool_row, tap_products, weight_gradient, Isa, POSITION_BLOCK};
+use super::microkernels::{pool_row, tap_products, transpose_row, weight_gradient, Isa, POSITION_BLOCK};
 
 /// A row-major or strided view of a matrix inside a slice.
 #[derive(Clone, Copy)]
@@ -194,7 +194,7 @@ impl ConvGeometry {
     /// One image's output gradient as `[virtual position][channel]`, the
     /// channels padded to `channels`, zero at virtual positions. As in
     /// [`ConvGeometry::pad_image`], a reused buffer keeps its zeros.
-    fn transpose_gradient(&self, dy: &[f32], channels: usize, out: &mut Vec<f32>) {
+    fn transpose_gradient(&self, isa: Isa, dy: &[f32], channels: usize, out: &mut Vec<f32>) {
         if out.len() != self.virtual_positions() * channels {
             out.clear();
             out.resize(self.virtual_positions() * channels, 0.0);
@@ -203,6 +203,10 @@ impl ConvGeometry {
         // walk one stream per channel plane.
         let (row, ow, plane) = (self.padded_width(), self.out_width(), self.out_plane());
         for y in 0..self.out_height() {
+            let dst = &mut out[y * row * channels..];
+            if transpose_row(isa, dy, (self.out_channels, plane, ow), y, dst, channels) {
+                continue;
+            }
             for x in 0..ow {
                 let dst = &mut out[(y * row + x) * channels..][..self.out_channels];
                 for (o, d) in dst.iter_mut().enumerate() {
@@ -463,7 +467,7 @@ impl ParamGradient {
     /// gradient of the convolution's output, `scratch` a reusable buffer.
     pub(crate) fn add_image(&self, padded: &[f32], dout: &[f32], scratch: &mut Vec<f32>, partial: &mut [f32]) {
         assert_eq!(dout.len(), self.g.out_len(), "conv2d output gradient of one image");
-        self.g.transpose_gradient(dout, self.channels, scratch);
+        self.g.transpose_gradient(self.isa, dout, self.channels, scratch);
         weight_gradient(self.isa, padded, &self.offsets, scratch, self.g.virtual_positions(), partial);
     }
 

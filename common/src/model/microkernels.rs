@@ -183,6 +183,29 @@ mod x86 {
         }
     }
 
+    /// See [`super::transpose_row`]: sixteen channels of one position per
+    /// gather.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_row_avx512(
+        dy: &[f32],
+        (channels, plane, width): (usize, usize, usize),
+        y: usize,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for first in (0..channels).step_by(16) {
+            let n = (channels - first).min(16);
+            let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+            let index = _mm512_mullo_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(first as i32)), _mm512_set1_epi32(plane as i32));
+            for x in 0..width {
+                let source = dy.as_ptr().add(y * width + x);
+                let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, index, source.cast());
+                _mm512_mask_storeu_ps(dst.as_mut_ptr().add(x * stride + first), mask, v);
+            }
+        }
+    }
+
     #[derive(Clone, Copy)]
     pub(super) struct Avx2(__m256);
 
@@ -492,6 +515,27 @@ pub(crate) fn pool_row(
         // checked above and every load and store is masked to them.
         Isa::Avx512 => unsafe {
             x86::pool_row_avx512(top, bottom, row_width as u32, first, out, arg);
+            true
+        },
+        _ => false,
+    }
+}
+
+/// Row `y` of a gradient laid out `[channel][y][x]` (`channels` planes of
+/// `plane` floats, rows of `width`) into `dst` as `[x][channel]`, `stride`
+/// floats per x, with the vector unit where the CPU has one. Returns false,
+/// having written nothing, where the caller must transpose the row itself.
+pub(crate) fn transpose_row(isa: Isa, dy: &[f32], (channels, plane, width): (usize, usize, usize), y: usize, dst: &mut [f32], stride: usize) -> bool {
+    assert!(channels > 0 && width > 0, "empty gradient row");
+    assert!((channels - 1) * plane + (y + 1) * width <= dy.len(), "gradient row {y} outside the gradient");
+    assert!(channels <= stride && (width - 1) * stride + channels <= dst.len(), "transposed row outside its buffer");
+    assert!(channels * plane <= i32::MAX as usize, "gradient too large for 32-bit gather indices");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: chosen only where the CPU has AVX-512; the bounds are
+        // checked above and the gathers and stores are masked to them.
+        Isa::Avx512 => unsafe {
+            x86::transpose_row_avx512(dy, (channels, plane, width), y, dst, stride);
             true
         },
         _ => false,
