@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{self, ConvGeometry, ConvPass, ParamGradient, PoolGeometry, IMAGES_PER_PARTIAL_GRADIENT};
+use super::kernels::{self, ConvGeometry, ConvPass, ParamGradient, PassBuffers, PoolGeometry, IMAGES_PER_PARTIAL_GRADIENT};
 use super::microkernels::Isa;
 use super::Conv2d;
 
@@ -50,20 +50,17 @@ impl Stage {
     fn run(&self, scratch: &mut Scratch, input: &[f32], saved: &mut Saved, ones: bool) {
         let g = &self.block.geometry;
         g.pad_image(input, &mut saved.padded_input, ones);
-        if scratch.products.is_empty() {
-            scratch.products = self.forward.buffers().1;
-        }
         match self.block.pool {
             Some(pool) => {
                 scratch.conv_out.resize(g.out_len(), 0.0);
-                self.forward.padded_image(&saved.padded_input, &mut scratch.products, &mut scratch.conv_out, None);
+                self.forward.padded_image(&mut scratch.forward, input, &saved.padded_input, &mut scratch.conv_out);
                 saved.output.resize(pool.out_len(), 0.0);
                 saved.argmax.resize(pool.out_len(), 0);
                 kernels::pool_image(&pool, &scratch.conv_out, &mut saved.output, &mut saved.argmax);
             }
             None => {
                 saved.output.resize(g.out_len(), 0.0);
-                self.forward.padded_image(&saved.padded_input, &mut scratch.products, &mut saved.output, None);
+                self.forward.padded_image(&mut scratch.forward, input, &saved.padded_input, &mut saved.output);
             }
         }
     }
@@ -93,13 +90,21 @@ pub(crate) type WeightAndBias = (Vec<f32>, Vec<f32>);
 /// One image's activations at every block of a stack.
 pub(crate) struct SavedImage(Vec<Saved>);
 
+/// Images a parallel job takes at least: rayon splits the batch into
+/// jobs as threads go idle, and every job builds its own scratch buffers
+/// (a megabyte or more of zeroed memory); a few jobs per thread still
+/// balance the load.
+fn images_per_job(batch: usize) -> usize {
+    batch.div_ceil(4 * rayon::current_num_threads()).max(1)
+}
+
 /// A thread's reusable buffers for one block.
 #[derive(Default)]
 struct Scratch {
-    products: Vec<f32>,
+    forward: PassBuffers,
     conv_out: Vec<f32>,
     transposed_gradient: Vec<f32>,
-    input_gradient: (Vec<f32>, Vec<f32>),
+    input_gradient: PassBuffers,
 }
 
 impl ConvStack {
@@ -176,6 +181,7 @@ impl ConvStack {
         assert_eq!(x.len() % self.in_len(), 0, "conv stack input is not a whole number of images");
         let saved: Vec<SavedImage> = x
             .par_chunks(self.in_len())
+            .with_min_len(images_per_job(x.len() / self.in_len()))
             .map_init(|| self.scratch(), |scratch, image| self.forward_image(scratch, image))
             .collect();
         let mut out = Vec::with_capacity(saved.len() * self.out_len());
@@ -201,7 +207,8 @@ impl ConvStack {
     pub(crate) fn infer(&self, x: &[f32]) -> Vec<f32> {
         assert_eq!(x.len() % self.in_len(), 0, "conv stack input is not a whole number of images");
         let mut out = vec![0.0f32; x.len() / self.in_len() * self.out_len()];
-        out.par_chunks_mut(self.out_len()).zip(x.par_chunks(self.in_len())).for_each_init(
+        let per_job = images_per_job(out.len() / self.out_len());
+        out.par_chunks_mut(self.out_len()).zip(x.par_chunks(self.in_len())).with_min_len(per_job).for_each_init(
             || (self.scratch(), self.stages.iter().map(|_| Saved::default()).collect::<Vec<_>>()),
             |(scratch, blocks), (out, image)| {
                 for (i, (stage, scratch)) in self.stages.iter().zip(scratch.iter_mut()).enumerate() {
@@ -223,6 +230,7 @@ impl ConvStack {
         let mut groups: Vec<(Vec<Vec<f32>>, Vec<f32>)> = saved
             .par_chunks(per)
             .zip(d_output.par_chunks(per * self.out_len()))
+            .with_min_len(images_per_job(saved.len()).div_ceil(per))
             .map_init(
                 || self.scratch(),
                 |scratch, (images, douts)| {
@@ -276,9 +284,6 @@ impl ConvStack {
             };
             stage.params.add_image(&saved.padded_input, dconv, &mut scratch.transposed_gradient, &mut partials[i]);
             let pass = stage.input_gradient.as_ref()?;
-            if scratch.input_gradient.1.is_empty() {
-                scratch.input_gradient = pass.buffers();
-            }
             let mut dx = vec![0.0f32; g.in_len()];
             pass.image(&mut scratch.input_gradient, dconv, &mut dx, None);
             dout = dx;
@@ -317,8 +322,11 @@ mod tests {
     #[test]
     fn stack_equals_the_layer_by_layer_kernels() {
         let mut rng = Rng::new(11);
-        let ga = ConvGeometry { in_channels: 2, out_channels: 4, kernel: 3, padding: 1, height: 8, width: 8 };
-        let gb = ConvGeometry { in_channels: 4, out_channels: 3, kernel: 3, padding: 1, height: 8, width: 8 };
+        // 64 channels between the first two blocks: the second block's
+        // forward pass and the first one's input gradient use Winograd's
+        // method.
+        let ga = ConvGeometry { in_channels: 2, out_channels: 64, kernel: 3, padding: 1, height: 8, width: 8 };
+        let gb = ConvGeometry { in_channels: 64, out_channels: 3, kernel: 3, padding: 1, height: 8, width: 8 };
         let pool = PoolGeometry { channels: 3, height: 8, width: 8 };
         let gc = ConvGeometry { in_channels: 3, out_channels: 5, kernel: 5, padding: 2, height: 4, width: 4 };
         let (a, b, c) = (layer("a", ga, &mut rng), layer("b", gb, &mut rng), layer("c", gc, &mut rng));

@@ -12,6 +12,7 @@
 use rayon::prelude::*;
 
 use super::microkernels::{pool_row, tap_products, transpose_row, weight_gradient, Isa, POSITION_BLOCK};
+use super::winograd::{Winograd, WinogradBuffers};
 
 /// A row-major or strided view of a matrix inside a slice.
 #[derive(Clone, Copy)]
@@ -280,16 +281,33 @@ pub fn conv2d_forward_and_relu(x: &[f32], g: &ConvGeometry, weight: &[f32], bias
     (output.expect("kept on request"), activated)
 }
 
-/// A convolution prepared for a batch: packed weights and tap offsets.
+/// A convolution prepared for a batch: its weights laid out for the
+/// method that computes it.
 pub(crate) struct ConvPass {
-    isa: Isa,
     g: ConvGeometry,
-    block: usize,
-    packed: Vec<f32>,
-    offsets: Vec<usize>,
-    positions: usize,
+    method: Method,
     bias: Option<Vec<f32>>,
     relu: bool,
+}
+
+enum Method {
+    /// The microkernel over the padded image (see `microkernels`).
+    Direct {
+        isa: Isa,
+        block: usize,
+        packed: Vec<f32>,
+        offsets: Vec<usize>,
+        positions: usize,
+    },
+    Winograd(Winograd),
+}
+
+/// A thread's reusable buffers for one [`ConvPass`].
+#[derive(Default)]
+pub(crate) struct PassBuffers {
+    padded: Vec<f32>,
+    products: Vec<f32>,
+    winograd: WinogradBuffers,
 }
 
 impl ConvPass {
@@ -298,10 +316,14 @@ impl ConvPass {
         if let Some(bias) = bias {
             assert_eq!(bias.len(), g.out_channels, "conv2d bias length");
         }
-        let block = isa.channel_block(g.out_channels);
-        let packed = g.pack_weights(weight, block);
-        let (offsets, positions) = (g.tap_offsets(), g.virtual_positions());
-        ConvPass { isa, g: *g, block, packed, offsets, positions, bias: bias.map(<[f32]>::to_vec), relu }
+        let method = if Winograd::applies(g) {
+            Method::Winograd(Winograd::new(isa, g, weight))
+        } else {
+            let block = isa.channel_block(g.out_channels);
+            let packed = g.pack_weights(weight, block);
+            Method::Direct { isa, block, packed, offsets: g.tap_offsets(), positions: g.virtual_positions() }
+        };
+        ConvPass { g: *g, method, bias: bias.map(<[f32]>::to_vec), relu }
     }
 
     /// The pass whose forward computation is this convolution's input
@@ -317,48 +339,64 @@ impl ConvPass {
         &self.g
     }
 
-    /// A thread's padded-image and product buffers.
-    pub(crate) fn buffers(&self) -> (Vec<f32>, Vec<f32>) {
-        (Vec::new(), vec![0.0f32; self.g.out_channels.next_multiple_of(self.block) * self.positions])
-    }
-
     /// One image's output (after the ReLU if the pass has one) into `out`,
     /// and the output before the ReLU into `pre` when given.
-    pub(crate) fn image(
-        &self,
-        (padded, products): &mut (Vec<f32>, Vec<f32>),
-        image: &[f32],
-        out: &mut [f32],
-        pre: Option<&mut [f32]>,
-    ) {
-        self.g.pad_image(image, padded, false);
-        self.padded_image(padded, products, out, pre);
+    pub(crate) fn image(&self, buffers: &mut PassBuffers, image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>) {
+        if let Method::Direct { .. } = self.method {
+            self.g.pad_image(image, &mut buffers.padded, false);
+        }
+        let PassBuffers { padded, products, winograd } = buffers;
+        self.compute(image, padded, products, winograd, out, pre);
     }
 
-    /// [`ConvPass::image`] of an image already padded by
-    /// [`ConvGeometry::pad_image`]; `products` is the second buffer of
-    /// [`ConvPass::buffers`].
-    pub(crate) fn padded_image(&self, padded: &[f32], products: &mut [f32], out: &mut [f32], pre: Option<&mut [f32]>) {
+    /// [`ConvPass::image`] for an image whose padded copy
+    /// ([`ConvGeometry::pad_image`]) the caller keeps anyway.
+    pub(crate) fn padded_image(&self, buffers: &mut PassBuffers, image: &[f32], padded: &[f32], out: &mut [f32]) {
+        self.compute(image, padded, &mut buffers.products, &mut buffers.winograd, out, None);
+    }
+
+    fn compute(
+        &self,
+        image: &[f32],
+        padded: &[f32],
+        products: &mut Vec<f32>,
+        winograd: &mut WinogradBuffers,
+        out: &mut [f32],
+        mut pre: Option<&mut [f32]>,
+    ) {
         let g = &self.g;
-        let (row, ow, plane, positions) = (g.padded_width(), g.out_width(), g.out_plane(), self.positions);
         assert_eq!(out.len(), g.out_len(), "conv2d output of one image");
-        tap_products(self.isa, self.block, padded, &self.offsets, &self.packed, positions, products);
-        let mut pre_planes = pre.map(|pre| pre.chunks_exact_mut(plane));
-        for (o, out_plane) in out.chunks_exact_mut(plane).enumerate() {
-            let b = self.bias.as_ref().map_or(0.0, |b| b[o]);
-            let mut pre_plane = pre_planes.as_mut().and_then(|planes| planes.next());
-            for (y, dst) in out_plane.chunks_exact_mut(ow).enumerate() {
-                let src = &products[o * positions + y * row..][..ow];
-                match (self.relu, pre_plane.as_deref_mut()) {
-                    (false, _) => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s + b),
-                    (true, None) => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = (s + b).max(0.0)),
-                    (true, Some(pre_plane)) => {
-                        let pre_row = &mut pre_plane[y * ow..][..ow];
-                        for ((d, p), &s) in dst.iter_mut().zip(pre_row).zip(src) {
-                            *p = s + b;
-                            *d = (s + b).max(0.0);
-                        }
+        match &self.method {
+            Method::Direct { isa, block, packed, offsets, positions } => {
+                products.resize(g.out_channels.next_multiple_of(*block) * positions, 0.0);
+                tap_products(*isa, *block, padded, offsets, packed, *positions, products);
+                let (row, ow) = (g.padded_width(), g.out_width());
+                for o in 0..g.out_channels {
+                    for y in 0..g.out_height() {
+                        self.finish_row(o, y, &products[o * positions + y * row..][..ow], out, pre.as_deref_mut());
                     }
+                }
+            }
+            Method::Winograd(method) => {
+                method.image(winograd, image, |o, y, values| self.finish_row(o, y, values, out, pre.as_deref_mut()))
+            }
+        }
+    }
+
+    /// Output row `y` of channel `o` from its products: bias, ReLU, and
+    /// the value before the ReLU into `pre` when given.
+    fn finish_row(&self, o: usize, y: usize, products: &[f32], out: &mut [f32], pre: Option<&mut [f32]>) {
+        let (ow, plane) = (self.g.out_width(), self.g.out_plane());
+        let at = o * plane + y * ow;
+        let b = self.bias.as_ref().map_or(0.0, |b| b[o]);
+        let dst = &mut out[at..][..ow];
+        match (self.relu, pre) {
+            (false, _) => dst.iter_mut().zip(products).for_each(|(d, &s)| *d = s + b),
+            (true, None) => dst.iter_mut().zip(products).for_each(|(d, &s)| *d = (s + b).max(0.0)),
+            (true, Some(pre)) => {
+                for ((d, p), &s) in dst.iter_mut().zip(&mut pre[at..][..ow]).zip(products) {
+                    *p = s + b;
+                    *d = (s + b).max(0.0);
                 }
             }
         }
@@ -391,10 +429,10 @@ fn run_pass(pass: &ConvPass, x: &[f32], keep_pre_activation: bool) -> (Vec<f32>,
         Some(pre) => outputs
             .zip(pre.par_chunks_mut(g.out_len()))
             .zip(x.par_chunks(g.in_len()))
-            .for_each_init(|| pass.buffers(), |buffers, ((out, pre), image)| pass.image(buffers, image, out, Some(pre))),
+            .for_each_init(PassBuffers::default, |buffers, ((out, pre), image)| pass.image(buffers, image, out, Some(pre))),
         None => outputs
             .zip(x.par_chunks(g.in_len()))
-            .for_each_init(|| pass.buffers(), |buffers, (out, image)| pass.image(buffers, image, out, None)),
+            .for_each_init(PassBuffers::default, |buffers, (out, image)| pass.image(buffers, image, out, None)),
     }
     (y, pre)
 }
@@ -744,6 +782,7 @@ const PARALLEL: gemm::Parallelism = gemm::Parallelism::Rayon(0);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::winograd::MIN_INPUT_CHANNELS;
     use crate::rng::Rng;
 
     fn random(len: usize, seed: u64) -> Vec<f32> {
@@ -817,6 +856,9 @@ mod tests {
             ConvGeometry { in_channels: 2, out_channels: 16, kernel: 5, padding: 2, height: 6, width: 6 },
             // 80 virtual positions: whole blocks and a tail vector.
             ConvGeometry { in_channels: 5, out_channels: 12, kernel: 3, padding: 1, height: 8, width: 8 },
+            // Winograd's method: odd and even sides, channels past a vector.
+            ConvGeometry { in_channels: MIN_INPUT_CHANNELS, out_channels: 4, kernel: 3, padding: 1, height: 5, width: 7 },
+            ConvGeometry { in_channels: MIN_INPUT_CHANNELS + 3, out_channels: 3, kernel: 3, padding: 1, height: 4, width: 6 },
         ];
         for g in geometries {
             let x = random(3 * g.in_len(), 20);
@@ -862,6 +904,28 @@ mod tests {
     /// The loss `sum(y * r)` has gradient `r` at the output; compare the
     /// kernels' gradients with central finite differences of that loss,
     /// with few and many channels and without padding.
+    /// Winograd's method against the naive convolution on layers the size
+    /// of the complex model's, with several blocks of output channels.
+    #[test]
+    fn winograd_matches_the_naive_convolution() {
+        for (in_channels, out_channels, height, width) in
+            [(MIN_INPUT_CHANNELS, 40, 7, 7), (80, 20, 8, 8), (MIN_INPUT_CHANNELS, 9, 14, 13)]
+        {
+            let g = ConvGeometry { in_channels, out_channels, kernel: 3, padding: 1, height, width };
+            assert!(Winograd::applies(&g));
+            let x = random(2 * g.in_len(), 24);
+            let w = random(g.weight_len(), 25);
+            let b = random(g.out_channels, 26);
+            let expected = naive_conv(&x, &g, &w, &b);
+            for isa in Isa::available() {
+                let (activated, pre) = forward_on(isa, &x, &g, &w, Some(&b), true, true);
+                let pre = pre.expect("kept on request");
+                assert_close(&pre, &expected, 1e-5);
+                assert_eq!(activated, pre.iter().map(|v| v.max(0.0)).collect::<Vec<_>>());
+            }
+        }
+    }
+
     #[test]
     fn conv_backward_matches_finite_differences() {
         let geometries = [

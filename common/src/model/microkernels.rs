@@ -197,7 +197,8 @@ mod x86 {
         for first in (0..channels).step_by(16) {
             let n = (channels - first).min(16);
             let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
-            let index = _mm512_mullo_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(first as i32)), _mm512_set1_epi32(plane as i32));
+            let index =
+                _mm512_mullo_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(first as i32)), _mm512_set1_epi32(plane as i32));
             for x in 0..width {
                 let source = dy.as_ptr().add(y * width + x);
                 let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, index, source.cast());
@@ -525,7 +526,14 @@ pub(crate) fn pool_row(
 /// `plane` floats, rows of `width`) into `dst` as `[x][channel]`, `stride`
 /// floats per x, with the vector unit where the CPU has one. Returns false,
 /// having written nothing, where the caller must transpose the row itself.
-pub(crate) fn transpose_row(isa: Isa, dy: &[f32], (channels, plane, width): (usize, usize, usize), y: usize, dst: &mut [f32], stride: usize) -> bool {
+pub(crate) fn transpose_row(
+    isa: Isa,
+    dy: &[f32],
+    (channels, plane, width): (usize, usize, usize),
+    y: usize,
+    dst: &mut [f32],
+    stride: usize,
+) -> bool {
     assert!(channels > 0 && width > 0, "empty gradient row");
     assert!((channels - 1) * plane + (y + 1) * width <= dy.len(), "gradient row {y} outside the gradient");
     assert!(channels <= stride && (width - 1) * stride + channels <= dst.len(), "transposed row outside its buffer");

@@ -10,6 +10,7 @@ pub mod kernels;
 mod microkernels;
 mod tape_ops;
 pub mod training;
+mod winograd;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,403 @@
+//! 3x3 convolutions with stride 1 and padding 1 by Winograd's minimal
+//! filtering F(2x2, 3x3) (Lavin and Gray, 2016).
+//!
+//! The output is cut into 2x2 tiles; each reads a 4x4 patch of the padded
+//! input. With `V = Bᵀ d B` (the patch), `U = G g Gᵀ` (the kernel) and
+//! `Y = Aᵀ M A`, where `M[ξ] = Σ_c U[ξ][o][c] · V[ξ][c]` for each of the 16
+//! elements ξ of a transformed tile, a tile costs 16 multiply-adds per
+//! channel pair instead of 36. The 16 sums over channels are the direct
+//! convolution's microkernel with the channels as its taps and the tiles as
+//! its positions, so they run at the same speed, and a tile's outputs do
+//! not depend on any other image: the transforms and products are per image
+//! and in a fixed order. The results differ from the direct convolution's
+//! by rounding (the transforms add and subtract inputs before the products).
+
+use super::kernels::ConvGeometry;
+use super::microkernels::{tap_products, Isa, POSITION_BLOCK};
+
+/// Elements of a transformed tile.
+const ELEMENTS: usize = 16;
+
+/// Fewest input channels for which [`Winograd::applies`].
+pub(crate) const MIN_INPUT_CHANNELS: usize = 64;
+
+/// A 3x3, padding-1 convolution prepared for Winograd's method.
+pub(crate) struct Winograd {
+    isa: Isa,
+    g: ConvGeometry,
+    tiles_y: usize,
+    tiles_x: usize,
+    /// Tiles rounded up to whole vectors; the extra tiles are zero.
+    positions: usize,
+    block: usize,
+    /// `U[ξ]` packed per element as the microkernel reads weights.
+    packed: Vec<f32>,
+    /// Where channel `c` of a transformed element starts: `c · positions`.
+    offsets: Vec<usize>,
+}
+
+/// A thread's buffers for [`Winograd::image`].
+#[derive(Default)]
+pub(crate) struct WinogradBuffers {
+    padded: Vec<f32>,
+    transformed: Vec<f32>,
+    products: Vec<f32>,
+    rows: Vec<f32>,
+}
+
+impl Winograd {
+    /// Whether Winograd's method serves this convolution: 3x3 with padding
+    /// 1, and enough input channels that the transforms cost little next to
+    /// the products (measured: with 32 input channels the direct
+    /// convolution is faster, with 64 and more Winograd's is as fast on 7-
+    /// and 14-wide planes and 1.4x faster on 8- and 16-wide ones, which
+    /// need no padding tiles).
+    pub(crate) fn applies(g: &ConvGeometry) -> bool {
+        g.kernel == 3 && g.padding == 1 && g.in_channels >= MIN_INPUT_CHANNELS
+    }
+
+    pub(crate) fn new(isa: Isa, g: &ConvGeometry, weight: &[f32]) -> Self {
+        assert!(Self::applies(g), "Winograd F(2x2, 3x3) needs a 3x3 kernel with padding 1");
+        assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
+        let (tiles_y, tiles_x) = (g.height.div_ceil(2), g.width.div_ceil(2));
+        let positions = (tiles_y * tiles_x).next_multiple_of(POSITION_BLOCK);
+        let block = isa.channel_block(g.out_channels);
+        let (cin, cout) = (g.in_channels, g.out_channels);
+        let per_element = cout.div_ceil(block) * block * cin;
+        let mut packed = vec![0.0f32; ELEMENTS * per_element];
+        for (o, kernels) in weight.chunks_exact(cin * 9).enumerate() {
+            for (c, k) in kernels.chunks_exact(9).enumerate() {
+                let u = transform_kernel(k.try_into().expect("3x3 kernel"));
+                for (xi, &value) in u.iter().enumerate() {
+                    packed[xi * per_element + ((o / block) * cin + c) * block + o % block] = value;
+                }
+            }
+        }
+        let offsets = (0..cin).map(|c| c * positions).collect();
+        Winograd { isa, g: *g, tiles_y, tiles_x, positions, block, packed, offsets }
+    }
+
+    /// One image (C·H·W) convolved (without bias), each output row handed
+    /// to `store(channel, row, values)`.
+    pub(crate) fn image(&self, buffers: &mut WinogradBuffers, image: &[f32], mut store: impl FnMut(usize, usize, &[f32])) {
+        let g = &self.g;
+        assert_eq!(image.len(), g.in_len(), "conv2d input of one image");
+        let (cin, cout_padded, positions) = (g.in_channels, g.out_channels.div_ceil(self.block) * self.block, self.positions);
+        self.pad(image, &mut buffers.padded);
+        let (in_stride, out_stride) = (plane_stride(cin * positions), plane_stride(cout_padded * positions));
+        buffers.transformed.resize(ELEMENTS * in_stride, 0.0);
+        self.transform_input(&buffers.padded, &mut buffers.transformed, &mut buffers.rows);
+        buffers.products.resize(ELEMENTS * out_stride, 0.0);
+        let per_element = self.packed.len() / ELEMENTS;
+        for xi in 0..ELEMENTS {
+            tap_products(
+                self.isa,
+                self.block,
+                &buffers.transformed[xi * in_stride..][..cin * positions],
+                &self.offsets,
+                &self.packed[xi * per_element..][..per_element],
+                positions,
+                &mut buffers.products[xi * out_stride..][..cout_padded * positions],
+            );
+        }
+        self.transform_output(&buffers.products, cout_padded, &mut buffers.rows, &mut store);
+    }
+
+    /// Padded plane: one zero row and column before the image and enough
+    /// after it for whole tiles.
+    fn padded_shape(&self) -> (usize, usize) {
+        (2 * self.tiles_y + 2, 2 * self.tiles_x + 2)
+    }
+
+    fn pad(&self, image: &[f32], padded: &mut Vec<f32>) {
+        let g = &self.g;
+        let (rows, cols) = self.padded_shape();
+        // The border stays zero when the buffer is reused: only the
+        // interior is written.
+        if padded.len() != g.in_channels * rows * cols {
+            padded.clear();
+            padded.resize(g.in_channels * rows * cols, 0.0);
+        }
+        for (c, channel) in image.chunks_exact(g.height * g.width).enumerate() {
+            for (y, src) in channel.chunks_exact(g.width).enumerate() {
+                padded[(c * rows + y + 1) * cols + 1..][..g.width].copy_from_slice(src);
+            }
+        }
+    }
+
+    /// `V = Bᵀ d B` for every channel and tile, stored `[ξ][channel][tile]`.
+    fn transform_input(&self, padded: &[f32], transformed: &mut [f32], rows: &mut Vec<f32>) {
+        // SAFETY: the vector variants are only chosen where the CPU has
+        // their features; the bodies are safe code.
+        unsafe {
+            match self.isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => x86::transform_input(self, padded, transformed),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => transform_input_avx2(self, padded, transformed, rows),
+                Isa::Portable => transform_input_body(self, padded, transformed, rows),
+            }
+        }
+    }
+
+    /// `Y = Aᵀ M A` for every output channel and tile, handed over a row of
+    /// the output at a time (tiles past the edge cropped).
+    fn transform_output(
+        &self,
+        products: &[f32],
+        cout_padded: usize,
+        rows: &mut Vec<f32>,
+        store: &mut impl FnMut(usize, usize, &[f32]),
+    ) {
+        let g = &self.g;
+        let (positions, tiles_x) = (self.positions, self.tiles_x);
+        let out_stride = plane_stride(cout_padded * positions);
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512 {
+            let plane = g.height * g.width;
+            rows.resize(g.out_channels * plane, 0.0);
+            // SAFETY: chosen only where the CPU has AVX-512; the scatters
+            // are masked to the output plane (checked inside).
+            unsafe { x86::transform_output(self, products, out_stride, rows) };
+            for o in 0..g.out_channels {
+                for y in 0..g.height {
+                    store(o, y, &rows[o * plane + y * g.width..][..g.width]);
+                }
+            }
+            return;
+        }
+        rows.resize(8 * tiles_x + 4 * tiles_x, 0.0);
+        for o in 0..g.out_channels {
+            for ty in 0..self.tiles_y {
+                let row: [&[f32]; ELEMENTS] =
+                    std::array::from_fn(|xi| &products[xi * out_stride + o * positions + ty * tiles_x..][..tiles_x]);
+                let (top, bottom) = output_rows(self.isa, &row, rows);
+                store(o, 2 * ty, &top[..g.width]);
+                if 2 * ty + 1 < g.height {
+                    store(o, 2 * ty + 1, &bottom[..g.width]);
+                }
+            }
+        }
+    }
+}
+
+/// The body of [`Winograd::transform_input`], compiled per instruction set
+/// so that its loops (contiguous but for one even/odd split) vectorise.
+#[inline(always)]
+fn transform_input_body(w: &Winograd, padded: &[f32], transformed: &mut [f32], rows: &mut Vec<f32>) {
+    let (cin, positions, tiles_x) = (w.g.in_channels, w.positions, w.tiles_x);
+    let in_stride = plane_stride(cin * positions);
+    let (plane_rows, cols) = w.padded_shape();
+    let n = tiles_x + 1;
+    // The four rows of `Bᵀ d`, then each split into even and odd columns.
+    rows.resize(4 * cols + 8 * n, 0.0);
+    let (combined, split) = rows.split_at_mut(4 * cols);
+    let (even, odd) = split.split_at_mut(4 * n);
+    for c in 0..cin {
+        for ty in 0..w.tiles_y {
+            let base = (c * plane_rows + 2 * ty) * cols;
+            let d = &padded[base..][..4 * cols];
+            let (d0, rest) = d.split_at(cols);
+            let (d1, rest) = rest.split_at(cols);
+            let (d2, d3) = rest.split_at(cols);
+            let (r0, rest) = combined.split_at_mut(cols);
+            let (r1, rest) = rest.split_at_mut(cols);
+            let (r2, r3) = rest.split_at_mut(cols);
+            for (((((a, b), c2), d), (r0, r1)), (r2, r3)) in
+                d0.iter().zip(d1).zip(d2).zip(d3).zip(r0.iter_mut().zip(r1.iter_mut())).zip(r2.iter_mut().zip(r3.iter_mut()))
+            {
+                *r0 = a - c2;
+                *r1 = b + c2;
+                *r2 = c2 - b;
+                *r3 = b - d;
+            }
+            for ((r, e), o) in combined.chunks_exact(cols).zip(even.chunks_exact_mut(n)).zip(odd.chunks_exact_mut(n)) {
+                for ((pair, e), o) in r.chunks_exact(2).zip(e.iter_mut()).zip(o.iter_mut()) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+            }
+            let first_tile = ty * tiles_x;
+            for i in 0..4 {
+                let (e, o) = (&even[i * n..][..n], &odd[i * n..][..n]);
+                let at = |j: usize| (4 * i + j) * in_stride + c * positions + first_tile;
+                let pairs = || e.iter().zip(&e[1..]).zip(o.iter().zip(&o[1..]));
+                let out = &mut transformed[at(0)..][..tiles_x];
+                out.iter_mut().zip(pairs()).for_each(|(v, ((e0, e1), _))| *v = e0 - e1);
+                let out = &mut transformed[at(1)..][..tiles_x];
+                out.iter_mut().zip(pairs()).for_each(|(v, ((_, e1), (o0, _)))| *v = o0 + e1);
+                let out = &mut transformed[at(2)..][..tiles_x];
+                out.iter_mut().zip(pairs()).for_each(|(v, ((_, e1), (o0, _)))| *v = e1 - o0);
+                let out = &mut transformed[at(3)..][..tiles_x];
+                out.iter_mut().zip(pairs()).for_each(|(v, (_, (o0, o1)))| *v = o0 - o1);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transform_input_avx2(w: &Winograd, padded: &[f32], transformed: &mut [f32], rows: &mut Vec<f32>) {
+    transform_input_body(w, padded, transformed, rows)
+}
+
+/// The two output rows of a row of tiles from its 16 product rows.
+fn output_rows<'a>(isa: Isa, m: &[&[f32]; ELEMENTS], rows: &'a mut [f32]) -> (&'a [f32], &'a [f32]) {
+    // SAFETY: as in `transform_input`.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => output_rows_avx2(m, rows),
+            Isa::Portable => output_rows_body(m, rows),
+        }
+    }
+}
+
+#[inline(always)]
+fn output_rows_body<'a>(m: &[&[f32]; ELEMENTS], rows: &'a mut [f32]) -> (&'a [f32], &'a [f32]) {
+    let tiles = m[0].len();
+    let (s, out) = rows.split_at_mut(8 * tiles);
+    // s0[j] = M rows 0 + 1 + 2, s1[j] = rows 1 - 2 - 3, for column j.
+    for j in 0..4 {
+        let (s0, s1) = s[2 * j * tiles..][..2 * tiles].split_at_mut(tiles);
+        for ((((s0, s1), a), (b, c)), d) in
+            s0.iter_mut().zip(s1.iter_mut()).zip(m[j]).zip(m[4 + j].iter().zip(m[8 + j])).zip(m[12 + j])
+        {
+            *s0 = a + b + c;
+            *s1 = b - c - d;
+        }
+    }
+    let column = |k: usize, j: usize| &s[(2 * j + k) * tiles..][..tiles];
+    let (top, bottom) = out.split_at_mut(2 * tiles);
+    for (k, row) in [top, bottom].into_iter().enumerate() {
+        let (c0, c1, c2, c3) = (column(k, 0), column(k, 1), column(k, 2), column(k, 3));
+        for ((pair, (a, b)), (c, d)) in row.chunks_exact_mut(2).zip(c0.iter().zip(c1)).zip(c2.iter().zip(c3)) {
+            pair[0] = a + b + c;
+            pair[1] = b - c - d;
+        }
+    }
+    let (top, bottom) = out.split_at(2 * tiles);
+    (top, &bottom[..2 * tiles])
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn output_rows_avx2<'a>(m: &[&[f32]; ELEMENTS], rows: &'a mut [f32]) -> (&'a [f32], &'a [f32]) {
+    output_rows_body(m, rows)
+}
+
+/// Floats from one transformed element's plane to the next: its length
+/// and one cache line more, so that the 16 planes, written and read
+/// together, do not fall on the same cache sets (their lengths are
+/// multiples of 4 KiB).
+fn plane_stride(len: usize) -> usize {
+    len + 16
+}
+
+/// `U = G g Gᵀ` of one 3x3 kernel (row-major), as 16 elements.
+fn transform_kernel(k: &[f32; 9]) -> [f32; ELEMENTS] {
+    let combine = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    // G g: four rows of three.
+    let columns: [[f32; 4]; 3] = std::array::from_fn(|x| combine(k[x], k[3 + x], k[6 + x]));
+    let mut u = [0.0f32; ELEMENTS];
+    for i in 0..4 {
+        let row = combine(columns[0][i], columns[1][i], columns[2][i]);
+        u[4 * i..4 * i + 4].copy_from_slice(&row);
+    }
+    u
+}
+
+/// The transforms with AVX-512, sixteen tiles per vector: the patches are
+/// gathered and the outputs scattered, so the tiles of a whole image (not
+/// of one short row) fill the vectors. The arithmetic per tile is that of
+/// the portable bodies, in the same order.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{plane_stride, Winograd, ELEMENTS};
+
+    /// Per tile of a 16-tile chunk: (first padded input of its patch,
+    /// first output, lanes that are real tiles, lanes whose second output
+    /// row exists, lanes whose second output column exists).
+    unsafe fn chunk(w: &Winograd, first: usize) -> (__m512i, __m512i, __mmask16, __mmask16, __mmask16) {
+        let (_, cols) = w.padded_shape();
+        let tiles = w.tiles_y * w.tiles_x;
+        let mut patch = [0i32; 16];
+        let mut output = [0i32; 16];
+        let (mut real, mut second_row, mut second_column) = (0u16, 0u16, 0u16);
+        for lane in 0..16 {
+            let t = first + lane;
+            if t < tiles {
+                let (ty, tx) = (t / w.tiles_x, t % w.tiles_x);
+                patch[lane] = (2 * ty * cols + 2 * tx) as i32;
+                output[lane] = (2 * ty * w.g.width + 2 * tx) as i32;
+                real |= 1 << lane;
+                second_row |= ((2 * ty + 1 < w.g.height) as u16) << lane;
+                second_column |= ((2 * tx + 1 < w.g.width) as u16) << lane;
+            }
+        }
+        (_mm512_loadu_si512(patch.as_ptr().cast()), _mm512_loadu_si512(output.as_ptr().cast()), real, second_row, second_column)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_input(w: &Winograd, padded: &[f32], transformed: &mut [f32]) {
+        let (cin, positions) = (w.g.in_channels, w.positions);
+        let (plane_rows, cols) = w.padded_shape();
+        let plane = plane_rows * cols;
+        let in_stride = plane_stride(cin * positions);
+        assert!(padded.len() >= cin * plane && transformed.len() >= ELEMENTS * in_stride, "Winograd input buffers");
+        for first in (0..positions).step_by(16) {
+            let (patch, _, real, _, _) = chunk(w, first);
+            for c in 0..cin {
+                let base = padded.as_ptr().add(c * plane);
+                let d = |k: usize, l: usize| {
+                    _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), real, patch, base.add(k * cols + l).cast())
+                };
+                // Rows of Bᵀ d, per column l of the patch.
+                let mut r = [[_mm512_setzero_ps(); 4]; 4];
+                for (l, column) in (0..4).map(|l| (l, [d(0, l), d(1, l), d(2, l), d(3, l)])) {
+                    r[0][l] = _mm512_sub_ps(column[0], column[2]);
+                    r[1][l] = _mm512_add_ps(column[1], column[2]);
+                    r[2][l] = _mm512_sub_ps(column[2], column[1]);
+                    r[3][l] = _mm512_sub_ps(column[1], column[3]);
+                }
+                for (i, r) in r.iter().enumerate() {
+                    let v = [
+                        _mm512_sub_ps(r[0], r[2]),
+                        _mm512_add_ps(r[1], r[2]),
+                        _mm512_sub_ps(r[2], r[1]),
+                        _mm512_sub_ps(r[1], r[3]),
+                    ];
+                    for (j, v) in v.into_iter().enumerate() {
+                        _mm512_storeu_ps(transformed.as_mut_ptr().add((4 * i + j) * in_stride + c * positions + first), v);
+                    }
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_output(w: &Winograd, products: &[f32], out_stride: usize, out: &mut [f32]) {
+        let (positions, plane, width) = (w.positions, w.g.height * w.g.width, w.g.width);
+        assert!(products.len() >= ELEMENTS * out_stride && out.len() >= w.g.out_channels * plane, "Winograd output buffers");
+        for first in (0..positions).step_by(16) {
+            let (_, output, real, second_row, second_column) = chunk(w, first);
+            let below = _mm512_add_epi32(output, _mm512_set1_epi32(width as i32));
+            let one = _mm512_set1_epi32(1);
+            for o in 0..w.g.out_channels {
+                let m = |xi: usize| _mm512_loadu_ps(products.as_ptr().add(xi * out_stride + o * positions + first));
+                let s0: [__m512; 4] = std::array::from_fn(|j| _mm512_add_ps(_mm512_add_ps(m(j), m(4 + j)), m(8 + j)));
+                let s1: [__m512; 4] = std::array::from_fn(|j| _mm512_sub_ps(_mm512_sub_ps(m(4 + j), m(8 + j)), m(12 + j)));
+                let left = |s: &[__m512; 4]| _mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]);
+                let right = |s: &[__m512; 4]| _mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]);
+                let base = out.as_mut_ptr().add(o * plane);
+                _mm512_mask_i32scatter_ps::<4>(base.cast(), real, output, left(&s0));
+                _mm512_mask_i32scatter_ps::<4>(base.cast(), real & second_column, _mm512_add_epi32(output, one), right(&s0));
+                _mm512_mask_i32scatter_ps::<4>(base.cast(), real & second_row, below, left(&s1));
+                let corner = real & second_row & second_column;
+                _mm512_mask_i32scatter_ps::<4>(base.cast(), corner, _mm512_add_epi32(below, one), right(&s1));
+            }
+        }
+    }
+}
