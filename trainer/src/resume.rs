@@ -63,8 +63,9 @@ pub fn read_resume_state(path: &Path, model: &Model) -> Result<ResumeState, Arti
     })
 }
 
-/// JSON text of plain data (serde_json writes the shortest float text that
-/// reads back to the same bits).
+/// JSON text of plain data: serde_json writes the shortest float text that
+/// reads back to the same bits, and reads it back to them with its
+/// `float_roundtrip` feature (the workspace enables it).
 fn json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).expect("plain data serialises to JSON")
 }
@@ -74,6 +75,23 @@ mod tests {
     use super::*;
     use common::data::ImageShape;
     use common::model::ModelKind;
+
+    /// Metrics and running sums are f64 in JSON text: every value must read
+    /// back to its bits, or a resumed run ends with other bytes (seen with
+    /// serde_json's default float parser, which can miss by one ulp).
+    #[test]
+    fn json_floats_read_back_to_the_same_bits() {
+        let mut rng = common::rng::Rng::new(3);
+        let values: Vec<f64> =
+            (0..20_000).map(|_| (rng.uniform(0.0, 1.0) as f64 + 1e-9 * rng.uniform(0.0, 1.0) as f64) * 3.0).collect();
+        let mut observed =
+            vec![2.2597166299819946, 1.9718149169984627, 0.45313529046284573, 1.3452006578445435, 1.5261950492858887];
+        observed.extend(values);
+        for v in observed {
+            let back: f64 = serde_json::from_str(&json(&v)).unwrap();
+            assert_eq!(back.to_bits(), v.to_bits(), "{v} read back as {back}");
+        }
+    }
 
     #[test]
     fn resume_state_round_trips_bit_exactly() {
