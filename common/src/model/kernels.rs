@@ -710,9 +710,7 @@ fn by_row_blocks(x: &[f32], inputs: usize, outputs: usize, product: impl Fn(&[f3
 
 /// `y = x · weightᵀ + bias` for a batch of row vectors; `weight` is `[out, in]`.
 pub fn dense_forward(x: &[f32], inputs: usize, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    assert_eq!(x.len() % inputs, 0, "dense input is not a whole number of rows");
-    assert_eq!(weight.len() % inputs, 0, "dense weight length");
-    let outputs = weight.len() / inputs;
+    let (_, outputs) = dense_shape(x, inputs, weight);
     by_row_blocks(x, inputs, outputs, |rows, out| {
         if let Some(bias) = bias {
             for row in out.chunks_mut(outputs) {
@@ -745,7 +743,7 @@ pub fn dense_backward_input(dy: &[f32], inputs: usize, weight: &[f32]) -> Vec<f3
 /// [`dense_forward`], a row's result depends on the batch size (gemm tiles
 /// the batch), which a training batch of fixed size does not mind.
 pub fn dense_batch_forward(x: &[f32], inputs: usize, weight: &[f32], bias: &[f32]) -> Vec<f32> {
-    let (batch, outputs) = dense_shape(x, inputs, weight, "dense input");
+    let (batch, outputs) = dense_shape(x, inputs, weight);
     assert_eq!(bias.len(), outputs, "dense bias length");
     let mut y: Vec<f32> = bias.iter().copied().cycle().take(batch * outputs).collect();
     let shape = (batch, outputs, inputs);
@@ -756,7 +754,7 @@ pub fn dense_batch_forward(x: &[f32], inputs: usize, weight: &[f32], bias: &[f32
 /// The gradients of [`dense_batch_forward`] from its output gradient `dy`:
 /// weight `[out, in]`, bias, and input.
 pub fn dense_batch_backward(x: &[f32], dy: &[f32], inputs: usize, weight: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (batch, outputs) = dense_shape(x, inputs, weight, "dense input");
+    let (batch, outputs) = dense_shape(x, inputs, weight);
     assert_eq!(dy.len(), batch * outputs, "dense output gradient length");
     let mut dw = vec![0.0f32; weight.len()];
     matmul(&mut dw, false, Mat::transposed(dy, outputs), Mat::row_major(x, inputs), (outputs, inputs, batch), PARALLEL);
@@ -770,8 +768,8 @@ pub fn dense_batch_backward(x: &[f32], dy: &[f32], inputs: usize, weight: &[f32]
 }
 
 /// (rows, outputs) of a dense layer's input, checked against its weight.
-fn dense_shape(x: &[f32], inputs: usize, weight: &[f32], what: &str) -> (usize, usize) {
-    assert!(inputs > 0 && x.len() % inputs == 0, "{what} is not a whole number of rows of {inputs}");
+fn dense_shape(x: &[f32], inputs: usize, weight: &[f32]) -> (usize, usize) {
+    assert!(inputs > 0 && x.len() % inputs == 0, "dense input is not a whole number of rows of {inputs}");
     assert_eq!(weight.len() % inputs, 0, "dense weight length");
     (x.len() / inputs, weight.len() / inputs)
 }
@@ -901,9 +899,6 @@ mod tests {
         }
     }
 
-    /// The loss `sum(y * r)` has gradient `r` at the output; compare the
-    /// kernels' gradients with central finite differences of that loss,
-    /// with few and many channels and without padding.
     /// Winograd's method against the naive convolution on layers the size
     /// of the complex model's, with several blocks of output channels.
     #[test]
@@ -926,6 +921,9 @@ mod tests {
         }
     }
 
+    /// The loss `sum(y * r)` has gradient `r` at the output; compare the
+    /// kernels' gradients with central finite differences of that loss,
+    /// with few and many channels and without padding.
     #[test]
     fn conv_backward_matches_finite_differences() {
         let geometries = [

@@ -124,6 +124,15 @@ mod x86 {
         }
     }
 
+    /// The first `n` of sixteen lanes (all of them from 16 on).
+    fn lanes_below(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+
     /// See [`super::pool_row`]: sixteen windows per step, the even and odd
     /// columns of both rows split apart with permutes.
     #[target_feature(enable = "avx512f")]
@@ -138,13 +147,6 @@ mod x86 {
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
         let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        let lanes_below = |n: usize| -> __mmask16 {
-            if n >= 16 {
-                0xffff
-            } else {
-                (1u16 << n) - 1
-            }
-        };
         let windows = out.len();
         for start in (0..windows).step_by(16) {
             let n = (windows - start).min(16);
@@ -195,8 +197,7 @@ mod x86 {
     ) {
         let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         for first in (0..channels).step_by(16) {
-            let n = (channels - first).min(16);
-            let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+            let mask = lanes_below(channels - first);
             let index =
                 _mm512_mullo_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(first as i32)), _mm512_set1_epi32(plane as i32));
             for x in 0..width {

@@ -25,6 +25,11 @@ enum Activation {
     Rows(Rows<Taped>),
 }
 
+/// A parameter as a flat tensor for the duration of one step.
+fn flat(dev: &Cpu, values: &[f32]) -> Flat {
+    dev.tensor_from_vec(values.to_vec(), (values.len(),))
+}
+
 /// Mean cross-entropy of `model` on the normalised images `x` (N·C·H·W) with
 /// `labels`, and its gradients with respect to every parameter.
 pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) -> Result<StepResult, ModelError> {
@@ -46,15 +51,7 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
                 next = after;
                 let stack = ConvStack::for_training(&blocks, !first_conv);
                 first_conv = false;
-                let tensors: Vec<(Flat, Flat)> = blocks
-                    .iter()
-                    .map(|(_, c)| {
-                        (
-                            dev.tensor_from_vec(c.weight.clone(), (c.weight.len(),)),
-                            dev.tensor_from_vec(c.bias.clone(), (c.bias.len(),)),
-                        )
-                    })
-                    .collect();
+                let tensors: Vec<(Flat, Flat)> = blocks.iter().map(|(_, c)| (flat(dev, &c.weight), flat(dev, &c.bias))).collect();
                 let y = tape_ops::conv_stack(dev, x, stack, &tensors);
                 params.extend(tensors.into_iter().flat_map(|(w, b)| [w, b]));
                 Activation::Planes(y)
@@ -67,8 +64,7 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
                 Activation::Rows(x.reshape_like(&(b, c * h * w)))
             }
             (Layer::Dense(d), Activation::Rows(x)) => {
-                let w = dev.tensor_from_vec(d.weight.clone(), (d.weight.len(),));
-                let b = dev.tensor_from_vec(d.bias.clone(), (d.bias.len(),));
+                let (w, b) = (flat(dev, &d.weight), flat(dev, &d.bias));
                 let y = tape_ops::dense(dev, x, d, &w, &b);
                 params.extend([w, b]);
                 Activation::Rows(y)

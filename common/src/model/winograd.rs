@@ -30,6 +30,12 @@ pub(crate) struct Winograd {
     /// Tiles rounded up to whole vectors; the extra tiles are zero.
     positions: usize,
     block: usize,
+    /// Output channels rounded up to whole blocks of `block`.
+    cout_padded: usize,
+    /// Floats from one element's plane to the next in the transformed
+    /// input (`[ξ][channel][tile]`) and in the products (`[ξ][out][tile]`).
+    in_stride: usize,
+    out_stride: usize,
     /// `U[ξ]` packed per element as the microkernel reads weights.
     packed: Vec<f32>,
     /// Where channel `c` of a transformed element starts: `c · positions`.
@@ -74,7 +80,9 @@ impl Winograd {
             }
         }
         let offsets = (0..cin).map(|c| c * positions).collect();
-        Winograd { isa, g: *g, tiles_y, tiles_x, positions, block, packed, offsets }
+        let cout_padded = cout.div_ceil(block) * block;
+        let (in_stride, out_stride) = (plane_stride(cin * positions), plane_stride(cout_padded * positions));
+        Winograd { isa, g: *g, tiles_y, tiles_x, positions, block, cout_padded, in_stride, out_stride, packed, offsets }
     }
 
     /// One image (C·H·W) convolved (without bias), each output row handed
@@ -82,9 +90,9 @@ impl Winograd {
     pub(crate) fn image(&self, buffers: &mut WinogradBuffers, image: &[f32], mut store: impl FnMut(usize, usize, &[f32])) {
         let g = &self.g;
         assert_eq!(image.len(), g.in_len(), "conv2d input of one image");
-        let (cin, cout_padded, positions) = (g.in_channels, g.out_channels.div_ceil(self.block) * self.block, self.positions);
+        let (cin, cout_padded, positions) = (g.in_channels, self.cout_padded, self.positions);
         self.pad(image, &mut buffers.padded);
-        let (in_stride, out_stride) = (plane_stride(cin * positions), plane_stride(cout_padded * positions));
+        let (in_stride, out_stride) = (self.in_stride, self.out_stride);
         buffers.transformed.resize(ELEMENTS * in_stride, 0.0);
         self.transform_input(&buffers.padded, &mut buffers.transformed, &mut buffers.rows);
         buffers.products.resize(ELEMENTS * out_stride, 0.0);
@@ -100,7 +108,7 @@ impl Winograd {
                 &mut buffers.products[xi * out_stride..][..cout_padded * positions],
             );
         }
-        self.transform_output(&buffers.products, cout_padded, &mut buffers.rows, &mut store);
+        self.transform_output(&buffers.products, &mut buffers.rows, &mut store);
     }
 
     /// Padded plane: one zero row and column before the image and enough
@@ -142,23 +150,16 @@ impl Winograd {
 
     /// `Y = Aᵀ M A` for every output channel and tile, handed over a row of
     /// the output at a time (tiles past the edge cropped).
-    fn transform_output(
-        &self,
-        products: &[f32],
-        cout_padded: usize,
-        rows: &mut Vec<f32>,
-        store: &mut impl FnMut(usize, usize, &[f32]),
-    ) {
+    fn transform_output(&self, products: &[f32], rows: &mut Vec<f32>, store: &mut impl FnMut(usize, usize, &[f32])) {
         let g = &self.g;
-        let (positions, tiles_x) = (self.positions, self.tiles_x);
-        let out_stride = plane_stride(cout_padded * positions);
+        let (positions, tiles_x, out_stride) = (self.positions, self.tiles_x, self.out_stride);
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512 {
             let plane = g.height * g.width;
             rows.resize(g.out_channels * plane, 0.0);
             // SAFETY: chosen only where the CPU has AVX-512; the scatters
             // are masked to the output plane (checked inside).
-            unsafe { x86::transform_output(self, products, out_stride, rows) };
+            unsafe { x86::transform_output(self, products, rows) };
             for o in 0..g.out_channels {
                 for y in 0..g.height {
                     store(o, y, &rows[o * plane + y * g.width..][..g.width]);
@@ -185,8 +186,7 @@ impl Winograd {
 /// so that its loops (contiguous but for one even/odd split) vectorise.
 #[inline(always)]
 fn transform_input_body(w: &Winograd, padded: &[f32], transformed: &mut [f32], rows: &mut Vec<f32>) {
-    let (cin, positions, tiles_x) = (w.g.in_channels, w.positions, w.tiles_x);
-    let in_stride = plane_stride(cin * positions);
+    let (cin, positions, tiles_x, in_stride) = (w.g.in_channels, w.positions, w.tiles_x, w.in_stride);
     let (plane_rows, cols) = w.padded_shape();
     let n = tiles_x + 1;
     // The four rows of `Bᵀ d`, then each split into even and odd columns.
@@ -315,7 +315,7 @@ fn transform_kernel(k: &[f32; 9]) -> [f32; ELEMENTS] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{plane_stride, Winograd, ELEMENTS};
+    use super::{Winograd, ELEMENTS};
 
     /// Per tile of a 16-tile chunk: (first padded input of its patch,
     /// first output, lanes that are real tiles, lanes whose second output
@@ -345,7 +345,7 @@ mod x86 {
         let (cin, positions) = (w.g.in_channels, w.positions);
         let (plane_rows, cols) = w.padded_shape();
         let plane = plane_rows * cols;
-        let in_stride = plane_stride(cin * positions);
+        let in_stride = w.in_stride;
         assert!(padded.len() >= cin * plane && transformed.len() >= ELEMENTS * in_stride, "Winograd input buffers");
         for first in (0..positions).step_by(16) {
             let (patch, _, real, _, _) = chunk(w, first);
@@ -378,8 +378,8 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn transform_output(w: &Winograd, products: &[f32], out_stride: usize, out: &mut [f32]) {
-        let (positions, plane, width) = (w.positions, w.g.height * w.g.width, w.g.width);
+    pub(super) unsafe fn transform_output(w: &Winograd, products: &[f32], out: &mut [f32]) {
+        let (positions, plane, width, out_stride) = (w.positions, w.g.height * w.g.width, w.g.width, w.out_stride);
         assert!(products.len() >= ELEMENTS * out_stride && out.len() >= w.g.out_channels * plane, "Winograd output buffers");
         for first in (0..positions).step_by(16) {
             let (_, output, real, second_row, second_column) = chunk(w, first);
