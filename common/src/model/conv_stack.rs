@@ -14,7 +14,9 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{self, ConvGeometry, ConvPass, ParamGradient, PassBuffers, PoolGeometry, IMAGES_PER_PARTIAL_GRADIENT};
+use super::kernels::{
+    self, ConvGeometry, ConvPass, GradientBuffers, ParamGradient, PassBuffers, PoolGeometry, IMAGES_PER_PARTIAL_GRADIENT,
+};
 use super::microkernels::Isa;
 use super::Conv2d;
 
@@ -45,22 +47,26 @@ struct Stage {
 
 impl Stage {
     /// The block on one image into `saved` (whose buffers are reused),
-    /// its input padded with the row of ones for the weight gradient when
-    /// `ones` is set.
-    fn run(&self, scratch: &mut Scratch, input: &[f32], saved: &mut Saved, ones: bool) {
+    /// its input padded as the weight gradient reads it when `training` is
+    /// set (the forward pass reads that layout too).
+    fn run(&self, scratch: &mut Scratch, input: &[f32], saved: &mut Saved, training: bool) {
         let g = &self.block.geometry;
-        g.pad_image(input, &mut saved.padded_input, ones);
+        if training {
+            self.params.pad_input(input, &mut saved.padded_input);
+        } else {
+            self.forward.pad(input, &mut saved.padded_input);
+        }
         match self.block.pool {
             Some(pool) => {
                 scratch.conv_out.resize(g.out_len(), 0.0);
-                self.forward.padded_image(&mut scratch.forward, input, &saved.padded_input, &mut scratch.conv_out);
+                self.forward.padded_image(&mut scratch.forward, &saved.padded_input, &mut scratch.conv_out);
                 saved.output.resize(pool.out_len(), 0.0);
                 saved.argmax.resize(pool.out_len(), 0);
                 kernels::pool_image(&pool, &scratch.conv_out, &mut saved.output, &mut saved.argmax);
             }
             None => {
                 saved.output.resize(g.out_len(), 0.0);
-                self.forward.padded_image(&mut scratch.forward, input, &saved.padded_input, &mut saved.output);
+                self.forward.padded_image(&mut scratch.forward, &saved.padded_input, &mut saved.output);
             }
         }
     }
@@ -74,8 +80,7 @@ pub(crate) struct ConvStack {
 /// What the backward pass needs of one image at one block.
 #[derive(Default)]
 struct Saved {
-    /// The block's input padded with its row of ones, as the weight
-    /// gradient reads it.
+    /// The block's input padded as the weight gradient reads it.
     padded_input: Vec<f32>,
     /// The block's output after its ReLU and pool: where it is not
     /// positive, the ReLU passes no gradient.
@@ -103,7 +108,7 @@ fn images_per_job(batch: usize) -> usize {
 struct Scratch {
     forward: PassBuffers,
     conv_out: Vec<f32>,
-    transposed_gradient: Vec<f32>,
+    gradient: GradientBuffers,
     input_gradient: PassBuffers,
 }
 
@@ -231,19 +236,7 @@ impl ConvStack {
             .par_chunks(per)
             .zip(d_output.par_chunks(per * self.out_len()))
             .with_min_len(images_per_job(saved.len()).div_ceil(per))
-            .map_init(
-                || self.scratch(),
-                |scratch, (images, douts)| {
-                    let mut partials: Vec<Vec<f32>> = self.stages.iter().map(|stage| stage.params.zeroed()).collect();
-                    let mut dx = Vec::new();
-                    for (image, dout) in images.iter().zip(douts.chunks_exact(self.out_len())) {
-                        if let Some(d) = self.backward_image(scratch, image, dout, &mut partials) {
-                            dx.extend_from_slice(&d);
-                        }
-                    }
-                    (partials, dx)
-                },
-            )
+            .map_init(|| self.scratch(), |scratch, (images, douts)| self.backward_group(scratch, images, douts))
             .collect();
         let params = self
             .stages
@@ -255,40 +248,45 @@ impl ConvStack {
         (params, dx)
     }
 
-    /// Adds one image's parameter gradients to `partials` and returns the
-    /// gradient of its input when the first block passes one.
-    fn backward_image(
-        &self,
-        scratch: &mut [Scratch],
-        image: &SavedImage,
-        dout: &[f32],
-        partials: &mut [Vec<f32>],
-    ) -> Option<Vec<f32>> {
-        let mut dout = dout.to_vec();
-        for (i, (stage, saved)) in self.stages.iter().zip(&image.0).enumerate().rev() {
+    /// A group of images' parameter gradients (a partial sum per block)
+    /// and the gradient of their inputs when the first block passes one
+    /// (empty otherwise). Block by block, so that a block's weight gradient
+    /// takes the group's images in one sweep.
+    fn backward_group(&self, scratch: &mut [Scratch], images: &[SavedImage], douts: &[f32]) -> (Vec<Vec<f32>>, Vec<f32>) {
+        let mut partials: Vec<Vec<f32>> = vec![Vec::new(); self.stages.len()];
+        let mut gradients: Vec<Vec<f32>> = douts.chunks_exact(self.out_len()).map(<[f32]>::to_vec).collect();
+        for (i, stage) in self.stages.iter().enumerate().rev() {
             let (g, scratch) = (&stage.block.geometry, &mut scratch[i]);
-            if stage.block.relu {
-                // A select, not a branch: it vectorises.
-                for (d, &y) in dout.iter_mut().zip(&saved.output) {
-                    *d = if y > 0.0 { *d } else { 0.0 };
+            let saved: Vec<&Saved> = images.iter().map(|image| &image.0[i]).collect();
+            for (dout, saved) in gradients.iter_mut().zip(&saved) {
+                if stage.block.relu {
+                    // A select, not a branch: it vectorises.
+                    for (d, &y) in dout.iter_mut().zip(&saved.output) {
+                        *d = if y > 0.0 { *d } else { 0.0 };
+                    }
+                }
+                if stage.block.pool.is_some() {
+                    let mut dconv = vec![0.0f32; g.out_len()];
+                    kernels::unpool_image(dout, &saved.argmax, &mut dconv);
+                    *dout = dconv;
                 }
             }
-            let dconv: &[f32] = match stage.block.pool {
-                Some(_) => {
-                    scratch.conv_out.clear();
-                    scratch.conv_out.resize(g.out_len(), 0.0);
-                    kernels::unpool_image(&dout, &saved.argmax, &mut scratch.conv_out);
-                    &scratch.conv_out
-                }
-                None => &dout,
+            let padded: Vec<&[f32]> = saved.iter().map(|saved| saved.padded_input.as_slice()).collect();
+            let dconvs: Vec<&[f32]> = gradients.iter().map(Vec::as_slice).collect();
+            partials[i] = stage.params.group(&padded, &dconvs, &mut scratch.gradient);
+            let Some(pass) = stage.input_gradient.as_ref() else {
+                return (partials, Vec::new());
             };
-            stage.params.add_image(&saved.padded_input, dconv, &mut scratch.transposed_gradient, &mut partials[i]);
-            let pass = stage.input_gradient.as_ref()?;
-            let mut dx = vec![0.0f32; g.in_len()];
-            pass.image(&mut scratch.input_gradient, dconv, &mut dx, None);
-            dout = dx;
+            gradients = dconvs
+                .iter()
+                .map(|dconv| {
+                    let mut dx = vec![0.0f32; g.in_len()];
+                    pass.image(&mut scratch.input_gradient, dconv, &mut dx, None);
+                    dx
+                })
+                .collect();
         }
-        Some(dout)
+        (partials, gradients.concat())
     }
 }
 

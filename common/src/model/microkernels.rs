@@ -375,7 +375,8 @@ unsafe fn tap_products_avx2(padded: &[f32], offsets: &[usize], packed: &[f32], p
 }
 
 /// `acc[i][v] += Σ_t padded[offsets[i] + t] · gradient[t·stride + v·WIDTH ..]`
-/// over `positions` values of t.
+/// over `positions` values of t, the accumulators loaded from `out` when
+/// `load` is set and zero otherwise.
 ///
 /// # Safety
 /// `padded` must hold `max(offsets) + positions` floats and `gradient`
@@ -390,11 +391,14 @@ unsafe fn position_block<V: Lanes, const KB: usize, const NV: usize>(
     out: *mut f32,
     out_stride: usize,
     taps: usize,
+    load: bool,
 ) {
     let mut acc = [[V::zero(); NV]; KB];
-    for (i, row) in acc.iter_mut().enumerate().take(taps) {
-        for (v, a) in row.iter_mut().enumerate() {
-            *a = V::load(out.add(i * out_stride + v * V::WIDTH));
+    if load {
+        for (i, row) in acc.iter_mut().enumerate().take(taps) {
+            for (v, a) in row.iter_mut().enumerate() {
+                *a = V::load(out.add(i * out_stride + v * V::WIDTH));
+            }
         }
     }
     for t in 0..positions {
@@ -420,6 +424,7 @@ unsafe fn weight_gradient_generic<V: Lanes, const KB: usize, const NV: usize>(
     gradient: &[f32],
     positions: usize,
     out: &mut [f32],
+    accumulate: bool,
 ) {
     let width = NV * V::WIDTH;
     let channels = gradient.len() / positions.max(1);
@@ -446,6 +451,7 @@ unsafe fn weight_gradient_generic<V: Lanes, const KB: usize, const NV: usize>(
                     out.as_mut_ptr().add(first * channels + c),
                     channels,
                     taps,
+                    accumulate || start > 0,
                 );
             }
         }
@@ -458,40 +464,70 @@ const GRADIENT_CHUNK: usize = 128;
 /// For one padded image and its output gradient transposed to
 /// `[position][channel]` (channels padded to
 /// [`Isa::gradient_channel_width`], zero at virtual positions), adds
-/// `Σ_p padded[offsets[t] + p] · gradient[p][o]` to `out[t][o]`.
-pub(crate) fn weight_gradient(isa: Isa, padded: &[f32], offsets: &[usize], gradient: &[f32], positions: usize, out: &mut [f32]) {
+/// `Σ_p padded[offsets[t] + p] · gradient[p][o]` to `out[t][o]` when
+/// `accumulate` is set, or stores it there (the old contents unread).
+pub(crate) fn weight_gradient(
+    isa: Isa,
+    padded: &[f32],
+    offsets: &[usize],
+    gradient: &[f32],
+    positions: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) {
     let channels = gradient.len() / positions.max(1);
     // SAFETY: the generic kernel checks its bounds before reading; the
     // vector variants are only chosen when the CPU has their features.
     unsafe {
         match (isa, isa.gradient_channel_width(channels)) {
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, 32) => weight_gradient_avx512_32(padded, offsets, gradient, positions, out),
+            (Isa::Avx512, 32) => weight_gradient_avx512_32(padded, offsets, gradient, positions, out, accumulate),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, _) => weight_gradient_avx512_16(padded, offsets, gradient, positions, out),
+            (Isa::Avx512, _) => weight_gradient_avx512_16(padded, offsets, gradient, positions, out, accumulate),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, _) => weight_gradient_avx2(padded, offsets, gradient, positions, out),
-            _ => weight_gradient_generic::<Scalar, 4, 16>(padded, offsets, gradient, positions, out),
+            (Isa::Avx2, _) => weight_gradient_avx2(padded, offsets, gradient, positions, out, accumulate),
+            _ => weight_gradient_generic::<Scalar, 4, 16>(padded, offsets, gradient, positions, out, accumulate),
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn weight_gradient_avx512_32(padded: &[f32], offsets: &[usize], gradient: &[f32], positions: usize, out: &mut [f32]) {
-    weight_gradient_generic::<x86::Avx512, 8, 2>(padded, offsets, gradient, positions, out)
+unsafe fn weight_gradient_avx512_32(
+    padded: &[f32],
+    offsets: &[usize],
+    gradient: &[f32],
+    positions: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    weight_gradient_generic::<x86::Avx512, 8, 2>(padded, offsets, gradient, positions, out, accumulate)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn weight_gradient_avx512_16(padded: &[f32], offsets: &[usize], gradient: &[f32], positions: usize, out: &mut [f32]) {
-    weight_gradient_generic::<x86::Avx512, 12, 1>(padded, offsets, gradient, positions, out)
+unsafe fn weight_gradient_avx512_16(
+    padded: &[f32],
+    offsets: &[usize],
+    gradient: &[f32],
+    positions: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    weight_gradient_generic::<x86::Avx512, 12, 1>(padded, offsets, gradient, positions, out, accumulate)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weight_gradient_avx2(padded: &[f32], offsets: &[usize], gradient: &[f32], positions: usize, out: &mut [f32]) {
-    weight_gradient_generic::<x86::Avx2, 4, 2>(padded, offsets, gradient, positions, out)
+unsafe fn weight_gradient_avx2(
+    padded: &[f32],
+    offsets: &[usize],
+    gradient: &[f32],
+    positions: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    weight_gradient_generic::<x86::Avx2, 4, 2>(padded, offsets, gradient, positions, out, accumulate)
 }
 
 /// One output row of a 2x2 max-pool with the vector unit, where the CPU has
@@ -523,11 +559,46 @@ pub(crate) fn pool_row(
     }
 }
 
+/// A gradient laid out `[channel][y][x]` (`channels` planes of `height x
+/// width`) as `[y·row + x][channel]`: `positions` rows of `stride` floats,
+/// zero where the gradient has no entry. The buffer is filled with zeros
+/// only when it is new (or of another length): the gradient's own entries
+/// are all that is written, so a buffer reused for the next image of the
+/// same layer needs no clearing.
+pub(crate) fn transpose_planes(
+    isa: Isa,
+    dy: &[f32],
+    (channels, height, width): (usize, usize, usize),
+    row: usize,
+    positions: usize,
+    stride: usize,
+    out: &mut Vec<f32>,
+) {
+    assert_eq!(dy.len(), channels * height * width, "gradient is not channels x height x width");
+    assert!(width <= row && height * row <= positions && channels <= stride, "transposed gradient layout too small");
+    if out.len() != positions * stride {
+        out.clear();
+        out.resize(positions * stride, 0.0);
+    }
+    let plane = height * width;
+    for y in 0..height {
+        let dst = &mut out[y * row * stride..];
+        if transpose_row(isa, dy, (channels, plane, width), y, dst, stride) {
+            continue;
+        }
+        for x in 0..width {
+            for (o, d) in dst[x * stride..][..channels].iter_mut().enumerate() {
+                *d = dy[o * plane + y * width + x];
+            }
+        }
+    }
+}
+
 /// Row `y` of a gradient laid out `[channel][y][x]` (`channels` planes of
 /// `plane` floats, rows of `width`) into `dst` as `[x][channel]`, `stride`
 /// floats per x, with the vector unit where the CPU has one. Returns false,
 /// having written nothing, where the caller must transpose the row itself.
-pub(crate) fn transpose_row(
+fn transpose_row(
     isa: Isa,
     dy: &[f32],
     (channels, plane, width): (usize, usize, usize),

@@ -11,9 +11,10 @@
 //! not depend on any other image: the transforms and products are per image
 //! and in a fixed order. The results differ from the direct convolution's
 //! by rounding (the transforms add and subtract inputs before the products).
+//! The weight gradient ([`WinogradGradient`]) runs on the same tiles.
 
 use super::kernels::ConvGeometry;
-use super::microkernels::{tap_products, Isa, POSITION_BLOCK};
+use super::microkernels::{tap_products, transpose_planes, weight_gradient, Isa, POSITION_BLOCK};
 
 /// Elements of a transformed tile.
 const ELEMENTS: usize = 16;
@@ -21,20 +22,101 @@ const ELEMENTS: usize = 16;
 /// Fewest input channels for which [`Winograd::applies`].
 pub(crate) const MIN_INPUT_CHANNELS: usize = 64;
 
-/// A 3x3, padding-1 convolution prepared for Winograd's method.
-pub(crate) struct Winograd {
+/// An image cut into 2x2 output tiles, and the transform of its input
+/// patches: what the convolution and its weight gradient share.
+pub(crate) struct Tiling {
     isa: Isa,
     g: ConvGeometry,
     tiles_y: usize,
     tiles_x: usize,
     /// Tiles rounded up to whole vectors; the extra tiles are zero.
     positions: usize,
+    /// Floats from one element's plane to the next in the transformed
+    /// input (`[ξ][channel][tile]`).
+    in_stride: usize,
+}
+
+impl Tiling {
+    fn new(isa: Isa, g: &ConvGeometry) -> Self {
+        assert!(Winograd::applies(g), "Winograd F(2x2, 3x3) needs a 3x3 kernel with padding 1");
+        let (tiles_y, tiles_x) = (g.height.div_ceil(2), g.width.div_ceil(2));
+        let positions = (tiles_y * tiles_x).next_multiple_of(POSITION_BLOCK);
+        Tiling { isa, g: *g, tiles_y, tiles_x, positions, in_stride: plane_stride(g.in_channels * positions) }
+    }
+
+    fn tiles(&self) -> usize {
+        self.tiles_y * self.tiles_x
+    }
+
+    /// Padded plane: one zero row and column before the image and enough
+    /// after it for whole tiles.
+    fn padded_shape(&self) -> (usize, usize) {
+        (2 * self.tiles_y + 2, 2 * self.tiles_x + 2)
+    }
+
+    /// Copies one image (C·H·W) into the padded layout the transforms read.
+    /// As with the direct convolution's padding, a reused buffer keeps its
+    /// zero border: only the interior is written.
+    pub(crate) fn pad(&self, image: &[f32], padded: &mut Vec<f32>) {
+        let g = &self.g;
+        assert_eq!(image.len(), g.in_len(), "conv2d input of one image");
+        let (rows, cols) = self.padded_shape();
+        if padded.len() != g.in_channels * rows * cols {
+            padded.clear();
+            padded.resize(g.in_channels * rows * cols, 0.0);
+        }
+        for (c, channel) in image.chunks_exact(g.height * g.width).enumerate() {
+            for (y, src) in channel.chunks_exact(g.width).enumerate() {
+                padded[(c * rows + y + 1) * cols + 1..][..g.width].copy_from_slice(src);
+            }
+        }
+    }
+
+    /// One image's transformed input alone: `[ξ][channel][position]`.
+    fn image_layout(&self) -> TileLayout {
+        TileLayout { element: self.in_stride, channel: self.positions, first: 0 }
+    }
+
+    /// `V = Bᵀ d B` for every channel and tile of one image, stored as
+    /// `layout` says; `transformed` must already hold the whole layout.
+    fn transform_input(&self, padded: &[f32], layout: TileLayout, transformed: &mut [f32], rows: &mut Vec<f32>) {
+        let (plane_rows, cols) = self.padded_shape();
+        assert_eq!(padded.len(), self.g.in_channels * plane_rows * cols, "Winograd padded input");
+        // The vector variant stores whole chunks of sixteen tiles (zero past
+        // the last tile), which must stay inside the buffer.
+        let last = (ELEMENTS - 1) * layout.element + (self.g.in_channels - 1) * layout.channel + layout.first + self.positions;
+        assert!(layout.channel >= self.tiles() && transformed.len() >= last, "Winograd transformed input layout");
+        // SAFETY: the vector variants are only chosen where the CPU has
+        // their features; the bodies are safe code.
+        unsafe {
+            match self.isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => x86::transform_input(self, padded, layout, transformed),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => transform_input_avx2(self, padded, layout, transformed, rows),
+                Isa::Portable => transform_input_body(self, padded, layout, transformed, rows),
+            }
+        }
+    }
+}
+
+/// Where [`Tiling::transform_input`] puts tile `t` of channel `c` of
+/// element `ξ`: at `ξ·element + c·channel + first + t`.
+#[derive(Clone, Copy)]
+struct TileLayout {
+    element: usize,
+    channel: usize,
+    first: usize,
+}
+
+/// A 3x3, padding-1 convolution prepared for Winograd's method.
+pub(crate) struct Winograd {
+    tiling: Tiling,
     block: usize,
     /// Output channels rounded up to whole blocks of `block`.
     cout_padded: usize,
-    /// Floats from one element's plane to the next in the transformed
-    /// input (`[ξ][channel][tile]`) and in the products (`[ξ][out][tile]`).
-    in_stride: usize,
+    /// Floats from one element's plane to the next in the products
+    /// (`[ξ][out][tile]`).
     out_stride: usize,
     /// `U[ξ]` packed per element as the microkernel reads weights.
     packed: Vec<f32>,
@@ -42,13 +124,15 @@ pub(crate) struct Winograd {
     offsets: Vec<usize>,
 }
 
-/// A thread's buffers for [`Winograd::image`].
+/// A thread's buffers for [`Winograd::padded_image`] and
+/// [`WinogradGradient::group`].
 #[derive(Default)]
 pub(crate) struct WinogradBuffers {
-    padded: Vec<f32>,
     transformed: Vec<f32>,
     products: Vec<f32>,
     rows: Vec<f32>,
+    /// The gradient's sums `dU`.
+    sums: Vec<f32>,
 }
 
 impl Winograd {
@@ -63,13 +147,13 @@ impl Winograd {
     }
 
     pub(crate) fn new(isa: Isa, g: &ConvGeometry, weight: &[f32]) -> Self {
-        assert!(Self::applies(g), "Winograd F(2x2, 3x3) needs a 3x3 kernel with padding 1");
         assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
-        let (tiles_y, tiles_x) = (g.height.div_ceil(2), g.width.div_ceil(2));
-        let positions = (tiles_y * tiles_x).next_multiple_of(POSITION_BLOCK);
+        let tiling = Tiling::new(isa, g);
+        let positions = tiling.positions;
         let block = isa.channel_block(g.out_channels);
         let (cin, cout) = (g.in_channels, g.out_channels);
-        let per_element = cout.div_ceil(block) * block * cin;
+        let cout_padded = cout.div_ceil(block) * block;
+        let per_element = cout_padded * cin;
         let mut packed = vec![0.0f32; ELEMENTS * per_element];
         for (o, kernels) in weight.chunks_exact(cin * 9).enumerate() {
             for (c, k) in kernels.chunks_exact(9).enumerate() {
@@ -80,26 +164,32 @@ impl Winograd {
             }
         }
         let offsets = (0..cin).map(|c| c * positions).collect();
-        let cout_padded = cout.div_ceil(block) * block;
-        let (in_stride, out_stride) = (plane_stride(cin * positions), plane_stride(cout_padded * positions));
-        Winograd { isa, g: *g, tiles_y, tiles_x, positions, block, cout_padded, in_stride, out_stride, packed, offsets }
+        let out_stride = plane_stride(cout_padded * positions);
+        Winograd { tiling, block, cout_padded, out_stride, packed, offsets }
     }
 
-    /// One image (C·H·W) convolved (without bias), each output row handed
-    /// to `store(channel, row, values)`.
-    pub(crate) fn image(&self, buffers: &mut WinogradBuffers, image: &[f32], mut store: impl FnMut(usize, usize, &[f32])) {
-        let g = &self.g;
-        assert_eq!(image.len(), g.in_len(), "conv2d input of one image");
-        let (cin, cout_padded, positions) = (g.in_channels, self.cout_padded, self.positions);
-        self.pad(image, &mut buffers.padded);
-        let (in_stride, out_stride) = (self.in_stride, self.out_stride);
+    pub(crate) fn tiling(&self) -> &Tiling {
+        &self.tiling
+    }
+
+    /// One image, padded by [`Tiling::pad`], convolved (without bias), each
+    /// output row handed to `store(channel, row, values)`.
+    pub(crate) fn padded_image(
+        &self,
+        buffers: &mut WinogradBuffers,
+        padded: &[f32],
+        mut store: impl FnMut(usize, usize, &[f32]),
+    ) {
+        let t = &self.tiling;
+        let (cin, cout_padded, positions) = (t.g.in_channels, self.cout_padded, t.positions);
+        let (in_stride, out_stride) = (t.in_stride, self.out_stride);
         buffers.transformed.resize(ELEMENTS * in_stride, 0.0);
-        self.transform_input(&buffers.padded, &mut buffers.transformed, &mut buffers.rows);
+        t.transform_input(padded, t.image_layout(), &mut buffers.transformed, &mut buffers.rows);
         buffers.products.resize(ELEMENTS * out_stride, 0.0);
         let per_element = self.packed.len() / ELEMENTS;
         for xi in 0..ELEMENTS {
             tap_products(
-                self.isa,
+                t.isa,
                 self.block,
                 &buffers.transformed[xi * in_stride..][..cin * positions],
                 &self.offsets,
@@ -111,50 +201,14 @@ impl Winograd {
         self.transform_output(&buffers.products, &mut buffers.rows, &mut store);
     }
 
-    /// Padded plane: one zero row and column before the image and enough
-    /// after it for whole tiles.
-    fn padded_shape(&self) -> (usize, usize) {
-        (2 * self.tiles_y + 2, 2 * self.tiles_x + 2)
-    }
-
-    fn pad(&self, image: &[f32], padded: &mut Vec<f32>) {
-        let g = &self.g;
-        let (rows, cols) = self.padded_shape();
-        // The border stays zero when the buffer is reused: only the
-        // interior is written.
-        if padded.len() != g.in_channels * rows * cols {
-            padded.clear();
-            padded.resize(g.in_channels * rows * cols, 0.0);
-        }
-        for (c, channel) in image.chunks_exact(g.height * g.width).enumerate() {
-            for (y, src) in channel.chunks_exact(g.width).enumerate() {
-                padded[(c * rows + y + 1) * cols + 1..][..g.width].copy_from_slice(src);
-            }
-        }
-    }
-
-    /// `V = Bᵀ d B` for every channel and tile, stored `[ξ][channel][tile]`.
-    fn transform_input(&self, padded: &[f32], transformed: &mut [f32], rows: &mut Vec<f32>) {
-        // SAFETY: the vector variants are only chosen where the CPU has
-        // their features; the bodies are safe code.
-        unsafe {
-            match self.isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => x86::transform_input(self, padded, transformed),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => transform_input_avx2(self, padded, transformed, rows),
-                Isa::Portable => transform_input_body(self, padded, transformed, rows),
-            }
-        }
-    }
-
     /// `Y = Aᵀ M A` for every output channel and tile, handed over a row of
     /// the output at a time (tiles past the edge cropped).
     fn transform_output(&self, products: &[f32], rows: &mut Vec<f32>, store: &mut impl FnMut(usize, usize, &[f32])) {
-        let g = &self.g;
-        let (positions, tiles_x, out_stride) = (self.positions, self.tiles_x, self.out_stride);
+        let t = &self.tiling;
+        let g = &t.g;
+        let (positions, tiles_x, out_stride) = (t.positions, t.tiles_x, self.out_stride);
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx512 {
+        if t.isa == Isa::Avx512 {
             let plane = g.height * g.width;
             rows.resize(g.out_channels * plane, 0.0);
             // SAFETY: chosen only where the CPU has AVX-512; the scatters
@@ -169,10 +223,10 @@ impl Winograd {
         }
         rows.resize(8 * tiles_x + 4 * tiles_x, 0.0);
         for o in 0..g.out_channels {
-            for ty in 0..self.tiles_y {
+            for ty in 0..t.tiles_y {
                 let row: [&[f32]; ELEMENTS] =
                     std::array::from_fn(|xi| &products[xi * out_stride + o * positions + ty * tiles_x..][..tiles_x]);
-                let (top, bottom) = output_rows(self.isa, &row, rows);
+                let (top, bottom) = output_rows(t.isa, &row, rows);
                 store(o, 2 * ty, &top[..g.width]);
                 if 2 * ty + 1 < g.height {
                     store(o, 2 * ty + 1, &bottom[..g.width]);
@@ -182,11 +236,157 @@ impl Winograd {
     }
 }
 
-/// The body of [`Winograd::transform_input`], compiled per instruction set
+/// The weight and bias gradients of a 3x3, padding-1 convolution by the
+/// same transforms. With `U = G g Gᵀ` and `Y = Aᵀ (U ⊙ V) A` per tile, the
+/// gradient of `U` is the sum of `(A dY Aᵀ) ⊙ V` over tiles and images:
+/// per pair of channels, 16 sums over the tiles instead of the direct
+/// gradient's 9 sums over four times as many positions. The tiles of a
+/// group of images are summed in one sweep (a 7x7 plane has only 16), and
+/// `dg = Gᵀ dU G` is taken once per group. Like the convolution, this
+/// differs from the direct gradient by rounding.
+pub(crate) struct WinogradGradient {
+    tiling: Tiling,
+    /// Output channels padded to whole vectors of the weight-gradient
+    /// kernel.
+    channels: usize,
+}
+
+impl WinogradGradient {
+    pub(crate) fn new(isa: Isa, g: &ConvGeometry, channels: usize) -> Self {
+        assert!(channels >= g.out_channels && channels % 16 == 0, "gradient channels must be whole blocks of sixteen");
+        WinogradGradient { tiling: Tiling::new(isa, g), channels }
+    }
+
+    pub(crate) fn tiling(&self) -> &Tiling {
+        &self.tiling
+    }
+
+    /// A group of images' weight and bias gradients as `[tap][channel]`
+    /// (taps in the kernel's order, then one for the bias), the layout of
+    /// the direct gradient's partial sums: `padded` holds the images'
+    /// inputs as [`Tiling::pad`] lays them out, `douts` the gradients of
+    /// their outputs.
+    pub(crate) fn group(
+        &self,
+        padded: &[&[f32]],
+        douts: &[&[f32]],
+        transposed: &mut Vec<f32>,
+        buffers: &mut WinogradBuffers,
+    ) -> Vec<f32> {
+        let t = &self.tiling;
+        let (cin, cout, channels, tiles) = (t.g.in_channels, t.g.out_channels, self.channels, t.tiles());
+        assert_eq!(padded.len(), douts.len(), "one output gradient per image");
+        let mut bias = vec![0.0f32; channels];
+        // dU, `[ξ][in][out]`, summed over sweeps of a few images each: the
+        // images' tiles one after the other in each channel (with room for
+        // the vector transform's last chunk), about 64 per sweep.
+        let du = &mut buffers.sums;
+        du.resize(ELEMENTS * cin * channels, 0.0);
+        let per_sweep = (64 / tiles).max(1);
+        let row = 2 * t.tiles_x;
+        for (sweep, (padded, douts)) in padded.chunks(per_sweep).zip(douts.chunks(per_sweep)).enumerate() {
+            let sums = padded.len() * tiles;
+            let channel = sums + POSITION_BLOCK;
+            let element = plane_stride(cin * channel);
+            buffers.transformed.resize(ELEMENTS * element, 0.0);
+            buffers.products.resize(ELEMENTS * sums * channels, 0.0);
+            for (k, (padded, dout)) in padded.iter().zip(douts).enumerate() {
+                assert_eq!(dout.len(), t.g.out_len(), "conv2d output gradient of one image");
+                let layout = TileLayout { element, channel, first: k * tiles };
+                t.transform_input(padded, layout, &mut buffers.transformed, &mut buffers.rows);
+                transpose_planes(t.isa, dout, (cout, t.g.height, t.g.width), row, 2 * t.tiles_y * row, channels, transposed);
+                transform_gradient(t, transposed, channels, (k * tiles, sums), &mut buffers.products);
+                for position in transposed.chunks_exact(channels) {
+                    bias.iter_mut().zip(position).for_each(|(b, &d)| *b += d);
+                }
+            }
+            let offsets: Vec<usize> = (0..cin).map(|c| c * channel).collect();
+            for (xi, du) in du.chunks_exact_mut(cin * channels).enumerate() {
+                let (transformed, gradient) = (&buffers.transformed[xi * element..], &buffers.products[xi * sums * channels..]);
+                weight_gradient(
+                    t.isa,
+                    &transformed[..cin * channel],
+                    &offsets,
+                    &gradient[..sums * channels],
+                    sums,
+                    du,
+                    sweep > 0,
+                );
+            }
+        }
+        let mut partial = vec![0.0f32; (9 * cin + 1) * channels];
+        let (taps, tail) = partial.split_at_mut(9 * cin * channels);
+        for (c, taps) in taps.chunks_exact_mut(9 * channels).enumerate() {
+            for k in (0..channels).step_by(16) {
+                let lanes: [Lanes; ELEMENTS] = std::array::from_fn(|xi| lanes(&du[(xi * cin + c) * channels + k..]));
+                for (tap, values) in untransform_kernels(&lanes).iter().enumerate() {
+                    taps[tap * channels + k..][..16].copy_from_slice(values);
+                }
+            }
+        }
+        tail.copy_from_slice(&bias);
+        partial
+    }
+}
+
+/// `A dY Aᵀ` of every tile of one image from its output gradient
+/// transposed to `[y·2·tiles_x + x][channel]`, stored `[ξ][sum][channel]`
+/// where `sums = (first, count)` places tile `t` at sum `first + t` of
+/// `count` per element.
+fn transform_gradient(t: &Tiling, transposed: &[f32], channels: usize, sums: (usize, usize), out: &mut [f32]) {
+    assert!(sums.0 + t.tiles() <= sums.1 && out.len() >= ELEMENTS * sums.1 * channels, "Winograd transformed gradient layout");
+    // SAFETY: as in `Tiling::transform_input`.
+    unsafe {
+        match t.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => transform_gradient_avx512(t, transposed, channels, sums, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => transform_gradient_avx2(t, transposed, channels, sums, out),
+            Isa::Portable => transform_gradient_body(t, transposed, channels, sums, out),
+        }
+    }
+}
+
+/// The body of [`transform_gradient`], sixteen channels at a time so that
+/// it vectorises. With `A` of `Y = Aᵀ M A`, a pair `(p, q)` of a tile's
+/// rows or columns becomes `(p, p + q, p - q, -q)`.
+#[inline(always)]
+fn transform_gradient_body(t: &Tiling, transposed: &[f32], channels: usize, (first_sum, sums): (usize, usize), out: &mut [f32]) {
+    let (tiles, row) = (t.tiles(), 2 * t.tiles_x);
+    let spread = |p: &Lanes, q: &Lanes| -> [Lanes; 4] {
+        [*p, std::array::from_fn(|l| p[l] + q[l]), std::array::from_fn(|l| p[l] - q[l]), std::array::from_fn(|l| -q[l])]
+    };
+    for tile in 0..tiles {
+        let first = 2 * (tile / t.tiles_x) * row + 2 * (tile % t.tiles_x);
+        for k in (0..channels).step_by(16) {
+            let d = |dy: usize, dx: usize| lanes(&transposed[(first + dy * row + dx) * channels + k..]);
+            let (left, right) = (spread(&d(0, 0), &d(1, 0)), spread(&d(0, 1), &d(1, 1)));
+            for i in 0..4 {
+                for (j, values) in spread(&left[i], &right[i]).iter().enumerate() {
+                    out[((4 * i + j) * sums + first_sum + tile) * channels + k..][..16].copy_from_slice(values);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_gradient_avx512(t: &Tiling, transposed: &[f32], channels: usize, sums: (usize, usize), out: &mut [f32]) {
+    transform_gradient_body(t, transposed, channels, sums, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transform_gradient_avx2(t: &Tiling, transposed: &[f32], channels: usize, sums: (usize, usize), out: &mut [f32]) {
+    transform_gradient_body(t, transposed, channels, sums, out)
+}
+
+/// The body of [`Tiling::transform_input`], compiled per instruction set
 /// so that its loops (contiguous but for one even/odd split) vectorise.
 #[inline(always)]
-fn transform_input_body(w: &Winograd, padded: &[f32], transformed: &mut [f32], rows: &mut Vec<f32>) {
-    let (cin, positions, tiles_x, in_stride) = (w.g.in_channels, w.positions, w.tiles_x, w.in_stride);
+fn transform_input_body(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32], rows: &mut Vec<f32>) {
+    let (cin, tiles_x) = (w.g.in_channels, w.tiles_x);
     let (plane_rows, cols) = w.padded_shape();
     let n = tiles_x + 1;
     // The four rows of `Bᵀ d`, then each split into even and odd columns.
@@ -220,7 +420,7 @@ fn transform_input_body(w: &Winograd, padded: &[f32], transformed: &mut [f32], r
             let first_tile = ty * tiles_x;
             for i in 0..4 {
                 let (e, o) = (&even[i * n..][..n], &odd[i * n..][..n]);
-                let at = |j: usize| (4 * i + j) * in_stride + c * positions + first_tile;
+                let at = |j: usize| (4 * i + j) * layout.element + c * layout.channel + layout.first + first_tile;
                 let pairs = || e.iter().zip(&e[1..]).zip(o.iter().zip(&o[1..]));
                 let out = &mut transformed[at(0)..][..tiles_x];
                 out.iter_mut().zip(pairs()).for_each(|(v, ((e0, e1), _))| *v = e0 - e1);
@@ -237,8 +437,8 @@ fn transform_input_body(w: &Winograd, padded: &[f32], transformed: &mut [f32], r
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn transform_input_avx2(w: &Winograd, padded: &[f32], transformed: &mut [f32], rows: &mut Vec<f32>) {
-    transform_input_body(w, padded, transformed, rows)
+unsafe fn transform_input_avx2(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32], rows: &mut Vec<f32>) {
+    transform_input_body(w, padded, layout, transformed, rows)
 }
 
 /// The two output rows of a row of tiles from its 16 product rows.
@@ -294,6 +494,34 @@ fn plane_stride(len: usize) -> usize {
     len + 16
 }
 
+/// Sixteen channels, one per lane.
+type Lanes = [f32; 16];
+
+/// The first sixteen values of `values`.
+fn lanes(values: &[f32]) -> Lanes {
+    values[..16].try_into().expect("sixteen lanes")
+}
+
+/// `Gᵀ dU G`, sixteen at a time: the gradients of 3x3 kernels (row-major,
+/// tap-major) from those of their transforms [`transform_kernel`].
+fn untransform_kernels(du: &[Lanes; ELEMENTS]) -> [Lanes; 9] {
+    let combine = |z: [&Lanes; 4]| -> [Lanes; 3] {
+        [
+            std::array::from_fn(|l| z[0][l] + 0.5 * (z[1][l] + z[2][l])),
+            std::array::from_fn(|l| 0.5 * (z[1][l] - z[2][l])),
+            std::array::from_fn(|l| 0.5 * (z[1][l] + z[2][l]) + z[3][l]),
+        ]
+    };
+    // Gᵀ dU: three rows of four.
+    let columns: [[Lanes; 3]; 4] = std::array::from_fn(|j| combine([&du[j], &du[4 + j], &du[8 + j], &du[12 + j]]));
+    let mut dg = [[0.0f32; 16]; 9];
+    for ky in 0..3 {
+        let row = combine([&columns[0][ky], &columns[1][ky], &columns[2][ky], &columns[3][ky]]);
+        dg[3 * ky..3 * ky + 3].copy_from_slice(&row);
+    }
+    dg
+}
+
 /// `U = G g Gᵀ` of one 3x3 kernel (row-major), as 16 elements.
 fn transform_kernel(k: &[f32; 9]) -> [f32; ELEMENTS] {
     let combine = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
@@ -315,12 +543,12 @@ fn transform_kernel(k: &[f32; 9]) -> [f32; ELEMENTS] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Winograd, ELEMENTS};
+    use super::{TileLayout, Tiling, Winograd, ELEMENTS};
 
     /// Per tile of a 16-tile chunk: (first padded input of its patch,
     /// first output, lanes that are real tiles, lanes whose second output
     /// row exists, lanes whose second output column exists).
-    unsafe fn chunk(w: &Winograd, first: usize) -> (__m512i, __m512i, __mmask16, __mmask16, __mmask16) {
+    unsafe fn chunk(w: &Tiling, first: usize) -> (__m512i, __m512i, __mmask16, __mmask16, __mmask16) {
         let (_, cols) = w.padded_shape();
         let tiles = w.tiles_y * w.tiles_x;
         let mut patch = [0i32; 16];
@@ -341,12 +569,11 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn transform_input(w: &Winograd, padded: &[f32], transformed: &mut [f32]) {
+    /// The caller checks the buffers' lengths against `layout`.
+    pub(super) unsafe fn transform_input(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32]) {
         let (cin, positions) = (w.g.in_channels, w.positions);
         let (plane_rows, cols) = w.padded_shape();
         let plane = plane_rows * cols;
-        let in_stride = w.in_stride;
-        assert!(padded.len() >= cin * plane && transformed.len() >= ELEMENTS * in_stride, "Winograd input buffers");
         for first in (0..positions).step_by(16) {
             let (patch, _, real, _, _) = chunk(w, first);
             for c in 0..cin {
@@ -370,7 +597,8 @@ mod x86 {
                         _mm512_sub_ps(r[1], r[3]),
                     ];
                     for (j, v) in v.into_iter().enumerate() {
-                        _mm512_storeu_ps(transformed.as_mut_ptr().add((4 * i + j) * in_stride + c * positions + first), v);
+                        let at = (4 * i + j) * layout.element + c * layout.channel + layout.first + first;
+                        _mm512_storeu_ps(transformed.as_mut_ptr().add(at), v);
                     }
                 }
             }
@@ -378,8 +606,9 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn transform_output(w: &Winograd, products: &[f32], out: &mut [f32]) {
-        let (positions, plane, width, out_stride) = (w.positions, w.g.height * w.g.width, w.g.width, w.out_stride);
+    pub(super) unsafe fn transform_output(winograd: &Winograd, products: &[f32], out: &mut [f32]) {
+        let (w, out_stride) = (&winograd.tiling, winograd.out_stride);
+        let (positions, plane, width) = (w.positions, w.g.height * w.g.width, w.g.width);
         assert!(products.len() >= ELEMENTS * out_stride && out.len() >= w.g.out_channels * plane, "Winograd output buffers");
         for first in (0..positions).step_by(16) {
             let (_, output, real, second_row, second_column) = chunk(w, first);
@@ -398,6 +627,28 @@ mod x86 {
                 let corner = real & second_row & second_column;
                 _mm512_mask_i32scatter_ps::<4>(base.cast(), corner, _mm512_add_epi32(below, one), right(&s1));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// `Gᵀ dU G` is the adjoint of `g ↦ G g Gᵀ`: `⟨G g Gᵀ, dU⟩ = ⟨g, Gᵀ dU G⟩`
+    /// for any kernel and any gradient, in every lane.
+    #[test]
+    fn untransform_is_the_adjoint_of_the_kernel_transform() {
+        let mut rng = Rng::new(5);
+        let du: [Lanes; ELEMENTS] = std::array::from_fn(|_| std::array::from_fn(|_| rng.uniform(-1.0, 1.0)));
+        let dg = untransform_kernels(&du);
+        for lane in 0..16 {
+            let g: [f32; 9] = std::array::from_fn(|_| rng.uniform(-1.0, 1.0));
+            let u = transform_kernel(&g);
+            let left: f64 = (0..ELEMENTS).map(|xi| u[xi] as f64 * du[xi][lane] as f64).sum();
+            let right: f64 = (0..9).map(|tap| g[tap] as f64 * dg[tap][lane] as f64).sum();
+            assert!((left - right).abs() < 1e-5, "lane {lane}: {left} vs {right}");
         }
     }
 }
