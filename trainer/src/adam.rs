@@ -3,6 +3,11 @@
 //! Ours rather than dfdx's `Adam`: resuming a killed run must restore the
 //! moment estimates exactly, and dfdx keeps them private.
 
+use rayon::prelude::*;
+
+/// Values per parallel job of an update.
+const CHUNK: usize = 1 << 15;
+
 /// Optimizer state for a list of parameter buffers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Adam {
@@ -45,12 +50,21 @@ impl Adam {
             parameters.into_iter().zip(gradients).zip(&mut self.first_moments).zip(&mut self.second_moments)
         {
             assert_eq!(param.len(), grad.len(), "gradient length");
-            for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
-                *m += (1.0 - b1) * (g - *m);
-                *v = *v * b2 + (1.0 - b2) * g * g;
-                let denom = v.sqrt() / correction2_sqrt + eps;
-                *p -= step_size * *m / denom;
-            }
+            // Every value is updated alone, so splitting the buffers over
+            // threads changes no result.
+            param
+                .par_chunks_mut(CHUNK)
+                .zip(grad.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .for_each(|(((param, grad), m), v)| {
+                    for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
+                        *m += (1.0 - b1) * (g - *m);
+                        *v = *v * b2 + (1.0 - b2) * g * g;
+                        let denom = v.sqrt() / correction2_sqrt + eps;
+                        *p -= step_size * *m / denom;
+                    }
+                });
         }
     }
 }

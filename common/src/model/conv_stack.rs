@@ -132,22 +132,21 @@ impl ConvStack {
             assert_eq!(before.out_len(), after.geometry.in_len(), "{} does not take the output of {}", next.name, layer.name);
         }
         let isa = Isa::detected();
+        // Packing the weights (and transforming them for Winograd's method)
+        // is done for every step, so the layers are prepared in parallel.
         let stages = blocks
-            .iter()
+            .par_iter()
             .enumerate()
             .map(|(i, (block, layer))| {
                 let g = &block.geometry;
                 if let Some(pool) = block.pool {
                     assert_eq!(pool.in_len(), g.out_len(), "the max-pool after {} must take its whole output", layer.name);
                 }
-                Stage {
-                    block: *block,
-                    forward: ConvPass::new(isa, g, &layer.weight, Some(&layer.bias), block.relu),
-                    input_gradient: training
-                        .filter(|&first_too| i > 0 || first_too)
-                        .map(|_| ConvPass::input_gradient(isa, g, &layer.weight)),
-                    params: ParamGradient::new(isa, g),
-                }
+                let (forward, input_gradient) = rayon::join(
+                    || ConvPass::new(isa, g, &layer.weight, Some(&layer.bias), block.relu),
+                    || training.filter(|&first_too| i > 0 || first_too).map(|_| ConvPass::input_gradient(isa, g, &layer.weight)),
+                );
+                Stage { block: *block, forward, input_gradient, params: ParamGradient::new(isa, g) }
             })
             .collect();
         ConvStack { stages }
@@ -242,7 +241,10 @@ impl ConvStack {
             .stages
             .iter()
             .enumerate()
-            .map(|(i, stage)| stage.params.finish(groups.iter_mut().map(|(partials, _)| std::mem::take(&mut partials[i]))))
+            .map(|(i, stage)| {
+                let partials: Vec<Vec<f32>> = groups.iter_mut().map(|(partials, _)| std::mem::take(&mut partials[i])).collect();
+                stage.params.finish(&partials)
+            })
             .collect();
         let dx = self.stages[0].input_gradient.is_some().then(|| groups.into_iter().flat_map(|(_, dx)| dx).collect());
         (params, dx)

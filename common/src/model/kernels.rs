@@ -455,7 +455,7 @@ fn params_on(isa: Isa, x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Ve
             },
         )
         .collect();
-    params.finish(partials)
+    params.finish(&partials)
 }
 
 /// The weight and bias gradient of one convolution, as partial sums over
@@ -534,11 +534,15 @@ impl ParamGradient {
 
     /// The weight `[out][tap]` and bias gradients: the partial sums added
     /// in their order.
-    pub(crate) fn finish(&self, partials: impl IntoIterator<Item = Vec<f32>>) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn finish(&self, partials: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
         let mut total = self.zeroed();
-        for partial in partials {
-            total.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
-        }
+        // Each entry is added over the partials in their order, whichever
+        // thread takes its stretch.
+        total.par_chunks_mut(1 << 12).enumerate().for_each(|(i, total)| {
+            for partial in partials {
+                total.iter_mut().zip(&partial[i << 12..]).for_each(|(a, b)| *a += b);
+            }
+        });
         let (taps, channels) = (self.g.patch_len(), self.channels);
         let mut dw = vec![0.0f32; self.g.weight_len()];
         for (o, row) in dw.chunks_exact_mut(taps).enumerate() {
