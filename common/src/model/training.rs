@@ -83,9 +83,15 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
     let target = dev.tensor_from_vec(onehot, (batch, classes));
     let loss = cross_entropy_with_logits_loss(logits, target);
     let loss_value = loss.retaped::<dfdx::prelude::NoneTape>().as_vec()[0];
-    let grads = loss.backward();
+    let mut grads = loss.backward();
     let correct = logit_values.chunks(classes).zip(labels).filter(|(row, &l)| argmax(row) == l as usize).count();
-    Ok(StepResult { loss: loss_value, correct, gradients: params.iter().map(|p| tape_ops::data_of(&grads.get(p))).collect() })
+    // Moved out of dfdx's store, not copied (`Gradients::get` clones).
+    let gradients = params
+        .iter()
+        .map(|p| grads.get_or_alloc_mut(p).map(|g| std::mem::take(&mut **g)))
+        .collect::<Result<Vec<Vec<f32>>, _>>()
+        .expect("dfdx allocates a missing gradient buffer (only out of memory fails)");
+    Ok(StepResult { loss: loss_value, correct, gradients })
 }
 
 #[cfg(test)]
