@@ -4,12 +4,13 @@
 //! Run layer by layer over a whole batch, every block's activations stream
 //! through main memory (ten megabytes for the first convolution of a batch
 //! of 100) and every layer ends at a barrier where the threads wait for
-//! each other. Here one thread takes an image through all blocks, forward
-//! and then backward, so the image's activations stay in its core's cache
-//! and the threads meet once per pass. The arithmetic is that of the
-//! layer-by-layer kernels: every image is computed alone, and parameter
-//! gradients are summed over fixed groups of images and then over the
-//! groups in order, so no result depends on the thread count or on the
+//! each other. Here one thread takes an image through all blocks forward,
+//! and a group of images (the group of a partial gradient sum) through all
+//! blocks backward, block by block, so their activations stay in its
+//! core's cache and the threads meet once per pass. The arithmetic is that
+//! of the layer-by-layer kernels: every image is computed alone, and
+//! parameter gradients are summed over fixed groups of images and then over
+//! the groups in order, so no result depends on the thread count or on the
 //! batch an image came in.
 
 use rayon::prelude::*;

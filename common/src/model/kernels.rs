@@ -959,7 +959,14 @@ mod tests {
     #[test]
     fn winograd_matches_the_naive_convolution() {
         for (in_channels, out_channels, height, width) in
-            [(MIN_INPUT_CHANNELS, 40, 7, 7), (80, 20, 8, 8), (MIN_INPUT_CHANNELS, 9, 14, 13)]
+            // The last: 15 tiles, so the gradient's sweeps put images side
+            // by side at offsets that are not whole vectors.
+            [
+                (MIN_INPUT_CHANNELS, 40, 7, 7),
+                (80, 20, 8, 8),
+                (MIN_INPUT_CHANNELS, 9, 14, 13),
+                (MIN_INPUT_CHANNELS, 6, 5, 9),
+            ]
         {
             let g = ConvGeometry { in_channels, out_channels, kernel: 3, padding: 1, height, width };
             assert!(Winograd::applies(&g));

@@ -279,7 +279,9 @@ impl WinogradGradient {
         let mut bias = vec![0.0f32; channels];
         // dU, `[ξ][in][out]`, summed over sweeps of a few images each: the
         // images' tiles one after the other in each channel (with room for
-        // the vector transform's last chunk), about 64 per sweep.
+        // the vector transform's last chunk), about 64 per sweep. The images
+        // go in order: that chunk's zero lanes past an image's last tile
+        // fall on the next image's first tiles before they are written.
         let du = &mut buffers.sums;
         du.resize(ELEMENTS * cin * channels, 0.0);
         let per_sweep = (64 / tiles).max(1);
