@@ -47,10 +47,12 @@ struct Stage {
 }
 
 impl Stage {
-    /// The block on one image into `saved` (whose buffers are reused),
-    /// its input padded as the weight gradient reads it when `training` is
-    /// set (the forward pass reads that layout too).
+    /// The block on one image: its input padded into `saved` (as the weight
+    /// gradient reads it when `training` is set; the forward pass reads that
+    /// layout too) with the winners of its max-pool, and its output into
+    /// `scratch.output`. The buffers are reused.
     fn run(&self, scratch: &mut Scratch, input: &[f32], saved: &mut Saved, training: bool) {
+        let output = &mut scratch.output;
         let g = &self.block.geometry;
         if training {
             self.params.pad_input(input, &mut saved.padded_input);
@@ -61,13 +63,13 @@ impl Stage {
             Some(pool) => {
                 scratch.conv_out.resize(g.out_len(), 0.0);
                 self.forward.padded_image(&mut scratch.forward, &saved.padded_input, &mut scratch.conv_out);
-                saved.output.resize(pool.out_len(), 0.0);
+                output.resize(pool.out_len(), 0.0);
                 saved.argmax.resize(pool.out_len(), 0);
-                kernels::pool_image(&pool, &scratch.conv_out, &mut saved.output, &mut saved.argmax);
+                kernels::pool_image(&pool, &scratch.conv_out, output, &mut saved.argmax);
             }
             None => {
-                saved.output.resize(g.out_len(), 0.0);
-                self.forward.padded_image(&mut scratch.forward, &saved.padded_input, &mut saved.output);
+                output.resize(g.out_len(), 0.0);
+                self.forward.padded_image(&mut scratch.forward, &saved.padded_input, output);
             }
         }
     }
@@ -81,11 +83,10 @@ pub(crate) struct ConvStack {
 /// What the backward pass needs of one image at one block.
 #[derive(Default)]
 struct Saved {
-    /// The block's input padded as the weight gradient reads it.
+    /// The block's input padded as the weight gradient reads it. It is
+    /// also the output of the block before, after its ReLU: where that is
+    /// not positive, the ReLU passes no gradient.
     padded_input: Vec<f32>,
-    /// The block's output after its ReLU and pool: where it is not
-    /// positive, the ReLU passes no gradient.
-    output: Vec<f32>,
     /// The winner of each pool window (empty without a pool).
     argmax: Vec<u32>,
 }
@@ -93,8 +94,12 @@ struct Saved {
 /// The gradients of one block's weight and bias.
 pub(crate) type WeightAndBias = (Vec<f32>, Vec<f32>);
 
-/// One image's activations at every block of a stack.
-pub(crate) struct SavedImage(Vec<Saved>);
+/// One image's activations at every block of a stack, and the stack's
+/// output (the last block's, which no block after it keeps).
+pub(crate) struct SavedImage {
+    blocks: Vec<Saved>,
+    output: Vec<f32>,
+}
 
 /// Images a parallel job takes at least: rayon splits the batch into
 /// jobs as threads go idle, and every job builds its own scratch buffers
@@ -107,6 +112,8 @@ fn images_per_job(batch: usize) -> usize {
 /// A thread's reusable buffers for one block.
 #[derive(Default)]
 struct Scratch {
+    /// The block's output, the next block's input.
+    output: Vec<f32>,
     forward: PassBuffers,
     conv_out: Vec<f32>,
     gradient: GradientBuffers,
@@ -191,20 +198,21 @@ impl ConvStack {
             .collect();
         let mut out = Vec::with_capacity(saved.len() * self.out_len());
         for image in &saved {
-            out.extend_from_slice(&image.0.last().expect("a stack has blocks").output);
+            out.extend_from_slice(&image.output);
         }
         (out, saved)
     }
 
     fn forward_image(&self, scratch: &mut [Scratch], image: &[f32]) -> SavedImage {
         let mut blocks: Vec<Saved> = Vec::with_capacity(self.stages.len());
-        for (stage, scratch) in self.stages.iter().zip(scratch) {
-            let mut saved = Saved { padded_input: Vec::new(), output: Vec::new(), argmax: Vec::new() };
-            let input = blocks.last().map_or(image, |before| before.output.as_slice());
+        for (i, stage) in self.stages.iter().enumerate() {
+            let mut saved = Saved::default();
+            let (before, rest) = scratch.split_at_mut(i);
+            let (scratch, input) = (&mut rest[0], before.last().map_or(image, |before| before.output.as_slice()));
             stage.run(scratch, input, &mut saved, true);
             blocks.push(saved);
         }
-        SavedImage(blocks)
+        SavedImage { blocks, output: scratch.last().expect("a stack has blocks").output.clone() }
     }
 
     /// The stack's output for a batch of images (N·C·H·W), keeping nothing
@@ -216,11 +224,12 @@ impl ConvStack {
         out.par_chunks_mut(self.out_len()).zip(x.par_chunks(self.in_len())).with_min_len(per_job).for_each_init(
             || (self.scratch(), self.stages.iter().map(|_| Saved::default()).collect::<Vec<_>>()),
             |(scratch, blocks), (out, image)| {
-                for (i, (stage, scratch)) in self.stages.iter().zip(scratch.iter_mut()).enumerate() {
-                    let (before, rest) = blocks.split_at_mut(i);
-                    stage.run(scratch, before.last().map_or(image, |b| b.output.as_slice()), &mut rest[0], false);
+                for (i, (stage, saved)) in self.stages.iter().zip(blocks.iter_mut()).enumerate() {
+                    let (before, rest) = scratch.split_at_mut(i);
+                    let (scratch, input) = (&mut rest[0], before.last().map_or(image, |before| before.output.as_slice()));
+                    stage.run(scratch, input, saved, false);
                 }
-                out.copy_from_slice(&blocks.last().expect("a stack has blocks").output);
+                out.copy_from_slice(&scratch.last().expect("a stack has blocks").output);
             },
         );
         out
@@ -260,14 +269,24 @@ impl ConvStack {
         let mut gradients: Vec<Vec<f32>> = douts.chunks_exact(self.out_len()).map(<[f32]>::to_vec).collect();
         for (i, stage) in self.stages.iter().enumerate().rev() {
             let (g, scratch) = (&stage.block.geometry, &mut scratch[i]);
-            let saved: Vec<&Saved> = images.iter().map(|image| &image.0[i]).collect();
-            for (dout, saved) in gradients.iter_mut().zip(&saved) {
+            let saved: Vec<&Saved> = images.iter().map(|image| &image.blocks[i]).collect();
+            for (dout, image) in gradients.iter_mut().zip(images) {
                 if stage.block.relu {
-                    // A select, not a branch: it vectorises.
-                    for (d, &y) in dout.iter_mut().zip(&saved.output) {
-                        *d = if y > 0.0 { *d } else { 0.0 };
+                    // The block's output is the next block's input, or the
+                    // stack's output.
+                    match self.stages.get(i + 1) {
+                        Some(next) => {
+                            let width = next.block.geometry.width;
+                            for (d, y) in
+                                dout.chunks_exact_mut(width).zip(next.params.input_rows(&image.blocks[i + 1].padded_input))
+                            {
+                                relu_gradient(d, y);
+                            }
+                        }
+                        None => relu_gradient(dout, &image.output),
                     }
                 }
+                let saved = &image.blocks[i];
                 if stage.block.pool.is_some() {
                     let mut dconv = vec![0.0f32; g.out_len()];
                     kernels::unpool_image(dout, &saved.argmax, &mut dconv);
@@ -290,6 +309,15 @@ impl ConvStack {
                 .collect();
         }
         (partials, gradients.concat())
+    }
+}
+
+/// The gradient through a ReLU whose output was `output`: kept where the
+/// output is positive, zero elsewhere (a select, not a branch: it
+/// vectorises).
+fn relu_gradient(gradient: &mut [f32], output: &[f32]) {
+    for (d, &y) in gradient.iter_mut().zip(output) {
+        *d = if y > 0.0 { *d } else { 0.0 };
     }
 }
 

@@ -184,12 +184,18 @@ impl ConvGeometry {
     }
 
     fn copy_interior(&self, image: &[f32], padded: &mut [f32]) {
-        let (row, plane, p) = (self.padded_width(), self.padded_plane(), self.padding);
+        let (plane, row, first) = self.padded_layout();
         for (c, channel) in image.chunks_exact(self.height * self.width).enumerate() {
             for (y, src) in channel.chunks_exact(self.width).enumerate() {
-                padded[c * plane + (y + p) * row + p..][..self.width].copy_from_slice(src);
+                padded[c * plane + y * row + first..][..self.width].copy_from_slice(src);
             }
         }
+    }
+
+    /// (plane, row, first): row `y` of channel `c` of the image starts at
+    /// `c·plane + y·row + first` of a padded buffer.
+    fn padded_layout(&self) -> (usize, usize, usize) {
+        (self.padded_plane(), self.padded_width(), self.padding * (self.padded_width() + 1))
     }
 
     /// The weights `[out][tap]` as the forward microkernel reads them:
@@ -505,6 +511,17 @@ impl ParamGradient {
             GradientMethod::Direct { .. } => self.g.pad_image(image, padded, true),
             GradientMethod::Winograd(method) => method.tiling().pad(image, padded),
         }
+    }
+
+    /// The rows of the image in a buffer [`ParamGradient::pad_input`]
+    /// filled, channel by channel.
+    pub(crate) fn input_rows<'a>(&self, padded: &'a [f32]) -> impl Iterator<Item = &'a [f32]> + 'a {
+        let g = self.g;
+        let (plane, row, first) = match &self.method {
+            GradientMethod::Direct { .. } => g.padded_layout(),
+            GradientMethod::Winograd(method) => method.tiling().padded_layout(),
+        };
+        (0..g.in_channels).flat_map(move |c| (0..g.height).map(move |y| &padded[c * plane + y * row + first..][..g.width]))
     }
 
     fn zeroed(&self) -> Vec<f32> {

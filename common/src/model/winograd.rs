@@ -54,6 +54,13 @@ impl Tiling {
         (2 * self.tiles_y + 2, 2 * self.tiles_x + 2)
     }
 
+    /// (plane, row, first): row `y` of channel `c` of the image starts at
+    /// `c·plane + y·row + first` of the padded layout.
+    pub(crate) fn padded_layout(&self) -> (usize, usize, usize) {
+        let (rows, cols) = self.padded_shape();
+        (rows * cols, cols, cols + 1)
+    }
+
     /// Copies one image (C·H·W) into the padded layout the transforms read.
     /// As with the direct convolution's padding, a reused buffer keeps its
     /// zero border: only the interior is written.
@@ -65,9 +72,10 @@ impl Tiling {
             padded.clear();
             padded.resize(g.in_channels * rows * cols, 0.0);
         }
+        let (plane, row, first) = self.padded_layout();
         for (c, channel) in image.chunks_exact(g.height * g.width).enumerate() {
             for (y, src) in channel.chunks_exact(g.width).enumerate() {
-                padded[(c * rows + y + 1) * cols + 1..][..g.width].copy_from_slice(src);
+                padded[c * plane + y * row + first..][..g.width].copy_from_slice(src);
             }
         }
     }
