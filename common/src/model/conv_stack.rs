@@ -269,7 +269,6 @@ impl ConvStack {
         let mut gradients: Vec<Vec<f32>> = douts.chunks_exact(self.out_len()).map(<[f32]>::to_vec).collect();
         for (i, stage) in self.stages.iter().enumerate().rev() {
             let (g, scratch) = (&stage.block.geometry, &mut scratch[i]);
-            let saved: Vec<&Saved> = images.iter().map(|image| &image.blocks[i]).collect();
             for (dout, image) in gradients.iter_mut().zip(images) {
                 if stage.block.relu {
                     // The block's output is the next block's input, or the
@@ -286,14 +285,13 @@ impl ConvStack {
                         None => relu_gradient(dout, &image.output),
                     }
                 }
-                let saved = &image.blocks[i];
                 if stage.block.pool.is_some() {
                     let mut dconv = vec![0.0f32; g.out_len()];
-                    kernels::unpool_image(dout, &saved.argmax, &mut dconv);
+                    kernels::unpool_image(dout, &image.blocks[i].argmax, &mut dconv);
                     *dout = dconv;
                 }
             }
-            let padded: Vec<&[f32]> = saved.iter().map(|saved| saved.padded_input.as_slice()).collect();
+            let padded: Vec<&[f32]> = images.iter().map(|image| image.blocks[i].padded_input.as_slice()).collect();
             let dconvs: Vec<&[f32]> = gradients.iter().map(Vec::as_slice).collect();
             partials[i] = stage.params.group(&padded, &dconvs, &mut scratch.gradient);
             let Some(pass) = stage.input_gradient.as_ref() else {

@@ -935,20 +935,7 @@ mod tests {
             let dy = random(3 * g.out_len(), 23);
             let expected = naive_conv(&x, &g, &w, &b);
             let relu: Vec<f32> = expected.iter().map(|v| v.max(0.0)).collect();
-            let mut naive_dw = vec![0.0f64; g.weight_len()];
-            for (o, t, n) in
-                (0..g.out_channels).flat_map(|o| (0..g.patch_len()).flat_map(move |t| (0..3).map(move |n| (o, t, n))))
-            {
-                let mut e = vec![0.0f32; g.weight_len()];
-                e[o * g.patch_len() + t] = 1.0;
-                let unit = naive_conv(&x[n * g.in_len()..(n + 1) * g.in_len()], &g, &e, &vec![0.0; g.out_channels]);
-                naive_dw[o * g.patch_len() + t] +=
-                    unit.iter().zip(&dy[n * g.out_len()..]).map(|(u, d)| (*u as f64) * (*d as f64)).sum::<f64>();
-            }
-            let naive_dw: Vec<f32> = naive_dw.iter().map(|&v| v as f32).collect();
-            let naive_db: Vec<f32> = (0..g.out_channels)
-                .map(|o| (0..3).map(|n| dy[n * g.out_len() + o * g.out_plane()..][..g.out_plane()].iter().sum::<f32>()).sum())
-                .collect();
+            let (naive_dw, naive_db) = naive_params(&x, &dy, &g);
             let mut fused: Option<(Vec<f32>, Vec<f32>)> = None;
             for isa in Isa::available() {
                 let y = forward_on(isa, &x, &g, &w, Some(&b), false, false).0;
