@@ -35,6 +35,12 @@ impl ConvBlock {
     fn out_len(&self) -> usize {
         self.pool.map_or(self.geometry.out_len(), |pool| pool.out_len())
     }
+
+    /// Floats of one row of one image's output, after the pool if there is
+    /// one.
+    fn out_width(&self) -> usize {
+        self.pool.map_or(self.geometry.out_width(), |pool| pool.out_width())
+    }
 }
 
 /// One block with its convolution prepared for both passes.
@@ -270,25 +276,27 @@ impl ConvStack {
         for (i, stage) in self.stages.iter().enumerate().rev() {
             let (g, scratch) = (&stage.block.geometry, &mut scratch[i]);
             for (dout, image) in gradients.iter_mut().zip(images) {
-                if stage.block.relu {
-                    // The block's output is the next block's input, or the
-                    // stack's output.
-                    match self.stages.get(i + 1) {
-                        Some(next) => {
-                            let width = next.block.geometry.width;
-                            for (d, y) in
-                                dout.chunks_exact_mut(width).zip(next.params.input_rows(&image.blocks[i + 1].padded_input))
-                            {
-                                relu_gradient(d, y);
+                // The block's output, for the ReLU's mask: the next block's
+                // padded input, or the stack's output.
+                let output = match self.stages.get(i + 1) {
+                    Some(next) => (&image.blocks[i + 1].padded_input[..], next.params.input_layout()),
+                    None => (&image.output[..], (stage.block.out_len() / g.out_channels, stage.block.out_width(), 0)),
+                };
+                let relu = stage.block.relu.then_some(output);
+                match stage.block.pool {
+                    Some(pool) => {
+                        let mut dconv = vec![0.0f32; g.out_len()];
+                        kernels::unpool_image_dense(&pool, dout, &image.blocks[i].argmax, relu, &mut dconv);
+                        *dout = dconv;
+                    }
+                    None => {
+                        if let Some((y, (plane, row, first))) = relu {
+                            let (oh, ow) = (g.out_height(), g.out_width());
+                            for (r, d) in dout.chunks_exact_mut(ow).enumerate() {
+                                relu_gradient(d, &y[(r / oh) * plane + (r % oh) * row + first..][..ow]);
                             }
                         }
-                        None => relu_gradient(dout, &image.output),
                     }
-                }
-                if stage.block.pool.is_some() {
-                    let mut dconv = vec![0.0f32; g.out_len()];
-                    kernels::unpool_image(dout, &image.blocks[i].argmax, &mut dconv);
-                    *dout = dconv;
                 }
             }
             let padded: Vec<&[f32]> = images.iter().map(|image| image.blocks[i].padded_input.as_slice()).collect();

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::microkernels::{pool_row, tap_products, transpose_planes, weight_gradient, Isa, POSITION_BLOCK};
+use super::microkernels::{pool_row, tap_products, transpose_planes, unpool_row, weight_gradient, Isa, POSITION_BLOCK};
 use super::winograd::{Winograd, WinogradBuffers, WinogradGradient};
 
 /// A row-major or strided view of a matrix inside a slice.
@@ -361,28 +361,30 @@ impl ConvPass {
                 let (row, ow) = (g.padded_width(), g.out_width());
                 for o in 0..g.out_channels {
                     for y in 0..g.out_height() {
-                        self.finish_row(o, y, &products[o * positions + y * row..][..ow], out, pre.as_deref_mut());
+                        self.finish_rows(o, y, &products[o * positions + y * row..][..ow], out, pre.as_deref_mut());
                     }
                 }
             }
             Method::Winograd(method) => {
-                method.padded_image(winograd, padded, |o, y, values| self.finish_row(o, y, values, out, pre.as_deref_mut()))
+                method.padded_image(winograd, padded, |o, y, values| self.finish_rows(o, y, values, out, pre.as_deref_mut()))
             }
         }
     }
 
-    /// Output row `y` of channel `o` from its products: bias, ReLU, and
-    /// the value before the ReLU into `pre` when given.
-    fn finish_row(&self, o: usize, y: usize, products: &[f32], out: &mut [f32], pre: Option<&mut [f32]>) {
-        let (ow, plane) = (self.g.out_width(), self.g.out_plane());
+    /// Output rows of channel `o` from row `y` on, as many whole rows as
+    /// `products` holds: bias, ReLU, and the value before the ReLU into
+    /// `pre` when given.
+    fn finish_rows(&self, o: usize, y: usize, products: &[f32], out: &mut [f32], pre: Option<&mut [f32]>) {
+        let (ow, plane, len) = (self.g.out_width(), self.g.out_plane(), products.len());
+        debug_assert_eq!(len % ow, 0, "whole output rows");
         let at = o * plane + y * ow;
         let b = self.bias.as_ref().map_or(0.0, |b| b[o]);
-        let dst = &mut out[at..][..ow];
+        let dst = &mut out[at..][..len];
         match (self.relu, pre) {
             (false, _) => dst.iter_mut().zip(products).for_each(|(d, &s)| *d = s + b),
             (true, None) => dst.iter_mut().zip(products).for_each(|(d, &s)| *d = (s + b).max(0.0)),
             (true, Some(pre)) => {
-                for ((d, p), &s) in dst.iter_mut().zip(&mut pre[at..][..ow]).zip(products) {
+                for ((d, p), &s) in dst.iter_mut().zip(&mut pre[at..][..len]).zip(products) {
                     *p = s + b;
                     *d = (s + b).max(0.0);
                 }
@@ -515,13 +517,14 @@ impl ParamGradient {
 
     /// The rows of the image in a buffer [`ParamGradient::pad_input`]
     /// filled, channel by channel.
-    pub(crate) fn input_rows<'a>(&self, padded: &'a [f32]) -> impl Iterator<Item = &'a [f32]> + 'a {
-        let g = self.g;
-        let (plane, row, first) = match &self.method {
-            GradientMethod::Direct { .. } => g.padded_layout(),
+    /// `(plane, row, first)`: row `y` of channel `c` of the image starts at
+    /// `c·plane + y·row + first` in a buffer [`ParamGradient::pad_input`]
+    /// filled.
+    pub(crate) fn input_layout(&self) -> (usize, usize, usize) {
+        match &self.method {
+            GradientMethod::Direct { .. } => self.g.padded_layout(),
             GradientMethod::Winograd(method) => method.tiling().padded_layout(),
-        };
-        (0..g.in_channels).flat_map(move |c| (0..g.height).map(move |y| &padded[c * plane + y * row + first..][..g.width]))
+        }
     }
 
     fn zeroed(&self) -> Vec<f32> {
@@ -687,6 +690,58 @@ pub fn maxpool2x2_backward(dy: &[f32], argmax: &[u32], g: &PoolGeometry) -> Vec<
         .zip(dy.par_chunks(g.out_len()).zip(argmax.par_chunks(g.out_len())))
         .for_each(|(dimage, (dout, arg))| unpool_image(dout, arg, dimage));
     dx
+}
+
+/// One image's gradient before a 2x2 max-pool (`dimage`, every element
+/// written) from the gradient after it: each window's winner (`arg` as
+/// [`pool_image`] gives it) gets the window's gradient, every other input
+/// zero. With `activated`, the pool's output (a ReLU's output, as the pool
+/// follows the ReLU) and where its rows lie (`(plane, row, first)`: row `y`
+/// of channel `c` at `c·plane + y·row + first`), windows whose output is
+/// not positive pass nothing: the ReLU's gradient in the same pass.
+pub(crate) fn unpool_image_dense(
+    g: &PoolGeometry,
+    dout: &[f32],
+    arg: &[u32],
+    activated: Option<(&[f32], (usize, usize, usize))>,
+    dimage: &mut [f32],
+) {
+    unpool_image_dense_on(Isa::detected(), g, dout, arg, activated, dimage)
+}
+
+fn unpool_image_dense_on(
+    isa: Isa,
+    g: &PoolGeometry,
+    dout: &[f32],
+    arg: &[u32],
+    activated: Option<(&[f32], (usize, usize, usize))>,
+    dimage: &mut [f32],
+) {
+    assert!(dout.len() == g.out_len() && arg.len() == g.out_len() && dimage.len() == g.in_len(), "unpool image lengths");
+    let (w, in_plane, ow) = (g.width, g.height * g.width, g.out_width());
+    let rows = dout.chunks_exact(ow).zip(arg.chunks_exact(ow));
+    for (r, (dout, arg)) in rows.enumerate() {
+        let (c, oy) = (r / g.out_height(), r % g.out_height());
+        let first = c * in_plane + 2 * oy * w;
+        let activated = activated.map(|(y, (plane, row, first))| &y[c * plane + oy * row + first..][..ow]);
+        let (top, bottom) = dimage[first..][..2 * w].split_at_mut(w);
+        if !unpool_row(isa, dout, activated, arg, (first as u32, w as u32), top, bottom) {
+            for (ox, (&d, &i)) in dout.iter().zip(arg).enumerate() {
+                let kept = activated.is_none_or(|y| y[ox] > 0.0);
+                let corner = i as usize - (first + 2 * ox);
+                let value = |offset: usize| if kept && corner == offset { 0.0 + d } else { 0.0 };
+                (top[2 * ox], top[2 * ox + 1]) = (value(0), value(1));
+                (bottom[2 * ox], bottom[2 * ox + 1]) = (value(w), value(w + 1));
+            }
+        }
+        // A last column outside every window.
+        top[2 * ow..].fill(0.0);
+        bottom[2 * ow..].fill(0.0);
+    }
+    // A last row outside every window.
+    for channel in dimage.chunks_exact_mut(in_plane) {
+        channel[2 * g.out_height() * w..].fill(0.0);
+    }
 }
 
 /// Adds one image's output gradients to the inputs that won their windows
@@ -1106,6 +1161,38 @@ mod tests {
         assert_eq!(maxpool2x2_forward(&[1.0, 3.0, 3.0, 2.0], &window).1, vec![1]);
         let (value, arg) = maxpool2x2_forward(&[1.0, f32::NAN, 3.0, f32::NAN], &window);
         assert!(value[0].is_nan() && arg == vec![3], "NaN propagates from the last NaN corner");
+    }
+
+    /// The dense unpool with its ReLU, on every variant, against the ReLU's
+    /// mask and the scatter of `unpool_image`, bit for bit: odd and even
+    /// sizes, rows wider and narrower than a vector, ties, zeros and NaNs.
+    #[test]
+    fn dense_unpool_matches_relu_mask_then_scatter() {
+        let mut rng = Rng::new(37);
+        for (height, width) in [(2, 2), (7, 7), (4, 14), (5, 47), (3, 70)] {
+            let g = PoolGeometry { channels: 3, height, width };
+            let x: Vec<f32> = (0..g.in_len())
+                .map(|_| match rng.below(10) {
+                    0 => f32::NAN,
+                    1..=2 => 1.0,
+                    3 => 0.0,
+                    _ => rng.uniform(-2.0, 2.0),
+                })
+                .collect();
+            let (pooled, arg) = maxpool2x2_forward(&x, &g);
+            let dout: Vec<f32> = (0..g.out_len()).map(|i| if i % 5 == 0 { -0.0 } else { rng.uniform(-1.0, 1.0) }).collect();
+            for relu in [false, true] {
+                let masked: Vec<f32> = dout.iter().zip(&pooled).map(|(&d, &y)| if !relu || y > 0.0 { d } else { 0.0 }).collect();
+                let expected = maxpool2x2_backward(&masked, &arg, &g);
+                for isa in Isa::available() {
+                    let mut dimage = vec![f32::NAN; g.in_len()];
+                    let layout = (g.out_height() * g.out_width(), g.out_width(), 0);
+                    unpool_image_dense_on(isa, &g, &dout, &arg, relu.then_some((&pooled[..], layout)), &mut dimage);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&dimage), bits(&expected), "{isa:?} {height}x{width} relu {relu}");
+                }
+            }
+        }
     }
 
     /// Every pool variant against the scalar one, on rows wider and

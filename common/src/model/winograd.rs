@@ -180,8 +180,9 @@ impl Winograd {
         &self.tiling
     }
 
-    /// One image, padded by [`Tiling::pad`], convolved (without bias), each
-    /// output row handed to `store(channel, row, values)`.
+    /// One image, padded by [`Tiling::pad`], convolved (without bias), the
+    /// output handed over as `store(channel, first row, values)`, `values`
+    /// holding one or more whole rows.
     pub(crate) fn padded_image(
         &self,
         buffers: &mut WinogradBuffers,
@@ -209,8 +210,9 @@ impl Winograd {
         self.transform_output(&buffers.products, &mut buffers.rows, &mut store);
     }
 
-    /// `Y = Aᵀ M A` for every output channel and tile, handed over a row of
-    /// the output at a time (tiles past the edge cropped).
+    /// `Y = Aᵀ M A` for every output channel and tile, handed over a plane
+    /// (AVX-512) or a row of the output at a time (tiles past the edge
+    /// cropped).
     fn transform_output(&self, products: &[f32], rows: &mut Vec<f32>, store: &mut impl FnMut(usize, usize, &[f32])) {
         let t = &self.tiling;
         let g = &t.g;
@@ -223,9 +225,7 @@ impl Winograd {
             // are masked to the output plane (checked inside).
             unsafe { x86::transform_output(self, products, rows) };
             for o in 0..g.out_channels {
-                for y in 0..g.height {
-                    store(o, y, &rows[o * plane + y * g.width..][..g.width]);
-                }
+                store(o, 0, &rows[o * plane..][..plane]);
             }
             return;
         }
@@ -291,7 +291,8 @@ impl WinogradGradient {
         // go in order: that chunk's zero lanes past an image's last tile
         // fall on the next image's first tiles before they are written.
         let du = &mut buffers.sums;
-        du.resize(ELEMENTS * cin * channels, 0.0);
+        let du_stride = plane_stride(cin * channels);
+        du.resize(ELEMENTS * du_stride, 0.0);
         let per_sweep = (64 / tiles).max(1);
         let row = 2 * t.tiles_x;
         for (sweep, (padded, douts)) in padded.chunks(per_sweep).zip(douts.chunks(per_sweep)).enumerate() {
@@ -305,13 +306,10 @@ impl WinogradGradient {
                 let layout = TileLayout { element, channel, first: k * tiles };
                 t.transform_input(padded, layout, &mut buffers.transformed, &mut buffers.rows);
                 transpose_planes(t.isa, dout, (cout, t.g.height, t.g.width), row, 2 * t.tiles_y * row, channels, transposed);
-                transform_gradient(t, transposed, channels, (k * tiles, sums), &mut buffers.products);
-                for position in transposed.chunks_exact(channels) {
-                    bias.iter_mut().zip(position).for_each(|(b, &d)| *b += d);
-                }
+                transform_gradient(t, transposed, channels, (k * tiles, sums), &mut buffers.products, &mut bias);
             }
             let offsets: Vec<usize> = (0..cin).map(|c| c * channel).collect();
-            for (xi, du) in du.chunks_exact_mut(cin * channels).enumerate() {
+            for (xi, du) in du.chunks_exact_mut(du_stride).enumerate() {
                 let (transformed, gradient) = (&buffers.transformed[xi * element..], &buffers.products[xi * sums * channels..]);
                 weight_gradient(
                     t.isa,
@@ -319,22 +317,14 @@ impl WinogradGradient {
                     &offsets,
                     &gradient[..sums * channels],
                     sums,
-                    du,
+                    &mut du[..cin * channels],
                     sweep > 0,
                 );
             }
         }
-        let mut partial = vec![0.0f32; (9 * cin + 1) * channels];
-        let (taps, tail) = partial.split_at_mut(9 * cin * channels);
-        for (c, taps) in taps.chunks_exact_mut(9 * channels).enumerate() {
-            for k in (0..channels).step_by(16) {
-                let lanes: [Lanes; ELEMENTS] = std::array::from_fn(|xi| lanes(&du[(xi * cin + c) * channels + k..]));
-                for (tap, values) in untransform_kernels(&lanes).iter().enumerate() {
-                    taps[tap * channels + k..][..16].copy_from_slice(values);
-                }
-            }
-        }
-        tail.copy_from_slice(&bias);
+        let mut partial = Vec::with_capacity((9 * cin + 1) * channels);
+        untransform_gradient(t.isa, du, (cin, channels, du_stride), &mut buffers.rows, &mut partial);
+        partial.extend_from_slice(&bias);
         partial
     }
 }
@@ -343,16 +333,18 @@ impl WinogradGradient {
 /// transposed to `[y·2·tiles_x + x][channel]`, stored `[ξ][sum][channel]`
 /// where `sums = (first, count)` places tile `t` at sum `first + t` of
 /// `count` per element.
-fn transform_gradient(t: &Tiling, transposed: &[f32], channels: usize, sums: (usize, usize), out: &mut [f32]) {
+/// The bias gradient, the sum of `dY` over positions, is added to `bias`.
+fn transform_gradient(t: &Tiling, transposed: &[f32], channels: usize, sums: (usize, usize), out: &mut [f32], bias: &mut [f32]) {
     assert!(sums.0 + t.tiles() <= sums.1 && out.len() >= ELEMENTS * sums.1 * channels, "Winograd transformed gradient layout");
+    assert_eq!(bias.len(), channels, "bias gradient channels");
     // SAFETY: as in `Tiling::transform_input`.
     unsafe {
         match t.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => transform_gradient_avx512(t, transposed, channels, sums, out),
+            Isa::Avx512 => transform_gradient_avx512(t, transposed, channels, sums, out, bias),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => transform_gradient_avx2(t, transposed, channels, sums, out),
-            Isa::Portable => transform_gradient_body(t, transposed, channels, sums, out),
+            Isa::Avx2 => transform_gradient_avx2(t, transposed, channels, sums, out, bias),
+            Isa::Portable => transform_gradient_body(t, transposed, channels, sums, out, bias),
         }
     }
 }
@@ -361,11 +353,26 @@ fn transform_gradient(t: &Tiling, transposed: &[f32], channels: usize, sums: (us
 /// it vectorises. With `A` of `Y = Aᵀ M A`, a pair `(p, q)` of a tile's
 /// rows or columns becomes `(p, p + q, p - q, -q)`.
 #[inline(always)]
-fn transform_gradient_body(t: &Tiling, transposed: &[f32], channels: usize, (first_sum, sums): (usize, usize), out: &mut [f32]) {
+fn transform_gradient_body(
+    t: &Tiling,
+    transposed: &[f32],
+    channels: usize,
+    (first_sum, sums): (usize, usize),
+    out: &mut [f32],
+    bias: &mut [f32],
+) {
     let (tiles, row) = (t.tiles(), 2 * t.tiles_x);
-    let spread = |p: &Lanes, q: &Lanes| -> [Lanes; 4] {
-        [*p, std::array::from_fn(|l| p[l] + q[l]), std::array::from_fn(|l| p[l] - q[l]), std::array::from_fn(|l| -q[l])]
-    };
+    // Plain loops, as in `untransform_kernels`.
+    #[inline(always)]
+    fn spread(p: &Lanes, q: &Lanes) -> [Lanes; 4] {
+        let mut out = [*p; 4];
+        for l in 0..16 {
+            out[1][l] = p[l] + q[l];
+            out[2][l] = p[l] - q[l];
+            out[3][l] = -q[l];
+        }
+        out
+    }
     for tile in 0..tiles {
         let first = 2 * (tile / t.tiles_x) * row + 2 * (tile % t.tiles_x);
         for k in (0..channels).step_by(16) {
@@ -378,18 +385,35 @@ fn transform_gradient_body(t: &Tiling, transposed: &[f32], channels: usize, (fir
             }
         }
     }
+    for position in transposed.chunks_exact(channels) {
+        bias.iter_mut().zip(position).for_each(|(b, &d)| *b += d);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transform_gradient_avx512(t: &Tiling, transposed: &[f32], channels: usize, sums: (usize, usize), out: &mut [f32]) {
-    transform_gradient_body(t, transposed, channels, sums, out)
+unsafe fn transform_gradient_avx512(
+    t: &Tiling,
+    transposed: &[f32],
+    channels: usize,
+    sums: (usize, usize),
+    out: &mut [f32],
+    bias: &mut [f32],
+) {
+    transform_gradient_body(t, transposed, channels, sums, out, bias)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn transform_gradient_avx2(t: &Tiling, transposed: &[f32], channels: usize, sums: (usize, usize), out: &mut [f32]) {
-    transform_gradient_body(t, transposed, channels, sums, out)
+unsafe fn transform_gradient_avx2(
+    t: &Tiling,
+    transposed: &[f32],
+    channels: usize,
+    sums: (usize, usize),
+    out: &mut [f32],
+    bias: &mut [f32],
+) {
+    transform_gradient_body(t, transposed, channels, sums, out, bias)
 }
 
 /// The body of [`Tiling::transform_input`], compiled per instruction set
@@ -512,22 +536,74 @@ fn lanes(values: &[f32]) -> Lanes {
     values[..16].try_into().expect("sixteen lanes")
 }
 
+/// `dg = Gᵀ dU G` for every pair of channels, from `du` (`[ξ][in][channel]`
+/// for `(in, channels, element stride)`) appended to `partial` as
+/// `[in][tap][channel]`, one input channel at a time through `scratch`.
+fn untransform_gradient(isa: Isa, du: &[f32], shape: (usize, usize, usize), scratch: &mut Vec<f32>, partial: &mut Vec<f32>) {
+    assert!(shape.0 * shape.1 <= shape.2 && du.len() >= ELEMENTS * shape.2, "Winograd kernel gradient sums");
+    // SAFETY: as in `Tiling::transform_input`.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => untransform_gradient_avx512(du, shape, scratch, partial),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => untransform_gradient_avx2(du, shape, scratch, partial),
+            Isa::Portable => untransform_gradient_body(du, shape, scratch, partial),
+        }
+    }
+}
+
+#[inline(always)]
+fn untransform_gradient_body(du: &[f32], (cin, channels, stride): (usize, usize, usize), scratch: &mut Vec<f32>, partial: &mut Vec<f32>) {
+    scratch.resize(9 * channels, 0.0);
+    for c in 0..cin {
+        for k in (0..channels).step_by(16) {
+            let mut sums = [[0.0f32; 16]; ELEMENTS];
+            for (xi, sums) in sums.iter_mut().enumerate() {
+                sums.copy_from_slice(&du[xi * stride + c * channels + k..][..16]);
+            }
+            for (tap, values) in untransform_kernels(&sums).iter().enumerate() {
+                scratch[tap * channels + k..][..16].copy_from_slice(values);
+            }
+        }
+        partial.extend_from_slice(scratch);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn untransform_gradient_avx512(du: &[f32], shape: (usize, usize, usize), scratch: &mut Vec<f32>, partial: &mut Vec<f32>) {
+    untransform_gradient_body(du, shape, scratch, partial)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn untransform_gradient_avx2(du: &[f32], shape: (usize, usize, usize), scratch: &mut Vec<f32>, partial: &mut Vec<f32>) {
+    untransform_gradient_body(du, shape, scratch, partial)
+}
+
 /// `Gᵀ dU G`, sixteen at a time: the gradients of 3x3 kernels (row-major,
 /// tap-major) from those of their transforms [`transform_kernel`].
+#[inline(always)]
 fn untransform_kernels(du: &[Lanes; ELEMENTS]) -> [Lanes; 9] {
-    let combine = |z: [&Lanes; 4]| -> [Lanes; 3] {
-        [
-            std::array::from_fn(|l| z[0][l] + 0.5 * (z[1][l] + z[2][l])),
-            std::array::from_fn(|l| 0.5 * (z[1][l] - z[2][l])),
-            std::array::from_fn(|l| 0.5 * (z[1][l] + z[2][l]) + z[3][l]),
-        ]
-    };
+    // Plain loops, not `array::from_fn`: its closures are not inlined into
+    // the callers compiled for AVX, so they would run without it.
+    #[inline(always)]
+    fn combine(z: [&Lanes; 4], out: &mut [Lanes]) {
+        for l in 0..16 {
+            out[0][l] = z[0][l] + 0.5 * (z[1][l] + z[2][l]);
+            out[1][l] = 0.5 * (z[1][l] - z[2][l]);
+            out[2][l] = 0.5 * (z[1][l] + z[2][l]) + z[3][l];
+        }
+    }
     // Gᵀ dU: three rows of four.
-    let columns: [[Lanes; 3]; 4] = std::array::from_fn(|j| combine([&du[j], &du[4 + j], &du[8 + j], &du[12 + j]]));
+    let mut columns = [[[0.0f32; 16]; 3]; 4];
+    for (j, column) in columns.iter_mut().enumerate() {
+        combine([&du[j], &du[4 + j], &du[8 + j], &du[12 + j]], column);
+    }
     let mut dg = [[0.0f32; 16]; 9];
     for ky in 0..3 {
-        let row = combine([&columns[0][ky], &columns[1][ky], &columns[2][ky], &columns[3][ky]]);
-        dg[3 * ky..3 * ky + 3].copy_from_slice(&row);
+        combine([&columns[0][ky], &columns[1][ky], &columns[2][ky], &columns[3][ky]], &mut dg[3 * ky..3 * ky + 3]);
     }
     dg
 }
@@ -626,8 +702,11 @@ mod x86 {
             let one = _mm512_set1_epi32(1);
             for o in 0..w.g.out_channels {
                 let m = |xi: usize| _mm512_loadu_ps(products.as_ptr().add(xi * out_stride + o * positions + first));
-                let s0: [__m512; 4] = std::array::from_fn(|j| _mm512_add_ps(_mm512_add_ps(m(j), m(4 + j)), m(8 + j)));
-                let s1: [__m512; 4] = std::array::from_fn(|j| _mm512_sub_ps(_mm512_sub_ps(m(4 + j), m(8 + j)), m(12 + j)));
+                let (mut s0, mut s1) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+                for j in 0..4 {
+                    s0[j] = _mm512_add_ps(_mm512_add_ps(m(j), m(4 + j)), m(8 + j));
+                    s1[j] = _mm512_sub_ps(_mm512_sub_ps(m(4 + j), m(8 + j)), m(12 + j));
+                }
                 let left = |s: &[__m512; 4]| _mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]);
                 let right = |s: &[__m512; 4]| _mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]);
                 let base = out.as_mut_ptr().add(o * plane);
