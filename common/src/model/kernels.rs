@@ -300,7 +300,7 @@ impl ConvPass {
         let method = if Winograd::applies(g) {
             Method::Winograd(Winograd::new(isa, g, weight))
         } else {
-            let block = isa.channel_block(g.out_channels);
+            let block = isa.channel_block(g.out_channels, g.virtual_positions());
             let packed = g.pack_weights(weight, block);
             Method::Direct { isa, block, packed, offsets: g.tap_offsets(), positions: g.virtual_positions() }
         };

@@ -158,7 +158,7 @@ impl Winograd {
         assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
         let tiling = Tiling::new(isa, g);
         let positions = tiling.positions;
-        let block = isa.channel_block(g.out_channels);
+        let block = isa.channel_block(g.out_channels, positions);
         let (cin, cout) = (g.in_channels, g.out_channels);
         let cout_padded = cout.div_ceil(block) * block;
         let per_element = cout_padded * cin;
