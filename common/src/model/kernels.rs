@@ -1018,13 +1018,16 @@ mod tests {
     #[test]
     fn winograd_matches_the_naive_convolution() {
         for (in_channels, out_channels, height, width) in
-            // The last: 15 tiles, so the gradient's sweeps put images side
-            // by side at offsets that are not whole vectors.
+            // The fourth: 15 tiles, so the gradient's sweeps put images
+            // side by side at offsets that are not whole vectors. The last:
+            // rows of 17 tiles, more than one pass of the AVX-512 input
+            // transform.
             [
                 (MIN_INPUT_CHANNELS, 40, 7, 7),
                 (80, 20, 8, 8),
                 (MIN_INPUT_CHANNELS, 9, 14, 13),
                 (MIN_INPUT_CHANNELS, 6, 5, 9),
+                (MIN_INPUT_CHANNELS, 5, 3, 34),
             ]
         {
             let g = ConvGeometry { in_channels, out_channels, kernel: 3, padding: 1, height, width };

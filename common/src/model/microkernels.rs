@@ -98,7 +98,7 @@ trait Lanes: Copy {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::Lanes;
@@ -131,7 +131,7 @@ mod x86 {
     }
 
     /// The first `n` of sixteen lanes (all of them from 16 on).
-    fn lanes_below(n: usize) -> __mmask16 {
+    pub(crate) fn lanes_below(n: usize) -> __mmask16 {
         if n >= 16 {
             0xffff
         } else {

@@ -90,8 +90,8 @@ impl Tiling {
     fn transform_input(&self, padded: &[f32], layout: TileLayout, transformed: &mut [f32], rows: &mut Vec<f32>) {
         let (plane_rows, cols) = self.padded_shape();
         assert_eq!(padded.len(), self.g.in_channels * plane_rows * cols, "Winograd padded input");
-        // The vector variant stores whole chunks of sixteen tiles (zero past
-        // the last tile), which must stay inside the buffer.
+        // Every variant writes the real tiles only, and padding tiles must
+        // stay zero: the buffer is kept for one layout.
         let last = (ELEMENTS - 1) * layout.element + (self.g.in_channels - 1) * layout.channel + layout.first + self.positions;
         assert!(layout.channel >= self.tiles() && transformed.len() >= last, "Winograd transformed input layout");
         // SAFETY: the vector variants are only chosen where the CPU has
@@ -621,14 +621,15 @@ fn transform_kernel(k: &[f32; 9]) -> [f32; ELEMENTS] {
     u
 }
 
-/// The transforms with AVX-512, sixteen tiles per vector: the patches are
-/// gathered and the outputs scattered, so the tiles of a whole image (not
-/// of one short row) fill the vectors. The arithmetic per tile is that of
-/// the portable bodies, in the same order.
+/// The transforms with AVX-512: the input's a row of tiles at a time with
+/// permutes, the output's sixteen tiles per vector with scatters, so the
+/// tiles of a whole image (not of one short row) fill the vectors. The
+/// arithmetic per tile is that of the portable bodies, in the same order.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::microkernels::x86::lanes_below;
     use super::{TileLayout, Tiling, Winograd, ELEMENTS};
 
     /// Per tile of a 16-tile chunk: (first padded input of its patch,
@@ -654,37 +655,50 @@ mod x86 {
         (_mm512_loadu_si512(patch.as_ptr().cast()), _mm512_loadu_si512(output.as_ptr().cast()), real, second_row, second_column)
     }
 
+    /// `Bᵀ d B` a row of tiles at a time, up to 15 tiles per pass: the
+    /// four padded rows they read (32 floats each at most, two vectors) are
+    /// combined as `Bᵀ d` whole, and each tile's four columns are picked
+    /// out with permutes. No gathers: with the microcode mitigation of
+    /// Gather Data Sampling they cost tens of cycles each. Writes the real
+    /// tiles only; the caller's buffer keeps the padding tiles zero.
     #[target_feature(enable = "avx512f")]
     /// The caller checks the buffers' lengths against `layout`.
     pub(super) unsafe fn transform_input(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32]) {
-        let (cin, positions) = (w.g.in_channels, w.positions);
+        let (cin, tiles_x) = (w.g.in_channels, w.tiles_x);
         let (plane_rows, cols) = w.padded_shape();
         let plane = plane_rows * cols;
-        for first in (0..positions).step_by(16) {
-            let (patch, _, real, _, _) = chunk(w, first);
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let twice = _mm512_add_epi32(lane, lane);
+        let column = |l: i32| _mm512_add_epi32(twice, _mm512_set1_epi32(l));
+        let columns = [column(0), column(1), column(2), column(3)];
+        let out = transformed.as_mut_ptr();
+        for first_tile in (0..tiles_x).step_by(15) {
+            let tiles = (tiles_x - first_tile).min(15);
+            let width = cols - 2 * first_tile;
+            let (low, high) = (lanes_below(width), lanes_below(width.saturating_sub(16)));
+            let store = lanes_below(tiles);
             for c in 0..cin {
-                let base = padded.as_ptr().add(c * plane);
-                let d = |k: usize, l: usize| {
-                    _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), real, patch, base.add(k * cols + l).cast())
-                };
-                // Rows of Bᵀ d, per column l of the patch.
-                let mut r = [[_mm512_setzero_ps(); 4]; 4];
-                for (l, column) in (0..4).map(|l| (l, [d(0, l), d(1, l), d(2, l), d(3, l)])) {
-                    r[0][l] = _mm512_sub_ps(column[0], column[2]);
-                    r[1][l] = _mm512_add_ps(column[1], column[2]);
-                    r[2][l] = _mm512_sub_ps(column[2], column[1]);
-                    r[3][l] = _mm512_sub_ps(column[1], column[3]);
-                }
-                for (i, r) in r.iter().enumerate() {
-                    let v = [
-                        _mm512_sub_ps(r[0], r[2]),
-                        _mm512_add_ps(r[1], r[2]),
-                        _mm512_sub_ps(r[2], r[1]),
-                        _mm512_sub_ps(r[1], r[3]),
-                    ];
-                    for (j, v) in v.into_iter().enumerate() {
-                        let at = (4 * i + j) * layout.element + c * layout.channel + layout.first + first;
-                        _mm512_storeu_ps(transformed.as_mut_ptr().add(at), v);
+                for ty in 0..w.tiles_y {
+                    let row = |k: usize| {
+                        let p = padded.as_ptr().add(c * plane + (2 * ty + k) * cols + 2 * first_tile);
+                        [_mm512_maskz_loadu_ps(low, p), _mm512_maskz_loadu_ps(high, p.add(16))]
+                    };
+                    let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
+                    let mut r = [[_mm512_setzero_ps(); 2]; 4];
+                    for h in 0..2 {
+                        r[0][h] = _mm512_sub_ps(d0[h], d2[h]);
+                        r[1][h] = _mm512_add_ps(d1[h], d2[h]);
+                        r[2][h] = _mm512_sub_ps(d2[h], d1[h]);
+                        r[3][h] = _mm512_sub_ps(d1[h], d3[h]);
+                    }
+                    for (i, r) in r.iter().enumerate() {
+                        let pick = |l: usize| _mm512_permutex2var_ps(r[0], columns[l], r[1]);
+                        let (c0, c1, c2, c3) = (pick(0), pick(1), pick(2), pick(3));
+                        let v = [_mm512_sub_ps(c0, c2), _mm512_add_ps(c1, c2), _mm512_sub_ps(c2, c1), _mm512_sub_ps(c1, c3)];
+                        for (j, v) in v.into_iter().enumerate() {
+                            let at = (4 * i + j) * layout.element + c * layout.channel + layout.first + ty * tiles_x + first_tile;
+                            _mm512_mask_storeu_ps(out.add(at), store, v);
+                        }
                     }
                 }
             }
