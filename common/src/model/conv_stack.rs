@@ -319,11 +319,13 @@ impl ConvStack {
 }
 
 /// The gradient through a ReLU whose output was `output`: kept where the
-/// output is positive, zero elsewhere (a select, not a branch: it
-/// vectorises).
+/// output is positive, zero elsewhere. A mask on the bits, not a select:
+/// the compiler turned the select into a branch in the scalar tail of
+/// short rows, where random signs mispredict it.
 fn relu_gradient(gradient: &mut [f32], output: &[f32]) {
     for (d, &y) in gradient.iter_mut().zip(output) {
-        *d = if y > 0.0 { *d } else { 0.0 };
+        let keep = ((y > 0.0) as u32).wrapping_neg();
+        *d = f32::from_bits(d.to_bits() & keep);
     }
 }
 
