@@ -515,8 +515,6 @@ impl ParamGradient {
         }
     }
 
-    /// The rows of the image in a buffer [`ParamGradient::pad_input`]
-    /// filled, channel by channel.
     /// `(plane, row, first)`: row `y` of channel `c` of the image starts at
     /// `c·plane + y·row + first` in a buffer [`ParamGradient::pad_input`]
     /// filled.

@@ -404,10 +404,10 @@ pub(crate) fn tap_products(
 }
 
 /// Blocks of 48 positions: 24 accumulators in registers need fewer loads
-/// per multiply-add than 16 do (measured about 15% faster on the direct
-/// convolutions' few hundred positions per image). Where an image has only
-/// a few vectors of positions (Winograd's tiles), 48 and a tail of 16 are
-/// slower than blocks of 32.
+/// per multiply-add than 16 do (measured about 15% faster on a direct
+/// convolution's few hundred positions per image). Where an image has only
+/// a few vectors of positions (the 64 Winograd tiles of a 14- or 16-wide
+/// plane), 48 and a tail of 16 are slower than two blocks of 32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tap_products_avx512_wide(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {

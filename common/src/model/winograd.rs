@@ -92,7 +92,7 @@ impl Tiling {
         assert_eq!(padded.len(), self.g.in_channels * plane_rows * cols, "Winograd padded input");
         // Every variant writes the real tiles only, and padding tiles must
         // stay zero: the buffer is kept for one layout.
-        let last = (ELEMENTS - 1) * layout.element + (self.g.in_channels - 1) * layout.channel + layout.first + self.positions;
+        let last = (ELEMENTS - 1) * layout.element + (self.g.in_channels - 1) * layout.channel + layout.first + self.tiles();
         assert!(layout.channel >= self.tiles() && transformed.len() >= last, "Winograd transformed input layout");
         // SAFETY: the vector variants are only chosen where the CPU has
         // their features; the bodies are safe code.
@@ -287,10 +287,8 @@ impl WinogradGradient {
         assert_eq!(padded.len(), douts.len(), "one output gradient per image");
         let mut bias = vec![0.0f32; channels];
         // dU, `[ξ][in][out]`, summed over sweeps of a few images each: the
-        // images' tiles one after the other in each channel (with room for
-        // the vector transform's last chunk), about 64 per sweep. The images
-        // go in order: that chunk's zero lanes past an image's last tile
-        // fall on the next image's first tiles before they are written.
+        // images' tiles one after the other in each channel, about 64 per
+        // sweep.
         let du = &mut buffers.sums;
         let du_stride = plane_stride(cin * channels);
         du.resize(ELEMENTS * du_stride, 0.0);
@@ -298,7 +296,7 @@ impl WinogradGradient {
         let row = 2 * t.tiles_x;
         for (sweep, (padded, douts)) in padded.chunks(per_sweep).zip(douts.chunks(per_sweep)).enumerate() {
             let sums = padded.len() * tiles;
-            let channel = sums + POSITION_BLOCK;
+            let channel = sums;
             let element = plane_stride(cin * channel);
             buffers.transformed.resize(ELEMENTS * element, 0.0);
             buffers.products.resize(ELEMENTS * sums * channels, 0.0);
