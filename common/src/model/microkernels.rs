@@ -213,12 +213,15 @@ pub(super) mod x86 {
             // -0 gradient becomes +0.
             let d = _mm512_add_ps(_mm512_maskz_loadu_ps(load, dout.as_ptr().add(start)), _mm512_setzero_ps());
             let kept = match activated {
-                Some(y) => _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_maskz_loadu_ps(load, y.as_ptr().add(start)), _mm512_setzero_ps()),
+                Some(y) => {
+                    _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_maskz_loadu_ps(load, y.as_ptr().add(start)), _mm512_setzero_ps())
+                }
                 None => load,
             };
             let window = _mm512_add_epi32(_mm512_set1_epi32((first + 2 * start as u32) as i32), _mm512_add_epi32(lane, lane));
             let corner = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(load, arg.as_ptr().add(start).cast()), window);
-            let at = |offset: u32| _mm512_maskz_mov_ps(kept & _mm512_cmpeq_epi32_mask(corner, _mm512_set1_epi32(offset as i32)), d);
+            let at =
+                |offset: u32| _mm512_maskz_mov_ps(kept & _mm512_cmpeq_epi32_mask(corner, _mm512_set1_epi32(offset as i32)), d);
             let (stores_low, stores_high) = (lanes_below(2 * n), lanes_below((2 * n).saturating_sub(16)));
             for (row, even, odd) in [(&mut *top, at(0), at(1)), (&mut *bottom, at(row_width), at(row_width + 1))] {
                 let p = row.as_mut_ptr().add(2 * start);
