@@ -180,21 +180,11 @@ impl ConvGeometry {
             padded.resize(self.padded_len(), 0.0);
             padded.resize(self.padded_len() + ones, 1.0);
         }
-        self.copy_interior(image, padded);
+        copy_rows(image, (self.height, self.width), self.padded_layout(), padded);
     }
 
-    fn copy_interior(&self, image: &[f32], padded: &mut [f32]) {
-        let (plane, row, first) = self.padded_layout();
-        for (c, channel) in image.chunks_exact(self.height * self.width).enumerate() {
-            for (y, src) in channel.chunks_exact(self.width).enumerate() {
-                padded[c * plane + y * row + first..][..self.width].copy_from_slice(src);
-            }
-        }
-    }
-
-    /// (plane, row, first): row `y` of channel `c` of the image starts at
-    /// `c·plane + y·row + first` of a padded buffer.
-    fn padded_layout(&self) -> (usize, usize, usize) {
+    /// Where the image's rows lie in a padded buffer.
+    fn padded_layout(&self) -> RowLayout {
         (self.padded_plane(), self.padded_width(), self.padding * (self.padded_width() + 1))
     }
 
@@ -237,6 +227,22 @@ impl ConvGeometry {
             }
         }
         (transposed, flipped)
+    }
+}
+
+/// Where an image's rows lie in a buffer, `(plane, row, first)`: row `y`
+/// of channel `c` starts at `c·plane + y·row + first`.
+pub(crate) type RowLayout = (usize, usize, usize);
+
+/// Copies an image (C·H·W, planes of `height x width`) into a padded
+/// buffer laid out as `layout`. Only the image's own entries are written,
+/// so a reused buffer keeps its border.
+pub(crate) fn copy_rows(image: &[f32], (height, width): (usize, usize), layout: RowLayout, padded: &mut [f32]) {
+    let (plane, row, first) = layout;
+    for (c, channel) in image.chunks_exact(height * width).enumerate() {
+        for (y, src) in channel.chunks_exact(width).enumerate() {
+            padded[c * plane + y * row + first..][..width].copy_from_slice(src);
+        }
     }
 }
 
@@ -515,10 +521,9 @@ impl ParamGradient {
         }
     }
 
-    /// `(plane, row, first)`: row `y` of channel `c` of the image starts at
-    /// `c·plane + y·row + first` in a buffer [`ParamGradient::pad_input`]
+    /// Where the image's rows lie in a buffer [`ParamGradient::pad_input`]
     /// filled.
-    pub(crate) fn input_layout(&self) -> (usize, usize, usize) {
+    pub(crate) fn input_layout(&self) -> RowLayout {
         match &self.method {
             GradientMethod::Direct { .. } => self.g.padded_layout(),
             GradientMethod::Winograd(method) => method.tiling().padded_layout(),
@@ -694,14 +699,13 @@ pub fn maxpool2x2_backward(dy: &[f32], argmax: &[u32], g: &PoolGeometry) -> Vec<
 /// written) from the gradient after it: each window's winner (`arg` as
 /// [`pool_image`] gives it) gets the window's gradient, every other input
 /// zero. With `activated`, the pool's output (a ReLU's output, as the pool
-/// follows the ReLU) and where its rows lie (`(plane, row, first)`: row `y`
-/// of channel `c` at `c·plane + y·row + first`), windows whose output is
-/// not positive pass nothing: the ReLU's gradient in the same pass.
+/// follows the ReLU) and where its rows lie, windows whose output is not
+/// positive pass nothing: the ReLU's gradient in the same pass.
 pub(crate) fn unpool_image_dense(
     g: &PoolGeometry,
     dout: &[f32],
     arg: &[u32],
-    activated: Option<(&[f32], (usize, usize, usize))>,
+    activated: Option<(&[f32], RowLayout)>,
     dimage: &mut [f32],
 ) {
     unpool_image_dense_on(Isa::detected(), g, dout, arg, activated, dimage)
@@ -712,7 +716,7 @@ fn unpool_image_dense_on(
     g: &PoolGeometry,
     dout: &[f32],
     arg: &[u32],
-    activated: Option<(&[f32], (usize, usize, usize))>,
+    activated: Option<(&[f32], RowLayout)>,
     dimage: &mut [f32],
 ) {
     assert!(dout.len() == g.out_len() && arg.len() == g.out_len() && dimage.len() == g.in_len(), "unpool image lengths");

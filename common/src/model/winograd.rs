@@ -13,7 +13,7 @@
 //! by rounding (the transforms add and subtract inputs before the products).
 //! The weight gradient ([`WinogradGradient`]) runs on the same tiles.
 
-use super::kernels::ConvGeometry;
+use super::kernels::{copy_rows, ConvGeometry, RowLayout};
 use super::microkernels::{tap_products, transpose_planes, weight_gradient, Isa, POSITION_BLOCK};
 
 /// Elements of a transformed tile.
@@ -54,9 +54,8 @@ impl Tiling {
         (2 * self.tiles_y + 2, 2 * self.tiles_x + 2)
     }
 
-    /// (plane, row, first): row `y` of channel `c` of the image starts at
-    /// `c·plane + y·row + first` of the padded layout.
-    pub(crate) fn padded_layout(&self) -> (usize, usize, usize) {
+    /// Where the image's rows lie in the padded layout.
+    pub(crate) fn padded_layout(&self) -> RowLayout {
         let (rows, cols) = self.padded_shape();
         (rows * cols, cols, cols + 1)
     }
@@ -72,12 +71,7 @@ impl Tiling {
             padded.clear();
             padded.resize(g.in_channels * rows * cols, 0.0);
         }
-        let (plane, row, first) = self.padded_layout();
-        for (c, channel) in image.chunks_exact(g.height * g.width).enumerate() {
-            for (y, src) in channel.chunks_exact(g.width).enumerate() {
-                padded[c * plane + y * row + first..][..g.width].copy_from_slice(src);
-            }
-        }
+        copy_rows(image, (g.height, g.width), self.padded_layout(), padded);
     }
 
     /// One image's transformed input alone: `[ξ][channel][position]`.
@@ -262,7 +256,7 @@ pub(crate) struct WinogradGradient {
 
 impl WinogradGradient {
     pub(crate) fn new(isa: Isa, g: &ConvGeometry, channels: usize) -> Self {
-        assert!(channels >= g.out_channels && channels % 16 == 0, "gradient channels must be whole blocks of sixteen");
+        assert!(channels >= g.out_channels && channels.is_multiple_of(16), "gradient channels must be whole blocks of sixteen");
         WinogradGradient { tiling: Tiling::new(isa, g), channels }
     }
 
@@ -295,24 +289,24 @@ impl WinogradGradient {
         let per_sweep = (64 / tiles).max(1);
         let row = 2 * t.tiles_x;
         for (sweep, (padded, douts)) in padded.chunks(per_sweep).zip(douts.chunks(per_sweep)).enumerate() {
+            // Each channel holds the sweep's `sums` tiles.
             let sums = padded.len() * tiles;
-            let channel = sums;
-            let element = plane_stride(cin * channel);
+            let element = plane_stride(cin * sums);
             buffers.transformed.resize(ELEMENTS * element, 0.0);
             buffers.products.resize(ELEMENTS * sums * channels, 0.0);
             for (k, (padded, dout)) in padded.iter().zip(douts).enumerate() {
                 assert_eq!(dout.len(), t.g.out_len(), "conv2d output gradient of one image");
-                let layout = TileLayout { element, channel, first: k * tiles };
+                let layout = TileLayout { element, channel: sums, first: k * tiles };
                 t.transform_input(padded, layout, &mut buffers.transformed, &mut buffers.rows);
                 transpose_planes(t.isa, dout, (cout, t.g.height, t.g.width), row, 2 * t.tiles_y * row, channels, transposed);
                 transform_gradient(t, transposed, channels, (k * tiles, sums), &mut buffers.products, &mut bias);
             }
-            let offsets: Vec<usize> = (0..cin).map(|c| c * channel).collect();
+            let offsets: Vec<usize> = (0..cin).map(|c| c * sums).collect();
             for (xi, du) in du.chunks_exact_mut(du_stride).enumerate() {
                 let (transformed, gradient) = (&buffers.transformed[xi * element..], &buffers.products[xi * sums * channels..]);
                 weight_gradient(
                     t.isa,
-                    &transformed[..cin * channel],
+                    &transformed[..cin * sums],
                     &offsets,
                     &gradient[..sums * channels],
                     sums,
@@ -553,13 +547,18 @@ fn untransform_gradient(isa: Isa, du: &[f32], shape: (usize, usize, usize), scra
 }
 
 #[inline(always)]
-fn untransform_gradient_body(du: &[f32], (cin, channels, stride): (usize, usize, usize), scratch: &mut Vec<f32>, partial: &mut Vec<f32>) {
+fn untransform_gradient_body(
+    du: &[f32],
+    (cin, channels, stride): (usize, usize, usize),
+    scratch: &mut Vec<f32>,
+    partial: &mut Vec<f32>,
+) {
     scratch.resize(9 * channels, 0.0);
     for c in 0..cin {
         for k in (0..channels).step_by(16) {
             let mut sums = [[0.0f32; 16]; ELEMENTS];
             for (xi, sums) in sums.iter_mut().enumerate() {
-                sums.copy_from_slice(&du[xi * stride + c * channels + k..][..16]);
+                *sums = lanes(&du[xi * stride + c * channels + k..]);
             }
             for (tap, values) in untransform_kernels(&sums).iter().enumerate() {
                 scratch[tap * channels + k..][..16].copy_from_slice(values);
@@ -659,9 +658,9 @@ mod x86 {
     /// combined as `Bᵀ d` whole, and each tile's four columns are picked
     /// out with permutes. No gathers: with the microcode mitigation of
     /// Gather Data Sampling they cost tens of cycles each. Writes the real
-    /// tiles only; the caller's buffer keeps the padding tiles zero.
+    /// tiles only; the caller's buffer keeps the padding tiles zero. The
+    /// caller checks the buffers' lengths against `layout`.
     #[target_feature(enable = "avx512f")]
-    /// The caller checks the buffers' lengths against `layout`.
     pub(super) unsafe fn transform_input(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32]) {
         let (cin, tiles_x) = (w.g.in_channels, w.tiles_x);
         let (plane_rows, cols) = w.padded_shape();
