@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use super::kernels::{
     self, ConvGeometry, ConvPass, GradientBuffers, ParamGradient, PassBuffers, PoolGeometry, IMAGES_PER_PARTIAL_GRADIENT,
 };
-use super::microkernels::Isa;
+use super::microkernels::{relu_gradient, Isa};
 use super::Conv2d;
 
 /// A convolution and what follows it inside a stack: an optional ReLU and
@@ -271,11 +271,16 @@ impl ConvStack {
     /// (empty otherwise). Block by block, so that a block's weight gradient
     /// takes the group's images in one sweep.
     fn backward_group(&self, scratch: &mut [Scratch], images: &[SavedImage], douts: &[f32]) -> (Vec<Vec<f32>>, Vec<f32>) {
+        let isa = Isa::detected();
         let mut partials: Vec<Vec<f32>> = vec![Vec::new(); self.stages.len()];
         let mut gradients: Vec<Vec<f32>> = douts.chunks_exact(self.out_len()).map(<[f32]>::to_vec).collect();
+        // Each image's gradient moves between two buffers, block by block:
+        // every pass below writes all of its output, so neither buffer is
+        // zeroed again.
+        let mut spares: Vec<Vec<f32>> = vec![Vec::new(); gradients.len()];
         for (i, stage) in self.stages.iter().enumerate().rev() {
             let (g, scratch) = (&stage.block.geometry, &mut scratch[i]);
-            for (dout, image) in gradients.iter_mut().zip(images) {
+            for ((dout, spare), image) in gradients.iter_mut().zip(&mut spares).zip(images) {
                 // The block's output, for the ReLU's mask: the next block's
                 // padded input, or the stack's output.
                 let output = match self.stages.get(i + 1) {
@@ -285,15 +290,15 @@ impl ConvStack {
                 let relu = stage.block.relu.then_some(output);
                 match stage.block.pool {
                     Some(pool) => {
-                        let mut dconv = vec![0.0f32; g.out_len()];
-                        kernels::unpool_image_dense(&pool, dout, &image.blocks[i].argmax, relu, &mut dconv);
-                        *dout = dconv;
+                        spare.resize(g.out_len(), 0.0);
+                        kernels::unpool_image_dense(&pool, dout, &image.blocks[i].argmax, relu, spare);
+                        std::mem::swap(dout, spare);
                     }
                     None => {
                         if let Some((y, (plane, row, first))) = relu {
                             let (oh, ow) = (g.out_height(), g.out_width());
                             for (r, d) in dout.chunks_exact_mut(ow).enumerate() {
-                                relu_gradient(d, &y[(r / oh) * plane + (r % oh) * row + first..][..ow]);
+                                relu_gradient(isa, d, &y[(r / oh) * plane + (r % oh) * row + first..][..ow]);
                             }
                         }
                     }
@@ -305,27 +310,13 @@ impl ConvStack {
             let Some(pass) = stage.input_gradient.as_ref() else {
                 return (partials, Vec::new());
             };
-            gradients = dconvs
-                .iter()
-                .map(|dconv| {
-                    let mut dx = vec![0.0f32; g.in_len()];
-                    pass.image(&mut scratch.input_gradient, dconv, &mut dx, None);
-                    dx
-                })
-                .collect();
+            for (dconv, dx) in gradients.iter_mut().zip(&mut spares) {
+                dx.resize(g.in_len(), 0.0);
+                pass.image(&mut scratch.input_gradient, dconv, dx, None);
+                std::mem::swap(dconv, dx);
+            }
         }
         (partials, gradients.concat())
-    }
-}
-
-/// The gradient through a ReLU whose output was `output`: kept where the
-/// output is positive, zero elsewhere. A mask on the bits, not a select:
-/// the compiler turned the select into a branch in the scalar tail of
-/// short rows, where random signs mispredict it.
-fn relu_gradient(gradient: &mut [f32], output: &[f32]) {
-    for (d, &y) in gradient.iter_mut().zip(output) {
-        let keep = ((y > 0.0) as u32).wrapping_neg();
-        *d = f32::from_bits(d.to_bits() & keep);
     }
 }
 

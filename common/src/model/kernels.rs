@@ -1200,6 +1200,31 @@ mod tests {
         }
     }
 
+    /// The ReLU gradient on every variant against the rule written out, bit
+    /// for bit: rows shorter and longer than a vector, outputs of zero,
+    /// -0 and NaN, gradients of -0 and NaN.
+    #[test]
+    fn every_relu_gradient_variant_masks_like_the_rule() {
+        use crate::model::microkernels::relu_gradient;
+        let mut rng = Rng::new(41);
+        let mut special = |rng: &mut Rng| match rng.below(8) {
+            0 => f32::NAN,
+            1 => 0.0,
+            2 => -0.0,
+            _ => rng.uniform(-2.0, 2.0),
+        };
+        for len in [1, 7, 14, 16, 28, 33] {
+            let output: Vec<f32> = (0..len).map(|_| special(&mut rng)).collect();
+            let gradient: Vec<f32> = (0..len).map(|_| special(&mut rng)).collect();
+            let expected: Vec<u32> = gradient.iter().zip(&output).map(|(&d, &y)| if y > 0.0 { d.to_bits() } else { 0 }).collect();
+            for isa in Isa::available() {
+                let mut masked = gradient.clone();
+                relu_gradient(isa, &mut masked, &output);
+                assert_eq!(masked.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), expected, "{isa:?} on {len}");
+            }
+        }
+    }
+
     /// Every pool variant against the scalar one, on rows wider and
     /// narrower than a vector, with ties, zeros, infinities and NaNs.
     #[test]

@@ -231,6 +231,20 @@ pub(super) mod x86 {
         }
     }
 
+    /// See [`super::relu_gradient`]: sixteen values per step, masked to
+    /// the row.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn relu_gradient_avx512(gradient: &mut [f32], output: &[f32]) {
+        let n = gradient.len();
+        for start in (0..n).step_by(16) {
+            let lanes = lanes_below(n - start);
+            let d = _mm512_maskz_loadu_ps(lanes, gradient.as_ptr().add(start));
+            let y = _mm512_maskz_loadu_ps(lanes, output.as_ptr().add(start));
+            let kept = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, _mm512_setzero_ps());
+            _mm512_mask_storeu_ps(gradient.as_mut_ptr().add(start), lanes, _mm512_maskz_mov_ps(kept, d));
+        }
+    }
+
     /// See [`super::transpose_row`]: sixteen channels of one position per
     /// gather.
     #[target_feature(enable = "avx512f")]
@@ -629,6 +643,27 @@ pub(crate) fn unpool_row(
             true
         },
         _ => false,
+    }
+}
+
+/// The gradient through a ReLU whose output was `output`: each value of
+/// `gradient` kept where the output is positive, +0 elsewhere (where the
+/// output is NaN too).
+pub(crate) fn relu_gradient(isa: Isa, gradient: &mut [f32], output: &[f32]) {
+    assert_eq!(gradient.len(), output.len(), "ReLU gradient and output lengths");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: chosen only where the CPU has AVX-512; every load and
+        // store is masked to the lengths checked above.
+        Isa::Avx512 => unsafe { x86::relu_gradient_avx512(gradient, output) },
+        // A mask on the bits, not a select: the compiler turned the select
+        // into a branch, which random signs mispredict.
+        _ => {
+            for (d, &y) in gradient.iter_mut().zip(output) {
+                let keep = ((y > 0.0) as u32).wrapping_neg();
+                *d = f32::from_bits(d.to_bits() & keep);
+            }
+        }
     }
 }
 
