@@ -1021,15 +1021,18 @@ mod tests {
     fn winograd_matches_the_naive_convolution() {
         for (in_channels, out_channels, height, width) in
             // The fourth: 15 tiles, so the gradient's sweeps put images
-            // side by side at offsets that are not whole vectors. The last:
+            // side by side at offsets that are not whole vectors. The fifth:
             // rows of 17 tiles, more than one pass of the AVX-512 input
-            // transform.
+            // transform. The others are narrow planes, whose AVX-512 input
+            // transform puts four rows of tiles in a vector (first, second,
+            // last, the last with a partial group) or two (third, fourth).
             [
                 (MIN_INPUT_CHANNELS, 40, 7, 7),
                 (80, 20, 8, 8),
                 (MIN_INPUT_CHANNELS, 9, 14, 13),
                 (MIN_INPUT_CHANNELS, 6, 5, 9),
                 (MIN_INPUT_CHANNELS, 5, 3, 34),
+                (MIN_INPUT_CHANNELS, 7, 11, 5),
             ]
         {
             let g = ConvGeometry { in_channels, out_channels, kernel: 3, padding: 1, height, width };
@@ -1207,7 +1210,7 @@ mod tests {
     fn every_relu_gradient_variant_masks_like_the_rule() {
         use crate::model::microkernels::relu_gradient;
         let mut rng = Rng::new(41);
-        let mut special = |rng: &mut Rng| match rng.below(8) {
+        let special = |rng: &mut Rng| match rng.below(8) {
             0 => f32::NAN,
             1 => 0.0,
             2 => -0.0,

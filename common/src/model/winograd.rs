@@ -664,6 +664,11 @@ mod x86 {
     pub(super) unsafe fn transform_input(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32]) {
         let (cin, tiles_x) = (w.g.in_channels, w.tiles_x);
         let (plane_rows, cols) = w.padded_shape();
+        match tiles_x {
+            ..=4 => return transform_input_narrow::<4>(w, padded, layout, transformed),
+            5..=7 => return transform_input_narrow::<2>(w, padded, layout, transformed),
+            _ => {}
+        }
         let plane = plane_rows * cols;
         let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let twice = _mm512_add_epi32(lane, lane);
@@ -697,6 +702,65 @@ mod x86 {
                             let at = (4 * i + j) * layout.element + c * layout.channel + layout.first + ty * tiles_x + first_tile;
                             _mm512_mask_storeu_ps(out.add(at), store, v);
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`transform_input`] for planes of at most 7 tiles across, whose
+    /// padded rows (16 floats at most) are one vector each: the tiles of
+    /// `ROWS` rows of tiles fill one vector of each element, picked out of
+    /// the rows' `Bᵀ d` a pair of tile rows per permute. A row of tiles
+    /// alone would leave half the lanes or more empty, and the stores (16
+    /// per vector of tiles) are what this transform spends most on.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transform_input_narrow<const ROWS: usize>(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32]) {
+        let (cin, tiles_x, tiles_y) = (w.g.in_channels, w.tiles_x, w.tiles_y);
+        let (plane_rows, cols) = w.padded_shape();
+        assert!(ROWS * tiles_x <= 16 && cols <= 16 && ROWS % 2 == 0, "{ROWS} rows of {tiles_x} tiles in one vector");
+        let plane = plane_rows * cols;
+        // Lane `q·tiles_x + x` takes tile `x` of tile row `q`: for column
+        // `l` of its patch, lane `2x + l` of the first or the second
+        // (`+ 16`) tile row of its pair.
+        let mut columns = [[[0i32; 16]; 4]; 2];
+        let mut pair_lanes = [0u16; 2];
+        for lane in 0..ROWS * tiles_x {
+            let (q, x) = (lane / tiles_x, lane % tiles_x);
+            for (l, column) in columns[q / 2].iter_mut().enumerate() {
+                column[lane] = (16 * (q % 2) + 2 * x + l) as i32;
+            }
+            pair_lanes[q / 2] |= 1 << lane;
+        }
+        let columns = columns.map(|pair| pair.map(|column| _mm512_loadu_si512(column.as_ptr().cast())));
+        let row_lanes = lanes_below(cols);
+        let out = transformed.as_mut_ptr();
+        for c in 0..cin {
+            let channel = padded.as_ptr().add(c * plane);
+            for first_row in (0..tiles_y).step_by(ROWS) {
+                let rows = (tiles_y - first_row).min(ROWS);
+                // `Bᵀ d` of each tile row, zero past the last.
+                let mut r = [[_mm512_setzero_ps(); 4]; ROWS];
+                for (q, r) in r.iter_mut().enumerate().take(rows) {
+                    let row = |k: usize| _mm512_maskz_loadu_ps(row_lanes, channel.add((2 * (first_row + q) + k) * cols));
+                    let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
+                    *r = [_mm512_sub_ps(d0, d2), _mm512_add_ps(d1, d2), _mm512_sub_ps(d2, d1), _mm512_sub_ps(d1, d3)];
+                }
+                let store = lanes_below(rows * tiles_x);
+                for i in 0..4 {
+                    let pick = |l: usize| {
+                        let mut v = _mm512_permutex2var_ps(r[0][i], columns[0][l], r[1][i]);
+                        if ROWS > 2 {
+                            let second = _mm512_permutex2var_ps(r[2][i], columns[1][l], r[3][i]);
+                            v = _mm512_mask_mov_ps(v, pair_lanes[1], second);
+                        }
+                        v
+                    };
+                    let (c0, c1, c2, c3) = (pick(0), pick(1), pick(2), pick(3));
+                    let v = [_mm512_sub_ps(c0, c2), _mm512_add_ps(c1, c2), _mm512_sub_ps(c2, c1), _mm512_sub_ps(c1, c3)];
+                    for (j, v) in v.into_iter().enumerate() {
+                        let at = (4 * i + j) * layout.element + c * layout.channel + layout.first + first_row * tiles_x;
+                        _mm512_mask_storeu_ps(out.add(at), store, v);
                     }
                 }
             }
