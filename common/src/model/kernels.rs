@@ -1023,9 +1023,11 @@ mod tests {
             // The fourth: 15 tiles, so the gradient's sweeps put images
             // side by side at offsets that are not whole vectors. The fifth:
             // rows of 17 tiles, more than one pass of the AVX-512 input
-            // transform. The others are narrow planes, whose AVX-512 input
-            // transform puts four rows of tiles in a vector (first, second,
-            // last, the last with a partial group) or two (third, fourth).
+            // transform. The others are narrow planes, whose AVX-512
+            // transforms put four rows of tiles in a vector (first, second,
+            // sixth, the sixth with a partial group) or two (third,
+            // fourth); the last has rows of 14 tiles, whose AVX-512 output
+            // transform writes rows wider than a vector, cropped to 27.
             [
                 (MIN_INPUT_CHANNELS, 40, 7, 7),
                 (80, 20, 8, 8),
@@ -1033,6 +1035,7 @@ mod tests {
                 (MIN_INPUT_CHANNELS, 6, 5, 9),
                 (MIN_INPUT_CHANNELS, 5, 3, 34),
                 (MIN_INPUT_CHANNELS, 7, 11, 5),
+                (MIN_INPUT_CHANNELS, 4, 5, 27),
             ]
         {
             let g = ConvGeometry { in_channels, out_channels, kernel: 3, padding: 1, height, width };

@@ -772,6 +772,12 @@ mod x86 {
         let (w, out_stride) = (&winograd.tiling, winograd.out_stride);
         let (positions, plane, width) = (w.positions, w.g.height * w.g.width, w.g.width);
         assert!(products.len() >= ELEMENTS * out_stride && out.len() >= w.g.out_channels * plane, "Winograd output buffers");
+        match w.tiles_x {
+            ..=4 => return transform_output_rows::<4>(winograd, products, out),
+            5..=7 => return transform_output_rows::<2>(winograd, products, out),
+            8..=16 => return transform_output_rows::<1>(winograd, products, out),
+            _ => {}
+        }
         for first in (0..positions).step_by(16) {
             let (_, output, real, second_row, second_column) = chunk(w, first);
             let below = _mm512_add_epi32(output, _mm512_set1_epi32(width as i32));
@@ -791,6 +797,62 @@ mod x86 {
                 _mm512_mask_i32scatter_ps::<4>(base.cast(), real & second_row, below, left(&s1));
                 let corner = real & second_row & second_column;
                 _mm512_mask_i32scatter_ps::<4>(base.cast(), corner, _mm512_add_epi32(below, one), right(&s1));
+            }
+        }
+    }
+    /// [`transform_output`] for planes of at most 16 tiles across: `ROWS`
+    /// rows of tiles per vector, as [`transform_input_narrow`] lays them
+    /// out, and each output row's two columns per tile interleaved with
+    /// permutes into whole rows: contiguous stores instead of four scatters
+    /// of sixteen single floats.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transform_output_rows<const ROWS: usize>(winograd: &Winograd, products: &[f32], out: &mut [f32]) {
+        let (w, out_stride) = (&winograd.tiling, winograd.out_stride);
+        let (positions, tiles_x, tiles_y) = (w.positions, w.tiles_x, w.tiles_y);
+        let (height, width) = (w.g.height, w.g.width);
+        assert!(ROWS * tiles_x <= 16 && (ROWS == 1 || 2 * tiles_x <= 16), "{ROWS} rows of {tiles_x} tiles in one vector");
+        // Output row `q` of a group, columns `2x` and `2x + 1`: lanes
+        // `q·tiles_x + x` of the left and (`+ 16`) the right column sums;
+        // the second vector holds columns 16 to 31 where rows are that wide.
+        let mut columns = [[[0i32; 16]; 2]; ROWS];
+        for (q, halves) in columns.iter_mut().enumerate() {
+            for (h, half) in halves.iter_mut().enumerate() {
+                for (column, index) in half.iter_mut().enumerate() {
+                    let x = (16 * h + column) / 2;
+                    let lane = (q * tiles_x + x.min(tiles_x - 1)) as i32;
+                    *index = if column % 2 == 0 { lane } else { lane + 16 };
+                }
+            }
+        }
+        let columns = columns.map(|halves| halves.map(|half| _mm512_loadu_si512(half.as_ptr().cast())));
+        let (low, high) = (lanes_below(width), lanes_below(width.saturating_sub(16)));
+        for o in 0..w.g.out_channels {
+            let base = out.as_mut_ptr().add(o * height * width);
+            for first_row in (0..tiles_y).step_by(ROWS) {
+                let rows = (tiles_y - first_row).min(ROWS);
+                let load = lanes_below(rows * tiles_x);
+                let first = o * positions + first_row * tiles_x;
+                let m = |xi: usize| _mm512_maskz_loadu_ps(load, products.as_ptr().add(xi * out_stride + first));
+                let (mut s0, mut s1) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+                for j in 0..4 {
+                    s0[j] = _mm512_add_ps(_mm512_add_ps(m(j), m(4 + j)), m(8 + j));
+                    s1[j] = _mm512_sub_ps(_mm512_sub_ps(m(4 + j), m(8 + j)), m(12 + j));
+                }
+                let left = |s: &[__m512; 4]| _mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]);
+                let right = |s: &[__m512; 4]| _mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]);
+                let pairs = [(left(&s0), right(&s0)), (left(&s1), right(&s1))];
+                for (q, halves) in columns.iter().enumerate().take(rows) {
+                    for (k, &(left, right)) in pairs.iter().enumerate() {
+                        let y = 2 * (first_row + q) + k;
+                        if y < height {
+                            let row = base.add(y * width);
+                            _mm512_mask_storeu_ps(row, low, _mm512_permutex2var_ps(left, halves[0], right));
+                            if high != 0 {
+                                _mm512_mask_storeu_ps(row.add(16), high, _mm512_permutex2var_ps(left, halves[1], right));
+                            }
+                        }
+                    }
+                }
             }
         }
     }
