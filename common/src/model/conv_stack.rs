@@ -13,6 +13,8 @@
 //! the groups in order, so no result depends on the thread count or on the
 //! batch an image came in.
 
+use std::sync::{Mutex, PoisonError};
+
 use rayon::prelude::*;
 
 use super::kernels::{
@@ -23,7 +25,7 @@ use super::Conv2d;
 
 /// A convolution and what follows it inside a stack: an optional ReLU and
 /// an optional 2x2 max-pool after the ReLU.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct ConvBlock {
     pub geometry: ConvGeometry,
     pub relu: bool,
@@ -84,6 +86,58 @@ impl Stage {
 /// Consecutive conv blocks with their weights.
 pub(crate) struct ConvStack {
     stages: Vec<Stage>,
+    /// What its buffers' layouts follow from, for [`Recycled`].
+    key: StackKey,
+}
+
+/// A stack's blocks, and whether it trains (`Some`, with whether its first
+/// block passes an input gradient) or infers (`None`).
+type StackKey = (Vec<ConvBlock>, Option<bool>);
+
+/// Buffers of earlier steps, handed to the next stack with the same blocks
+/// and purpose: the saved activations of a batch, and per-job scratch.
+/// Allocating and zero-filling them afresh for every step cost several
+/// percent of it. The padded layouts keep their zero borders only for the
+/// layout they were made for, so buffers only go to a stack with the same
+/// key; a few keys are kept (training and evaluating alternate), the
+/// oldest dropped first.
+struct Recycled {
+    key: StackKey,
+    saved: Vec<SavedImage>,
+    scratch: Vec<Vec<Scratch>>,
+}
+
+/// Keys [`RECYCLED`] keeps buffers for.
+const RECYCLED_KEYS: usize = 4;
+
+static RECYCLED: Mutex<Vec<Recycled>> = Mutex::new(Vec::new());
+
+/// The recycled buffers for `key`, made the newest entry.
+fn with_recycled<R>(key: &StackKey, f: impl FnOnce(&mut Recycled) -> R) -> R {
+    // A panic elsewhere while the lock was held leaves whole buffers.
+    let mut pool = RECYCLED.lock().unwrap_or_else(PoisonError::into_inner);
+    let entry = match pool.iter().position(|r| &r.key == key) {
+        Some(i) => pool.remove(i),
+        None => Recycled { key: key.clone(), saved: Vec::new(), scratch: Vec::new() },
+    };
+    if pool.len() == RECYCLED_KEYS {
+        pool.remove(0);
+    }
+    pool.push(entry);
+    f(pool.last_mut().expect("just pushed"))
+}
+
+/// A job's scratch, back to [`RECYCLED`] when the job ends.
+struct JobScratch<'a> {
+    key: &'a StackKey,
+    scratch: Vec<Scratch>,
+}
+
+impl Drop for JobScratch<'_> {
+    fn drop(&mut self) {
+        let scratch = std::mem::take(&mut self.scratch);
+        with_recycled(self.key, |r| r.scratch.push(scratch));
+    }
 }
 
 /// What the backward pass needs of one image at one block.
@@ -163,7 +217,8 @@ impl ConvStack {
                 Stage { block: *block, forward, input_gradient, params: ParamGradient::new(isa, g) }
             })
             .collect();
-        ConvStack { stages }
+        let key = (blocks.iter().map(|(block, _)| *block).collect(), training);
+        ConvStack { stages, key }
     }
 
     fn in_len(&self) -> usize {
@@ -189,19 +244,31 @@ impl ConvStack {
         }
     }
 
-    fn scratch(&self) -> Vec<Scratch> {
-        self.stages.iter().map(|_| Scratch::default()).collect()
+    /// A job's scratch: recycled where there is some, else new.
+    fn scratch(&self) -> JobScratch<'_> {
+        let scratch = with_recycled(&self.key, |r| r.scratch.pop())
+            .unwrap_or_else(|| self.stages.iter().map(|_| Scratch::default()).collect());
+        JobScratch { key: &self.key, scratch }
+    }
+
+    /// Hands a batch's saved activations back once its backward pass is
+    /// done, for the next step's forward pass.
+    pub(crate) fn recycle(&self, saved: Vec<SavedImage>) {
+        with_recycled(&self.key, |r| r.saved = saved);
     }
 
     /// The stack's output for a batch of images (N·C·H·W) and what the
     /// backward pass needs of each image.
     pub(crate) fn forward(&self, x: &[f32]) -> (Vec<f32>, Vec<SavedImage>) {
         assert_eq!(x.len() % self.in_len(), 0, "conv stack input is not a whole number of images");
-        let saved: Vec<SavedImage> = x
-            .par_chunks(self.in_len())
-            .with_min_len(images_per_job(x.len() / self.in_len()))
-            .map_init(|| self.scratch(), |scratch, image| self.forward_image(scratch, image))
-            .collect();
+        let batch = x.len() / self.in_len();
+        let mut saved = with_recycled(&self.key, |r| std::mem::take(&mut r.saved));
+        saved.resize_with(batch, || SavedImage { blocks: Vec::new(), output: Vec::new() });
+        saved
+            .par_iter_mut()
+            .zip(x.par_chunks(self.in_len()))
+            .with_min_len(images_per_job(batch))
+            .for_each_init(|| self.scratch(), |scratch, (saved, image)| self.forward_image(&mut scratch.scratch, image, saved));
         let mut out = Vec::with_capacity(saved.len() * self.out_len());
         for image in &saved {
             out.extend_from_slice(&image.output);
@@ -209,16 +276,17 @@ impl ConvStack {
         (out, saved)
     }
 
-    fn forward_image(&self, scratch: &mut [Scratch], image: &[f32]) -> SavedImage {
-        let mut blocks: Vec<Saved> = Vec::with_capacity(self.stages.len());
-        for (i, stage) in self.stages.iter().enumerate() {
-            let mut saved = Saved::default();
+    /// One image through every block, into `saved` (whose buffers, when
+    /// recycled, already have this stack's layouts).
+    fn forward_image(&self, scratch: &mut [Scratch], image: &[f32], saved: &mut SavedImage) {
+        saved.blocks.resize_with(self.stages.len(), Saved::default);
+        for (i, (stage, saved)) in self.stages.iter().zip(&mut saved.blocks).enumerate() {
             let (before, rest) = scratch.split_at_mut(i);
             let (scratch, input) = (&mut rest[0], before.last().map_or(image, |before| before.output.as_slice()));
-            stage.run(scratch, input, &mut saved, true);
-            blocks.push(saved);
+            stage.run(scratch, input, saved, true);
         }
-        SavedImage { blocks, output: scratch.last().expect("a stack has blocks").output.clone() }
+        saved.output.clear();
+        saved.output.extend_from_slice(&scratch.last().expect("a stack has blocks").output);
     }
 
     /// The stack's output for a batch of images (N·C·H·W), keeping nothing
@@ -230,6 +298,7 @@ impl ConvStack {
         out.par_chunks_mut(self.out_len()).zip(x.par_chunks(self.in_len())).with_min_len(per_job).for_each_init(
             || (self.scratch(), self.stages.iter().map(|_| Saved::default()).collect::<Vec<_>>()),
             |(scratch, blocks), (out, image)| {
+                let scratch = &mut scratch.scratch;
                 for (i, (stage, saved)) in self.stages.iter().zip(blocks.iter_mut()).enumerate() {
                     let (before, rest) = scratch.split_at_mut(i);
                     let (scratch, input) = (&mut rest[0], before.last().map_or(image, |before| before.output.as_slice()));
@@ -251,7 +320,7 @@ impl ConvStack {
             .par_chunks(per)
             .zip(d_output.par_chunks(per * self.out_len()))
             .with_min_len(images_per_job(saved.len()).div_ceil(per))
-            .map_init(|| self.scratch(), |scratch, (images, douts)| self.backward_group(scratch, images, douts))
+            .map_init(|| self.scratch(), |scratch, (images, douts)| self.backward_group(&mut scratch.scratch, images, douts))
             .collect();
         let params = self
             .stages
@@ -273,11 +342,18 @@ impl ConvStack {
     fn backward_group(&self, scratch: &mut [Scratch], images: &[SavedImage], douts: &[f32]) -> (Vec<Vec<f32>>, Vec<f32>) {
         let isa = Isa::detected();
         let mut partials: Vec<Vec<f32>> = vec![Vec::new(); self.stages.len()];
-        let mut gradients: Vec<Vec<f32>> = douts.chunks_exact(self.out_len()).map(<[f32]>::to_vec).collect();
-        // Each image's gradient moves between two buffers, block by block:
-        // every pass below writes all of its output, so neither buffer is
-        // zeroed again.
-        let mut spares: Vec<Vec<f32>> = vec![Vec::new(); gradients.len()];
+        // Each image's gradient moves between two buffers, block by block,
+        // each with room for the largest gradient: every pass below writes
+        // all of its output, so a buffer is neither zeroed again nor
+        // reallocated (which would copy what it held).
+        let largest = self.stages.iter().map(|s| s.block.geometry.out_len().max(s.block.geometry.in_len())).max().unwrap_or(0);
+        let with_room = |values: &[f32]| {
+            let mut buffer = Vec::with_capacity(largest);
+            buffer.extend_from_slice(values);
+            buffer
+        };
+        let mut gradients: Vec<Vec<f32>> = douts.chunks_exact(self.out_len()).map(with_room).collect();
+        let mut spares: Vec<Vec<f32>> = gradients.iter().map(|_| with_room(&[])).collect();
         for (i, stage) in self.stages.iter().enumerate().rev() {
             let (g, scratch) = (&stage.block.geometry, &mut scratch[i]);
             for ((dout, spare), image) in gradients.iter_mut().zip(&mut spares).zip(images) {
@@ -345,8 +421,8 @@ mod tests {
 
     /// Image by image through the stack gives the same bits as the batch
     /// kernels layer by layer, forward and backward: a block with ReLU, one
-    /// with ReLU and pool, one with neither, over a batch that is not a
-    /// whole number of gradient groups.
+    /// with ReLU and pool, one with neither, over batches that are not a
+    /// whole number of gradient groups, on fresh and on recycled buffers.
     #[test]
     fn stack_equals_the_layer_by_layer_kernels() {
         let mut rng = Rng::new(11);
@@ -363,29 +439,35 @@ mod tests {
             (ConvBlock { geometry: gb, relu: true, pool: Some(pool) }, &b),
             (ConvBlock { geometry: gc, relu: false, pool: None }, &c),
         ];
-        let batch = 5;
-        let x = random(batch * ga.in_len(), &mut rng);
-        let dout = random(batch * gc.out_len(), &mut rng);
+        // Three steps, each with a new stack as in training, the later ones
+        // on the buffers the earlier ones recycled (batches of 5, 7, 3).
+        for batch in [5, 7, 3] {
+            let x = random(batch * ga.in_len(), &mut rng);
+            let dout = random(batch * gc.out_len(), &mut rng);
 
-        let stack = ConvStack::for_training(&blocks, true);
-        assert_eq!(stack.output_shape(), (5, 4, 4));
-        let (out, saved) = stack.forward(&x);
-        let (params, dx) = stack.backward(&saved, &dout);
+            let stack = ConvStack::for_training(&blocks, true);
+            assert_eq!(stack.output_shape(), (5, 4, 4));
+            let (out, saved) = stack.forward(&x);
+            let (params, dx) = stack.backward(&saved, &dout);
+            stack.recycle(saved);
 
-        let ya = conv2d_forward_with(&x, &ga, &a.weight, Some(&a.bias), true);
-        let (yb, argmax) = maxpool2x2_forward(&conv2d_forward_with(&ya, &gb, &b.weight, Some(&b.bias), true), &pool);
-        let yc = conv2d_forward(&yb, &gc, &c.weight, Some(&c.bias));
-        assert_eq!(out, yc);
-        assert_eq!(ConvStack::new(&blocks).infer(&x), yc);
-        let grads_c = conv2d_backward_params(&yb, &dout, &gc);
-        let dyb = masked(&conv2d_backward_input(&dout, &gc, &c.weight), &yb);
-        let dconv_b = maxpool2x2_backward(&dyb, &argmax, &pool);
-        let grads_b = conv2d_backward_params(&ya, &dconv_b, &gb);
-        let dya = masked(&conv2d_backward_input(&dconv_b, &gb, &b.weight), &ya);
-        let grads_a = conv2d_backward_params(&x, &dya, &ga);
-        assert_eq!(params, vec![grads_a, grads_b, grads_c]);
-        assert_eq!(dx, Some(conv2d_backward_input(&dya, &ga, &a.weight)));
+            let ya = conv2d_forward_with(&x, &ga, &a.weight, Some(&a.bias), true);
+            let (yb, argmax) = maxpool2x2_forward(&conv2d_forward_with(&ya, &gb, &b.weight, Some(&b.bias), true), &pool);
+            let yc = conv2d_forward(&yb, &gc, &c.weight, Some(&c.bias));
+            assert_eq!(out, yc, "batch of {batch}");
+            assert_eq!(ConvStack::new(&blocks).infer(&x), yc, "batch of {batch}");
+            let grads_c = conv2d_backward_params(&yb, &dout, &gc);
+            let dyb = masked(&conv2d_backward_input(&dout, &gc, &c.weight), &yb);
+            let dconv_b = maxpool2x2_backward(&dyb, &argmax, &pool);
+            let grads_b = conv2d_backward_params(&ya, &dconv_b, &gb);
+            let dya = masked(&conv2d_backward_input(&dconv_b, &gb, &b.weight), &ya);
+            let grads_a = conv2d_backward_params(&x, &dya, &ga);
+            assert_eq!(params, vec![grads_a, grads_b, grads_c], "batch of {batch}");
+            assert_eq!(dx, Some(conv2d_backward_input(&dya, &ga, &a.weight)), "batch of {batch}");
+        }
 
+        let x = random(4 * ga.in_len(), &mut rng);
+        let dout = random(4 * gc.out_len(), &mut rng);
         let without_input_gradient = ConvStack::for_training(&blocks, false);
         let (_, saved) = without_input_gradient.forward(&x);
         assert_eq!(without_input_gradient.backward(&saved, &dout).1, None);

@@ -58,6 +58,7 @@ pub(crate) fn conv_stack<T: Tape<f32, Cpu>>(dev: &Cpu, x: Planes<T>, stack: Conv
             add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
         }
         **grads.get_or_alloc_mut(&out_ghost)? = dy;
+        stack.recycle(saved);
         Ok(())
     });
     out.put_tape(tape)

@@ -619,10 +619,12 @@ fn transform_kernel(k: &[f32; 9]) -> [f32; ELEMENTS] {
     u
 }
 
-/// The transforms with AVX-512: the input's a row of tiles at a time with
-/// permutes, the output's sixteen tiles per vector with scatters, so the
-/// tiles of a whole image (not of one short row) fill the vectors. The
-/// arithmetic per tile is that of the portable bodies, in the same order.
+/// The transforms with AVX-512, with permutes between whole padded rows
+/// and whole vectors of tiles: up to 15 tiles per pass on wide planes, and
+/// two or four rows of tiles per vector where rows have 7 tiles or fewer,
+/// so that short rows do not leave most lanes empty. Only outputs of
+/// planes wider than 16 tiles are scattered. The arithmetic per tile is
+/// that of the portable bodies, in the same order.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
