@@ -720,7 +720,7 @@ mod x86 {
     unsafe fn transform_input_narrow<const ROWS: usize>(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32]) {
         let (cin, tiles_x, tiles_y) = (w.g.in_channels, w.tiles_x, w.tiles_y);
         let (plane_rows, cols) = w.padded_shape();
-        assert!(ROWS * tiles_x <= 16 && cols <= 16 && ROWS % 2 == 0, "{ROWS} rows of {tiles_x} tiles in one vector");
+        assert!(ROWS * tiles_x <= 16 && cols <= 16 && ROWS.is_multiple_of(2), "{ROWS} rows of {tiles_x} tiles in one vector");
         let plane = plane_rows * cols;
         // Lane `q·tiles_x + x` takes tile `x` of tile row `q`: for column
         // `l` of its patch, lane `2x + l` of the first or the second
