@@ -158,11 +158,22 @@ impl Winograd {
         let cout_padded = cout.div_ceil(block) * block;
         let per_element = cout_padded * cin;
         let mut packed = vec![0.0f32; ELEMENTS * per_element];
-        for (o, kernels) in weight.chunks_exact(cin * 9).enumerate() {
-            for (c, k) in kernels.chunks_exact(9).enumerate() {
-                let u = transform_kernel(k.try_into().expect("3x3 kernel"));
-                for (xi, &value) in u.iter().enumerate() {
-                    packed[xi * per_element + ((o / block) * cin + c) * block + o % block] = value;
+        // A block of output channels' kernels for one input channel at a
+        // time, so that each element's values are written as one run (one
+        // value per element and kernel, written alone, scattered the
+        // stores over 16 planes).
+        let mut transformed = vec![[0.0f32; ELEMENTS]; block];
+        for first in (0..cout).step_by(block) {
+            let outputs = (cout - first).min(block);
+            for c in 0..cin {
+                for (o, u) in transformed.iter_mut().enumerate().take(outputs) {
+                    let at = ((first + o) * cin + c) * 9;
+                    *u = transform_kernel(weight[at..at + 9].try_into().expect("3x3 kernel"));
+                }
+                let run = ((first / block) * cin + c) * block;
+                for xi in 0..ELEMENTS {
+                    let values = &mut packed[xi * per_element + run..][..outputs];
+                    values.iter_mut().zip(&transformed).for_each(|(v, u)| *v = u[xi]);
                 }
             }
         }
