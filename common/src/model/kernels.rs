@@ -984,6 +984,8 @@ mod tests {
             // Winograd's method: odd and even sides, channels past a vector.
             ConvGeometry { in_channels: MIN_INPUT_CHANNELS, out_channels: 4, kernel: 3, padding: 1, height: 5, width: 7 },
             ConvGeometry { in_channels: MIN_INPUT_CHANNELS + 3, out_channels: 3, kernel: 3, padding: 1, height: 4, width: 6 },
+            // 35 tiles: two whole vectors and three tiles summed apart.
+            ConvGeometry { in_channels: MIN_INPUT_CHANNELS, out_channels: 9, kernel: 3, padding: 1, height: 10, width: 13 },
         ];
         for g in geometries {
             let x = random(3 * g.in_len(), 20);
@@ -1026,8 +1028,11 @@ mod tests {
             // transform. The others are narrow planes, whose AVX-512
             // transforms put four rows of tiles in a vector (first, second,
             // sixth, the sixth with a partial group) or two (third,
-            // fourth); the last has rows of 14 tiles, whose AVX-512 output
-            // transform writes rows wider than a vector, cropped to 27.
+            // fourth); the seventh has rows of 14 tiles, whose AVX-512
+            // output transform writes rows wider than a vector, cropped to
+            // 27. Tiles past the last whole vector are summed apart where
+            // there are up to four: one (third), two (fifth, sixth) and
+            // four (last).
             [
                 (MIN_INPUT_CHANNELS, 40, 7, 7),
                 (80, 20, 8, 8),
@@ -1036,6 +1041,7 @@ mod tests {
                 (MIN_INPUT_CHANNELS, 5, 3, 34),
                 (MIN_INPUT_CHANNELS, 7, 11, 5),
                 (MIN_INPUT_CHANNELS, 4, 5, 27),
+                (MIN_INPUT_CHANNELS, 12, 12, 11),
             ]
         {
             let g = ConvGeometry { in_channels, out_channels, kernel: 3, padding: 1, height, width };

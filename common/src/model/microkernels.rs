@@ -357,34 +357,127 @@ unsafe fn tap_block<V: Lanes, const OCB: usize, const NV: usize>(
     }
 }
 
+/// The products of the first `positions` positions, each output channel's
+/// row `stride` floats after the one before.
 #[inline(always)]
 unsafe fn tap_products_generic<V: Lanes, const OCB: usize, const NV: usize>(
     padded: &[f32],
     offsets: &[usize],
     packed: &[f32],
-    positions: usize,
+    (positions, stride): (usize, usize),
     out: &mut [f32],
 ) {
     let p_block = NV * V::WIDTH;
     let taps = offsets.len();
     let blocks = packed.len() / (taps * OCB).max(1);
     assert_eq!(positions % V::WIDTH, 0, "positions must be whole vectors");
+    assert!(positions <= stride, "tap product rows overlap");
     assert_eq!(packed.len(), blocks * taps * OCB, "packed weights are not whole channel blocks");
     assert!(offsets.iter().all(|&o| o + positions <= padded.len()), "padded input too short for its taps");
-    assert!(out.len() >= blocks * OCB * positions, "tap product output too short");
+    assert!(out.len() >= blocks * OCB * stride, "tap product output too short");
     for block in 0..blocks {
         let weights = packed.as_ptr().add(block * taps * OCB);
         let whole_blocks = positions / p_block * p_block;
         for p in (0..whole_blocks).step_by(p_block) {
-            let dst = out.as_mut_ptr().add(block * OCB * positions + p);
-            tap_block::<V, OCB, NV>(padded.as_ptr().add(p), offsets, weights, dst, positions);
+            let dst = out.as_mut_ptr().add(block * OCB * stride + p);
+            tap_block::<V, OCB, NV>(padded.as_ptr().add(p), offsets, weights, dst, stride);
         }
         // The positions after the last whole block, a vector at a time (the
         // same sums in the same order).
         for p in (whole_blocks..positions).step_by(V::WIDTH) {
-            let dst = out.as_mut_ptr().add(block * OCB * positions + p);
-            tap_block::<V, OCB, 1>(padded.as_ptr().add(p), offsets, weights, dst, positions);
+            let dst = out.as_mut_ptr().add(block * OCB * stride + p);
+            tap_block::<V, OCB, 1>(padded.as_ptr().add(p), offsets, weights, dst, stride);
         }
+    }
+}
+
+/// The products of `T` positions from `first` on, with the block's `WIDTH`
+/// output channels in the lanes and a position per accumulator: for a few
+/// positions past the last whole vector, instead of a vector of positions
+/// that are mostly padding. The sums are those of [`tap_block`], in the
+/// same order.
+///
+/// # Safety
+/// As for [`tap_products_generic`], with `first + T <= stride`.
+#[inline(always)]
+unsafe fn tail_products<V: Lanes, const T: usize>(
+    padded: &[f32],
+    offsets: &[usize],
+    packed: &[f32],
+    (first, stride): (usize, usize),
+    out: &mut [f32],
+) {
+    let taps = offsets.len();
+    let blocks = packed.len() / (taps * V::WIDTH).max(1);
+    assert!(first + T <= stride && packed.len() == blocks * taps * V::WIDTH, "tail products layout");
+    assert!(offsets.iter().all(|&o| o + first + T <= padded.len()), "padded input too short for its taps");
+    assert!(out.len() >= blocks * V::WIDTH * stride, "tap product output too short");
+    let mut lanes = [0.0f32; 16];
+    for block in 0..blocks {
+        let weights = packed.as_ptr().add(block * taps * V::WIDTH);
+        let mut acc = [V::zero(); T];
+        for (t, &offset) in offsets.iter().enumerate() {
+            let w = V::load(weights.add(t * V::WIDTH));
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = a.multiply_add(w, V::splat(*padded.get_unchecked(offset + first + k)));
+            }
+        }
+        for (k, a) in acc.iter().enumerate() {
+            a.store(lanes.as_mut_ptr());
+            for (j, &value) in lanes[..V::WIDTH].iter().enumerate() {
+                out[(block * V::WIDTH + j) * stride + first + k] = value;
+            }
+        }
+    }
+}
+
+/// [`tap_products`] where only the first `real` of the `positions` are
+/// read later (the rest are padding tiles, zero in `padded`): with AVX-512
+/// and blocks of 8 channels, up to four positions past the last whole
+/// vector are summed by [`tail_products`] (49 tiles of a 14-wide plane
+/// cost 48 and one instead of 64). The outputs at the other padding
+/// positions are left as they were.
+pub(crate) fn tap_products_of_real(
+    isa: Isa,
+    block: usize,
+    padded: &[f32],
+    offsets: &[usize],
+    packed: &[f32],
+    (real, positions): (usize, usize),
+    out: &mut [f32],
+) {
+    assert!(real <= positions, "more real positions than positions");
+    let whole = real / 16 * 16;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && block == 8 && (1..=4).contains(&(real - whole)) {
+        // SAFETY: chosen only where the CPU has AVX-512; the kernels check
+        // their bounds before reading or writing.
+        unsafe { tap_products_avx512_with_tail(padded, offsets, packed, (whole, real - whole, positions), out) };
+        return;
+    }
+    tap_products(isa, block, padded, offsets, packed, positions, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn tap_products_avx512_with_tail(
+    padded: &[f32],
+    offsets: &[usize],
+    packed: &[f32],
+    (whole, tail, stride): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    if whole.is_multiple_of(48) {
+        tap_products_generic::<x86::Avx512, 8, 3>(padded, offsets, packed, (whole, stride), out);
+    } else {
+        tap_products_generic::<x86::Avx512, 8, 2>(padded, offsets, packed, (whole, stride), out);
+    }
+    let layout = (whole, stride);
+    match tail {
+        1 => tail_products::<x86::Avx2, 1>(padded, offsets, packed, layout, out),
+        2 => tail_products::<x86::Avx2, 2>(padded, offsets, packed, layout, out),
+        3 => tail_products::<x86::Avx2, 3>(padded, offsets, packed, layout, out),
+        _ => tail_products::<x86::Avx2, 4>(padded, offsets, packed, layout, out),
     }
 }
 
@@ -415,7 +508,7 @@ pub(crate) fn tap_products(
             Isa::Avx512 => tap_products_avx512_narrow(padded, offsets, packed, positions, out),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => tap_products_avx2(padded, offsets, packed, positions, out),
-            Isa::Portable => tap_products_generic::<Scalar, 4, 16>(padded, offsets, packed, positions, out),
+            Isa::Portable => tap_products_generic::<Scalar, 4, 16>(padded, offsets, packed, (positions, positions), out),
         }
     }
 }
@@ -428,31 +521,31 @@ pub(crate) fn tap_products(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tap_products_avx512_wide(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
-    tap_products_generic::<x86::Avx512, 8, 3>(padded, offsets, packed, positions, out)
+    tap_products_generic::<x86::Avx512, 8, 3>(padded, offsets, packed, (positions, positions), out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tap_products_avx512_tall(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
-    tap_products_generic::<x86::Avx512, 12, 1>(padded, offsets, packed, positions, out)
+    tap_products_generic::<x86::Avx512, 12, 1>(padded, offsets, packed, (positions, positions), out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tap_products_avx512(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
-    tap_products_generic::<x86::Avx512, 8, 2>(padded, offsets, packed, positions, out)
+    tap_products_generic::<x86::Avx512, 8, 2>(padded, offsets, packed, (positions, positions), out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tap_products_avx512_narrow(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
-    tap_products_generic::<x86::Avx512, 4, 2>(padded, offsets, packed, positions, out)
+    tap_products_generic::<x86::Avx512, 4, 2>(padded, offsets, packed, (positions, positions), out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tap_products_avx2(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
-    tap_products_generic::<x86::Avx2, 4, 2>(padded, offsets, packed, positions, out)
+    tap_products_generic::<x86::Avx2, 4, 2>(padded, offsets, packed, (positions, positions), out)
 }
 
 /// `acc[i][v] += Σ_t padded[offsets[i] + t] · gradient[t·stride + v·WIDTH ..]`

@@ -14,7 +14,7 @@
 //! The weight gradient ([`WinogradGradient`]) runs on the same tiles.
 
 use super::kernels::{copy_rows, ConvGeometry, RowLayout};
-use super::microkernels::{tap_products, transpose_planes, weight_gradient, Isa, POSITION_BLOCK};
+use super::microkernels::{tap_products_of_real, transpose_planes, weight_gradient, Isa, POSITION_BLOCK};
 
 /// Elements of a transformed tile.
 const ELEMENTS: usize = 16;
@@ -202,14 +202,15 @@ impl Winograd {
         t.transform_input(padded, t.image_layout(), &mut buffers.transformed, &mut buffers.rows);
         buffers.products.resize(ELEMENTS * out_stride, 0.0);
         let per_element = self.packed.len() / ELEMENTS;
+        // The transforms read the products of real tiles only.
         for xi in 0..ELEMENTS {
-            tap_products(
+            tap_products_of_real(
                 t.isa,
                 self.block,
                 &buffers.transformed[xi * in_stride..][..cin * positions],
                 &self.offsets,
                 &self.packed[xi * per_element..][..per_element],
-                positions,
+                (t.tiles(), positions),
                 &mut buffers.products[xi * out_stride..][..cout_padded * positions],
             );
         }
