@@ -632,7 +632,7 @@ fn transform_kernel(k: &[f32; 9]) -> [f32; ELEMENTS] {
 }
 
 /// The transforms with AVX-512, with permutes between whole padded rows
-/// and whole vectors of tiles: up to 15 tiles per pass on wide planes, and
+/// and whole vectors of tiles: up to 16 tiles per pass on wide planes, and
 /// two or four rows of tiles per vector where rows have 7 tiles or fewer,
 /// so that short rows do not leave most lanes empty. Only outputs of
 /// planes wider than 16 tiles are scattered. The arithmetic per tile is
@@ -667,8 +667,8 @@ mod x86 {
         (_mm512_loadu_si512(patch.as_ptr().cast()), _mm512_loadu_si512(output.as_ptr().cast()), real, second_row, second_column)
     }
 
-    /// `Bᵀ d B` a row of tiles at a time, up to 15 tiles per pass: the
-    /// four padded rows they read (32 floats each at most, two vectors) are
+    /// `Bᵀ d B` a row of tiles at a time, up to 16 tiles per pass: the
+    /// four padded rows they read (34 floats each at most, three vectors) are
     /// combined as `Bᵀ d` whole, and each tile's four columns are picked
     /// out with permutes. No gathers: with the microcode mitigation of
     /// Gather Data Sampling they cost tens of cycles each. Writes the real
@@ -689,27 +689,39 @@ mod x86 {
         let column = |l: i32| _mm512_add_epi32(twice, _mm512_set1_epi32(l));
         let columns = [column(0), column(1), column(2), column(3)];
         let out = transformed.as_mut_ptr();
-        for first_tile in (0..tiles_x).step_by(15) {
-            let tiles = (tiles_x - first_tile).min(15);
+        for first_tile in (0..tiles_x).step_by(16) {
+            let tiles = (tiles_x - first_tile).min(16);
             let width = cols - 2 * first_tile;
-            let (low, high) = (lanes_below(width), lanes_below(width.saturating_sub(16)));
+            let (low, high, third) =
+                (lanes_below(width), lanes_below(width.saturating_sub(16)), lanes_below(width.saturating_sub(32)));
+            // The sixteenth tile's last two columns lie past two vectors.
+            let sixteen = tiles == 16;
             let store = lanes_below(tiles);
             for c in 0..cin {
                 for ty in 0..w.tiles_y {
                     let row = |k: usize| {
                         let p = padded.as_ptr().add(c * plane + (2 * ty + k) * cols + 2 * first_tile);
-                        [_mm512_maskz_loadu_ps(low, p), _mm512_maskz_loadu_ps(high, p.add(16))]
+                        let past = if sixteen { _mm512_maskz_loadu_ps(third, p.add(32)) } else { _mm512_setzero_ps() };
+                        [_mm512_maskz_loadu_ps(low, p), _mm512_maskz_loadu_ps(high, p.add(16)), past]
                     };
                     let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
-                    let mut r = [[_mm512_setzero_ps(); 2]; 4];
-                    for h in 0..2 {
+                    let mut r = [[_mm512_setzero_ps(); 3]; 4];
+                    for h in 0..3 {
                         r[0][h] = _mm512_sub_ps(d0[h], d2[h]);
                         r[1][h] = _mm512_add_ps(d1[h], d2[h]);
                         r[2][h] = _mm512_sub_ps(d2[h], d1[h]);
                         r[3][h] = _mm512_sub_ps(d1[h], d3[h]);
                     }
                     for (i, r) in r.iter().enumerate() {
-                        let pick = |l: usize| _mm512_permutex2var_ps(r[0], columns[l], r[1]);
+                        let pick = |l: usize| {
+                            let v = _mm512_permutex2var_ps(r[0], columns[l], r[1]);
+                            if sixteen && l >= 2 {
+                                // Column 30 + l of lane 15: lane l - 2 of the third vector.
+                                _mm512_mask_permutexvar_ps(v, 1 << 15, _mm512_set1_epi32(l as i32 - 2), r[2])
+                            } else {
+                                v
+                            }
+                        };
                         let (c0, c1, c2, c3) = (pick(0), pick(1), pick(2), pick(3));
                         let v = [_mm512_sub_ps(c0, c2), _mm512_add_ps(c1, c2), _mm512_sub_ps(c2, c1), _mm512_sub_ps(c1, c3)];
                         for (j, v) in v.into_iter().enumerate() {
