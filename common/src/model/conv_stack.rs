@@ -162,11 +162,11 @@ pub(crate) struct SavedImage {
 }
 
 /// Images a parallel job takes at least: rayon splits the batch into
-/// jobs as threads go idle, and every job builds its own scratch buffers
-/// (a megabyte or more of zeroed memory); a few jobs per thread still
-/// balance the load.
+/// jobs as threads go idle. Jobs take their scratch from [`RECYCLED`], so
+/// small ones cost little, and many of them let an idle thread take work
+/// from one slowed down (by a neighbour on a shared machine, say).
 fn images_per_job(batch: usize) -> usize {
-    batch.div_ceil(4 * rayon::current_num_threads()).max(1)
+    batch.div_ceil(16 * rayon::current_num_threads()).max(1)
 }
 
 /// A thread's reusable buffers for one block.
