@@ -65,33 +65,57 @@ fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, (m, n, k): (usize, 
     } else {
         (m, n, 1, n, (a.data, a.col_stride, a.row_stride), (b.data, b.col_stride, b.row_stride))
     };
-    // SAFETY: the views were bounds-checked above for the given extents,
-    // and `dst` holds at least m*n floats laid out row-major (read as its
-    // transpose, column-major, in the first case).
-    unsafe {
-        gemm::gemm(
-            rows,
-            cols,
-            k,
-            dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs.0.as_ptr(),
-            lhs.1 as isize,
-            lhs.2 as isize,
-            rhs.0.as_ptr(),
-            rhs.1 as isize,
-            rhs.2 as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+    // Split by us, not by gemm: gemm packs the whole left operand on the
+    // calling thread before it splits, and with two threads that serial
+    // packing idled the other one for a few percent of a training step.
+    // Each stretch of destination rows is a gemm of its own, with the same
+    // sums in the same order (gemm's blocking of k depends on k alone).
+    let stretches = match parallelism {
+        gemm::Parallelism::None => 1,
+        _ => (2 * rayon::current_num_threads()).min(rows.div_ceil(MIN_ROWS_PER_STRETCH)).max(1),
+    };
+    let per_stretch = rows.div_ceil(stretches);
+    let dst_address = dst.as_mut_ptr() as usize;
+    let run = |first: usize| {
+        let count = per_stretch.min(rows - first);
+        // SAFETY: the views were bounds-checked above for the given
+        // extents, and `dst` holds at least m*n floats laid out row-major
+        // (read as its transpose, column-major, in the first case). The
+        // stretches cover disjoint rows of the destination, so no two
+        // write the same floats.
+        unsafe {
+            gemm::gemm(
+                count,
+                cols,
+                k,
+                (dst_address as *mut f32).add(first * dst_rs),
+                dst_cs as isize,
+                dst_rs as isize,
+                accumulate,
+                lhs.0.as_ptr().add(first * lhs.2),
+                lhs.1 as isize,
+                lhs.2 as isize,
+                rhs.0.as_ptr(),
+                rhs.1 as isize,
+                rhs.2 as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    if stretches == 1 {
+        run(0);
+    } else {
+        (0..rows).into_par_iter().step_by(per_stretch).for_each(run);
     }
 }
+
+/// Fewest destination rows [`matmul`] gives a thread.
+const MIN_ROWS_PER_STRETCH: usize = 64;
 
 /// Shape of a convolution with stride 1 and `padding` zeros on every side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
