@@ -1326,10 +1326,11 @@ mod tests {
     }
 
     /// The training step's dense layer against sums written out, and the
-    /// same bits on one thread as on several.
+    /// same bits on one thread as on several (which split every product
+    /// into different numbers of stretches).
     #[test]
     fn batch_dense_matches_naive_on_any_thread_count() {
-        let (inputs, outputs, batch) = (300, 70, 45);
+        let (inputs, outputs, batch) = (300, 200, 45);
         let x = random(batch * inputs, 14);
         let w = random(outputs * inputs, 15);
         let b = random(outputs, 16);
