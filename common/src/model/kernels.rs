@@ -68,8 +68,11 @@ fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, (m, n, k): (usize, 
     // Split by us, not by gemm: gemm packs the whole left operand on the
     // calling thread before it splits, and with two threads that serial
     // packing idled the other one for a few percent of a training step.
-    // Each stretch of destination rows is a gemm of its own, with the same
-    // sums in the same order (gemm's blocking of k depends on k alone).
+    // Each stretch of destination rows is a serial gemm of its own, whose
+    // sums do not depend on where the stretch starts or ends (gemm blocks
+    // k by k alone), so no result depends on the thread count. (For small
+    // products, such as the simple model's, gemm's parallel path had
+    // summed in another order than its serial one.)
     let stretches = match parallelism {
         gemm::Parallelism::None => 1,
         _ => (2 * rayon::current_num_threads()).min(rows.div_ceil(MIN_ROWS_PER_STRETCH)).max(1),
