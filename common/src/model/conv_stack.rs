@@ -99,8 +99,9 @@ type StackKey = (Vec<ConvBlock>, Option<bool>);
 /// Allocating and zero-filling them afresh for every step cost several
 /// percent of it. The padded layouts keep their zero borders only for the
 /// layout they were made for, so buffers only go to a stack with the same
-/// key; a few keys are kept (training and evaluating alternate), the
-/// oldest dropped first.
+/// key. Two keys are kept, the older dropped first: training a model and
+/// evaluating it alternate. What is kept is a batch's saved activations
+/// and a scratch per thread (a few megabytes each), as a step holds anyway.
 struct Recycled {
     key: StackKey,
     saved: Vec<SavedImage>,
@@ -108,7 +109,7 @@ struct Recycled {
 }
 
 /// Keys [`RECYCLED`] keeps buffers for.
-const RECYCLED_KEYS: usize = 4;
+const RECYCLED_KEYS: usize = 2;
 
 static RECYCLED: Mutex<Vec<Recycled>> = Mutex::new(Vec::new());
 
