@@ -644,27 +644,46 @@ mod x86 {
     use super::super::microkernels::x86::lanes_below;
     use super::{TileLayout, Tiling, Winograd, ELEMENTS};
 
-    /// Per tile of a 16-tile chunk: (first padded input of its patch,
-    /// first output, lanes that are real tiles, lanes whose second output
-    /// row exists, lanes whose second output column exists).
-    unsafe fn chunk(w: &Tiling, first: usize) -> (__m512i, __m512i, __mmask16, __mmask16, __mmask16) {
-        let (_, cols) = w.padded_shape();
+    /// Per tile of a 16-tile chunk: (first output, lanes that are real
+    /// tiles, lanes whose second output row exists, lanes whose second
+    /// output column exists).
+    unsafe fn chunk(w: &Tiling, first: usize) -> (__m512i, __mmask16, __mmask16, __mmask16) {
         let tiles = w.tiles_y * w.tiles_x;
-        let mut patch = [0i32; 16];
         let mut output = [0i32; 16];
         let (mut real, mut second_row, mut second_column) = (0u16, 0u16, 0u16);
         for lane in 0..16 {
             let t = first + lane;
             if t < tiles {
                 let (ty, tx) = (t / w.tiles_x, t % w.tiles_x);
-                patch[lane] = (2 * ty * cols + 2 * tx) as i32;
                 output[lane] = (2 * ty * w.g.width + 2 * tx) as i32;
                 real |= 1 << lane;
                 second_row |= ((2 * ty + 1 < w.g.height) as u16) << lane;
                 second_column |= ((2 * tx + 1 < w.g.width) as u16) << lane;
             }
         }
-        (_mm512_loadu_si512(patch.as_ptr().cast()), _mm512_loadu_si512(output.as_ptr().cast()), real, second_row, second_column)
+        (_mm512_loadu_si512(output.as_ptr().cast()), real, second_row, second_column)
+    }
+
+    /// `Bᵀ` on four rows (or columns) of a patch: `(d0 - d2, d1 + d2,
+    /// d2 - d1, d1 - d3)`, in the order of the portable body.
+    #[inline(always)]
+    unsafe fn input_combination(d0: __m512, d1: __m512, d2: __m512, d3: __m512) -> [__m512; 4] {
+        [_mm512_sub_ps(d0, d2), _mm512_add_ps(d1, d2), _mm512_sub_ps(d2, d1), _mm512_sub_ps(d1, d3)]
+    }
+
+    /// The two output rows of `Aᵀ M A`, each as its (left, right) columns,
+    /// from `m(ξ)`, the products of element `ξ`: the sums of the portable
+    /// `output_rows_body`, in its order.
+    #[inline(always)]
+    unsafe fn output_combination(m: impl Fn(usize) -> __m512) -> [(__m512, __m512); 2] {
+        let (mut s0, mut s1) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+        for j in 0..4 {
+            s0[j] = _mm512_add_ps(_mm512_add_ps(m(j), m(4 + j)), m(8 + j));
+            s1[j] = _mm512_sub_ps(_mm512_sub_ps(m(4 + j), m(8 + j)), m(12 + j));
+        }
+        let left = |s: &[__m512; 4]| _mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]);
+        let right = |s: &[__m512; 4]| _mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]);
+        [(left(&s0), right(&s0)), (left(&s1), right(&s1))]
     }
 
     /// `Bᵀ d B` a row of tiles at a time, up to 16 tiles per pass: the
@@ -707,10 +726,10 @@ mod x86 {
                     let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
                     let mut r = [[_mm512_setzero_ps(); 3]; 4];
                     for h in 0..3 {
-                        r[0][h] = _mm512_sub_ps(d0[h], d2[h]);
-                        r[1][h] = _mm512_add_ps(d1[h], d2[h]);
-                        r[2][h] = _mm512_sub_ps(d2[h], d1[h]);
-                        r[3][h] = _mm512_sub_ps(d1[h], d3[h]);
+                        let combined = input_combination(d0[h], d1[h], d2[h], d3[h]);
+                        for (r, value) in r.iter_mut().zip(combined) {
+                            r[h] = value;
+                        }
                     }
                     for (i, r) in r.iter().enumerate() {
                         let pick = |l: usize| {
@@ -722,9 +741,7 @@ mod x86 {
                                 v
                             }
                         };
-                        let (c0, c1, c2, c3) = (pick(0), pick(1), pick(2), pick(3));
-                        let v = [_mm512_sub_ps(c0, c2), _mm512_add_ps(c1, c2), _mm512_sub_ps(c2, c1), _mm512_sub_ps(c1, c3)];
-                        for (j, v) in v.into_iter().enumerate() {
+                        for (j, v) in input_combination(pick(0), pick(1), pick(2), pick(3)).into_iter().enumerate() {
                             let at = (4 * i + j) * layout.element + c * layout.channel + layout.first + ty * tiles_x + first_tile;
                             _mm512_mask_storeu_ps(out.add(at), store, v);
                         }
@@ -770,8 +787,7 @@ mod x86 {
                 let mut r = [[_mm512_setzero_ps(); 4]; ROWS];
                 for (q, r) in r.iter_mut().enumerate().take(rows) {
                     let row = |k: usize| _mm512_maskz_loadu_ps(row_lanes, channel.add((2 * (first_row + q) + k) * cols));
-                    let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
-                    *r = [_mm512_sub_ps(d0, d2), _mm512_add_ps(d1, d2), _mm512_sub_ps(d2, d1), _mm512_sub_ps(d1, d3)];
+                    *r = input_combination(row(0), row(1), row(2), row(3));
                 }
                 let store = lanes_below(rows * tiles_x);
                 for i in 0..4 {
@@ -783,9 +799,7 @@ mod x86 {
                         }
                         v
                     };
-                    let (c0, c1, c2, c3) = (pick(0), pick(1), pick(2), pick(3));
-                    let v = [_mm512_sub_ps(c0, c2), _mm512_add_ps(c1, c2), _mm512_sub_ps(c2, c1), _mm512_sub_ps(c1, c3)];
-                    for (j, v) in v.into_iter().enumerate() {
+                    for (j, v) in input_combination(pick(0), pick(1), pick(2), pick(3)).into_iter().enumerate() {
                         let at = (4 * i + j) * layout.element + c * layout.channel + layout.first + first_row * tiles_x;
                         _mm512_mask_storeu_ps(out.add(at), store, v);
                     }
@@ -806,24 +820,18 @@ mod x86 {
             _ => {}
         }
         for first in (0..positions).step_by(16) {
-            let (_, output, real, second_row, second_column) = chunk(w, first);
+            let (output, real, second_row, second_column) = chunk(w, first);
             let below = _mm512_add_epi32(output, _mm512_set1_epi32(width as i32));
             let one = _mm512_set1_epi32(1);
             for o in 0..w.g.out_channels {
-                let m = |xi: usize| _mm512_loadu_ps(products.as_ptr().add(xi * out_stride + o * positions + first));
-                let (mut s0, mut s1) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
-                for j in 0..4 {
-                    s0[j] = _mm512_add_ps(_mm512_add_ps(m(j), m(4 + j)), m(8 + j));
-                    s1[j] = _mm512_sub_ps(_mm512_sub_ps(m(4 + j), m(8 + j)), m(12 + j));
-                }
-                let left = |s: &[__m512; 4]| _mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]);
-                let right = |s: &[__m512; 4]| _mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]);
+                let [(top_left, top_right), (bottom_left, bottom_right)] =
+                    output_combination(|xi| _mm512_loadu_ps(products.as_ptr().add(xi * out_stride + o * positions + first)));
                 let base = out.as_mut_ptr().add(o * plane);
-                _mm512_mask_i32scatter_ps::<4>(base.cast(), real, output, left(&s0));
-                _mm512_mask_i32scatter_ps::<4>(base.cast(), real & second_column, _mm512_add_epi32(output, one), right(&s0));
-                _mm512_mask_i32scatter_ps::<4>(base.cast(), real & second_row, below, left(&s1));
+                _mm512_mask_i32scatter_ps::<4>(base.cast(), real, output, top_left);
+                _mm512_mask_i32scatter_ps::<4>(base.cast(), real & second_column, _mm512_add_epi32(output, one), top_right);
+                _mm512_mask_i32scatter_ps::<4>(base.cast(), real & second_row, below, bottom_left);
                 let corner = real & second_row & second_column;
-                _mm512_mask_i32scatter_ps::<4>(base.cast(), corner, _mm512_add_epi32(below, one), right(&s1));
+                _mm512_mask_i32scatter_ps::<4>(base.cast(), corner, _mm512_add_epi32(below, one), bottom_right);
             }
         }
     }
@@ -859,15 +867,7 @@ mod x86 {
                 let rows = (tiles_y - first_row).min(ROWS);
                 let load = lanes_below(rows * tiles_x);
                 let first = o * positions + first_row * tiles_x;
-                let m = |xi: usize| _mm512_maskz_loadu_ps(load, products.as_ptr().add(xi * out_stride + first));
-                let (mut s0, mut s1) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
-                for j in 0..4 {
-                    s0[j] = _mm512_add_ps(_mm512_add_ps(m(j), m(4 + j)), m(8 + j));
-                    s1[j] = _mm512_sub_ps(_mm512_sub_ps(m(4 + j), m(8 + j)), m(12 + j));
-                }
-                let left = |s: &[__m512; 4]| _mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]);
-                let right = |s: &[__m512; 4]| _mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]);
-                let pairs = [(left(&s0), right(&s0)), (left(&s1), right(&s1))];
+                let pairs = output_combination(|xi| _mm512_maskz_loadu_ps(load, products.as_ptr().add(xi * out_stride + first)));
                 for (q, halves) in columns.iter().enumerate().take(rows) {
                     for (k, &(left, right)) in pairs.iter().enumerate() {
                         let y = 2 * (first_row + q) + k;
