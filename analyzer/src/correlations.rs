@@ -1,5 +1,5 @@
 //! Spearman correlations of measures with metrics over training steps
-//! (`analysis/correlations.parquet`).
+//! (`analysis/correlations.parquet`, docs/DESIGN.md, "Tables").
 //!
 //! For each (run, method, split) and measure, the series correlated is the
 //! **per-step mean of the measure over the split's probe images** (null
@@ -9,23 +9,27 @@
 //! step is dropped from a pair when the mean is null (every image's value
 //! null) or the metric is missing; both are counted and reported.
 
-use polars::prelude::{Column, DataFrame};
+use common::artifacts::tables::by_step::SplitSelection;
+use common::artifacts::tables::correlations::{Against, CorrelationRow, Statistic};
+use common::artifacts::tables::metrics::Metric;
+use common::measures::Measure;
 
 use crate::by_step::StepTable;
 use crate::inputs::Metrics;
 use crate::spearman::{spearman, Spearman};
 
-/// The metrics each measure is correlated with; `step` is the trend.
-pub const CORRELATED_METRICS: &[&str] = &["train_loss", "test_loss", "test_acc", "step"];
+/// What each measure is correlated with; `step` is the trend.
+pub const CORRELATED: [Against; 4] =
+    [Against::Metric(Metric::TrainLoss), Against::Metric(Metric::TestLoss), Against::Metric(Metric::TestAcc), Against::Step];
 
-/// One row of `correlations.parquet`.
+/// One correlation with what was left out of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Correlation {
     pub run: String,
     pub method: String,
-    pub split: String,
-    pub measure: String,
-    pub metric: String,
+    pub split: SplitSelection,
+    pub measure: Measure,
+    pub metric: Against,
     /// None when n < 4 or a side is constant.
     pub result: Option<Spearman>,
     /// Pairs used.
@@ -36,16 +40,39 @@ pub struct Correlation {
     pub dropped_missing_metric: usize,
 }
 
+impl Correlation {
+    /// The row of `correlations.parquet`.
+    pub fn row(&self) -> CorrelationRow {
+        let value = |f: fn(&Spearman) -> f64| self.result.as_ref().map(f);
+        CorrelationRow {
+            run: self.run.clone(),
+            method: self.method.clone(),
+            split: self.split,
+            measure: self.measure,
+            metric: self.metric,
+            statistic: Statistic::Spearman,
+            rho: value(|r| r.rho),
+            p_value: value(|r| r.p_value),
+            ci_low: value(|r| r.ci_low),
+            ci_high: value(|r| r.ci_high),
+            n: self.n,
+        }
+    }
+}
+
 /// The correlations of every measure of `table` with every metric.
 pub fn correlate(table: &StepTable, metrics: &Metrics) -> Vec<Correlation> {
     let mut out = Vec::new();
-    for measure in &table.measures {
+    for &measure in &table.measures {
         let means = table.means(measure).expect("measure of the table");
-        for &metric in CORRELATED_METRICS {
+        for against in CORRELATED {
             let (mut x, mut y) = (Vec::new(), Vec::new());
             let (mut null_measure, mut missing_metric) = (0, 0);
             for (k, &step) in table.steps.iter().enumerate() {
-                let value = if metric == "step" { Some(step as f64) } else { metrics.value(metric, step) };
+                let value = match against {
+                    Against::Step => Some(step as f64),
+                    Against::Metric(metric) => metrics.value(metric, step),
+                };
                 match (means[k], value) {
                     (None, _) => null_measure += 1,
                     (Some(_), None) => missing_metric += 1,
@@ -58,9 +85,9 @@ pub fn correlate(table: &StepTable, metrics: &Metrics) -> Vec<Correlation> {
             out.push(Correlation {
                 run: table.run.clone(),
                 method: table.method.clone(),
-                split: table.split.to_string(),
-                measure: measure.clone(),
-                metric: metric.to_string(),
+                split: table.split,
+                measure,
+                metric: against,
                 result: spearman(&x, &y),
                 n: x.len(),
                 dropped_null_measure: null_measure,
@@ -71,52 +98,34 @@ pub fn correlate(table: &StepTable, metrics: &Metrics) -> Vec<Correlation> {
     out
 }
 
-/// The Parquet table: `run, method, split, measure, metric, statistic,
-/// rho, p_value, ci_low, ci_high, n`.
-pub fn correlations_frame(rows: &[Correlation]) -> anyhow::Result<DataFrame> {
-    let s = |f: fn(&Correlation) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
-    let v = |f: fn(&Spearman) -> f64| rows.iter().map(|r| r.result.as_ref().map(f)).collect::<Vec<Option<f64>>>();
-    Ok(DataFrame::new(vec![
-        Column::new("run".into(), s(|r| &r.run)),
-        Column::new("method".into(), s(|r| &r.method)),
-        Column::new("split".into(), s(|r| &r.split)),
-        Column::new("measure".into(), s(|r| &r.measure)),
-        Column::new("metric".into(), s(|r| &r.metric)),
-        Column::new("statistic".into(), vec!["spearman"; rows.len()]),
-        Column::new("rho".into(), v(|r| r.rho)),
-        Column::new("p_value".into(), v(|r| r.p_value)),
-        Column::new("ci_low".into(), v(|r| r.ci_low)),
-        Column::new("ci_high".into(), v(|r| r.ci_high)),
-        Column::new("n".into(), rows.iter().map(|r| r.n as i64).collect::<Vec<i64>>()),
-    ])?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::by_step::Describe;
+    use crate::by_step::tests::metrics_row;
+    use common::artifacts::tables::by_step::MeasureStats;
+    use common::artifacts::tables::correlations::correlations_frame;
 
     #[test]
     fn pairs_means_with_metrics_and_counts_drops() {
-        let mean = |m: Option<f64>| Describe { mean: m, ..Default::default() };
+        let mean = |m: Option<f64>| MeasureStats { mean: m, ..Default::default() };
         let table = StepTable {
             run: "r".into(),
             method: "lrp".into(),
-            split: "all",
+            split: SplitSelection::All,
             steps: vec![0, 10, 20, 30, 40, 50],
             epochs: vec![0.0; 6],
-            measures: vec!["frobenius".into()],
+            measures: vec![Measure::Frobenius],
             stats: vec![vec![mean(Some(1.0)), mean(Some(2.0)), mean(None), mean(Some(3.0)), mean(Some(5.0)), mean(Some(4.0))]],
         };
         // test loss falls except at step 50; step 30 has no metrics row
         let metrics = Metrics::new(
-            vec![0, 10, 20, 40, 50],
-            &[
-                ("train_loss", vec![Some(5.0), Some(4.0), Some(3.0), Some(2.0), Some(1.0)]),
-                ("test_loss", vec![Some(5.0), Some(4.0), Some(3.0), Some(2.0), Some(1.0)]),
-                ("test_acc", vec![Some(0.1), Some(0.1), Some(0.1), Some(0.1), Some(0.1)]),
-            ],
-        );
+            [(0, 5.0), (10, 4.0), (20, 3.0), (40, 2.0), (50, 1.0)]
+                .map(|(step, loss)| {
+                    metrics_row(step, &[(Metric::TrainLoss, loss), (Metric::TestLoss, loss), (Metric::TestAcc, 0.1)])
+                })
+                .to_vec(),
+        )
+        .unwrap();
         let rows = correlate(&table, &metrics);
         assert_eq!(rows.len(), 4);
         let train = &rows[0];
@@ -124,18 +133,13 @@ mod tests {
         assert_eq!((train.n, train.dropped_null_measure, train.dropped_missing_metric), (4, 1, 1));
         assert!((train.result.unwrap().rho + 0.8).abs() < 1e-12);
         // constant test_acc: undefined
-        assert_eq!(rows[2].metric, "test_acc");
+        assert_eq!(rows[2].metric, Against::Metric(Metric::TestAcc));
         assert_eq!(rows[2].result, None);
         // trend over steps 0 10 30 40 50: ranks of 1 2 3 5 4 -> rho = 0.9
-        assert_eq!(rows[3].metric, "step");
+        assert_eq!(rows[3].metric, Against::Step);
         assert_eq!((rows[3].n, rows[3].dropped_missing_metric), (5, 0));
         assert!((rows[3].result.unwrap().rho - 0.9).abs() < 1e-12);
-        let df = correlations_frame(&rows).unwrap();
-        let names: Vec<&str> = df.get_column_names().iter().map(|s| s.as_str()).collect();
-        assert_eq!(
-            names,
-            ["run", "method", "split", "measure", "metric", "statistic", "rho", "p_value", "ci_low", "ci_high", "n"]
-        );
+        let df = correlations_frame(&rows.iter().map(Correlation::row).collect::<Vec<_>>());
         assert_eq!(df.column("rho").unwrap().null_count(), 1);
     }
 }

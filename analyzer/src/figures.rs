@@ -13,12 +13,16 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context};
 use common::artifacts::write_atomic;
-use common::data::ImageShape;
+use common::image::ImageShape;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::element::{Drawable, PointCollection};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+
+use common::artifacts::tables::by_step::SplitSelection;
+use common::artifacts::tables::metrics::Metric;
+use common::measures::Measure;
 
 use crate::by_step::StepTable;
 use crate::inputs::Metrics;
@@ -179,8 +183,8 @@ pub struct Evolution<'a> {
     pub title: String,
     /// The seen and unseen tables of this (run, method) (others ignored).
     pub tables: Vec<&'a StepTable>,
-    /// (measure column, panel title) for each measure panel.
-    pub measures: Vec<(String, String)>,
+    /// (measure, panel title) for each measure panel.
+    pub measures: Vec<(Measure, String)>,
     pub metrics: &'a Metrics,
 }
 
@@ -191,8 +195,8 @@ struct Band {
     q75: Vec<f64>,
 }
 
-fn band(table: &StepTable, measure: &str) -> Option<Band> {
-    let i = table.measures.iter().position(|m| m == measure)?;
+fn band(table: &StepTable, measure: Measure) -> Option<Band> {
+    let i = table.measures.iter().position(|m| *m == measure)?;
     let mut b = Band { x: Vec::new(), mean: Vec::new(), q25: Vec::new(), q75: Vec::new() };
     for (k, d) in table.stats[i].iter().enumerate() {
         if let (Some(m), Some(lo), Some(hi)) = (d.mean, d.q25, d.q75) {
@@ -271,16 +275,16 @@ impl Figure for Evolution<'_> {
             .tables
             .iter()
             .filter_map(|t| match t.split {
-                "seen" => Some((*t, SEEN)),
-                "unseen" => Some((*t, UNSEEN)),
-                _ => None,
+                SplitSelection::Seen => Some((*t, SEEN)),
+                SplitSelection::Unseen => Some((*t, UNSEEN)),
+                SplitSelection::All => None,
             })
             .collect();
         let all_steps = self.tables.iter().flat_map(|t| t.steps.iter().map(|&s| s as f64));
         let x_range = range(all_steps.chain(self.metrics.step.iter().map(|&s| s as f64)));
         for ((measure, panel_title), area) in self.measures.iter().zip(&panels) {
-            let bands: Vec<(Band, RGBColor, &str)> =
-                seen_unseen.iter().filter_map(|(t, c)| band(t, measure).map(|b| (b, *c, t.split))).collect();
+            let bands: Vec<(Band, RGBColor, SplitSelection)> =
+                seen_unseen.iter().filter_map(|(t, c)| band(t, *measure).map(|b| (b, *c, t.split))).collect();
             let y_range = range(bands.iter().flat_map(|(b, _, _)| b.q25.iter().chain(&b.q75).chain(&b.mean).copied()));
             let points: Vec<(f64, f64)> = bands
                 .iter()
@@ -300,7 +304,7 @@ impl Figure for Evolution<'_> {
                 .y_label_area_size(70)
                 .build_cartesian_2d(x_range.clone(), y_range)
                 .map_err(drawing)?;
-            draw_step_mesh(&mut chart, measure.as_str())?;
+            draw_step_mesh(&mut chart, measure.name())?;
             for (b, color, split) in &bands {
                 let mut outline: Vec<(f64, f64)> = b.x.iter().copied().zip(b.q75.iter().copied()).collect();
                 outline.extend(b.x.iter().copied().zip(b.q25.iter().copied()).rev());
@@ -321,10 +325,10 @@ impl Figure for Evolution<'_> {
         // Losses.
         let area = panels.last().expect("at least one panel");
         let series: Vec<(&str, RGBColor, Vec<(f64, f64)>)> =
-            [("train loss (batch)", TRAIN, "train_loss"), ("test loss", TEST, "test_loss")]
+            [("train loss (batch)", TRAIN, Metric::TrainLoss), ("test loss", TEST, Metric::TestLoss)]
                 .into_iter()
-                .map(|(label, color, column)| {
-                    let values = self.metrics.column(column);
+                .map(|(label, color, metric)| {
+                    let values = self.metrics.column(metric);
                     let points = self.metrics.step.iter().zip(values).filter_map(|(&s, v)| v.map(|v| (s as f64, v))).collect();
                     (label, color, points)
                 })

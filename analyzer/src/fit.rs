@@ -27,6 +27,8 @@
 //! are relative, so they carry over between data sets whose losses differ
 //! in scale (Fashion-MNIST vs CIFAR-10).
 
+use common::artifacts::tables::metrics::Metric;
+
 use crate::inputs::Metrics;
 
 /// How many of the last checkpoints' batch losses make `T_final`.
@@ -106,9 +108,9 @@ pub fn classify(rise: f64, gap: Option<f64>, final_test_loss: f64) -> Fit {
 
 /// Diagnoses a run from its metrics by the rule in the module docs.
 pub fn diagnose(metrics: &Metrics) -> FitDiagnosis {
-    let test_loss = metrics.column("test_loss");
-    let train_loss = metrics.column("train_loss");
-    let test_acc = metrics.column("test_acc");
+    let test_loss = metrics.column(Metric::TestLoss);
+    let train_loss = metrics.column(Metric::TrainLoss);
+    let test_acc = metrics.column(Metric::TestAcc);
     let rows: Vec<usize> = (0..metrics.step.len()).filter(|&i| test_loss[i].is_some()).collect();
     if rows.len() < 2 {
         return FitDiagnosis::unknown("fewer than 2 checkpoints with a test loss");
@@ -145,17 +147,13 @@ pub fn diagnose(metrics: &Metrics) -> FitDiagnosis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::by_step::tests::metrics_row;
 
     fn metrics(test: &[f64], train: &[f64]) -> Metrics {
-        let steps = (0..test.len() as i64).map(|s| s * 100).collect();
-        Metrics::new(
-            steps,
-            &[
-                ("test_loss", test.iter().map(|&v| Some(v)).collect()),
-                ("train_loss", train.iter().map(|&v| Some(v)).collect()),
-                ("test_acc", vec![Some(0.8); test.len()]),
-            ],
-        )
+        let rows = test.iter().zip(train).enumerate().map(|(i, (&test, &train))| {
+            metrics_row(i as u64 * 100, &[(Metric::TestLoss, test), (Metric::TrainLoss, train), (Metric::TestAcc, 0.8)])
+        });
+        Metrics::new(rows.collect()).unwrap()
     }
 
     #[test]
@@ -201,8 +199,7 @@ mod tests {
     #[test]
     fn too_little_data_is_unknown() {
         assert_eq!(diagnose(&metrics(&[1.0], &[1.0])).fit, Fit::Unknown);
-        let mut m = metrics(&[1.0, 0.5, 0.6], &[1.0, 0.5, 0.4]);
-        m.columns.insert("test_loss".into(), vec![None, Some(0.5), None]);
+        let m = metrics(&[f64::NAN, 0.5, f64::NAN], &[1.0, 0.5, 0.4]);
         assert_eq!(diagnose(&m).fit, Fit::Unknown);
         assert_eq!(diagnose(&metrics(&[1.0, 0.0], &[1.0, 0.5])).fit, Fit::Unknown);
     }

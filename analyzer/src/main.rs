@@ -3,5 +3,5 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     common::cli::init_logging();
     let cli = analyzer::Cli::parse();
-    common::cli::exit_with("analyzer", analyzer::run(&cli))
+    common::stage::exit_with("analyzer", analyzer::run(&cli))
 }

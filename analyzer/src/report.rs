@@ -4,17 +4,22 @@
 
 use std::fmt::Write;
 
+use common::artifacts::tables::by_step::{MeasureStats, SplitSelection};
+use common::artifacts::tables::correlations::Against;
+use common::artifacts::tables::metrics::Metric;
+use common::measures::Measure;
+
 use crate::by_step::StepTable;
-use crate::correlations::Correlation;
+use crate::correlations::{Correlation, CORRELATED};
 use crate::fit::FitDiagnosis;
 use crate::spearman::Spearman;
 
 /// The measure the paper calls "norm".
-pub const NORM: &str = "frobenius";
+pub const NORM: Measure = Measure::NORM;
 /// The measure the paper calls "entropy".
-pub const ENTROPY: &str = "entropy_abs";
+pub const ENTROPY: Measure = Measure::ENTROPY;
 /// The split of the paper's table and of the descriptive statistics.
-pub const MAIN_SPLIT: &str = "all";
+pub const MAIN_SPLIT: SplitSelection = SplitSelection::All;
 
 /// A run as the report shows it.
 #[derive(Clone, Debug)]
@@ -38,7 +43,7 @@ pub struct ReportInput<'a> {
     pub config: String,
     pub runs: &'a [RunInfo],
     pub methods: &'a [String],
-    pub measures: &'a [String],
+    pub measures: &'a [Measure],
     pub tables: &'a [StepTable],
     pub correlations: &'a [Correlation],
     pub figures: &'a [FigureLinks],
@@ -77,9 +82,9 @@ fn find<'a>(
     all: &'a [Correlation],
     run: &str,
     method: &str,
-    split: &str,
-    measure: &str,
-    metric: &str,
+    split: SplitSelection,
+    measure: Measure,
+    metric: Against,
 ) -> Option<&'a Correlation> {
     all.iter().find(|c| c.run == run && c.method == method && c.split == split && c.measure == measure && c.metric == metric)
 }
@@ -165,12 +170,12 @@ pub fn render(input: &ReportInput) -> String {
             rule.push_str("---|---|");
         }
         let _ = writeln!(w, "{header}\n{rule}\n{sub}");
-        for (label, metric) in [("test loss", "test_loss"), ("train loss", "train_loss")] {
+        for (label, metric) in [("test loss", Metric::TestLoss), ("train loss", Metric::TrainLoss)] {
             let mut line = format!("| {label} |");
             for r in &runs {
                 for measure in [NORM, ENTROPY] {
-                    let c = find(input.correlations, &r.name, method, MAIN_SPLIT, measure, metric);
-                    let cell = if input.measures.iter().any(|m| m == measure) { rho_cell(c) } else { "not configured".into() };
+                    let c = find(input.correlations, &r.name, method, MAIN_SPLIT, measure, Against::Metric(metric));
+                    let cell = if input.measures.contains(&measure) { rho_cell(c) } else { "not configured".into() };
                     let _ = write!(line, " {cell} |");
                 }
             }
@@ -205,7 +210,7 @@ pub fn render(input: &ReportInput) -> String {
                 let stats = &t.stats[i];
                 let first = stats.first();
                 let last = stats.last();
-                let pm = |d: Option<&crate::by_step::Describe>| match d {
+                let pm = |d: Option<&MeasureStats>| match d {
                     Some(d) => format!("{} ± {}", num(d.mean), num(d.std)),
                     None => "–".into(),
                 };
@@ -222,7 +227,7 @@ pub fn render(input: &ReportInput) -> String {
                     pm(last),
                     at(min),
                     at(max),
-                    rho_cell(find(input.correlations, &r.name, method, MAIN_SPLIT, measure, "step")),
+                    rho_cell(find(input.correlations, &r.name, method, MAIN_SPLIT, *measure, Against::Step)),
                 );
             }
             let _ = writeln!(w);
@@ -233,23 +238,25 @@ pub fn render(input: &ReportInput) -> String {
         let _ = writeln!(w, "| run | measure | train_loss | test_loss | test_acc | step | n |");
         let _ = writeln!(w, "|---|---|---|---|---|---|---|");
         for r in &runs {
-            for measure in input.measures {
-                let cells: Vec<String> = ["train_loss", "test_loss", "test_acc", "step"]
+            for &measure in input.measures {
+                let cells: Vec<String> = CORRELATED
                     .iter()
-                    .map(|metric| rho_cell(find(input.correlations, &r.name, method, MAIN_SPLIT, measure, metric)))
+                    .map(|&metric| rho_cell(find(input.correlations, &r.name, method, MAIN_SPLIT, measure, metric)))
                     .collect();
-                let n = find(input.correlations, &r.name, method, MAIN_SPLIT, measure, "test_loss").map(|c| c.n).unwrap_or(0);
+                let n = find(input.correlations, &r.name, method, MAIN_SPLIT, measure, Against::Metric(Metric::TestLoss))
+                    .map(|c| c.n)
+                    .unwrap_or(0);
                 let _ = writeln!(w, "| {} | {measure} | {} | {n} |", r.name, cells.join(" | "));
             }
         }
         let _ = writeln!(w);
         // Steps left out of correlations, one row per (run, split, measure).
-        let mut dropped: Vec<(String, String, String, usize, Vec<String>)> = Vec::new();
+        let mut dropped: Vec<(String, SplitSelection, Measure, usize, Vec<String>)> = Vec::new();
         for c in input.correlations.iter().filter(|c| &c.method == method) {
             if c.dropped_null_measure == 0 && c.dropped_missing_metric == 0 {
                 continue;
             }
-            let key = (c.run.clone(), c.split.clone(), c.measure.clone());
+            let key = (c.run.clone(), c.split, c.measure);
             let i = match dropped.iter().position(|d| (&d.0, &d.1, &d.2) == (&key.0, &key.1, &key.2)) {
                 Some(i) => i,
                 None => {

@@ -23,19 +23,23 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use common::artifacts::tables::correlations::correlations_frame;
+use common::artifacts::tables::summaries::{read_summaries, SummaryTable};
 use common::artifacts::{
     read_attributions, read_probe, read_stamp, remove_stale_temporaries, stamp_path, write_atomic, write_parquet, write_stamp,
     Fingerprinter, Probe, RunLayout, Split,
 };
-use common::cli::{MethodFilter, StageArgs, StageReport};
-use common::config::PipelineConfig;
+use common::cli::{MethodFilter, StageArgs};
+use common::config::{DatasetConfig, Pipeline};
 use common::data::{load_dataset, Dataset};
+use common::measures::Measure;
+use common::stage::{run_stage, Outcomes, Stage, StageReport, Status};
 
-use crate::by_step::{aggregate, by_step_frame, StepTable};
-use crate::correlations::{correlate, correlations_frame, Correlation};
+use crate::by_step::{aggregate, by_step_table, StepTable};
+use crate::correlations::{correlate, Correlation};
 use crate::figures::{self, Evolution, HeatmapCell, HeatmapRow, Heatmaps};
 use crate::fit::diagnose;
-use crate::inputs::{read_metrics, read_summary, Metrics, Summary};
+use crate::inputs::{read_metrics, Metrics};
 use crate::report::{self, FigureLinks, ReportInput, RunInfo};
 
 /// Bump when the analysis output changes for the same inputs.
@@ -71,11 +75,6 @@ pub struct Cli {
     pub no_figures: bool,
 }
 
-/// The folder of the analysis: `<output.dir>/analysis`.
-pub fn analysis_dir(config: &PipelineConfig) -> PathBuf {
-    config.output.dir.join("analysis")
-}
-
 /// A stamp's fingerprint, else a hash of the file's content.
 fn input_fingerprint(path: &Path) -> anyhow::Result<String> {
     if let Some(stamp) = read_stamp(path) {
@@ -90,7 +89,7 @@ fn input_fingerprint(path: &Path) -> anyhow::Result<String> {
 /// What the analysis reads, found on disk.
 #[derive(Debug, Default)]
 struct Inputs {
-    /// Runs with metrics, in config order: (run, metrics path).
+    /// Runs with metrics, in config order.
     runs: Vec<String>,
     /// (run, method) pairs with a summary.
     units: Vec<(String, String)>,
@@ -98,10 +97,10 @@ struct Inputs {
     fingerprints: Vec<(String, String)>,
 }
 
-fn find_inputs(config: &PipelineConfig, runs: &[&str], methods: &[&str]) -> anyhow::Result<Inputs> {
+fn find_inputs(pipeline: &Pipeline, runs: &[&str], methods: &[&str]) -> anyhow::Result<Inputs> {
     let mut inputs = Inputs::default();
     for &run in runs {
-        let layout = RunLayout::new(&config.output.dir, run);
+        let layout = RunLayout::new(pipeline.output_dir(), run);
         let metrics = layout.metrics();
         if !metrics.is_file() {
             tracing::warn!("{run}: no {}; run left out (train it first)", metrics.display());
@@ -125,196 +124,291 @@ fn find_inputs(config: &PipelineConfig, runs: &[&str], methods: &[&str]) -> anyh
     Ok(inputs)
 }
 
+/// The analysis: the one unit of the analyzer.
+pub struct Analysis {
+    dir: PathBuf,
+}
+
+impl std::fmt::Display for Analysis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "analysis in {}", self.dir.display())
+    }
+}
+
+/// Why the analysis is redone.
+pub enum Reason {
+    Changed,
+    Forced,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Changed => write!(f, "inputs or settings changed since the last analysis"),
+            Reason::Forced => write!(f, "--force"),
+        }
+    }
+}
+
+/// The analyzer as the stage runner drives it.
+pub struct Analyzer<'a> {
+    pipeline: &'a Pipeline,
+    cli: &'a Cli,
+    runs: Vec<&'a str>,
+    methods: Vec<&'a str>,
+    /// Found by `status`, used by `run`.
+    inputs: Option<(Inputs, String)>,
+}
+
+impl Analyzer<'_> {
+    fn by_step_path(&self) -> PathBuf {
+        self.pipeline.analysis_dir().join("by_step.parquet")
+    }
+
+    fn correlations_path(&self) -> PathBuf {
+        self.pipeline.analysis_dir().join("correlations.parquet")
+    }
+
+    fn report_path(&self) -> PathBuf {
+        self.pipeline.analysis_dir().join("report.md")
+    }
+
+    /// The inputs on disk and the fingerprint the analysis of them gets.
+    fn inputs(&mut self) -> anyhow::Result<&(Inputs, String)> {
+        if self.inputs.is_none() {
+            let inputs = find_inputs(self.pipeline, &self.runs, &self.methods)?;
+            if inputs.runs.is_empty() {
+                bail!(
+                    "nothing to analyse: no metrics.parquet of the selected runs under {}",
+                    self.pipeline.output_dir().display()
+                );
+            }
+            let config = &self.pipeline.config;
+            let run_settings: Vec<(String, Option<String>, Option<&DatasetConfig>)> = inputs
+                .runs
+                .iter()
+                .map(|r| (r.clone(), config.runs[r].intended_fit.clone(), config.datasets.get(&config.runs[r].dataset)))
+                .collect();
+            let fingerprint = Fingerprinter::new()
+                .add("version", &ANALYSIS_VERSION)
+                .add("measures", &self.pipeline.measures())
+                .add("runs", &run_settings)
+                .add("methods", &self.methods)
+                .add("inputs", &inputs.fingerprints)
+                .add("figures", &!self.cli.no_figures)
+                .finish();
+            self.inputs = Some((inputs, fingerprint));
+        }
+        Ok(self.inputs.as_ref().expect("filled above"))
+    }
+}
+
+impl Stage for Analyzer<'_> {
+    type Unit = Analysis;
+    type Reason = Reason;
+    const NAME: &'static str = "analyzer";
+    const VERB: &'static str = "analyse";
+
+    fn units(&mut self) -> anyhow::Result<Vec<Analysis>> {
+        Ok(vec![Analysis { dir: self.pipeline.analysis_dir() }])
+    }
+
+    fn status(&mut self, _: &Analysis) -> anyhow::Result<Status<Reason>> {
+        let fingerprint = self.inputs()?.1.clone();
+        let outputs = [self.by_step_path(), self.correlations_path(), self.report_path()];
+        if outputs.iter().all(|p| read_stamp(p).as_deref() == Some(fingerprint.as_str())) {
+            Ok(Status::UpToDate)
+        } else {
+            Ok(Status::ToDo(Reason::Changed))
+        }
+    }
+
+    fn forced(&mut self, _: &Analysis) -> Reason {
+        Reason::Forced
+    }
+
+    fn run(&mut self, pending: Vec<(Analysis, Reason)>, outcomes: &mut Outcomes) {
+        for (unit, _) in pending {
+            match self.analyse(outcomes) {
+                Ok(()) => outcomes.done(&unit, format!("wrote {}", self.report_path().display())),
+                Err(e) => outcomes.failed(&unit, &e),
+            }
+        }
+    }
+}
+
 /// Runs the stage.
 pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
-    let config = PipelineConfig::load(&cli.stage.config)?;
-    if config.runs.contains_key("analysis") {
-        bail!(
-            "{}: a run is named `analysis`, which is the analyzer's output folder `{}`; rename the run",
-            cli.stage.config.display(),
-            analysis_dir(&config).display()
-        );
-    }
-    let shard = cli.stage.shard().map_err(anyhow::Error::msg)?;
-    let mut report = StageReport::default();
-    if shard.index != 0 {
-        tracing::info!("analyzer: one task; shard {shard} has nothing to do (shard 0 analyses)");
-        return Ok(report);
-    }
-    let runs: Vec<&str> = config.select_runs(&cli.stage.runs).map_err(anyhow::Error::msg)?.into_iter().map(|(n, _)| n).collect();
-    let methods: Vec<&str> =
-        config.select_methods(&cli.method_filter.methods).map_err(anyhow::Error::msg)?.into_iter().map(|(n, _)| n).collect();
-    let measures = config.summaries.measures.clone();
-    let inputs = find_inputs(&config, &runs, &methods)?;
-    if inputs.runs.is_empty() {
-        bail!("nothing to analyse: no metrics.parquet of the selected runs under {}", config.output.dir.display());
-    }
+    let pipeline = Pipeline::load(&cli.stage.config)?;
+    let options = cli.stage.options()?;
+    let runs = pipeline.select_runs(&cli.stage.runs).map_err(anyhow::Error::msg)?.into_iter().map(|(n, _)| n).collect();
+    let methods =
+        pipeline.select_methods(&cli.method_filter.methods).map_err(anyhow::Error::msg)?.into_iter().map(|(n, _)| n).collect();
+    let mut analyzer = Analyzer { pipeline: &pipeline, cli, runs, methods, inputs: None };
+    run_stage(&mut analyzer, options)
+}
 
-    let run_settings: Vec<(String, Option<String>, Option<&common::config::DatasetConfig>)> = inputs
-        .runs
-        .iter()
-        .map(|r| (r.clone(), config.runs[r].intended_fit.clone(), config.datasets.get(&config.runs[r].dataset)))
-        .collect();
-    let fingerprint = Fingerprinter::new()
-        .add("version", &ANALYSIS_VERSION)
-        .add("measures", &measures)
-        .add("runs", &run_settings)
-        .add("methods", &methods)
-        .add("inputs", &inputs.fingerprints)
-        .add("figures", &!cli.no_figures)
-        .finish();
-
-    let dir = analysis_dir(&config);
-    let by_step_path = dir.join("by_step.parquet");
-    let correlations_path = dir.join("correlations.parquet");
-    let report_path = dir.join("report.md");
-    let current =
-        [&by_step_path, &correlations_path, &report_path].iter().all(|p| read_stamp(p).as_deref() == Some(fingerprint.as_str()));
-    if current && !cli.stage.force {
-        tracing::info!("analysis in {} is up to date (inputs and settings unchanged); nothing to do", dir.display());
-        report.skipped = 1;
-        return Ok(report);
-    }
-    if cli.stage.dry_run {
-        let why = if cli.stage.force { "--force" } else { "inputs or settings changed since the last analysis" };
-        println!(
-            "analyzer: would analyse {} run(s), {} (run, method) summaries into {} ({why})",
-            inputs.runs.len(),
-            inputs.units.len(),
-            dir.display()
-        );
-        report.planned = 1;
-        return Ok(report);
-    }
-    remove_stale_temporaries(&dir).with_context(|| format!("{}: cannot clean temporaries", dir.display()))?;
-    // The stamps are written last, and only when everything succeeded: drop
-    // the old ones first so that a failure part-way leaves the analysis
-    // stale, not current.
-    for path in [&by_step_path, &correlations_path, &report_path] {
-        let stamp = stamp_path(path);
-        if stamp.exists() {
-            std::fs::remove_file(&stamp).with_context(|| format!("{}: cannot remove", stamp.display()))?;
-        }
-    }
-
-    // Read.
-    let mut metrics: BTreeMap<String, Metrics> = BTreeMap::new();
-    let mut run_infos = Vec::new();
-    for run in &inputs.runs {
-        let path = RunLayout::new(&config.output.dir, run).metrics();
-        match read_metrics(&path) {
-            Ok(m) => {
-                let diagnosis = diagnose(&m);
-                tracing::info!("{run}: diagnosed {} (rise {:?}, gap {:?})", diagnosis.fit.label(), diagnosis.rise, diagnosis.gap);
-                run_infos.push(RunInfo { name: run.clone(), intended_fit: config.runs[run].intended_fit.clone(), diagnosis });
-                metrics.insert(run.clone(), m);
+impl Analyzer<'_> {
+    /// Reads every input and writes the tables, the figures and the
+    /// report; stamps them only when all of it succeeded. Failures of one
+    /// input or figure are reported to `outcomes` and the rest is written.
+    fn analyse(&mut self, outcomes: &mut Outcomes) -> anyhow::Result<()> {
+        let pipeline = self.pipeline;
+        let measures = pipeline.measures().to_vec();
+        let (by_step_path, correlations_path, report_path) = (self.by_step_path(), self.correlations_path(), self.report_path());
+        self.inputs()?;
+        let (inputs, fingerprint) = self.inputs.take().expect("found above");
+        let dir = pipeline.analysis_dir();
+        remove_stale_temporaries(&dir).with_context(|| format!("{}: cannot clean temporaries", dir.display()))?;
+        // The stamps are written last, and only when everything succeeded: drop
+        // the old ones first so that a failure part-way leaves the analysis
+        // stale, not current.
+        for path in [&by_step_path, &correlations_path, &report_path] {
+            let stamp = stamp_path(path);
+            if stamp.exists() {
+                std::fs::remove_file(&stamp).with_context(|| format!("{}: cannot remove", stamp.display()))?;
             }
-            Err(e) => report.failed.push(format!("{run}: {e:#}")),
         }
-    }
-    let mut tables: Vec<StepTable> = Vec::new();
-    let mut summaries: BTreeMap<(String, String), Summary> = BTreeMap::new();
-    for (run, method) in &inputs.units {
-        if !metrics.contains_key(run) {
-            continue;
+        let mut failed: Vec<anyhow::Error> = Vec::new();
+
+        // Read.
+        let mut metrics: BTreeMap<String, Metrics> = BTreeMap::new();
+        let mut run_infos = Vec::new();
+        for run in &inputs.runs {
+            let path = RunLayout::new(pipeline.output_dir(), run).metrics();
+            match read_metrics(&path) {
+                Ok(m) => {
+                    let diagnosis = diagnose(&m);
+                    tracing::info!(
+                        "{run}: diagnosed {} (rise {:?}, gap {:?})",
+                        diagnosis.fit.label(),
+                        diagnosis.rise,
+                        diagnosis.gap
+                    );
+                    run_infos.push(RunInfo {
+                        name: run.clone(),
+                        intended_fit: pipeline.config.runs[run].intended_fit.clone(),
+                        diagnosis,
+                    });
+                    metrics.insert(run.clone(), m);
+                }
+                Err(e) => failed.push(anyhow::Error::from(e).context(run.clone())),
+            }
         }
-        let path = RunLayout::new(&config.output.dir, run).summaries(method);
-        match read_summary(&path, &measures) {
-            Ok(s) => {
-                let nulls: usize = s.measures.iter().map(|(_, v)| v.iter().filter(|x| x.is_none()).count()).sum();
-                if nulls > 0 {
+        let mut tables: Vec<StepTable> = Vec::new();
+        let mut summaries: BTreeMap<(String, String), SummaryTable> = BTreeMap::new();
+        for (run, method) in &inputs.units {
+            if !metrics.contains_key(run) {
+                continue;
+            }
+            let path = RunLayout::new(pipeline.output_dir(), run).summaries(method);
+            match read_summaries(&path, &measures) {
+                Ok(s) => {
                     let per: Vec<String> = s
                         .measures
                         .iter()
+                        .zip(&s.values)
                         .map(|(m, v)| (m, v.iter().filter(|x| x.is_none()).count()))
                         .filter(|(_, n)| *n > 0)
                         .map(|(m, n)| format!("{m}: {n}"))
                         .collect();
-                    tracing::info!("{run}/{method}: null values left out of the per-step statistics ({})", per.join(", "));
+                    if !per.is_empty() {
+                        tracing::info!("{run}/{method}: null values left out of the per-step statistics ({})", per.join(", "));
+                    }
+                    tables.extend(aggregate(run, method, &s));
+                    summaries.insert((run.clone(), method.clone()), s);
                 }
-                tables.extend(aggregate(run, method, &s));
-                summaries.insert((run.clone(), method.clone()), s);
+                Err(e) => failed.push(anyhow::Error::from(e).context(format!("{run}/{method}"))),
             }
-            Err(e) => report.failed.push(format!("{run}/{method}: {e:#}")),
         }
-    }
 
-    // Tables.
-    let mut correlations: Vec<Correlation> = Vec::new();
-    for t in &tables {
-        correlations.extend(correlate(t, &metrics[&t.run]));
-    }
-    let dropped_null: usize = correlations.iter().map(|c| c.dropped_null_measure).sum();
-    let dropped_metric: usize = correlations.iter().map(|c| c.dropped_missing_metric).sum();
-    if dropped_null + dropped_metric > 0 {
-        tracing::warn!(
-            "correlations: {dropped_null} (step, pair) value(s) dropped for a null measure mean, {dropped_metric} for a missing metric (see report.md)"
+        // Tables.
+        let mut correlations: Vec<Correlation> = Vec::new();
+        for t in &tables {
+            correlations.extend(correlate(t, &metrics[&t.run]));
+        }
+        let dropped_null: usize = correlations.iter().map(|c| c.dropped_null_measure).sum();
+        let dropped_metric: usize = correlations.iter().map(|c| c.dropped_missing_metric).sum();
+        if dropped_null + dropped_metric > 0 {
+            tracing::warn!(
+                "correlations: {dropped_null} (step, pair) value(s) dropped for a null measure mean, {dropped_metric} for a missing metric (see report.md)"
+            );
+        }
+        write_parquet(&by_step_path, &mut by_step_table(&tables, &metrics, &measures)?.to_frame())?;
+        write_parquet(
+            &correlations_path,
+            &mut correlations_frame(&correlations.iter().map(Correlation::row).collect::<Vec<_>>()),
+        )?;
+        tracing::info!(
+            "wrote {} and {} ({} correlations)",
+            by_step_path.display(),
+            correlations_path.display(),
+            correlations.len()
         );
-    }
-    write_parquet(&by_step_path, &mut by_step_frame(&tables, &metrics, &measures)?)?;
-    write_parquet(&correlations_path, &mut correlations_frame(&correlations)?)?;
-    tracing::info!("wrote {} and {} ({} correlations)", by_step_path.display(), correlations_path.display(), correlations.len());
 
-    // Figures.
-    let mut links = Vec::new();
-    let mut figure_error = None;
-    if !cli.no_figures {
-        let figures_dir = dir.join("figures");
-        remove_stale_temporaries(&figures_dir).with_context(|| format!("{}: cannot clean temporaries", figures_dir.display()))?;
-        match draw_figures(&config, &figures_dir, &tables, &metrics, &run_infos, &summaries) {
-            Ok((l, errors)) => {
-                links = l;
-                if !errors.is_empty() {
-                    figure_error = Some(errors.join("; "));
-                    report.failed.extend(errors);
+        // Figures.
+        let mut links = Vec::new();
+        let mut figure_error = None;
+        if !self.cli.no_figures {
+            let figures_dir = dir.join("figures");
+            remove_stale_temporaries(&figures_dir)
+                .with_context(|| format!("{}: cannot clean temporaries", figures_dir.display()))?;
+            match draw_figures(pipeline, &figures_dir, &tables, &metrics, &run_infos, &summaries) {
+                Ok((l, errors)) => {
+                    links = l;
+                    if !errors.is_empty() {
+                        figure_error = Some(errors.join("; "));
+                        failed.extend(errors.into_iter().map(anyhow::Error::msg));
+                    }
+                }
+                Err(e) => {
+                    figure_error = Some(format!("{e:#}"));
+                    failed.push(e.context("figures"));
                 }
             }
-            Err(e) => {
-                figure_error = Some(format!("{e:#}"));
-                report.failed.push(format!("figures: {e:#}"));
-            }
         }
-    }
 
-    // Report.
-    let method_names: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
-    let text = report::render(&ReportInput {
-        // The file name only: the same config gives the same report wherever it lives.
-        config: cli
-            .stage
-            .config
-            .file_name()
-            .map_or_else(|| cli.stage.config.display().to_string(), |n| n.to_string_lossy().into_owned()),
-        runs: &run_infos,
-        methods: &method_names,
-        measures: &measures,
-        tables: &tables,
-        correlations: &correlations,
-        figures: &links,
-        figure_error,
-    });
-    write_atomic(&report_path, text.as_bytes())?;
-    if report.failed.is_empty() {
-        for path in [&by_step_path, &correlations_path, &report_path] {
-            write_stamp(path, &fingerprint)?;
+        // Report.
+        let method_names: Vec<String> = self.methods.iter().map(|m| m.to_string()).collect();
+        let config = &self.cli.stage.config;
+        let text = report::render(&ReportInput {
+            // The file name only: the same config gives the same report wherever it lives.
+            config: config.file_name().map_or_else(|| config.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            runs: &run_infos,
+            methods: &method_names,
+            measures: &measures,
+            tables: &tables,
+            correlations: &correlations,
+            figures: &links,
+            figure_error,
+        });
+        write_atomic(&report_path, text.as_bytes())?;
+        if failed.is_empty() {
+            for path in [&by_step_path, &correlations_path, &report_path] {
+                write_stamp(path, &fingerprint)?;
+            }
+            Ok(())
+        } else {
+            tracing::warn!("analysis written with failures and left unstamped: the next run redoes it");
+            let analysis = Analysis { dir };
+            let (last, rest) = failed.split_last().expect("not empty");
+            for e in rest {
+                outcomes.failed(&analysis, e);
+            }
+            Err(anyhow::anyhow!("{last:#}"))
         }
-    } else {
-        tracing::warn!("analysis written with failures and left unstamped: the next run redoes it");
     }
-    tracing::info!("wrote {}", report_path.display());
-    report.done = 1;
-    Ok(report)
 }
 
 /// Draws the evolution and heatmap figures of every (run, method); a
 /// failing figure is reported and the others are still drawn.
 fn draw_figures(
-    config: &PipelineConfig,
+    pipeline: &Pipeline,
     dir: &Path,
     tables: &[StepTable],
     metrics: &BTreeMap<String, Metrics>,
     runs: &[RunInfo],
-    summaries: &BTreeMap<(String, String), Summary>,
+    summaries: &BTreeMap<(String, String), SummaryTable>,
 ) -> anyhow::Result<(Vec<FigureLinks>, Vec<String>)> {
     figures::ensure_font()?;
     let mut links = Vec::new();
@@ -332,13 +426,13 @@ fn draw_figures(
             continue;
         }
         let measures = &mine[0].measures;
-        let mut panels: Vec<(String, String)> = [(report::NORM, "norm (frobenius)"), (report::ENTROPY, "entropy (entropy_abs)")]
+        let mut panels: Vec<(Measure, String)> = [(report::NORM, "norm (frobenius)"), (report::ENTROPY, "entropy (entropy_abs)")]
             .iter()
-            .filter(|(m, _)| measures.iter().any(|x| x == m))
-            .map(|(m, t)| (m.to_string(), t.to_string()))
+            .filter(|(m, _)| measures.contains(m))
+            .map(|(m, t)| (*m, t.to_string()))
             .collect();
         if panels.is_empty() {
-            panels.push((measures[0].clone(), measures[0].clone()));
+            panels.push((measures[0], measures[0].to_string()));
         }
         let evolution = Evolution {
             title: format!("{run} ({fit}), {method}: attribution measures over training"),
@@ -352,7 +446,7 @@ fn draw_figures(
             Err(e) => errors.push(format!("{run}/{method}: evolution figure: {e:#}")),
         }
 
-        match heatmap_figure(config, run, method, fit, &mut datasets) {
+        match heatmap_figure(pipeline, run, method, fit, &mut datasets) {
             Ok(Some(h)) => match figures::save(&h, dir, &format!("{run}__{method}__heatmaps")) {
                 Ok(paths) => link.heatmaps = Some(rel(paths)),
                 Err(e) => errors.push(format!("{run}/{method}: heatmap figure: {e:#}")),
@@ -402,13 +496,13 @@ pub fn pick_probes(probe: &Probe, k: usize) -> Vec<usize> {
 }
 
 fn heatmap_figure(
-    config: &PipelineConfig,
+    pipeline: &Pipeline,
     run: &str,
     method: &str,
     fit: &str,
     datasets: &mut BTreeMap<String, Dataset>,
 ) -> anyhow::Result<Option<Heatmaps>> {
-    let layout = RunLayout::new(&config.output.dir, run);
+    let layout = RunLayout::new(pipeline.output_dir(), run);
     let mut steps = layout
         .attribution_steps(method)
         .with_context(|| format!("{}: cannot list", layout.attributions_dir(method).display()))?;
@@ -420,9 +514,9 @@ fn heatmap_figure(
         return Ok(None);
     }
     let probe = read_probe(&layout.probe())?;
-    let dataset_name = &config.runs[run].dataset;
+    let dataset_name = &pipeline.config.runs[run].dataset;
     if !datasets.contains_key(dataset_name) {
-        let d = load_dataset(&config.datasets[dataset_name]).with_context(|| format!("data set `{dataset_name}`"))?;
+        let d = load_dataset(&pipeline.config.datasets[dataset_name]).with_context(|| format!("data set `{dataset_name}`"))?;
         datasets.insert(dataset_name.clone(), d);
     }
     let dataset = &datasets[dataset_name];

@@ -1,5 +1,6 @@
 //! What every stage's command line shares: the common flags, sharding over
-//! HPC job arrays, logging and progress bars.
+//! HPC job arrays, logging and progress bars. The stage runner that uses
+//! them is `crate::stage`.
 
 use std::path::PathBuf;
 
@@ -19,7 +20,7 @@ pub struct StageArgs {
     /// Take units I, I+N, I+2N, ... of the sorted unit list (0-based I).
     /// Without it, SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT are used
     /// when set; otherwise all units.
-    #[arg(long, value_name = "I/N")]
+    #[arg(long, value_name = "I/N", allow_hyphen_values = true)]
     pub shard: Option<Shard>,
 
     /// Redo units even when their stored fingerprint is current.
@@ -38,6 +39,12 @@ impl StageArgs {
             Some(s) => Ok(*s),
             None => Shard::from_env(|k| std::env::var(k).ok()),
         }
+    }
+
+    /// What the stage runner needs of the flags.
+    pub fn options(&self) -> anyhow::Result<crate::stage::RunOptions> {
+        let shard = self.shard().map_err(anyhow::Error::msg)?;
+        Ok(crate::stage::RunOptions { shard, force: self.force, dry_run: self.dry_run })
     }
 }
 
@@ -121,52 +128,6 @@ pub fn progress_bar(len: u64, message: impl Into<String>) -> indicatif::Progress
     );
     bar.set_message(message.into());
     bar
-}
-
-/// What a stage did with its units, for the closing log line and the exit
-/// code.
-#[derive(Debug, Default)]
-pub struct StageReport {
-    pub done: usize,
-    pub skipped: usize,
-    /// Units a `--dry-run` found to do.
-    pub planned: usize,
-    /// One message per unit that failed (the other units still ran).
-    pub failed: Vec<String>,
-}
-
-impl StageReport {
-    /// Logs the outcome; exit code 0 when every unit is done or current,
-    /// 1 when any failed.
-    pub fn finish(&self, stage: &str) -> std::process::ExitCode {
-        if !self.failed.is_empty() {
-            for f in &self.failed {
-                tracing::error!("{f}");
-            }
-            tracing::error!("{stage}: {} unit(s) failed, {} done, {} up to date", self.failed.len(), self.done, self.skipped);
-            return std::process::ExitCode::FAILURE;
-        }
-        if self.planned > 0 {
-            tracing::info!("{stage}: dry run: {} unit(s) to do, {} up to date", self.planned, self.skipped);
-        } else if self.done == 0 {
-            tracing::info!("{stage}: nothing to do, {} unit(s) up to date", self.skipped);
-        } else {
-            tracing::info!("{stage}: {} unit(s) done, {} up to date", self.done, self.skipped);
-        }
-        std::process::ExitCode::SUCCESS
-    }
-}
-
-/// The exit of a stage's `main`: a report's code, or 1 with the error
-/// (and its causes) when the stage could not start.
-pub fn exit_with(stage: &str, result: anyhow::Result<StageReport>) -> std::process::ExitCode {
-    match result {
-        Ok(report) => report.finish(stage),
-        Err(e) => {
-            eprintln!("{stage}: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+pub use crate::image::{ImageShape, Normalization};
 use crate::rng::Rng;
 
 /// Reading a data file failed; the message names the file and the problem.
@@ -20,33 +21,6 @@ pub struct DataError {
 
 fn data_error(path: &Path, problem: impl Into<String>) -> DataError {
     DataError { path: path.to_path_buf(), problem: problem.into() }
-}
-
-/// Shape of one image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct ImageShape {
-    pub channels: usize,
-    pub height: usize,
-    pub width: usize,
-}
-
-impl ImageShape {
-    pub const GRAY_28: ImageShape = ImageShape { channels: 1, height: 28, width: 28 };
-    pub const RGB_32: ImageShape = ImageShape { channels: 3, height: 32, width: 32 };
-
-    pub fn len(&self) -> usize {
-        self.channels * self.height * self.width
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl std::fmt::Display for ImageShape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}x{}", self.channels, self.height, self.width)
-    }
 }
 
 /// A labelled set of byte images.
@@ -89,20 +63,9 @@ pub struct Dataset {
     pub classes: usize,
 }
 
-/// Per-channel normalisation `(x/255 - mean) / std`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Normalization {
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
-
+/// Normalisation of byte images into network inputs (here rather than in
+/// `image`, which knows no image sets).
 impl Normalization {
-    /// The normalised value range `[(0-mean)/std, (1-mean)/std]` of each
-    /// channel: the bounds of LRP's z^B rule.
-    pub fn bounds(&self) -> Vec<(f32, f32)> {
-        self.mean.iter().zip(&self.std).map(|(m, s)| ((0.0 - m) / s, (1.0 - m) / s)).collect()
-    }
-
     /// Normalises the images `indices` of `set` into `out` (N·C·H·W floats).
     pub fn batch_into(&self, set: &ImageSet, indices: &[usize], out: &mut Vec<f32>) {
         let shape = set.shape;

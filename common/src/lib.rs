@@ -2,14 +2,19 @@
 //!
 //! The four stages (trainer, explainer, summarizer, analyzer) share nothing at
 //! run time but files; this crate is what they share at compile time: the
-//! config schema, the data readers, the network and its kernels, and the
-//! artifact layout with its fingerprints and atomic writes.
+//! config and its validated form, the architectures as data, the data
+//! readers, the artifact layout with its tables, fingerprints and atomic
+//! writes, and the one stage runner. The network engine is the crate
+//! `engine` (in `common/engine`), linked only by the stages that compute
+//! with networks. See docs/DESIGN.md, "Code structure".
 
-pub mod allocator;
+pub mod architecture;
 pub mod artifacts;
 pub mod cli;
 pub mod config;
 pub mod data;
-pub mod model;
+pub mod image;
+pub mod measures;
 pub mod provenance;
 pub mod rng;
+pub mod stage;

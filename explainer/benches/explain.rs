@@ -10,10 +10,11 @@
 
 use std::time::Instant;
 
-use common::config::{CompositeSpec, ExplainedClass, MethodConfig};
+use common::architecture::ModelKind;
+use common::config::{CompositeSpec, ExplainedClass, MethodConfig, NamedComposite};
 use common::data::{ImageShape, Normalization};
-use common::model::{Model, ModelKind};
 use common::rng::Rng;
+use engine::Model;
 use explainer::Method;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -35,13 +36,13 @@ fn time(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
 }
 
 fn main() {
-    common::allocator::keep_freed_memory();
+    engine::allocator::keep_freed_memory();
     let reps = env_or("BENCH_REPS", 9);
     let images = env_or("BENCH_IMAGES", 200);
     println!("{images} images, median (min) of {reps} runs, {} rayon threads", rayon::current_num_threads());
     println!("{:<24} {:>18} {:>18} {:>18}", "case", "forward only", "LRP eps-gamma-box", "Grad-CAM last conv");
     let lrp_config =
-        MethodConfig::Lrp { composite: CompositeSpec::Named("epsilon-gamma-box".into()), target: ExplainedClass::Predicted };
+        MethodConfig::Lrp { composite: CompositeSpec::Named(NamedComposite::EpsilonGammaBox), target: ExplainedClass::Predicted };
     let cam_config = MethodConfig::Gradcam { layer: None, relu: false, upsample: false, target: ExplainedClass::Predicted };
     for (kind, shape) in [
         (ModelKind::Simple, ImageShape::GRAY_28),

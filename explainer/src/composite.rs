@@ -7,8 +7,8 @@
 //! redistribute it like average pooling, in proportion to the window's
 //! inputs (the paper's choice).
 
-use common::config::{CompositeRules, CompositeSpec, MaxPoolRule, RuleSpec};
-use common::model::Layer;
+use common::config::{CompositeRules, CompositeSpec, MaxPoolRule, NamedComposite};
+use engine::Layer;
 
 use crate::error::ExplainError;
 use crate::linear::LinearLayer;
@@ -44,39 +44,25 @@ pub struct Composite {
     pub max_pool: PoolTreatment,
 }
 
-/// The composites known by name.
-pub const NAMED_COMPOSITES: &[&str] = &["paper", "epsilon-gamma-box"];
-
 impl Composite {
     /// The rules of `spec`; `bounds` are the normalised pixel range of each
     /// input channel, used by z^B.
     pub fn resolve(spec: &CompositeSpec, bounds: &[(f32, f32)]) -> Result<Composite, ExplainError> {
         match spec {
-            CompositeSpec::Named(name) => Self::named(name, bounds),
+            CompositeSpec::Named(name) => Self::named(*name, bounds),
             CompositeSpec::Rules(rules) => Self::from_rules(rules, bounds),
         }
     }
 
-    /// `paper`: z^B first conv, gamma 0.25 convs, LRP-0 dense, max-pool as
-    /// average. `epsilon-gamma-box`: z^B first, gamma 0.25 convs, epsilon 1e-6
-    /// dense, winner-take-all max-pool (Zennit's `EpsilonGammaBox`).
-    pub fn named(name: &str, bounds: &[(f32, f32)]) -> Result<Composite, ExplainError> {
-        let (dense, max_pool) = match name {
-            "paper" => (RuleSpec::Zero, MaxPoolRule::Average),
-            "epsilon-gamma-box" => (RuleSpec::Epsilon { epsilon: 1e-6 }, MaxPoolRule::WinnerTakeAll),
-            other => return Err(ExplainError::UnknownComposite(other.to_string())),
-        };
-        let rules = CompositeRules { first: RuleSpec::ZBox, conv: RuleSpec::Gamma { gamma: 0.25 }, dense, max_pool };
-        Self::from_rules(&rules, bounds)
+    /// A named composite's rules (see [`NamedComposite::rules`]).
+    pub fn named(name: NamedComposite, bounds: &[(f32, f32)]) -> Result<Composite, ExplainError> {
+        Self::from_rules(&name.rules(), bounds)
     }
 
-    /// A user-defined composite; z^B is allowed for the first layer only.
+    /// A composite of rules by layer kind, checked as the config checks it
+    /// (z^B for the first layer only, parameters in range).
     pub fn from_rules(rules: &CompositeRules, bounds: &[(f32, f32)]) -> Result<Composite, ExplainError> {
-        for (position, spec) in [("conv", &rules.conv), ("dense", &rules.dense)] {
-            if *spec == RuleSpec::ZBox {
-                return Err(ExplainError::ZBoxNotFirst { position });
-            }
-        }
+        rules.check().map_err(|(position, message)| ExplainError::BadComposite { position, message })?;
         Ok(Composite {
             first: Rule::from_spec(&rules.first, bounds)?,
             conv: Rule::from_spec(&rules.conv, bounds)?,
@@ -104,12 +90,13 @@ pub fn first_linear_layer(layers: &[Layer]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::config::RuleSpec;
 
     const BOUNDS: &[(f32, f32)] = &[(-1.0, 1.0), (-2.0, 0.5)];
 
     #[test]
     fn named_composites_resolve_as_design_says() {
-        let paper = Composite::resolve(&CompositeSpec::Named("paper".into()), BOUNDS).unwrap();
+        let paper = Composite::resolve(&CompositeSpec::Named(NamedComposite::Paper), BOUNDS).unwrap();
         assert_eq!(
             paper,
             Composite {
@@ -119,7 +106,7 @@ mod tests {
                 max_pool: PoolTreatment::Average,
             }
         );
-        let egb = Composite::resolve(&CompositeSpec::Named("epsilon-gamma-box".into()), BOUNDS).unwrap();
+        let egb = Composite::resolve(&CompositeSpec::Named(NamedComposite::EpsilonGammaBox), BOUNDS).unwrap();
         assert_eq!(
             egb,
             Composite {
@@ -129,11 +116,9 @@ mod tests {
                 max_pool: PoolTreatment::WinnerTakeAll,
             }
         );
-        for name in NAMED_COMPOSITES {
+        for name in NamedComposite::ALL {
             assert!(Composite::named(name, BOUNDS).is_ok());
         }
-        let err = Composite::resolve(&CompositeSpec::Named("fancy".into()), BOUNDS).unwrap_err();
-        assert_eq!(err, ExplainError::UnknownComposite("fancy".into()));
     }
 
     #[test]
@@ -156,8 +141,8 @@ mod tests {
 
     #[test]
     fn the_first_linear_layer_gets_the_first_rule() {
-        let model = common::model::Model::zeros(common::model::ModelKind::Simple, common::data::ImageShape::GRAY_28, 10);
-        let c = Composite::named("epsilon-gamma-box", &[(-1.0, 1.0)]).unwrap();
+        let model = engine::Model::zeros(common::architecture::ModelKind::Simple, common::image::ImageShape::GRAY_28, 10);
+        let c = Composite::named(NamedComposite::EpsilonGammaBox, &[(-1.0, 1.0)]).unwrap();
         assert_eq!(first_linear_layer(&model.layers), Some(0));
         let rule = |i: usize| c.rule_for(LinearLayer::of(&model.layers[i]).unwrap(), i == 0).name();
         assert_eq!((rule(0), rule(3), rule(7)), ("z-box", "gamma", "epsilon"));

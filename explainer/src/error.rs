@@ -4,17 +4,14 @@
 /// An explanation could not be set up or computed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ExplainError {
-    /// A composite name that is not one of the named composites.
-    #[error("unknown composite `{0}`; use \"paper\", \"epsilon-gamma-box\" or a table of rules")]
-    UnknownComposite(String),
-
     /// A rule parameter outside its range (`gamma < 0`, ...).
     #[error("rule `{rule}`: {message}")]
     BadRuleParameter { rule: &'static str, message: String },
 
-    /// z^B needs the input's value range, which only the first layer sees.
-    #[error("rule `z-box` applies only to the first layer (it needs the input's value range); it was given for `{position}`")]
-    ZBoxNotFirst { position: &'static str },
+    /// A composite's rules are out of range or misplaced (z^B past the
+    /// first layer); `position` is `first`, `conv` or `dense`.
+    #[error("composite `{position}`: {message}")]
+    BadComposite { position: &'static str, message: String },
 
     /// The z^B bounds do not match the input's channels.
     #[error("z-box has bounds for {bounds} channel(s) but the input has {channels}")]

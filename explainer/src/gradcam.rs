@@ -8,8 +8,8 @@
 //! to). The gradient only needs the layers after `A`, so only those are
 //! back-propagated.
 
-use common::model::kernels::{conv2d_backward_input, dense_backward_input, maxpool2x2_backward};
-use common::model::{ActivationShape, Layer, Model, Trace};
+use engine::kernels::{conv2d_backward_input, dense_backward_input, maxpool2x2_backward};
+use engine::{ActivationShape, Layer, Model, Trace};
 use rayon::prelude::*;
 
 use crate::error::ExplainError;
@@ -186,8 +186,9 @@ pub fn upsample_bilinear(map: &[f32], in_h: usize, in_w: usize, out_h: usize, ou
 mod tests {
     use super::*;
     use crate::test_support::{assert_close, forward_from, random, tiny_model};
-    use common::data::ImageShape;
-    use common::model::{argmax, ModelKind};
+    use common::architecture::ModelKind;
+    use common::image::ImageShape;
+    use engine::argmax;
 
     /// α_k is the mean over positions of ∂y_c/∂A_k, i.e. the derivative of
     /// y_c along "add t to every position of channel k", divided by the

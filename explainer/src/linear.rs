@@ -6,8 +6,8 @@
 //! this view a rule is written once, as data, and runs on both layer kinds
 //! through the project's batched kernels (forward and backward-to-input).
 
-use common::model::kernels::{conv2d_backward_input, conv2d_forward, dense_backward_input, dense_forward};
-use common::model::{Conv2d, ConvGeometry, Dense, Layer};
+use engine::kernels::{conv2d_backward_input, conv2d_forward, dense_backward_input, dense_forward};
+use engine::{Conv2d, ConvGeometry, Dense, Layer};
 
 /// A conv or dense layer of a model, borrowed.
 #[derive(Clone, Copy, Debug)]

@@ -7,8 +7,8 @@
 //! ReLU and flatten pass it unchanged. The whole batch moves through each
 //! layer at once, so every step is one batched kernel call.
 
-use common::model::kernels::{maxpool2x2_backward, pool2x2_redistribute};
-use common::model::{Layer, Model, Trace};
+use engine::kernels::{maxpool2x2_backward, pool2x2_redistribute};
+use engine::{Layer, Model, Trace};
 
 use crate::composite::{first_linear_layer, Composite, PoolTreatment};
 use crate::error::ExplainError;
@@ -113,9 +113,10 @@ mod tests {
     use crate::gradcam::gradient_at;
     use crate::rules::Rule;
     use crate::test_support::{assert_close, forward_from, random, tiny_model, without_biases};
-    use common::data::ImageShape;
-    use common::model::kernels::{conv2d_backward_input, ConvGeometry};
-    use common::model::{argmax, Conv2d, Dense, ModelKind};
+    use common::architecture::ModelKind;
+    use common::image::ImageShape;
+    use engine::kernels::{conv2d_backward_input, ConvGeometry};
+    use engine::{argmax, Conv2d, Dense};
 
     fn uniform_composite(rule: Rule, max_pool: PoolTreatment) -> Composite {
         Composite { first: rule.clone(), conv: rule.clone(), dense: rule, max_pool }

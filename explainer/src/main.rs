@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     common::cli::init_logging();
-    common::allocator::keep_freed_memory();
+    engine::allocator::keep_freed_memory();
     let cli = explainer::Cli::parse();
-    common::cli::exit_with("explainer", explainer::run(&cli))
+    common::stage::exit_with("explainer", explainer::run(&cli))
 }

@@ -6,7 +6,7 @@
 
 use common::config::{ExplainedClass, MethodConfig};
 use common::data::Normalization;
-use common::model::{argmax, Model, Trace};
+use engine::{argmax, Model, Trace};
 
 use crate::composite::Composite;
 use crate::error::ExplainError;
@@ -109,15 +109,15 @@ impl Method {
 mod tests {
     use super::*;
     use crate::test_support::random;
-    use common::config::CompositeSpec;
-    use common::data::ImageShape;
-    use common::model::ModelKind;
+    use common::architecture::ModelKind;
+    use common::config::{CompositeSpec, NamedComposite};
+    use common::image::ImageShape;
 
     fn methods(channels: usize) -> Vec<Method> {
         let normalization = Normalization { mean: vec![0.5; channels], std: vec![0.5; channels] };
         let configs = [
-            MethodConfig::Lrp { composite: CompositeSpec::Named("paper".into()), target: ExplainedClass::Predicted },
-            MethodConfig::Lrp { composite: CompositeSpec::Named("epsilon-gamma-box".into()), target: ExplainedClass::Label },
+            MethodConfig::Lrp { composite: CompositeSpec::Named(NamedComposite::Paper), target: ExplainedClass::Predicted },
+            MethodConfig::Lrp { composite: CompositeSpec::Named(NamedComposite::EpsilonGammaBox), target: ExplainedClass::Label },
             MethodConfig::Gradcam { layer: None, relu: false, upsample: false, target: ExplainedClass::Predicted },
             MethodConfig::Gradcam {
                 layer: Some("features_conv.2".into()),

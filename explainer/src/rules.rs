@@ -68,24 +68,13 @@ impl Rule {
     /// The rule a config entry describes; `bounds` (per input channel) are
     /// used by z^B only.
     pub fn from_spec(spec: &RuleSpec, bounds: &[(f32, f32)]) -> Result<Rule, ExplainError> {
-        let check = |rule: &'static str, name: &str, value: f32| {
-            if value.is_finite() && value >= 0.0 {
-                Ok(value)
-            } else {
-                Err(ExplainError::BadRuleParameter {
-                    rule,
-                    message: format!("`{name}` must be a finite number >= 0, got {value}"),
-                })
-            }
-        };
+        spec.check().map_err(|message| ExplainError::BadRuleParameter { rule: spec.name(), message })?;
         Ok(match *spec {
             RuleSpec::Zero => Rule::Zero,
-            RuleSpec::Epsilon { epsilon } => Rule::Epsilon { epsilon: check("epsilon", "epsilon", epsilon)? },
-            RuleSpec::Gamma { gamma } => Rule::Gamma { gamma: check("gamma", "gamma", gamma)? },
+            RuleSpec::Epsilon { epsilon } => Rule::Epsilon { epsilon },
+            RuleSpec::Gamma { gamma } => Rule::Gamma { gamma },
             RuleSpec::ZPlus => Rule::ZPlus,
-            RuleSpec::AlphaBeta { alpha, beta } => {
-                Rule::AlphaBeta { alpha: check("alpha-beta", "alpha", alpha)?, beta: check("alpha-beta", "beta", beta)? }
-            }
+            RuleSpec::AlphaBeta { alpha, beta } => Rule::AlphaBeta { alpha, beta },
             RuleSpec::ZBox => {
                 if let Some((l, h)) = bounds.iter().find(|(l, h)| !(l.is_finite() && h.is_finite() && l <= h)) {
                     return Err(ExplainError::BadRuleParameter {
@@ -430,8 +419,8 @@ fn scale(values: &mut [f32], factor: f32) {
 mod tests {
     use super::*;
     use crate::test_support::{assert_close, random};
-    use common::model::kernels::ConvGeometry;
-    use common::model::{Conv2d, Dense};
+    use engine::kernels::ConvGeometry;
+    use engine::{Conv2d, Dense};
 
     fn dense(weight: Vec<f32>, bias: Vec<f32>) -> Dense {
         let outputs = bias.len();

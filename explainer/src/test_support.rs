@@ -1,10 +1,11 @@
 //! Small synthetic models and independent reference computations for the
 //! unit tests.
 
-use common::data::ImageShape;
-use common::model::kernels::{conv2d_forward, dense_forward, maxpool2x2_forward, ConvGeometry, PoolGeometry};
-use common::model::{Conv2d, Dense, Layer, Model, ModelKind};
+use common::architecture::ModelKind;
+use common::image::ImageShape;
 use common::rng::Rng;
+use engine::kernels::{conv2d_forward, dense_forward, maxpool2x2_forward, ConvGeometry, PoolGeometry};
+use engine::{Conv2d, Dense, Layer, Model};
 
 pub fn random(len: usize, seed: u64, low: f32, high: f32) -> Vec<f32> {
     let mut rng = Rng::new(seed);

@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use common::artifacts::{read_attributions, write_checkpoint, write_probe, CheckpointInfo, Probe, ProbeEntry, RunLayout, Split};
+use common::architecture::ModelKind;
+use common::artifacts::{read_attributions, write_probe, CheckpointInfo, Probe, ProbeEntry, RunLayout, Split};
 use common::cli::{Shard, StageArgs};
 use common::config::PipelineConfig;
 use common::data::load_dataset;
-use common::model::{argmax, Model, ModelKind};
 use common::provenance::{checkpoint_fingerprint, run_fingerprint};
+use engine::{argmax, write_checkpoint, Model};
 use explainer::{run, Cli};
 
 const CONFIG: &str = r#"
@@ -71,7 +72,7 @@ impl Fixture {
         for step in [0u64, 10] {
             let model = Model::initialized(
                 ModelKind::Simple,
-                common::data::ImageShape { channels: 1, height: 16, width: 16 },
+                common::image::ImageShape { channels: 1, height: 16, width: 16 },
                 10,
                 step + 1,
             );
@@ -120,7 +121,7 @@ fn explains_every_unit_then_skips_and_redoes_only_what_changed() {
     assert_eq!((report.done, report.skipped, report.failed.len()), (6, 0, 0), "{:?}", report.failed);
 
     for step in [0u64, 10] {
-        let model = common::artifacts::read_checkpoint(&f.layout.checkpoint(step)).unwrap().0;
+        let model = engine::read_checkpoint(&f.layout.checkpoint(step)).unwrap().0;
         for (method, side) in [("lrp", 16), ("egb", 16), ("cam", 8)] {
             let a = read_attributions(&f.layout.attribution(method, step)).unwrap();
             assert_eq!((a.run.as_str(), a.method.as_str(), a.step), ("a", method, step));
@@ -215,9 +216,9 @@ fn a_truncated_checkpoint_fails_its_units_by_name_and_the_others_still_run() {
 fn bad_settings_and_missing_inputs_are_clear_errors() {
     let f = Fixture::new("errors");
     f.write_config(&CONFIG.replace("[methods.cam]\nkind = \"gradcam\"", "[methods.cam]\nkind = \"gradcam\"\nlayer = \"fc1\""));
-    let report = run(&f.cli(&["--method", "cam"])).unwrap();
-    assert_eq!(report.failed.len(), 2);
-    assert!(report.failed[0].contains("`fc1`") && report.failed[0].contains("features_conv.3"), "{}", report.failed[0]);
+    // A layer the model lacks stops the stage at start-up, before any unit.
+    let err = run(&f.cli(&["--method", "cam"])).unwrap_err().to_string();
+    assert!(err.contains("`methods.cam.layer`: `fc1` is not a conv layer") && err.contains("features_conv.3"), "{err}");
 
     f.write_config(CONFIG);
     std::fs::remove_file(f.layout.probe()).unwrap();

@@ -3,5 +3,5 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     common::cli::init_logging();
     let cli = summarizer::Cli::parse();
-    common::cli::exit_with("summarizer", summarizer::run(&cli))
+    common::stage::exit_with("summarizer", summarizer::run(&cli))
 }

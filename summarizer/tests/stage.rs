@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use common::architecture::ModelKind;
 use common::artifacts::{
-    read_parquet, read_stamp, write_attributions, write_checkpoint, write_probe, Attributions, CheckpointInfo, Probe, ProbeEntry,
-    RunLayout, Split,
+    read_parquet, read_stamp, write_attributions, write_checkpoint_file, write_probe, Attributions, CheckpointInfo,
+    CheckpointModel, Probe, ProbeEntry, RunLayout, Split,
 };
 use common::config::PipelineConfig;
-use common::data::ImageShape;
-use common::model::{Model, ModelKind};
+use common::image::ImageShape;
 use common::provenance::{attribution_fingerprint, method_fingerprint};
 use summarizer::Cli;
 
@@ -73,11 +73,12 @@ fn attributions(step: u64, maps: Vec<f32>, fingerprint: &str) -> Attributions {
     }
 }
 
-/// A checkpoint at `step` whose fingerprint is `c<step>`.
+/// A checkpoint at `step` whose fingerprint is `c<step>` (the summarizer
+/// reads only its header: no parameters needed).
 fn write_checkpoint_at(layout: &RunLayout, step: u64) {
-    let model = Model::initialized(ModelKind::Simple, ImageShape { channels: 1, height: 8, width: 8 }, 10, step);
+    let model = CheckpointModel { kind: ModelKind::Simple, input: ImageShape { channels: 1, height: 8, width: 8 }, classes: 10 };
     let info = CheckpointInfo { run: "tiny".into(), step, epoch: 0.0, dataset: "synth".into(), fingerprint: format!("c{step}") };
-    write_checkpoint(&layout.checkpoint(step), &model, &info).unwrap();
+    write_checkpoint_file(&layout.checkpoint(step), &info, model, []).unwrap();
 }
 
 /// The fingerprint the explainer gives the maps of checkpoint `step` with

@@ -20,8 +20,9 @@ fn trains_writes_the_contract_files_and_skips_when_done() {
     assert!(log.contains("up to date"), "{log}");
     assert_same_files(&before, &snapshot(&s.out()));
     let dry = s.ok("trainer", &["--dry-run", "--force"]);
-    assert!(dry.contains("run `simple`: would retrain (--force)") && dry.contains("2 unit(s) to do"), "{dry}");
-    assert!(s.ok("trainer", &["--dry-run", "--run", "complex"]).contains("run `complex`: would train from the start"));
+    assert!(dry.contains("trainer: run `simple`: would train (again: --force)") && dry.contains("2 unit(s) to do"), "{dry}");
+    let dry = s.ok("trainer", &["--dry-run", "--run", "complex"]);
+    assert!(dry.contains("trainer: run `complex`: would train (from the start)"), "{dry}");
     assert_same_files(&before, &snapshot(&s.out()));
 }
 
@@ -76,7 +77,7 @@ fn changing_a_run_retrains_only_that_run() {
     let before = snapshot(&s.out());
     std::fs::write(&s.config, std::fs::read_to_string(&s.config).unwrap().replace("epochs = 3", "epochs = 2")).unwrap();
     let log = s.ok("trainer", &[]);
-    assert!(log.contains("run `complex`: up to date"), "{log}");
+    assert!(log.contains("run `simple`: trained to step 16") && log.contains("1 unit(s) done, 1 up to date"), "{log}");
     let after = snapshot(&s.out());
     for (path, bytes) in &after {
         if path.starts_with("complex") {

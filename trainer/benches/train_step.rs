@@ -10,11 +10,11 @@
 
 use std::time::Instant;
 
-use common::data::ImageShape;
-use common::model::training::loss_and_gradients;
-use common::model::{Model, ModelKind};
+use common::architecture::ModelKind;
+use common::image::ImageShape;
 use common::rng::Rng;
-use dfdx::prelude::Cpu;
+use engine::training::{loss_and_gradients, Device};
+use engine::Model;
 use trainer::adam::Adam;
 
 fn median_seconds(mut f: impl FnMut(), warmup: usize, runs: usize) -> f64 {
@@ -36,9 +36,10 @@ fn main() {
     let peer: Option<serde_json::Value> = std::env::var("PEER_JSON")
         .ok()
         .map(|path| serde_json::from_str(&std::fs::read_to_string(&path).expect("PEER_JSON file")).expect("PEER_JSON is JSON"));
-    common::allocator::keep_freed_memory();
-    let dev = Cpu::default();
+    engine::allocator::keep_freed_memory();
+    let dev = Device::default();
     println!("threads: {}", rayon::current_num_threads());
+    println!("instruction set: {}", engine::detected_instruction_set());
     println!("{:<16} {:>12} {:>12} {:>8}", "case", "ours (s)", "peer (s)", "ratio");
     for (case, kind, shape) in [
         ("fmnist_simple", ModelKind::Simple, ImageShape::GRAY_28),

@@ -1,6 +1,6 @@
 //! The trainer stage: trains every configured run with Adam and writes its
-//! probe set, checkpoints on a schedule and per-checkpoint metrics (see
-//! DESIGN: layout, checkpoints, Parquet tables).
+//! probe set, checkpoints on a schedule and per-checkpoint metrics
+//! (docs/DESIGN.md, "Stages and files", "Checkpoints", "Tables").
 //!
 //! A run is one work unit. A finished run whose fingerprint is unchanged is
 //! skipped; an interrupted one resumes from its newest checkpoint and ends
@@ -12,20 +12,22 @@ pub mod probe_selection;
 pub mod resume;
 pub mod training;
 
-use anyhow::Context;
 use clap::Parser;
 use common::artifacts::RunLayout;
-use common::cli::{StageArgs, StageReport};
-use common::config::PipelineConfig;
+use common::cli::StageArgs;
+use common::config::{Pipeline, RunConfig};
+use common::stage::{run_stage, Outcomes, Stage, StageReport, Status};
 
-use training::{run_status, train_run, RunStatus};
+use training::{run_status, train_run, TrainPlan};
 
 /// Train the configured CNNs and write checkpoints, metrics and the probe set.
 ///
 /// Writes under `[output].dir` of the config, per run: `probe.parquet`,
 /// `metrics.parquet` and `checkpoints/step-NNNNNN.safetensors` (with a
 /// `.resume.safetensors` beside the newest one while training is under way).
-/// Runs that are done and unchanged are skipped; interrupted runs resume.
+/// Runs are the units of work, in name order; runs that are done and
+/// unchanged are skipped, interrupted runs resume where they stopped, and a
+/// run that fails is reported while the others still train (exit code 1).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "trainer", version, about, long_about)]
 pub struct Cli {
@@ -33,37 +35,62 @@ pub struct Cli {
     pub stage: StageArgs,
 }
 
-/// Trains the selected runs of this shard, one after another; a failing run
-/// is reported and the others still train.
-pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
-    let config = PipelineConfig::load(&cli.stage.config)?;
-    let shard = cli.stage.shard().map_err(anyhow::Error::msg)?;
-    let runs = shard.select(config.select_runs(&cli.stage.runs).map_err(anyhow::Error::msg)?);
-    let mut report = StageReport::default();
-    for (name, run) in runs {
-        let layout = RunLayout::new(&config.output.dir, name);
-        let status = if cli.stage.force { RunStatus::Stale } else { run_status(&config, run, &layout) };
-        let what = match &status {
-            RunStatus::UpToDate => {
-                tracing::info!("run `{name}`: up to date");
-                report.skipped += 1;
-                continue;
+/// A run to train.
+pub struct RunUnit<'a> {
+    pub name: &'a str,
+    pub config: &'a RunConfig,
+}
+
+impl std::fmt::Display for RunUnit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "run `{}`", self.name)
+    }
+}
+
+/// The trainer as the stage runner drives it.
+pub struct Trainer<'a> {
+    pipeline: &'a Pipeline,
+    runs: &'a [String],
+}
+
+impl<'a> Stage for Trainer<'a> {
+    type Unit = RunUnit<'a>;
+    type Reason = TrainPlan;
+    const NAME: &'static str = "trainer";
+    const VERB: &'static str = "train";
+
+    fn units(&mut self) -> anyhow::Result<Vec<RunUnit<'a>>> {
+        let runs = self.pipeline.select_runs(self.runs).map_err(anyhow::Error::msg)?;
+        Ok(runs.into_iter().map(|(name, config)| RunUnit { name, config }).collect())
+    }
+
+    fn status(&mut self, unit: &RunUnit<'a>) -> anyhow::Result<Status<TrainPlan>> {
+        Ok(run_status(self.pipeline, unit.config, &RunLayout::new(self.pipeline.output_dir(), unit.name)))
+    }
+
+    fn forced(&mut self, _: &RunUnit<'a>) -> TrainPlan {
+        TrainPlan::Forced
+    }
+
+    fn run(&mut self, pending: Vec<(RunUnit<'a>, TrainPlan)>, outcomes: &mut Outcomes) {
+        for (unit, plan) in pending {
+            tracing::info!("{unit}: train ({plan})");
+            match train_run(self.pipeline, unit.name, unit.config, plan) {
+                Ok(steps) => outcomes.done(&unit, format!("trained to step {steps}")),
+                Err(e) => outcomes.failed(&unit, &e),
             }
-            RunStatus::Fresh => "train from the start".to_string(),
-            RunStatus::Stale if cli.stage.force => "retrain (--force)".to_string(),
-            RunStatus::Stale => "retrain: its checkpoints come from another configuration".to_string(),
-            RunStatus::Resume(step) => format!("resume from step {step}"),
-        };
-        if cli.stage.dry_run {
-            println!("trainer: run `{name}`: would {what}");
-            report.planned += 1;
-            continue;
-        }
-        tracing::info!("run `{name}`: {what}");
-        match train_run(&config, name, run, status).with_context(|| format!("run `{name}`")) {
-            Ok(()) => report.done += 1,
-            Err(e) => report.failed.push(format!("{e:#}")),
         }
     }
-    Ok(report)
+
+    /// Each run shows a bar over its steps instead.
+    fn unit_progress(&self) -> bool {
+        false
+    }
+}
+
+/// Trains the selected runs of this shard, one after another.
+pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
+    let pipeline = Pipeline::load(&cli.stage.config)?;
+    let options = cli.stage.options()?;
+    run_stage(&mut Trainer { pipeline: &pipeline, runs: &cli.stage.runs }, options)
 }

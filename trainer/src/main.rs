@@ -2,7 +2,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     common::cli::init_logging();
-    common::allocator::keep_freed_memory();
+    engine::allocator::keep_freed_memory();
     let cli = trainer::Cli::parse();
-    common::cli::exit_with("trainer", trainer::run(&cli))
+    common::stage::exit_with("trainer", trainer::run(&cli))
 }

@@ -6,10 +6,12 @@
 use std::path::Path;
 
 use common::artifacts::{read_tensors, write_tensors, ArtifactError, TensorData, TensorFile};
-use common::model::Model;
+use engine::Model;
 
 use crate::adam::Adam;
-use crate::metrics::{MetricsRow, RunningMean};
+use common::artifacts::tables::metrics::MetricsRow;
+
+use crate::metrics::RunningMean;
 
 /// Everything besides the model that the loop carries from step to step.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,8 +75,8 @@ fn json(value: &impl serde::Serialize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::data::ImageShape;
-    use common::model::ModelKind;
+    use common::architecture::ModelKind;
+    use common::image::ImageShape;
 
     /// Metrics and running sums are f64 in JSON text: every value must read
     /// back to its bits, or a resumed run ends with other bytes (seen with

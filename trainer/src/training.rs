@@ -4,20 +4,22 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use common::artifacts::tables::metrics::{metrics_frame, read_metrics, MetricsRow};
 use common::artifacts::{
-    read_checkpoint, read_checkpoint_fingerprint, read_parquet, read_stamp, remove_if_present, remove_stale_temporaries,
-    write_checkpoint, write_parquet_stamped, CheckpointInfo, RunLayout,
+    read_checkpoint_fingerprint, read_stamp, remove_if_present, remove_stale_temporaries, write_parquet_stamped, CheckpointInfo,
+    RunLayout,
 };
-use common::config::{PipelineConfig, RunConfig};
+use common::config::{Pipeline, RunConfig};
 use common::data::{load_dataset, Dataset, ImageSet, Normalization};
-use common::model::training::loss_and_gradients;
-use common::model::{cross_entropy_and_correct, Model};
 use common::provenance::{checkpoint_fingerprint, run_fingerprint};
 use common::rng::Rng;
-use dfdx::prelude::Cpu;
+use common::stage::Status;
+use engine::training::{loss_and_gradients, Device};
+use engine::{cross_entropy_and_correct, Model};
+use engine::{read_checkpoint, write_checkpoint};
 
 use crate::adam::Adam;
-use crate::metrics::{metrics_frame, MetricsRow, RunningMean};
+use crate::metrics::RunningMean;
 use crate::probe_selection::select_probe;
 use crate::resume::{read_resume_state, write_resume_state, ResumeState};
 
@@ -46,16 +48,28 @@ impl Plan {
     }
 }
 
-/// What the trainer would do with a run, and why.
+/// What the trainer will do with a run that is not up to date, and why.
 #[derive(Clone, Debug, PartialEq)]
-pub enum RunStatus {
-    UpToDate,
+pub enum TrainPlan {
     /// Nothing usable on disk.
     Fresh,
     /// Checkpoints of another configuration are on disk and will be removed.
     Stale,
+    /// `--force`: whatever is on disk is removed.
+    Forced,
     /// Resumable from this step.
     Resume(u64),
+}
+
+impl std::fmt::Display for TrainPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrainPlan::Fresh => write!(f, "from the start"),
+            TrainPlan::Stale => write!(f, "again: its checkpoints come from another configuration"),
+            TrainPlan::Forced => write!(f, "again: --force"),
+            TrainPlan::Resume(step) => write!(f, "on from step {step}"),
+        }
+    }
 }
 
 /// The training images a run uses: all, or the first `train_subset` of a
@@ -76,32 +90,26 @@ pub fn training_indices(run: &RunConfig, train_len: usize) -> anyhow::Result<Vec
 /// stale. Done means: the metrics table (written last) and the probe carry
 /// the run's current fingerprint and every checkpoint the table lists is
 /// there.
-pub fn run_status(config: &PipelineConfig, run: &RunConfig, layout: &RunLayout) -> RunStatus {
-    let fingerprint = run_fingerprint(config, run);
+pub fn run_status(pipeline: &Pipeline, run: &RunConfig, layout: &RunLayout) -> Status<TrainPlan> {
+    let fingerprint = run_fingerprint(&pipeline.config, run);
     let stamped = |path: &Path| read_stamp(path).as_deref() == Some(fingerprint.as_str());
     if stamped(&layout.metrics()) && stamped(&layout.probe()) {
-        let listed = read_metric_steps(&layout.metrics());
-        if listed.is_some_and(|steps| steps.iter().all(|&s| layout.checkpoint(s).is_file())) {
-            return RunStatus::UpToDate;
+        let listed = read_metrics(&layout.metrics()).ok();
+        if listed.is_some_and(|rows| rows.iter().all(|r| layout.checkpoint(r.step).is_file())) {
+            return Status::UpToDate;
         }
     }
     let steps = layout.checkpoint_steps().unwrap_or_default();
     let current =
         |s: u64| read_checkpoint_fingerprint(&layout.checkpoint(s)).ok() == Some(checkpoint_fingerprint(&fingerprint, s));
     if let Some(&s) = steps.iter().rev().find(|&&s| current(s) && layout.resume_state(s).is_file()) {
-        return RunStatus::Resume(s);
+        return Status::ToDo(TrainPlan::Resume(s));
     }
     if steps.iter().any(|&s| !current(s)) {
-        RunStatus::Stale
+        Status::ToDo(TrainPlan::Stale)
     } else {
-        RunStatus::Fresh
+        Status::ToDo(TrainPlan::Fresh)
     }
-}
-
-fn read_metric_steps(path: &Path) -> Option<Vec<u64>> {
-    let df = read_parquet(path).ok()?;
-    let steps = df.column("step").ok()?.i64().ok()?;
-    steps.into_iter().map(|s| s.and_then(|s| u64::try_from(s).ok())).collect()
 }
 
 /// Everything fixed for the duration of one run.
@@ -118,17 +126,18 @@ struct Setup<'a> {
     probe: ImageSet,
 }
 
-/// Trains one run, or finishes it from where `status` says it stopped.
-pub fn train_run(config: &PipelineConfig, name: &str, run: &RunConfig, status: RunStatus) -> anyhow::Result<()> {
-    let layout = RunLayout::new(&config.output.dir, name);
-    let dataset_config = &config.datasets[&run.dataset];
-    let dataset = load_dataset(dataset_config).with_context(|| format!("data set `{}`", run.dataset))?;
-    let normalization = dataset_config.normalization(dataset.train.shape.channels);
-    let train_indices = training_indices(run, dataset.train.len()).with_context(|| format!("run `{name}`"))?;
+/// Trains one run, or finishes it from where `plan` says it stopped;
+/// returns the last step.
+pub fn train_run(pipeline: &Pipeline, name: &str, run: &RunConfig, status: TrainPlan) -> anyhow::Result<u64> {
+    let layout = RunLayout::new(pipeline.output_dir(), name);
+    let dataset_spec = pipeline.dataset_of(run);
+    let dataset = load_dataset(&dataset_spec.config).with_context(|| format!("data set `{}`", run.dataset))?;
+    let normalization = dataset_spec.normalization.clone();
+    let train_indices = training_indices(run, dataset.train.len())?;
     let plan = Plan::new(run, train_indices.len());
-    let fingerprint = run_fingerprint(config, run);
-    let probe = select_probe(&config.probe, &dataset.train, &train_indices, &dataset.test, dataset.classes)
-        .map_err(|e| anyhow::anyhow!("run `{name}`: {e}"))?;
+    let fingerprint = run_fingerprint(&pipeline.config, run);
+    let probe = select_probe(&pipeline.config.probe, &dataset.train, &train_indices, &dataset.test, dataset.classes)
+        .map_err(anyhow::Error::msg)?;
     for dir in [layout.dir.clone(), layout.checkpoints_dir()] {
         remove_stale_temporaries(&dir).with_context(|| format!("cleaning {}", dir.display()))?;
     }
@@ -148,7 +157,7 @@ pub fn train_run(config: &PipelineConfig, name: &str, run: &RunConfig, status: R
     };
 
     let (model, state) = match status {
-        RunStatus::Resume(step) => match resume(&setup, step) {
+        TrainPlan::Resume(step) => match resume(&setup, step) {
             Ok(resumed) => resumed,
             // Another trainer on the same run may have moved past this
             // state and removed it; starting over gives the same bytes.
@@ -157,8 +166,8 @@ pub fn train_run(config: &PipelineConfig, name: &str, run: &RunConfig, status: R
                 start(&setup)?
             }
         },
-        RunStatus::Fresh => start(&setup)?,
-        RunStatus::Stale | RunStatus::UpToDate => {
+        TrainPlan::Fresh => start(&setup)?,
+        TrainPlan::Stale | TrainPlan::Forced => {
             tracing::info!("run `{name}`: removing earlier checkpoints");
             remove_checkpoints(&layout)?;
             start(&setup)?
@@ -169,7 +178,7 @@ pub fn train_run(config: &PipelineConfig, name: &str, run: &RunConfig, status: R
     for step in layout.checkpoint_steps()? {
         remove_if_present(&layout.resume_state(step))?;
     }
-    Ok(())
+    Ok(setup.plan.last_step)
 }
 
 fn remove_checkpoints(layout: &RunLayout) -> anyhow::Result<()> {
@@ -234,7 +243,7 @@ fn epoch_order(setup: &Setup, epoch: u64) -> Vec<usize> {
 }
 
 fn train_from(setup: &Setup, mut model: Model, mut state: ResumeState) -> anyhow::Result<Vec<MetricsRow>> {
-    let dev = Cpu::default();
+    let dev = Device::default();
     let plan = &setup.plan;
     let bar = common::cli::progress_bar(plan.last_step, format!("train {}", setup.name));
     bar.set_position(state.step);

@@ -6,15 +6,15 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use common::architecture::ModelKind;
+use common::artifacts::tables::metrics::{metrics_frame, MetricsRow};
 use common::artifacts::{
-    write_attributions, write_checkpoint, write_parquet, write_probe, write_stamp, Attributions, CheckpointInfo, Probe,
-    ProbeEntry, RunLayout, Split,
+    write_attributions, write_checkpoint_file, write_parquet, write_probe, write_stamp, Attributions, CheckpointInfo,
+    CheckpointModel, Probe, ProbeEntry, RunLayout, Split,
 };
 use common::config::PipelineConfig;
-use common::data::ImageShape;
-use common::model::{Model, ModelKind};
+use common::image::ImageShape;
 use common::provenance::{attribution_fingerprint, method_fingerprint};
-use polars::prelude::{Column, DataFrame};
 
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("analyzer-{name}-{}", std::process::id()));
@@ -63,19 +63,20 @@ pub fn write_metrics(layout: &RunLayout, stamp: &str) {
     // test loss falls to 1.0 at step 40, then climbs to 2.0: overfit (rise 1.0)
     let test = vec![2.3, 1.8, 1.4, 1.1, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0];
     let acc: Vec<f64> = (0..n).map(|i| 0.1 + 0.05 * i as f64).collect();
-    let mut df = DataFrame::new(vec![
-        Column::new("step".into(), STEPS.iter().map(|&s| s as i64).collect::<Vec<_>>()),
-        Column::new("epoch".into(), STEPS.iter().map(|&s| s as f64 / 90.0).collect::<Vec<_>>()),
-        Column::new("train_loss".into(), train.clone()),
-        Column::new("train_loss_running".into(), train),
-        Column::new("train_acc_running".into(), acc.clone()),
-        Column::new("test_loss".into(), test.clone()),
-        Column::new("test_acc".into(), acc.clone()),
-        Column::new("probe_loss".into(), test),
-        Column::new("probe_acc".into(), acc),
-    ])
-    .unwrap();
-    write_parquet(&layout.metrics(), &mut df).unwrap();
+    let rows: Vec<MetricsRow> = (0..n)
+        .map(|i| MetricsRow {
+            step: STEPS[i],
+            epoch: STEPS[i] as f64 / 90.0,
+            train_loss: train[i],
+            train_loss_running: train[i],
+            train_acc_running: acc[i],
+            test_loss: test[i],
+            test_acc: acc[i],
+            probe_loss: test[i],
+            probe_acc: acc[i],
+        })
+        .collect();
+    write_parquet(&layout.metrics(), &mut metrics_frame(&rows)).unwrap();
     write_stamp(&layout.metrics(), stamp).unwrap();
 }
 
@@ -84,10 +85,11 @@ pub fn write_metrics(layout: &RunLayout, stamp: &str) {
 pub fn write_maps(layout: &RunLayout, probe: &Probe, config: &Path) {
     let method = method_fingerprint(&PipelineConfig::load(config).unwrap().methods["lrp"]);
     for (k, &step) in STEPS.iter().enumerate() {
-        let model = Model::initialized(ModelKind::Simple, ImageShape::GRAY_28, 10, step);
+        // The analyzer reads only which checkpoints exist: no parameters needed.
+        let model = CheckpointModel { kind: ModelKind::Simple, input: ImageShape::GRAY_28, classes: 10 };
         let info =
             CheckpointInfo { run: "tiny".into(), step, epoch: 0.0, dataset: "synth".into(), fingerprint: format!("c{step}") };
-        write_checkpoint(&layout.checkpoint(step), &model, &info).unwrap();
+        write_checkpoint_file(&layout.checkpoint(step), &info, model, []).unwrap();
         let width = 8.0 - 0.6 * k as f32;
         let amplitude = 2f32.powi(k as i32);
         let mut maps = Vec::new();
@@ -142,7 +144,7 @@ pub fn setup(dir: &Path) -> (PathBuf, RunLayout) {
     (config, layout)
 }
 
-pub fn analyze(config: &Path, extra: &[&str]) -> common::cli::StageReport {
+pub fn analyze(config: &Path, extra: &[&str]) -> common::stage::StageReport {
     let mut args = vec!["analyzer", "--config", config.to_str().unwrap()];
     args.extend_from_slice(extra);
     analyzer::run(&analyzer::Cli::try_parse_from(args).unwrap()).unwrap()

@@ -1,23 +1,27 @@
 //! Files shared between the stages: where they live, how they are written
 //! (atomically), what produced them (fingerprints), and their formats
-//! (safetensors for tensors, Parquet for tables).
+//! (safetensors for tensors, Parquet for [`tables`]). docs/DESIGN.md,
+//! "Stages and files", describes every file.
 
 mod atomic;
 mod attribution;
 mod checkpoint;
 mod fingerprint;
 mod layout;
-mod probe;
-mod tables;
+mod parquet;
+pub mod tables;
 mod tensors;
 
 pub use atomic::{process_is_running, remove_if_present, remove_stale_temporaries, write_atomic, TEMP_SUFFIX};
 pub use attribution::{read_attributions, write_attributions, Attributions};
-pub use checkpoint::{read_checkpoint, read_checkpoint_fingerprint, write_checkpoint, CheckpointInfo};
+pub use checkpoint::{
+    format_epoch, read_checkpoint_file, read_checkpoint_fingerprint, write_checkpoint_file, CheckpointFile, CheckpointInfo,
+    CheckpointModel,
+};
 pub use fingerprint::{fingerprint, read_stamp, stamp_path, write_stamp, Fingerprinter};
 pub use layout::{step_name, RunLayout};
-pub use probe::{read_probe, write_probe, Probe, ProbeEntry, Split};
-pub use tables::{read_parquet, write_parquet, write_parquet_stamped};
+pub use parquet::{read_parquet, write_parquet, write_parquet_stamped};
+pub use tables::probe::{read_probe, write_probe, Probe, ProbeEntry, Split};
 pub use tensors::{read_metadata, read_tensors, write_tensors, TensorData, TensorFile};
 
 use std::path::{Path, PathBuf};

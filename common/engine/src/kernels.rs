@@ -11,8 +11,11 @@
 
 use rayon::prelude::*;
 
-use super::microkernels::{pool_row, tap_products, transpose_planes, unpool_row, weight_gradient, Isa, POSITION_BLOCK};
-use super::winograd::{Winograd, WinogradBuffers, WinogradGradient};
+use crate::geometry::RowLayout;
+pub use crate::geometry::{ConvGeometry, PoolGeometry};
+use crate::isa::Isa;
+use crate::microkernels::{pool_row, tap_products, transpose_planes, unpool_row, weight_gradient};
+use crate::winograd::{Winograd, WinogradBuffers, WinogradGradient};
 
 /// A row-major or strided view of a matrix inside a slice.
 #[derive(Clone, Copy)]
@@ -119,159 +122,6 @@ fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, (m, n, k): (usize, 
 
 /// Fewest destination rows [`matmul`] gives a thread.
 const MIN_ROWS_PER_STRETCH: usize = 64;
-
-/// Shape of a convolution with stride 1 and `padding` zeros on every side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvGeometry {
-    pub in_channels: usize,
-    pub out_channels: usize,
-    pub kernel: usize,
-    pub padding: usize,
-    pub height: usize,
-    pub width: usize,
-}
-
-impl ConvGeometry {
-    pub fn out_height(&self) -> usize {
-        self.height + 2 * self.padding + 1 - self.kernel
-    }
-
-    pub fn out_width(&self) -> usize {
-        self.width + 2 * self.padding + 1 - self.kernel
-    }
-
-    /// Floats of one input image.
-    pub fn in_len(&self) -> usize {
-        self.in_channels * self.height * self.width
-    }
-
-    /// Floats of one output image.
-    pub fn out_len(&self) -> usize {
-        self.out_channels * self.out_plane()
-    }
-
-    fn out_plane(&self) -> usize {
-        self.out_height() * self.out_width()
-    }
-
-    /// Length of one receptive field: in_channels · kernel².
-    pub fn patch_len(&self) -> usize {
-        self.in_channels * self.kernel * self.kernel
-    }
-
-    pub fn weight_len(&self) -> usize {
-        self.out_channels * self.patch_len()
-    }
-
-    /// Width of a row of the zero-padded input.
-    fn padded_width(&self) -> usize {
-        self.width + 2 * self.padding
-    }
-
-    fn padded_plane(&self) -> usize {
-        (self.height + 2 * self.padding) * self.padded_width()
-    }
-
-    /// Output positions as the microkernels compute them: every output row
-    /// runs over the padded width (the columns past `out_width` are virtual
-    /// and discarded), rounded up to whole blocks.
-    fn virtual_positions(&self) -> usize {
-        (self.out_height() * self.padded_width()).next_multiple_of(POSITION_BLOCK)
-    }
-
-    /// Where tap `(c, ky, kx)` of the kernel reads, relative to the output
-    /// position, in the padded image.
-    fn tap_offsets(&self) -> Vec<usize> {
-        let (k, row, plane) = (self.kernel, self.padded_width(), self.padded_plane());
-        (0..self.in_channels).flat_map(|c| (0..k).flat_map(move |ky| (0..k).map(move |kx| c * plane + ky * row + kx))).collect()
-    }
-
-    /// Floats of a padded image, with room for the virtual positions of the
-    /// last rows.
-    fn padded_len(&self) -> usize {
-        let last_tap = (self.in_channels - 1) * self.padded_plane() + (self.kernel - 1) * (self.padded_width() + 1);
-        (last_tap + self.virtual_positions()).max(self.in_channels * self.padded_plane())
-    }
-
-    /// Copies one image into the middle of a padded buffer, followed by a
-    /// row of ones (one per virtual position, at
-    /// [`ConvGeometry::padded_len`]) when `ones_after` is set: the weight
-    /// gradient's extra tap there is the bias gradient. The buffer is
-    /// filled only when it is new (or of another geometry): the copy
-    /// overwrites the whole interior and never touches the zero border or
-    /// the ones, so a buffer reused for the next image needs no clearing.
-    pub(crate) fn pad_image(&self, image: &[f32], padded: &mut Vec<f32>, ones_after: bool) {
-        let ones = if ones_after { self.virtual_positions() } else { 0 };
-        if padded.len() != self.padded_len() + ones {
-            padded.clear();
-            padded.resize(self.padded_len(), 0.0);
-            padded.resize(self.padded_len() + ones, 1.0);
-        }
-        copy_rows(image, (self.height, self.width), self.padded_layout(), padded);
-    }
-
-    /// Where the image's rows lie in a padded buffer.
-    fn padded_layout(&self) -> RowLayout {
-        (self.padded_plane(), self.padded_width(), self.padding * (self.padded_width() + 1))
-    }
-
-    /// The weights `[out][tap]` as the forward microkernel reads them:
-    /// `[channel block][tap][channel in block]`, zero past the last channel.
-    fn pack_weights(&self, weight: &[f32], block: usize) -> Vec<f32> {
-        let taps = self.patch_len();
-        let blocks = self.out_channels.div_ceil(block);
-        let mut packed = vec![0.0f32; blocks * taps * block];
-        for (o, row) in weight.chunks_exact(taps).enumerate() {
-            for (t, &w) in row.iter().enumerate() {
-                packed[((o / block) * taps + t) * block + o % block] = w;
-            }
-        }
-        packed
-    }
-
-    /// The convolution whose forward pass is this one's input gradient:
-    /// channels swapped, kernel flipped, padding `k - 1 - p`, on the output's
-    /// plane.
-    fn transposed(&self, weight: &[f32]) -> (ConvGeometry, Vec<f32>) {
-        let k = self.kernel;
-        let transposed = ConvGeometry {
-            in_channels: self.out_channels,
-            out_channels: self.in_channels,
-            kernel: k,
-            padding: k - 1 - self.padding,
-            height: self.out_height(),
-            width: self.out_width(),
-        };
-        let mut flipped = vec![0.0f32; weight.len()];
-        for o in 0..self.out_channels {
-            for c in 0..self.in_channels {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        flipped[((c * self.out_channels + o) * k + (k - 1 - ky)) * k + (k - 1 - kx)] =
-                            weight[((o * self.in_channels + c) * k + ky) * k + kx];
-                    }
-                }
-            }
-        }
-        (transposed, flipped)
-    }
-}
-
-/// Where an image's rows lie in a buffer, `(plane, row, first)`: row `y`
-/// of channel `c` starts at `c·plane + y·row + first`.
-pub(crate) type RowLayout = (usize, usize, usize);
-
-/// Copies an image (C·H·W, planes of `height x width`) into a padded
-/// buffer laid out as `layout`. Only the image's own entries are written,
-/// so a reused buffer keeps its border.
-pub(crate) fn copy_rows(image: &[f32], (height, width): (usize, usize), layout: RowLayout, padded: &mut [f32]) {
-    let (plane, row, first) = layout;
-    for (c, channel) in image.chunks_exact(height * width).enumerate() {
-        for (y, src) in channel.chunks_exact(width).enumerate() {
-            padded[c * plane + y * row + first..][..width].copy_from_slice(src);
-        }
-    }
-}
 
 /// Images per partial sum of the weight gradient: a fixed number, so the
 /// order of the sums does not depend on the thread count.
@@ -605,38 +455,6 @@ impl ParamGradient {
     }
 }
 
-/// Shape of a 2x2, stride-2 max-pool over `channels` planes of `height x
-/// width` (odd trailing rows and columns are dropped, as in PyTorch).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolGeometry {
-    pub channels: usize,
-    pub height: usize,
-    pub width: usize,
-}
-
-impl PoolGeometry {
-    pub fn out_height(&self) -> usize {
-        self.height / 2
-    }
-
-    pub fn out_width(&self) -> usize {
-        self.width / 2
-    }
-
-    pub fn in_len(&self) -> usize {
-        self.channels * self.height * self.width
-    }
-
-    pub fn out_len(&self) -> usize {
-        self.channels * self.out_height() * self.out_width()
-    }
-
-    /// Index (within one image) of the input of each 2x2 window's corner `(dy, dx)`.
-    fn window(&self, c: usize, oy: usize, ox: usize, dy: usize, dx: usize) -> usize {
-        (c * self.height + 2 * oy + dy) * self.width + 2 * ox + dx
-    }
-}
-
 /// Max of each 2x2 window and, per output, the index of the winning input
 /// within its image (the first maximum on ties, as PyTorch).
 pub fn maxpool2x2_forward(x: &[f32], g: &PoolGeometry) -> (Vec<f32>, Vec<u32>) {
@@ -908,8 +726,9 @@ const PARALLEL: gemm::Parallelism = gemm::Parallelism::Rayon(0);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::winograd::MIN_INPUT_CHANNELS;
-    use crate::rng::Rng;
+    use crate::isa::TestedIsas;
+    use crate::winograd::MIN_INPUT_CHANNELS;
+    use common::rng::Rng;
 
     fn random(len: usize, seed: u64) -> Vec<f32> {
         let mut rng = Rng::new(seed);
@@ -977,9 +796,13 @@ mod tests {
     }
 
     fn assert_close(a: &[f32], b: &[f32], tol: f32) {
-        assert_eq!(a.len(), b.len());
+        assert_close_named(a, b, tol, "values");
+    }
+
+    fn assert_close_named(a: &[f32], b: &[f32], tol: f32, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "index {i}: {x} vs {y}");
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}: index {i}: {x} vs {y}");
         }
     }
 
@@ -1002,19 +825,20 @@ mod tests {
     /// bit, as the microkernels promise.
     #[test]
     fn every_microkernel_variant_matches_the_reference() {
-        let geometries = [
-            geometry(),
-            ConvGeometry { in_channels: 3, out_channels: 40, kernel: 3, padding: 1, height: 9, width: 7 },
-            ConvGeometry { in_channels: 2, out_channels: 16, kernel: 5, padding: 2, height: 6, width: 6 },
-            // 80 virtual positions: whole blocks and a tail vector.
-            ConvGeometry { in_channels: 5, out_channels: 12, kernel: 3, padding: 1, height: 8, width: 8 },
-            // Winograd's method: odd and even sides, channels past a vector.
-            ConvGeometry { in_channels: MIN_INPUT_CHANNELS, out_channels: 4, kernel: 3, padding: 1, height: 5, width: 7 },
-            ConvGeometry { in_channels: MIN_INPUT_CHANNELS + 3, out_channels: 3, kernel: 3, padding: 1, height: 4, width: 6 },
-            // 35 tiles: two whole vectors and three tiles summed apart.
-            ConvGeometry { in_channels: MIN_INPUT_CHANNELS, out_channels: 9, kernel: 3, padding: 1, height: 10, width: 13 },
+        let isas = TestedIsas::new("kernels: every microkernel variant against the naive convolution");
+        let case = |name: &'static str, in_channels, out_channels, kernel, height, width| {
+            (name, ConvGeometry { in_channels, out_channels, kernel, padding: kernel / 2, height, width })
+        };
+        let cases = [
+            case("3 to 4 channels, 3x3 on 5x6", 3, 4, 3, 5, 6),
+            case("40 outputs: whole and partial channel blocks", 3, 40, 3, 9, 7),
+            case("5x5 kernel on 6x6", 2, 16, 5, 6, 6),
+            case("80 virtual positions: whole blocks and a tail vector", 5, 12, 3, 8, 8),
+            case("Winograd, odd and even sides", MIN_INPUT_CHANNELS, 4, 3, 5, 7),
+            case("Winograd, channels past a vector", MIN_INPUT_CHANNELS + 3, 3, 3, 4, 6),
+            case("Winograd, 35 tiles: two vectors and three tiles apart", MIN_INPUT_CHANNELS, 9, 3, 10, 13),
         ];
-        for g in geometries {
+        for (name, g) in cases {
             let x = random(3 * g.in_len(), 20);
             let w = random(g.weight_len(), 21);
             let b = random(g.out_channels, 22);
@@ -1023,22 +847,23 @@ mod tests {
             let relu: Vec<f32> = expected.iter().map(|v| v.max(0.0)).collect();
             let (naive_dw, naive_db) = naive_params(&x, &dy, &g);
             let mut fused: Option<(Vec<f32>, Vec<f32>)> = None;
-            for isa in Isa::available() {
+            isas.each(|isa| {
+                let what = format!("{name} on {}", isa.name());
                 let y = forward_on(isa, &x, &g, &w, Some(&b), false, false).0;
-                assert_close(&y, &expected, 1e-5);
+                assert_close_named(&y, &expected, 1e-5, &format!("{what}: forward"));
                 let (activated, pre) = forward_on(isa, &x, &g, &w, Some(&b), true, true);
-                assert_close(&activated, &relu, 1e-5);
-                assert_eq!(pre.as_ref(), Some(&y));
+                assert_close_named(&activated, &relu, 1e-5, &format!("{what}: forward with ReLU"));
+                assert_eq!(pre.as_ref(), Some(&y), "{what}: pre-activation kept beside the ReLU");
                 let (dw, db) = params_on(isa, &x, &dy, &g);
-                assert_close(&dw, &naive_dw, 1e-4);
-                assert_close(&db, &naive_db, 1e-4);
+                assert_close_named(&dw, &naive_dw, 1e-4, &format!("{what}: weight gradient"));
+                assert_close_named(&db, &naive_db, 1e-4, &format!("{what}: bias gradient"));
                 if isa != Isa::Portable {
                     match &fused {
-                        Some((y0, dw0)) => assert!(y0 == &y && dw0 == &dw, "{isa:?} differs from the other fused variant"),
+                        Some((y0, dw0)) => assert!(y0 == &y && dw0 == &dw, "{what}: differs from the other fused variant"),
                         None => fused = Some((y, dw)),
                     }
                 }
-            }
+            });
         }
     }
 
@@ -1048,31 +873,24 @@ mod tests {
     /// number of gradient groups.
     #[test]
     fn winograd_matches_the_naive_convolution() {
-        for (in_channels, out_channels, height, width) in
-            // The fourth: 15 tiles, so the gradient's sweeps put images
-            // side by side at offsets that are not whole vectors. The fifth:
-            // rows of 17 tiles, more than one pass of the AVX-512 input
-            // transform. The others are narrow planes, whose AVX-512
-            // transforms put four rows of tiles in a vector (first, second,
-            // sixth, the sixth with a partial group) or two (third,
-            // fourth); the seventh has rows of 14 tiles, whose AVX-512
-            // output transform writes rows wider than a vector, cropped to
-            // 27. Tiles past the last whole vector are summed apart where
-            // there are up to four: one (third), two (fifth, sixth) and
-            // four (last).
-            [
-                (MIN_INPUT_CHANNELS, 40, 7, 7),
-                (80, 20, 8, 8),
-                (MIN_INPUT_CHANNELS, 9, 14, 13),
-                (MIN_INPUT_CHANNELS, 6, 5, 9),
-                (MIN_INPUT_CHANNELS, 5, 3, 34),
-                (MIN_INPUT_CHANNELS, 7, 11, 5),
-                (MIN_INPUT_CHANNELS, 4, 5, 27),
-                (MIN_INPUT_CHANNELS, 12, 12, 11),
-            ]
-        {
+        let isas = TestedIsas::new("kernels: Winograd against the naive convolution");
+        // (name, in channels, out channels, height, width). "Four rows" and
+        // "two rows": narrow planes, whose AVX-512 transforms put that many
+        // rows of tiles in a vector; "tail of N": N tiles past the last
+        // whole vector, summed apart.
+        let cases = [
+            ("7x7, four rows of tiles per vector", MIN_INPUT_CHANNELS, 40, 7, 7),
+            ("8x8, 80 channels, four rows per vector", 80, 20, 8, 8),
+            ("14x13, two rows per vector, tail of 1", MIN_INPUT_CHANNELS, 9, 14, 13),
+            ("5x9, 15 tiles: sweeps at offsets that are not whole vectors", MIN_INPUT_CHANNELS, 6, 5, 9),
+            ("3x34, rows of 17 tiles: two input-transform passes, tail of 2", MIN_INPUT_CHANNELS, 5, 3, 34),
+            ("11x5, a partial group of four rows, tail of 2", MIN_INPUT_CHANNELS, 7, 11, 5),
+            ("5x27, rows of 14 tiles: output rows wider than a vector, cropped", MIN_INPUT_CHANNELS, 4, 5, 27),
+            ("12x11, tail of 4", MIN_INPUT_CHANNELS, 12, 12, 11),
+        ];
+        for (name, in_channels, out_channels, height, width) in cases {
             let g = ConvGeometry { in_channels, out_channels, kernel: 3, padding: 1, height, width };
-            assert!(Winograd::applies(&g));
+            assert!(Winograd::applies(&g), "{name}");
             let batch = IMAGES_PER_PARTIAL_GRADIENT + 1;
             let x = random(batch * g.in_len(), 24);
             let w = random(g.weight_len(), 25);
@@ -1080,19 +898,20 @@ mod tests {
             let dy = random(batch * g.out_len(), 27);
             let expected = naive_conv(&x, &g, &w, &b);
             let (naive_dw, naive_db) = naive_params(&x, &dy, &g);
-            for isa in Isa::available() {
+            isas.each(|isa| {
+                let what = format!("{name} on {}", isa.name());
                 let (activated, pre) = forward_on(isa, &x, &g, &w, Some(&b), true, true);
                 let pre = pre.expect("kept on request");
-                assert_close(&pre, &expected, 1e-5);
-                assert_eq!(activated, pre.iter().map(|v| v.max(0.0)).collect::<Vec<_>>());
+                assert_close_named(&pre, &expected, 1e-5, &format!("{what}: forward"));
+                assert_eq!(activated, pre.iter().map(|v| v.max(0.0)).collect::<Vec<_>>(), "{what}: ReLU");
                 let (dw, db) = params_on(isa, &x, &dy, &g);
                 // Sums of hundreds of terms cancel, so the error is
                 // measured against the largest entry (it was below 6e-7 of
                 // it on every variant).
                 let scale = naive_dw.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                assert_close(&dw, &naive_dw, 4e-6 * scale);
-                assert_close(&db, &naive_db, 1e-5);
-            }
+                assert_close_named(&dw, &naive_dw, 4e-6 * scale, &format!("{what}: weight gradient"));
+                assert_close_named(&db, &naive_db, 1e-5, &format!("{what}: bias gradient"));
+            });
         }
     }
 
@@ -1212,6 +1031,7 @@ mod tests {
     /// sizes, rows wider and narrower than a vector, ties, zeros and NaNs.
     #[test]
     fn dense_unpool_matches_relu_mask_then_scatter() {
+        let isas = TestedIsas::new("kernels: dense unpool against mask and scatter");
         let mut rng = Rng::new(37);
         for (height, width) in [(2, 2), (7, 7), (4, 14), (5, 47), (3, 70)] {
             let g = PoolGeometry { channels: 3, height, width };
@@ -1228,13 +1048,13 @@ mod tests {
             for relu in [false, true] {
                 let masked: Vec<f32> = dout.iter().zip(&pooled).map(|(&d, &y)| if !relu || y > 0.0 { d } else { 0.0 }).collect();
                 let expected = maxpool2x2_backward(&masked, &arg, &g);
-                for isa in Isa::available() {
+                isas.each(|isa| {
                     let mut dimage = vec![f32::NAN; g.in_len()];
                     let layout = (g.out_height() * g.out_width(), g.out_width(), 0);
                     unpool_image_dense_on(isa, &g, &dout, &arg, relu.then_some((&pooled[..], layout)), &mut dimage);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&dimage), bits(&expected), "{isa:?} {height}x{width} relu {relu}");
-                }
+                    assert_eq!(bits(&dimage), bits(&expected), "{} {height}x{width} relu {relu}", isa.name());
+                });
             }
         }
     }
@@ -1244,7 +1064,8 @@ mod tests {
     /// -0 and NaN, gradients of -0 and NaN.
     #[test]
     fn every_relu_gradient_variant_masks_like_the_rule() {
-        use crate::model::microkernels::relu_gradient;
+        let isas = TestedIsas::new("kernels: ReLU gradient variants");
+        use crate::microkernels::relu_gradient;
         let mut rng = Rng::new(41);
         let special = |rng: &mut Rng| match rng.below(8) {
             0 => f32::NAN,
@@ -1256,11 +1077,11 @@ mod tests {
             let output: Vec<f32> = (0..len).map(|_| special(&mut rng)).collect();
             let gradient: Vec<f32> = (0..len).map(|_| special(&mut rng)).collect();
             let expected: Vec<u32> = gradient.iter().zip(&output).map(|(&d, &y)| if y > 0.0 { d.to_bits() } else { 0 }).collect();
-            for isa in Isa::available() {
+            isas.each(|isa| {
                 let mut masked = gradient.clone();
                 relu_gradient(isa, &mut masked, &output);
-                assert_eq!(masked.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), expected, "{isa:?} on {len}");
-            }
+                assert_eq!(masked.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), expected, "{} on {len}", isa.name());
+            });
         }
     }
 
@@ -1268,6 +1089,7 @@ mod tests {
     /// narrower than a vector, with ties, zeros, infinities and NaNs.
     #[test]
     fn every_pool_variant_matches_the_scalar_one() {
+        let isas = TestedIsas::new("kernels: max-pool variants");
         let mut rng = Rng::new(31);
         for (height, width) in [(2, 2), (4, 14), (6, 32), (5, 47), (3, 70)] {
             let g = PoolGeometry { channels: 3, height, width };
@@ -1291,9 +1113,9 @@ mod tests {
                 (out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), arg)
             };
             let scalar = pooled(Isa::Portable);
-            for isa in Isa::available() {
-                assert_eq!(pooled(isa), scalar, "{isa:?} on {height}x{width}");
-            }
+            isas.each(|isa| {
+                assert_eq!(pooled(isa), scalar, "{} on {height}x{width}", isa.name());
+            });
         }
     }
 

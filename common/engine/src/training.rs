@@ -4,9 +4,13 @@ use dfdx::prelude::{
     cross_entropy_with_logits_loss, Backward, Cpu, Gradients, HasShape, OwnedTape, ReshapeTo, TensorFromVec, Trace,
 };
 
-use super::conv_stack::ConvStack;
-use super::tape_ops::{self, Flat, Planes, Rows};
-use super::{argmax, Layer, Model, ModelError};
+/// The dfdx device a training step runs on.
+pub use dfdx::prelude::Cpu as Device;
+
+use crate::conv_stack::ConvStack;
+use crate::layers::{Layer, ModelError};
+use crate::network::{argmax, Model};
+use crate::tape_ops::{self, Flat, Planes, Rows};
 
 type Taped = OwnedTape<f32, Cpu>;
 
@@ -97,9 +101,10 @@ pub fn loss_and_gradients(dev: &Cpu, model: &Model, x: Vec<f32>, labels: &[u8]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::ImageShape;
-    use crate::model::{cross_entropy_and_correct, ModelKind};
-    use crate::rng::Rng;
+    use crate::network::cross_entropy_and_correct;
+    use common::architecture::ModelKind;
+    use common::image::ImageShape;
+    use common::rng::Rng;
 
     fn batch(shape: ImageShape, n: usize, seed: u64) -> (Vec<f32>, Vec<u8>) {
         let mut rng = Rng::new(seed);

@@ -16,70 +16,7 @@
 //! variant, so AVX-512 and AVX2 give the same bits; the portable variant
 //! rounds each product separately.
 
-use std::sync::OnceLock;
-
-/// An instruction set the kernels are compiled for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
-
-impl Isa {
-    /// The best variant this CPU runs, detected once.
-    pub(crate) fn detected() -> Isa {
-        static DETECTED: OnceLock<Isa> = OnceLock::new();
-        *DETECTED.get_or_init(|| Isa::available()[0])
-    }
-
-    /// Every variant this CPU runs, best first.
-    pub(crate) fn available() -> Vec<Isa> {
-        let mut out = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            let fma = std::arch::is_x86_feature_detected!("fma");
-            if fma && std::arch::is_x86_feature_detected!("avx512f") {
-                out.push(Isa::Avx512);
-            }
-            if fma && std::arch::is_x86_feature_detected!("avx2") {
-                out.push(Isa::Avx2);
-            }
-        }
-        out.push(Isa::Portable);
-        out
-    }
-
-    /// Output channels per block of [`tap_products`] for a layer of
-    /// `channels` outputs over `positions` positions per image; weights are
-    /// packed in blocks of this many channels. Few channels (the input
-    /// relevance of a first layer) get narrower blocks, which waste fewer
-    /// padding channels. A single vector of positions (Winograd's tiles of
-    /// an 8x8 or smaller plane) gets taller blocks: with only one input
-    /// load per tap to share, 8 accumulators are too few to keep the
-    /// multiply-adds busy (12 measured 7-45% faster).
-    pub(crate) fn channel_block(self, channels: usize, positions: usize) -> usize {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if channels > 8 && positions <= 16 => 12,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if channels > 4 => 8,
-            _ => 4,
-        }
-    }
-
-    /// Output channels per vector of [`weight_gradient`]: the gradient's
-    /// channel axis is padded to a multiple of this.
-    pub(crate) fn gradient_channel_width(self, channels: usize) -> usize {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if channels > 16 => 32,
-            _ => 16,
-        }
-    }
-}
+use crate::isa::Isa;
 
 /// The caller rounds its virtual positions up to a multiple of this, which
 /// every variant's vector width divides. (Blocks of several vectors end in
@@ -98,7 +35,7 @@ trait Lanes: Copy {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::Lanes;
@@ -141,6 +78,10 @@ pub(super) mod x86 {
 
     /// See [`super::pool_row`]: sixteen windows per step, the even and odd
     /// columns of both rows split apart with permutes.
+    ///
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn pool_row_avx512(
         top: &[f32],
@@ -193,6 +134,10 @@ pub(super) mod x86 {
 
     /// See [`super::unpool_row`]: sixteen windows per step, the corners of
     /// both rows interleaved back with permutes.
+    ///
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn unpool_row_avx512(
         dout: &[f32],
@@ -233,6 +178,10 @@ pub(super) mod x86 {
 
     /// See [`super::relu_gradient`]: sixteen values per step, masked to
     /// the row.
+    ///
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn relu_gradient_avx512(gradient: &mut [f32], output: &[f32]) {
         let n = gradient.len();
@@ -247,6 +196,10 @@ pub(super) mod x86 {
 
     /// See [`super::transpose_row`]: sixteen channels of one position per
     /// gather.
+    ///
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn transpose_row_avx512(
         dy: &[f32],
@@ -359,6 +312,10 @@ unsafe fn tap_block<V: Lanes, const OCB: usize, const NV: usize>(
 
 /// The products of the first `positions` positions, each output channel's
 /// row `stride` floats after the one before.
+///
+/// # Safety
+/// `V`'s instructions must run on this CPU (the caller's target features);
+/// the bounds are asserted before any load or store.
 #[inline(always)]
 unsafe fn tap_products_generic<V: Lanes, const OCB: usize, const NV: usize>(
     padded: &[f32],
@@ -449,15 +406,19 @@ pub(crate) fn tap_products_of_real(
     assert!(real <= positions, "more real positions than positions");
     let whole = real / 16 * 16;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && block == 8 && (1..=4).contains(&(real - whole)) {
-        // SAFETY: chosen only where the CPU has AVX-512; the kernels check
-        // their bounds before reading or writing.
+    if matches!(isa, Isa::Avx512(_)) && block == 8 && (1..=4).contains(&(real - whole)) {
+        // SAFETY: `Isa::Avx512` holds a token that only detection of AVX-512F
+        // and FMA makes; the kernels check their bounds before reading or
+        // writing.
         unsafe { tap_products_avx512_with_tail(padded, offsets, packed, (whole, real - whole, positions), out) };
         return;
     }
     tap_products(isa, block, padded, offsets, packed, positions, out)
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tap_products_avx512_with_tail(
@@ -494,20 +455,21 @@ pub(crate) fn tap_products(
     positions: usize,
     out: &mut [f32],
 ) {
-    // SAFETY: the generic kernel checks its bounds before reading; the
-    // vector variants are only chosen when the CPU has their features.
+    // SAFETY: the generic kernel asserts its bounds before reading; a vector
+    // variant runs only under its `Isa` variant, whose token only detection of
+    // its features makes.
     unsafe {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if block == 12 => tap_products_avx512_tall(padded, offsets, packed, positions, out),
+            Isa::Avx512(_) if block == 12 => tap_products_avx512_tall(padded, offsets, packed, positions, out),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if block == 8 && positions >= 96 => tap_products_avx512_wide(padded, offsets, packed, positions, out),
+            Isa::Avx512(_) if block == 8 && positions >= 96 => tap_products_avx512_wide(padded, offsets, packed, positions, out),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if block == 8 => tap_products_avx512(padded, offsets, packed, positions, out),
+            Isa::Avx512(_) if block == 8 => tap_products_avx512(padded, offsets, packed, positions, out),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => tap_products_avx512_narrow(padded, offsets, packed, positions, out),
+            Isa::Avx512(_) => tap_products_avx512_narrow(padded, offsets, packed, positions, out),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => tap_products_avx2(padded, offsets, packed, positions, out),
+            Isa::Avx2(_) => tap_products_avx2(padded, offsets, packed, positions, out),
             Isa::Portable => tap_products_generic::<Scalar, 4, 16>(padded, offsets, packed, (positions, positions), out),
         }
     }
@@ -518,30 +480,46 @@ pub(crate) fn tap_products(
 /// convolution's few hundred positions per image). Where an image has only
 /// a few vectors of positions (the 64 Winograd tiles of a 14- or 16-wide
 /// plane), 48 and a tail of 16 are slower than two blocks of 32.
+///
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tap_products_avx512_wide(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
     tap_products_generic::<x86::Avx512, 8, 3>(padded, offsets, packed, (positions, positions), out)
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tap_products_avx512_tall(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
     tap_products_generic::<x86::Avx512, 12, 1>(padded, offsets, packed, (positions, positions), out)
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tap_products_avx512(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
     tap_products_generic::<x86::Avx512, 8, 2>(padded, offsets, packed, (positions, positions), out)
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tap_products_avx512_narrow(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
     tap_products_generic::<x86::Avx512, 4, 2>(padded, offsets, packed, (positions, positions), out)
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tap_products_avx2(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
@@ -591,6 +569,9 @@ unsafe fn position_block<V: Lanes, const KB: usize, const NV: usize>(
     }
 }
 
+/// # Safety
+/// `V`'s instructions must run on this CPU (the caller's target features);
+/// the bounds are asserted before any load or store.
 #[inline(always)]
 unsafe fn weight_gradient_generic<V: Lanes, const KB: usize, const NV: usize>(
     padded: &[f32],
@@ -650,21 +631,25 @@ pub(crate) fn weight_gradient(
     accumulate: bool,
 ) {
     let channels = gradient.len() / positions.max(1);
-    // SAFETY: the generic kernel checks its bounds before reading; the
-    // vector variants are only chosen when the CPU has their features.
+    // SAFETY: the generic kernel asserts its bounds before reading; a vector
+    // variant runs only under its `Isa` variant, whose token only detection of
+    // its features makes.
     unsafe {
         match (isa, isa.gradient_channel_width(channels)) {
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, 32) => weight_gradient_avx512_32(padded, offsets, gradient, positions, out, accumulate),
+            (Isa::Avx512(_), 32) => weight_gradient_avx512_32(padded, offsets, gradient, positions, out, accumulate),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, _) => weight_gradient_avx512_16(padded, offsets, gradient, positions, out, accumulate),
+            (Isa::Avx512(_), _) => weight_gradient_avx512_16(padded, offsets, gradient, positions, out, accumulate),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, _) => weight_gradient_avx2(padded, offsets, gradient, positions, out, accumulate),
+            (Isa::Avx2(_), _) => weight_gradient_avx2(padded, offsets, gradient, positions, out, accumulate),
             _ => weight_gradient_generic::<Scalar, 4, 16>(padded, offsets, gradient, positions, out, accumulate),
         }
     }
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn weight_gradient_avx512_32(
@@ -678,6 +663,9 @@ unsafe fn weight_gradient_avx512_32(
     weight_gradient_generic::<x86::Avx512, 8, 2>(padded, offsets, gradient, positions, out, accumulate)
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn weight_gradient_avx512_16(
@@ -691,6 +679,9 @@ unsafe fn weight_gradient_avx512_16(
     weight_gradient_generic::<x86::Avx512, 12, 1>(padded, offsets, gradient, positions, out, accumulate)
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn weight_gradient_avx2(
@@ -729,9 +720,10 @@ pub(crate) fn unpool_row(
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: chosen only where the CPU has AVX-512; the lengths are
-        // checked above and every load and store is masked to them.
-        Isa::Avx512 => unsafe {
+        // SAFETY: `Isa::Avx512` holds a token that only detection of AVX-512F
+        // and FMA makes; the lengths are checked above and every load and store
+        // is masked to them.
+        Isa::Avx512(_) => unsafe {
             x86::unpool_row_avx512(dout, activated, arg, (first, row_width), top, bottom);
             true
         },
@@ -746,9 +738,10 @@ pub(crate) fn relu_gradient(isa: Isa, gradient: &mut [f32], output: &[f32]) {
     assert_eq!(gradient.len(), output.len(), "ReLU gradient and output lengths");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: chosen only where the CPU has AVX-512; every load and
-        // store is masked to the lengths checked above.
-        Isa::Avx512 => unsafe { x86::relu_gradient_avx512(gradient, output) },
+        // SAFETY: `Isa::Avx512` holds a token that only detection of AVX-512F
+        // and FMA makes; every load and store is masked to the lengths checked
+        // above.
+        Isa::Avx512(_) => unsafe { x86::relu_gradient_avx512(gradient, output) },
         // A mask on the bits, not a select: the compiler turned the select
         // into a branch, which random signs mispredict.
         _ => {
@@ -779,9 +772,10 @@ pub(crate) fn pool_row(
     assert!(top.len() >= 2 * windows && bottom.len() >= 2 * windows && arg.len() == windows, "pool row lengths");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: chosen only where the CPU has AVX-512; the lengths are
-        // checked above and every load and store is masked to them.
-        Isa::Avx512 => unsafe {
+        // SAFETY: `Isa::Avx512` holds a token that only detection of AVX-512F
+        // and FMA makes; the lengths are checked above and every load and store
+        // is masked to them.
+        Isa::Avx512(_) => unsafe {
             x86::pool_row_avx512(top, bottom, row_width as u32, first, out, arg);
             true
         },
@@ -842,9 +836,10 @@ fn transpose_row(
     assert!(channels * plane <= i32::MAX as usize, "gradient too large for 32-bit gather indices");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: chosen only where the CPU has AVX-512; the bounds are
-        // checked above and the gathers and stores are masked to them.
-        Isa::Avx512 => unsafe {
+        // SAFETY: `Isa::Avx512` holds a token that only detection of AVX-512F
+        // and FMA makes; the bounds are checked above and the gathers and stores
+        // are masked to them.
+        Isa::Avx512(_) => unsafe {
             x86::transpose_row_avx512(dy, (channels, plane, width), y, dst, stride);
             true
         },

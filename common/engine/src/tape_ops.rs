@@ -10,9 +10,10 @@ use dfdx::prelude::{Cpu, HasShape, PutTape, Shape, SplitTape, Tape, Tensor, Tens
 
 use rayon::prelude::*;
 
-use super::conv_stack::ConvStack;
-use super::kernels::{self, PoolGeometry};
-use super::Dense;
+use crate::conv_stack::ConvStack;
+use crate::geometry::PoolGeometry;
+use crate::kernels;
+use crate::layers::Dense;
 
 /// Activations of a batch of images: (batch, channels, height, width).
 pub(crate) type Planes<T> = Tensor<(usize, usize, usize, usize), f32, Cpu, T>;

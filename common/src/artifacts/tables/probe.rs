@@ -1,12 +1,18 @@
 //! The probe set: the fixed images explained at every checkpoint
-//! (`probe.parquet`: `probe_id, split, source_index, label`).
+//! (`<run>/probe.parquet`: `probe_id, split, source_index, label`).
 
 use std::path::Path;
 
 use polars::prelude::{Column, DataFrame};
 
-use super::{read_parquet, write_parquet, ArtifactError};
+use super::{frame, TableReader};
+use crate::artifacts::{write_parquet, ArtifactError};
 use crate::data::{Dataset, ImageSet};
+
+pub const PROBE_ID: &str = "probe_id";
+pub const SPLIT: &str = "split";
+pub const SOURCE_INDEX: &str = "source_index";
+pub const LABEL: &str = "label";
 
 /// Whether a probe image comes from the training data the run saw, or from
 /// the test set.
@@ -31,6 +37,9 @@ impl Split {
             _ => None,
         }
     }
+
+    /// The accepted values, for messages.
+    pub const ALLOWED: &'static str = "\"seen\" or \"unseen\"";
 }
 
 /// One probe image: `source_index` indexes the training set (seen) or the
@@ -88,13 +97,12 @@ impl Probe {
 
     pub fn to_frame(&self) -> DataFrame {
         let e = &self.entries;
-        DataFrame::new(vec![
-            Column::new("probe_id".into(), e.iter().map(|e| e.probe_id).collect::<Vec<i64>>()),
-            Column::new("split".into(), e.iter().map(|e| e.split.name()).collect::<Vec<&str>>()),
-            Column::new("source_index".into(), e.iter().map(|e| e.source_index as i64).collect::<Vec<i64>>()),
-            Column::new("label".into(), e.iter().map(|e| e.label as i64).collect::<Vec<i64>>()),
+        frame(vec![
+            Column::new(PROBE_ID.into(), e.iter().map(|e| e.probe_id).collect::<Vec<i64>>()),
+            Column::new(SPLIT.into(), e.iter().map(|e| e.split.name()).collect::<Vec<&str>>()),
+            Column::new(SOURCE_INDEX.into(), e.iter().map(|e| e.source_index as i64).collect::<Vec<i64>>()),
+            Column::new(LABEL.into(), e.iter().map(|e| e.label as i64).collect::<Vec<i64>>()),
         ])
-        .expect("columns of equal length")
     }
 }
 
@@ -103,21 +111,15 @@ pub fn write_probe(path: &Path, probe: &Probe) -> Result<(), ArtifactError> {
 }
 
 pub fn read_probe(path: &Path) -> Result<Probe, ArtifactError> {
-    let df = read_parquet(path)?;
-    let bad = |e: &dyn std::fmt::Display| ArtifactError::new(path, format!("not a probe table: {e}"));
-    let ints = |name: &str| -> Result<Vec<i64>, ArtifactError> {
-        let col = df.column(name).map_err(|e| bad(&e))?.i64().map_err(|e| bad(&e))?;
-        col.into_iter().map(|v| v.ok_or_else(|| bad(&format!("null in `{name}`")))).collect()
-    };
-    let ids = ints("probe_id")?;
-    let sources = ints("source_index")?;
-    let labels = ints("label")?;
-    let splits = df.column("split").map_err(|e| bad(&e))?.str().map_err(|e| bad(&e))?;
+    let table = TableReader::open(path, "a probe table")?;
+    let ids = table.i64(PROBE_ID)?;
+    let splits = table.parsed(SPLIT, Split::ALLOWED, Split::parse)?;
+    let sources = table.i64(SOURCE_INDEX)?;
+    let labels = table.i64(LABEL)?;
     let mut entries = Vec::with_capacity(ids.len());
     for (i, split) in splits.into_iter().enumerate() {
-        let split = split.and_then(Split::parse).ok_or_else(|| bad(&format!("row {i}: split must be \"seen\" or \"unseen\"")))?;
         if sources[i] < 0 || !(0..256).contains(&labels[i]) {
-            return Err(bad(&format!("row {i}: negative source_index or label out of range")));
+            return Err(table.error(format!("row {i}: negative source_index or label out of range")));
         }
         entries.push(ProbeEntry { probe_id: ids[i], split, source_index: sources[i] as usize, label: labels[i] as u8 });
     }

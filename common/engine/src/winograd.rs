@@ -13,8 +13,9 @@
 //! by rounding (the transforms add and subtract inputs before the products).
 //! The weight gradient ([`WinogradGradient`]) runs on the same tiles.
 
-use super::kernels::{copy_rows, ConvGeometry, RowLayout};
-use super::microkernels::{tap_products_of_real, transpose_planes, weight_gradient, Isa, POSITION_BLOCK};
+use crate::geometry::{copy_rows, ConvGeometry, RowLayout};
+use crate::isa::Isa;
+use crate::microkernels::{tap_products_of_real, transpose_planes, weight_gradient, POSITION_BLOCK};
 
 /// Elements of a transformed tile.
 const ELEMENTS: usize = 16;
@@ -88,14 +89,15 @@ impl Tiling {
         // stay zero: the buffer is kept for one layout.
         let last = (ELEMENTS - 1) * layout.element + (self.g.in_channels - 1) * layout.channel + layout.first + self.tiles();
         assert!(layout.channel >= self.tiles() && transformed.len() >= last, "Winograd transformed input layout");
-        // SAFETY: the vector variants are only chosen where the CPU has
-        // their features; the bodies are safe code.
+        // SAFETY: a vector variant runs only under its `Isa` variant, whose
+        // token only detection of its features makes; the bodies assert their
+        // bounds.
         unsafe {
             match self.isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => x86::transform_input(self, padded, layout, transformed),
+                Isa::Avx512(_) => x86::transform_input(self, padded, layout, transformed),
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => transform_input_avx2(self, padded, layout, transformed, rows),
+                Isa::Avx2(_) => transform_input_avx2(self, padded, layout, transformed, rows),
                 Isa::Portable => transform_input_body(self, padded, layout, transformed, rows),
             }
         }
@@ -225,11 +227,12 @@ impl Winograd {
         let g = &t.g;
         let (positions, tiles_x, out_stride) = (t.positions, t.tiles_x, self.out_stride);
         #[cfg(target_arch = "x86_64")]
-        if t.isa == Isa::Avx512 {
+        if matches!(t.isa, Isa::Avx512(_)) {
             let plane = g.height * g.width;
             rows.resize(g.out_channels * plane, 0.0);
-            // SAFETY: chosen only where the CPU has AVX-512; the stores and
-            // scatters are masked to the output plane (checked inside).
+            // SAFETY: `Isa::Avx512` holds a token that only detection of
+            // AVX-512F and FMA makes; the stores and scatters are masked to the
+            // output plane (checked inside).
             unsafe { x86::transform_output(self, products, rows) };
             for o in 0..g.out_channels {
                 store(o, 0, &rows[o * plane..][..plane]);
@@ -346,9 +349,9 @@ fn transform_gradient(t: &Tiling, transposed: &[f32], channels: usize, sums: (us
     unsafe {
         match t.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => transform_gradient_avx512(t, transposed, channels, sums, out, bias),
+            Isa::Avx512(_) => transform_gradient_avx512(t, transposed, channels, sums, out, bias),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => transform_gradient_avx2(t, transposed, channels, sums, out, bias),
+            Isa::Avx2(_) => transform_gradient_avx2(t, transposed, channels, sums, out, bias),
             Isa::Portable => transform_gradient_body(t, transposed, channels, sums, out, bias),
         }
     }
@@ -395,6 +398,9 @@ fn transform_gradient_body(
     }
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transform_gradient_avx512(
@@ -408,6 +414,9 @@ unsafe fn transform_gradient_avx512(
     transform_gradient_body(t, transposed, channels, sums, out, bias)
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn transform_gradient_avx2(
@@ -474,6 +483,9 @@ fn transform_input_body(w: &Tiling, padded: &[f32], layout: TileLayout, transfor
     }
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn transform_input_avx2(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32], rows: &mut Vec<f32>) {
@@ -486,7 +498,7 @@ fn output_rows<'a>(isa: Isa, m: &[&[f32]; ELEMENTS], rows: &'a mut [f32]) -> (&'
     unsafe {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 => output_rows_avx2(m, rows),
+            Isa::Avx2(_) | Isa::Avx512(_) => output_rows_avx2(m, rows),
             Isa::Portable => output_rows_body(m, rows),
         }
     }
@@ -519,6 +531,9 @@ fn output_rows_body<'a>(m: &[&[f32]; ELEMENTS], rows: &'a mut [f32]) -> (&'a [f3
     (top, &bottom[..2 * tiles])
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn output_rows_avx2<'a>(m: &[&[f32]; ELEMENTS], rows: &'a mut [f32]) -> (&'a [f32], &'a [f32]) {
@@ -550,9 +565,9 @@ fn untransform_gradient(isa: Isa, du: &[f32], shape: (usize, usize, usize), scra
     unsafe {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => untransform_gradient_avx512(du, shape, scratch, partial),
+            Isa::Avx512(_) => untransform_gradient_avx512(du, shape, scratch, partial),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => untransform_gradient_avx2(du, shape, scratch, partial),
+            Isa::Avx2(_) => untransform_gradient_avx2(du, shape, scratch, partial),
             Isa::Portable => untransform_gradient_body(du, shape, scratch, partial),
         }
     }
@@ -580,12 +595,18 @@ fn untransform_gradient_body(
     }
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn untransform_gradient_avx512(du: &[f32], shape: (usize, usize, usize), scratch: &mut Vec<f32>, partial: &mut Vec<f32>) {
     untransform_gradient_body(du, shape, scratch, partial)
 }
 
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn untransform_gradient_avx2(du: &[f32], shape: (usize, usize, usize), scratch: &mut Vec<f32>, partial: &mut Vec<f32>) {
@@ -641,12 +662,16 @@ fn transform_kernel(k: &[f32; 9]) -> [f32; ELEMENTS] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::microkernels::x86::lanes_below;
     use super::{TileLayout, Tiling, Winograd, ELEMENTS};
+    use crate::microkernels::x86::lanes_below;
 
     /// Per tile of a 16-tile chunk: (first output, lanes that are real
     /// tiles, lanes whose second output row exists, lanes whose second
     /// output column exists).
+    ///
+    /// # Safety
+    /// AVX-512F must run on this CPU: these helpers inline into the AVX-512
+    /// transforms below, whose callers hold the `Isa` token that proves it.
     unsafe fn chunk(w: &Tiling, first: usize) -> (__m512i, __mmask16, __mmask16, __mmask16) {
         let tiles = w.tiles_y * w.tiles_x;
         let mut output = [0i32; 16];
@@ -666,6 +691,10 @@ mod x86 {
 
     /// `Bᵀ` on four rows (or columns) of a patch: `(d0 - d2, d1 + d2,
     /// d2 - d1, d1 - d3)`, in the order of the portable body.
+    ///
+    /// # Safety
+    /// AVX-512F must run on this CPU: these helpers inline into the AVX-512
+    /// transforms below, whose callers hold the `Isa` token that proves it.
     #[inline(always)]
     unsafe fn input_combination(d0: __m512, d1: __m512, d2: __m512, d3: __m512) -> [__m512; 4] {
         [_mm512_sub_ps(d0, d2), _mm512_add_ps(d1, d2), _mm512_sub_ps(d2, d1), _mm512_sub_ps(d1, d3)]
@@ -674,6 +703,10 @@ mod x86 {
     /// The two output rows of `Aᵀ M A`, each as its (left, right) columns,
     /// from `m(ξ)`, the products of element `ξ`: the sums of the portable
     /// `output_rows_body`, in its order.
+    ///
+    /// # Safety
+    /// AVX-512F must run on this CPU: these helpers inline into the AVX-512
+    /// transforms below, whose callers hold the `Isa` token that proves it.
     #[inline(always)]
     unsafe fn output_combination(m: impl Fn(usize) -> __m512) -> [(__m512, __m512); 2] {
         let (mut s0, mut s1) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
@@ -693,6 +726,10 @@ mod x86 {
     /// Gather Data Sampling they cost tens of cycles each. Writes the real
     /// tiles only; the caller's buffer keeps the padding tiles zero. The
     /// caller checks the buffers' lengths against `layout`.
+    ///
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn transform_input(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32]) {
         let (cin, tiles_x) = (w.g.in_channels, w.tiles_x);
@@ -758,6 +795,10 @@ mod x86 {
     /// alone would leave half the lanes or more empty and take twice the
     /// permutes and stores (the 7x7 layer's forward pass measured 17%
     /// faster this way).
+    ///
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does.
     #[target_feature(enable = "avx512f")]
     unsafe fn transform_input_narrow<const ROWS: usize>(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32]) {
         let (cin, tiles_x, tiles_y) = (w.g.in_channels, w.tiles_x, w.tiles_y);
@@ -808,6 +849,9 @@ mod x86 {
         }
     }
 
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn transform_output(winograd: &Winograd, products: &[f32], out: &mut [f32]) {
         let (w, out_stride) = (&winograd.tiling, winograd.out_stride);
@@ -840,6 +884,10 @@ mod x86 {
     /// out, and each output row's two columns per tile interleaved with
     /// permutes into whole rows: contiguous stores instead of four scatters
     /// of sixteen single floats.
+    ///
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does.
     #[target_feature(enable = "avx512f")]
     unsafe fn transform_output_rows<const ROWS: usize>(winograd: &Winograd, products: &[f32], out: &mut [f32]) {
         let (w, out_stride) = (&winograd.tiling, winograd.out_stride);
@@ -888,7 +936,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
+    use common::rng::Rng;
 
     /// `Gᵀ dU G` is the adjoint of `g ↦ G g Gᵀ`: `⟨G g Gᵀ, dU⟩ = ⟨g, Gᵀ dU G⟩`
     /// for any kernel and any gradient, in every lane.

@@ -1,130 +1,19 @@
-//! The paper's CNNs as plain layer structs, with the layer names and weight
-//! layouts of the reference PyTorch modules (see DESIGN: checkpoints).
-//!
-//! The layers hold their parameters as plain `Vec<f32>`; the same model runs
-//! plain (`forward`, `forward_trace`: evaluation, LRP, Grad-CAM) or on dfdx's
-//! autodiff tape (`training::loss_and_gradients`).
-
-mod conv_stack;
-pub mod kernels;
-mod microkernels;
-mod tape_ops;
-pub mod training;
-mod winograd;
+//! A sequential network built from an architecture of `common` (the
+//! presets' layer lists), run plain (`forward`, `forward_trace`:
+//! evaluation, LRP, Grad-CAM) or on dfdx's autodiff tape
+//! (`training::loss_and_gradients`).
 
 use std::collections::BTreeMap;
 
+use common::architecture::{LayerSpec, ModelKind};
+use common::image::ImageShape;
+use common::rng::Rng;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use crate::data::ImageShape;
-use crate::rng::Rng;
-
-use conv_stack::{ConvBlock, ConvStack};
-pub use kernels::{ConvGeometry, PoolGeometry};
-
-/// Which of the paper's two architectures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModelKind {
-    /// Two 5x5 convolutions (16, 32 channels), each followed by ReLU and a
-    /// 2x2 max-pool, then one dense layer.
-    Simple,
-    /// Six 3x3 'same' convolutions (32, 32, 64, 64, 128, 128) with 2x2
-    /// max-pools after the 2nd, 4th and 6th, then dense 1024 + ReLU, dense.
-    Complex,
-}
-
-impl ModelKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            ModelKind::Simple => "simple",
-            ModelKind::Complex => "complex",
-        }
-    }
-}
-
-/// Shape of an activation of one image: a stack of planes or a flat vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ActivationShape {
-    Planes { channels: usize, height: usize, width: usize },
-    Flat(usize),
-}
-
-impl ActivationShape {
-    pub fn len(&self) -> usize {
-        match *self {
-            ActivationShape::Planes { channels, height, width } => channels * height * width,
-            ActivationShape::Flat(n) => n,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// A convolution with stride 1 and symmetric zero padding; weight
-/// `[out, in, k, k]`, bias `[out]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Conv2d {
-    pub name: String,
-    pub geometry: ConvGeometry,
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-}
-
-/// A fully connected layer; weight `[out, in]`, bias `[out]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Dense {
-    pub name: String,
-    pub inputs: usize,
-    pub outputs: usize,
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-}
-
-/// One step of the sequential network.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Layer {
-    Conv(Conv2d),
-    Relu,
-    MaxPool(PoolGeometry),
-    Flatten,
-    Dense(Dense),
-}
-
-impl Layer {
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            Layer::Conv(_) => "conv",
-            Layer::Relu => "relu",
-            Layer::MaxPool(_) => "max-pool",
-            Layer::Flatten => "flatten",
-            Layer::Dense(_) => "dense",
-        }
-    }
-}
-
-/// A named parameter tensor as stored in checkpoints.
-pub struct ParameterRef<'a> {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub data: &'a [f32],
-}
-
-/// A model's parameters could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("tensor `{name}` is missing")]
-    Missing { name: String },
-    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape { name: String, found: Vec<usize>, expected: Vec<usize> },
-    #[error("unexpected tensor `{name}` (not a parameter of the {model} model)")]
-    Unexpected { name: String, model: &'static str },
-    #[error("input of {found} floats is not a whole number of {shape} images")]
-    Input { found: usize, shape: ImageShape },
-}
+use crate::conv_stack::{ConvBlock, ConvStack};
+use crate::geometry::{ConvGeometry, PoolGeometry};
+use crate::kernels;
+use crate::layers::{ActivationShape, Conv2d, Dense, Layer, ModelError, ParameterRef};
 
 /// The output of every layer for a batch, kept for relevance and gradient
 /// passes. `outputs[i]` is the output of `layers[i]`; the input is separate.
@@ -164,90 +53,60 @@ pub struct Model {
     pub layers: Vec<Layer>,
 }
 
+/// Builds the layers of an architecture for one input shape, tracking the
+/// shape of the activations.
 struct Builder {
     layers: Vec<Layer>,
     shape: ActivationShape,
-    index: usize,
 }
 
 impl Builder {
-    fn conv(mut self, out_channels: usize, kernel: usize) -> Self {
+    fn conv(&mut self, name: &str, out_channels: usize, kernel: usize) {
         let ActivationShape::Planes { channels, height, width } = self.shape else { unreachable!("conv after flatten") };
         let geometry = ConvGeometry { in_channels: channels, out_channels, kernel, padding: kernel / 2, height, width };
         self.shape =
             ActivationShape::Planes { channels: out_channels, height: geometry.out_height(), width: geometry.out_width() };
-        let name = format!("features_conv.{}", self.index);
-        self.push(Layer::Conv(Conv2d { name, geometry, weight: vec![0.0; geometry.weight_len()], bias: vec![0.0; out_channels] }))
+        let weight = vec![0.0; geometry.weight_len()];
+        self.layers.push(Layer::Conv(Conv2d { name: name.to_string(), geometry, weight, bias: vec![0.0; out_channels] }));
     }
 
-    fn relu(self) -> Self {
-        self.push(Layer::Relu)
-    }
-
-    fn pool(mut self) -> Self {
+    fn pool(&mut self) {
         let ActivationShape::Planes { channels, height, width } = self.shape else { unreachable!("pool after flatten") };
         let geometry = PoolGeometry { channels, height, width };
         self.shape = ActivationShape::Planes { channels, height: geometry.out_height(), width: geometry.out_width() };
-        self.push(Layer::MaxPool(geometry))
+        self.layers.push(Layer::MaxPool(geometry));
     }
 
-    fn flatten(mut self) -> Self {
-        self.shape = ActivationShape::Flat(self.shape.len());
-        self.push(Layer::Flatten)
-    }
-
-    fn dense(mut self, name: &str, outputs: usize) -> Self {
+    fn dense(&mut self, name: &str, outputs: usize) {
         let inputs = self.shape.len();
         self.shape = ActivationShape::Flat(outputs);
-        self.layers.push(Layer::Dense(Dense {
-            name: name.to_string(),
-            inputs,
-            outputs,
-            weight: vec![0.0; inputs * outputs],
-            bias: vec![0.0; outputs],
-        }));
-        self
+        let (weight, bias) = (vec![0.0; inputs * outputs], vec![0.0; outputs]);
+        self.layers.push(Layer::Dense(Dense { name: name.to_string(), inputs, outputs, weight, bias }));
     }
 
-    fn push(mut self, layer: Layer) -> Self {
-        self.layers.push(layer);
-        self.index += 1;
-        self
+    fn add(&mut self, spec: &LayerSpec) {
+        match spec {
+            LayerSpec::Conv { name, channels, kernel } => self.conv(name, *channels, *kernel),
+            LayerSpec::Relu => self.layers.push(Layer::Relu),
+            LayerSpec::MaxPool => self.pool(),
+            LayerSpec::Flatten => {
+                self.shape = ActivationShape::Flat(self.shape.len());
+                self.layers.push(Layer::Flatten);
+            }
+            LayerSpec::Dense { name, outputs } => self.dense(name, *outputs),
+        }
     }
 }
 
 impl Model {
     /// The architecture with all parameters zero; see [`Model::initialized`].
     pub fn zeros(kind: ModelKind, input: ImageShape, classes: usize) -> Self {
-        let b = Builder {
-            layers: Vec::new(),
-            shape: ActivationShape::Planes { channels: input.channels, height: input.height, width: input.width },
-            index: 0,
-        };
-        let b = match kind {
-            ModelKind::Simple => b.conv(16, 5).relu().pool().conv(32, 5).relu().pool().flatten().dense("fc1", classes),
-            ModelKind::Complex => b
-                .conv(32, 3)
-                .relu()
-                .conv(32, 3)
-                .relu()
-                .pool()
-                .conv(64, 3)
-                .relu()
-                .conv(64, 3)
-                .relu()
-                .pool()
-                .conv(128, 3)
-                .relu()
-                .conv(128, 3)
-                .relu()
-                .pool()
-                .flatten()
-                .dense("fc1", 1024)
-                .relu()
-                .dense("fc2", classes),
-        };
-        Model { kind, input, classes, layers: b.layers }
+        let shape = ActivationShape::Planes { channels: input.channels, height: input.height, width: input.width };
+        let mut builder = Builder { layers: Vec::new(), shape };
+        for spec in kind.layers(classes) {
+            builder.add(&spec);
+        }
+        Model { kind, input, classes, layers: builder.layers }
     }
 
     /// PyTorch's default initialisation: weights and biases uniform in

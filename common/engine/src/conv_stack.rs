@@ -17,11 +17,11 @@ use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
 
-use super::kernels::{
-    self, ConvGeometry, ConvPass, GradientBuffers, ParamGradient, PassBuffers, PoolGeometry, IMAGES_PER_PARTIAL_GRADIENT,
-};
-use super::microkernels::{relu_gradient, Isa};
-use super::Conv2d;
+use crate::geometry::{ConvGeometry, PoolGeometry};
+use crate::isa::Isa;
+use crate::kernels::{self, ConvPass, GradientBuffers, ParamGradient, PassBuffers, IMAGES_PER_PARTIAL_GRADIENT};
+use crate::layers::Conv2d;
+use crate::microkernels::relu_gradient;
 
 /// A convolution and what follows it inside a stack: an optional ReLU and
 /// an optional 2x2 max-pool after the ReLU.
@@ -400,8 +400,8 @@ impl ConvStack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::*;
-    use crate::rng::Rng;
+    use crate::kernels::*;
+    use common::rng::Rng;
 
     fn random(len: usize, rng: &mut Rng) -> Vec<f32> {
         (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()

@@ -1,0 +1,58 @@
+//! Networks to and from checkpoint files (docs/DESIGN.md, "Checkpoints"):
+//! `common::artifacts` stores named tensors, this module checks them
+//! against the architecture.
+
+use std::path::Path;
+
+use common::artifacts::{read_checkpoint_file, write_checkpoint_file, ArtifactError, CheckpointInfo, CheckpointModel};
+
+use crate::network::Model;
+
+/// Writes `model` and `info` to `path` atomically.
+pub fn write_checkpoint(path: &Path, model: &Model, info: &CheckpointInfo) -> Result<(), ArtifactError> {
+    let architecture = CheckpointModel { kind: model.kind, input: model.input, classes: model.classes };
+    write_checkpoint_file(path, info, architecture, model.parameters().into_iter().map(|p| (p.name, p.shape, p.data)))
+}
+
+/// Reads a checkpoint back into a model; a missing, corrupt or mismatched
+/// file is an error naming it and what is wrong.
+pub fn read_checkpoint(path: &Path) -> Result<(Model, CheckpointInfo), ArtifactError> {
+    let file = read_checkpoint_file(path)?;
+    let mut model = Model::zeros(file.model.kind, file.model.input, file.model.classes);
+    model.load_parameters(&file.parameters).map_err(|e| ArtifactError::new(path, e))?;
+    Ok((model, file.info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::architecture::ModelKind;
+    use common::artifacts::{read_checkpoint_fingerprint, read_tensors};
+    use common::image::ImageShape;
+
+    #[test]
+    fn checkpoints_reload_to_the_same_logits() {
+        let dir = std::env::temp_dir().join(format!("ckpt-{}", std::process::id()));
+        let path = dir.join("step-000003.safetensors");
+        let model = Model::initialized(ModelKind::Simple, ImageShape::RGB_32, 10, 9);
+        let info = CheckpointInfo { run: "r".into(), step: 3, epoch: 0.25, dataset: "d".into(), fingerprint: "f".into() };
+        write_checkpoint(&path, &model, &info).unwrap();
+        let (back, back_info) = read_checkpoint(&path).unwrap();
+        assert_eq!(back_info, info);
+        assert_eq!(read_checkpoint_fingerprint(&path).unwrap(), "f");
+        let x: Vec<f32> = (0..2 * 3072).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        assert_eq!(back.forward(&x).unwrap(), model.forward(&x).unwrap());
+
+        let file = read_tensors(&path).unwrap();
+        assert_eq!(file.tensors["features_conv.0.weight"].shape(), &[16, 3, 5, 5]);
+        assert_eq!(file.tensors["fc1.weight"].shape(), &[10, 32 * 8 * 8]);
+        for key in ["run", "step", "epoch", "model", "dataset", "fingerprint"] {
+            assert!(file.metadata.contains_key(key), "{key}");
+        }
+
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let err = read_checkpoint(&path).unwrap_err().to_string();
+        assert!(err.contains("step-000003.safetensors") && err.contains("not a valid safetensors"), "{err}");
+    }
+}

@@ -1,0 +1,28 @@
+//! The network engine: the CNNs of the study as plain layer structs
+//! ([`layers`], [`network`]), their kernels ([`kernels`]: direct
+//! convolutions and Winograd's F(2x2, 3x3) over per-instruction-set
+//! microkernels, max-pooling, dense products through `gemm`), the training
+//! step on dfdx's autodiff tape ([`training`]) and checkpoints read into
+//! networks ([`checkpoint`]).
+//!
+//! Only the stages that compute with networks (trainer, explainer) link
+//! this crate; the others read their files through `common`.
+
+pub mod allocator;
+pub mod checkpoint;
+mod conv_stack;
+pub mod geometry;
+mod isa;
+pub mod kernels;
+pub mod layers;
+mod microkernels;
+pub mod network;
+mod tape_ops;
+pub mod training;
+mod winograd;
+
+pub use checkpoint::{read_checkpoint, write_checkpoint};
+pub use geometry::{ConvGeometry, PoolGeometry};
+pub use isa::detected_instruction_set;
+pub use layers::{ActivationShape, Conv2d, Dense, Layer, ModelError, ParameterRef};
+pub use network::{argmax, cross_entropy_and_correct, Model, Trace};

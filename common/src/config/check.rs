@@ -1,0 +1,230 @@
+//! What serde cannot check: ranges, cross references and combinations,
+//! each failure naming the key and saying what is allowed. Every stage runs
+//! these checks on the whole file at start-up, so a bad method setting
+//! stops the trainer as it stops the explainer.
+
+use super::schema::{CompositeRules, CompositeSpec, DatasetKind, MethodConfig, PipelineConfig, RuleSpec};
+use crate::architecture::ModelKind;
+
+/// The folder under `[output].dir` that holds the analysis, beside the run
+/// folders (docs/DESIGN.md, "Stages and files").
+pub const ANALYSIS_FOLDER: &str = "analysis";
+
+/// A failed check: the offending key and what is allowed.
+pub(super) type Failure = (String, String);
+
+fn fail<T>(key: impl Into<String>, message: impl Into<String>) -> Result<T, Failure> {
+    Err((key.into(), message.into()))
+}
+
+impl RuleSpec {
+    /// The rule's parameters are in range: epsilon and gamma finite and
+    /// >= 0; alpha and beta finite, >= 0 and not both 0 (the rule would
+    /// redistribute nothing).
+    pub fn check(&self) -> Result<(), String> {
+        let non_negative = |name: &str, value: f32| {
+            if value.is_finite() && value >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!("`{name}` must be a finite number >= 0, got {value}"))
+            }
+        };
+        match *self {
+            RuleSpec::Epsilon { epsilon } => non_negative("epsilon", epsilon),
+            RuleSpec::Gamma { gamma } => non_negative("gamma", gamma),
+            RuleSpec::AlphaBeta { alpha, beta } => {
+                non_negative("alpha", alpha)?;
+                non_negative("beta", beta)?;
+                if alpha == 0.0 && beta == 0.0 {
+                    return Err("`alpha` and `beta` are both 0: the rule would pass no relevance".into());
+                }
+                Ok(())
+            }
+            RuleSpec::Zero | RuleSpec::ZPlus | RuleSpec::ZBox => Ok(()),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuleSpec::Zero => "zero",
+            RuleSpec::Epsilon { .. } => "epsilon",
+            RuleSpec::Gamma { .. } => "gamma",
+            RuleSpec::ZPlus => "z-plus",
+            RuleSpec::AlphaBeta { .. } => "alpha-beta",
+            RuleSpec::ZBox => "z-box",
+        }
+    }
+}
+
+impl CompositeRules {
+    /// Every rule in range, and z^B only for the first layer (it needs the
+    /// input's value range, which only the first layer sees). Returns the
+    /// position (`first`, `conv`, `dense`) at fault.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        for (position, spec) in [("first", &self.first), ("conv", &self.conv), ("dense", &self.dense)] {
+            spec.check().map_err(|m| (position, format!("rule `{}`: {m}", spec.name())))?;
+            if position != "first" && *spec == RuleSpec::ZBox {
+                return Err((
+                    position,
+                    "rule `z-box` applies only to the first layer (it needs the input's value range)".to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PipelineConfig {
+    /// Checks values serde cannot: ranges, cross references, required
+    /// combinations. Returns the offending key and what is allowed.
+    pub(super) fn check(&self) -> Result<(), Failure> {
+        if self.datasets.is_empty() {
+            return fail("datasets", "define at least one data set, e.g. [datasets.fmnist]");
+        }
+        if self.runs.is_empty() {
+            return fail("runs", "define at least one run, e.g. [runs.good-fit]");
+        }
+        self.check_datasets()?;
+        self.check_runs()?;
+        self.check_methods()?;
+        if self.summaries.measures.is_empty() {
+            let known = crate::measures::Measure::known();
+            return fail("summaries.measures", format!("name at least one measure; known: {known}"));
+        }
+        for (i, m) in self.summaries.measures.iter().enumerate() {
+            if self.summaries.measures[..i].contains(m) {
+                return fail(format!("summaries.measures[{i}]"), format!("`{m}` is listed twice"));
+            }
+        }
+        if self.probe.seen_per_class + self.probe.unseen_per_class == 0 {
+            return fail("probe", "seen_per_class + unseen_per_class must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn check_datasets(&self) -> Result<(), Failure> {
+        for (name, d) in &self.datasets {
+            let key = |k: &str| format!("datasets.{name}.{k}");
+            check_name(name).map_err(|m| (format!("datasets.{name}"), m))?;
+            let shape = d.image_shape().map_err(|m| (key("shape"), m))?;
+            match d.kind {
+                DatasetKind::Idx | DatasetKind::Cifar10 => {
+                    if d.path.is_none() {
+                        return fail(key("path"), "required for kinds \"idx\" and \"cifar10\": the folder of the data files");
+                    }
+                    let synthetic_only = [
+                        ("shape", d.shape.is_some()),
+                        ("train_size", d.train_size.is_some()),
+                        ("test_size", d.test_size.is_some()),
+                        ("seed", d.seed.is_some()),
+                    ];
+                    if let Some((k, _)) = synthetic_only.iter().find(|(_, set)| *set) {
+                        return fail(key(k), "only allowed for kind = \"synthetic\"");
+                    }
+                }
+                DatasetKind::Synthetic => {
+                    if d.path.is_some() {
+                        return fail(key("path"), "not used by kind = \"synthetic\"; remove it");
+                    }
+                    if d.train_size.unwrap_or(crate::data::SYNTHETIC_TRAIN_SIZE) < 20
+                        || d.test_size.unwrap_or(crate::data::SYNTHETIC_TEST_SIZE) < 20
+                    {
+                        return fail(key("train_size"), "train_size and test_size must be at least 20");
+                    }
+                }
+            }
+            for (k, values) in [("mean", &d.mean), ("std", &d.std)] {
+                let Some(v) = values else { continue };
+                if v.len() != shape.channels {
+                    return fail(key(k), format!("needs one value per channel ({})", shape.channels));
+                }
+                if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+                    return fail(key(k), format!("every value must be a finite number, got {bad}"));
+                }
+                if k == "std" && v.iter().any(|s| *s <= 0.0) {
+                    return fail(key(k), "every std must be > 0");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_runs(&self) -> Result<(), Failure> {
+        for (name, r) in &self.runs {
+            let key = |k: &str| format!("runs.{name}.{k}");
+            check_name(name).map_err(|m| (format!("runs.{name}"), m))?;
+            if name == ANALYSIS_FOLDER {
+                return fail(
+                    format!("runs.{name}"),
+                    format!("`{ANALYSIS_FOLDER}` is the analyzer's output folder beside the runs; rename the run"),
+                );
+            }
+            if !self.datasets.contains_key(&r.dataset) {
+                let known: Vec<&str> = self.datasets.keys().map(|s| s.as_str()).collect();
+                return fail(key("dataset"), format!("no data set `{}`; defined: {}", r.dataset, known.join(", ")));
+            }
+            if r.epochs == 0 {
+                return fail(key("epochs"), "must be at least 1");
+            }
+            if r.batch_size == 0 {
+                return fail(key("batch_size"), "must be at least 1");
+            }
+            if !(r.learning_rate > 0.0 && r.learning_rate.is_finite()) {
+                return fail(key("learning_rate"), "must be a positive number");
+            }
+            if r.train_subset == Some(0) {
+                return fail(key("train_subset"), "must be at least 1 (or left out for the whole training set)");
+            }
+            if r.eval_size == Some(0) {
+                return fail(key("eval_size"), "must be at least 1 (or left out for the whole test set)");
+            }
+            if r.checkpoints.every == 0 {
+                return fail(key("checkpoints.every"), "must be at least 1");
+            }
+            if r.checkpoints.dense_every == Some(0) {
+                return fail(key("checkpoints.dense_every"), "must be at least 1");
+            }
+        }
+        Ok(())
+    }
+
+    fn check_methods(&self) -> Result<(), Failure> {
+        for (name, m) in &self.methods {
+            let key = |k: &str| format!("methods.{name}.{k}");
+            check_name(name).map_err(|msg| (format!("methods.{name}"), msg))?;
+            match m {
+                MethodConfig::Lrp { composite: CompositeSpec::Rules(rules), .. } => {
+                    rules.check().map_err(|(position, message)| (key(&format!("composite.{position}")), message))?;
+                }
+                MethodConfig::Lrp { composite: CompositeSpec::Named(_), .. } => {}
+                MethodConfig::Gradcam { layer: Some(layer), .. } => {
+                    for (run_name, run) in &self.runs {
+                        check_conv_layer(run.model, layer)
+                            .map_err(|message| (key("layer"), format!("{message} (run `{run_name}`)")))?;
+                    }
+                }
+                MethodConfig::Gradcam { layer: None, .. } => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `layer` names a convolution of `model`.
+fn check_conv_layer(model: ModelKind, layer: &str) -> Result<(), String> {
+    let convs = model.conv_names();
+    if convs.iter().any(|c| c == layer) {
+        Ok(())
+    } else {
+        Err(format!("`{layer}` is not a conv layer of model `{}`; its conv layers: {}", model.name(), convs.join(", ")))
+    }
+}
+
+/// Names become folder and file names: keep them portable.
+fn check_name(name: &str) -> Result<(), String> {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        Ok(())
+    } else {
+        Err(format!("name `{name}` may only use letters, digits, '-' and '_'"))
+    }
+}

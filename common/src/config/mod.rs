@@ -1,0 +1,252 @@
+//! `pipeline.toml`, read and checked once (docs/DESIGN.md, "Configuration").
+//!
+//! As in ripgrep's flags, the text is parsed into a low-level form
+//! ([`PipelineConfig`], the serde schema: what fingerprints hash), checked
+//! whole, and resolved into [`Pipeline`], which every stage takes: data
+//! sets with their image shape and normalisation, the selected runs and
+//! methods, the measures. A stage never re-derives or re-checks a setting.
+
+mod check;
+mod schema;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use check::ANALYSIS_FOLDER;
+pub use schema::*;
+
+use crate::image::{ImageShape, Normalization};
+use crate::measures::Measure;
+
+/// The config could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: `{key}`: {message}", path.display())]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+/// A data set as the stages use it: its section, its image shape and its
+/// normalisation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatasetSpec {
+    pub name: String,
+    pub config: DatasetConfig,
+    pub shape: ImageShape,
+    pub normalization: Normalization,
+    /// Every supported data set has ten classes.
+    pub classes: usize,
+}
+
+/// The checked, resolved config every stage takes.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    /// The file it was read from (for messages).
+    pub file: PathBuf,
+    /// The sections as written and checked.
+    pub config: PipelineConfig,
+    datasets: BTreeMap<String, DatasetSpec>,
+}
+
+impl PipelineConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: PipelineConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        config.check().map_err(|(key, message)| ConfigError::Invalid { path: path.to_path_buf(), key, message })?;
+        Ok(config)
+    }
+}
+
+impl Pipeline {
+    /// Reads, checks and resolves a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Ok(Self::resolve(PipelineConfig::load(path)?, path))
+    }
+
+    /// Parses, checks and resolves config text; `path` names it in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Ok(Self::resolve(PipelineConfig::parse(text, path)?, path))
+    }
+
+    fn resolve(config: PipelineConfig, path: &Path) -> Self {
+        let datasets = config
+            .datasets
+            .iter()
+            .map(|(name, d)| {
+                let shape = d.image_shape().expect("checked: the shape parses");
+                let spec = DatasetSpec {
+                    name: name.clone(),
+                    config: d.clone(),
+                    shape,
+                    normalization: d.normalization(shape.channels),
+                    classes: 10,
+                };
+                (name.clone(), spec)
+            })
+            .collect();
+        Pipeline { file: path.to_path_buf(), config, datasets }
+    }
+
+    /// The folder of all artifacts.
+    pub fn output_dir(&self) -> &Path {
+        &self.config.output.dir
+    }
+
+    /// The folder of the analysis, beside the run folders.
+    pub fn analysis_dir(&self) -> PathBuf {
+        self.output_dir().join(ANALYSIS_FOLDER)
+    }
+
+    /// The data set a run trains on (checked to exist).
+    pub fn dataset_of(&self, run: &RunConfig) -> &DatasetSpec {
+        &self.datasets[&run.dataset]
+    }
+
+    pub fn measures(&self) -> &[Measure] {
+        &self.config.summaries.measures
+    }
+
+    /// The runs named in `filter` (all when empty); unknown names are errors.
+    pub fn select_runs(&self, filter: &[String]) -> Result<Vec<(&str, &RunConfig)>, String> {
+        select(&self.config.runs, filter, "run")
+    }
+
+    /// The methods named in `filter` (all when empty); unknown names are errors.
+    pub fn select_methods(&self, filter: &[String]) -> Result<Vec<(&str, &MethodConfig)>, String> {
+        select(&self.config.methods, filter, "method")
+    }
+}
+
+fn select<'a, T>(all: &'a BTreeMap<String, T>, filter: &[String], what: &str) -> Result<Vec<(&'a str, &'a T)>, String> {
+    for name in filter {
+        if !all.contains_key(name) {
+            let known: Vec<&str> = all.keys().map(|s| s.as_str()).collect();
+            return Err(format!("no {what} `{name}` in the config; defined: {}", known.join(", ")));
+        }
+    }
+    Ok(all.iter().filter(|(k, _)| filter.is_empty() || filter.contains(k)).map(|(k, v)| (k.as_str(), v)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [datasets.synth]
+        kind = "synthetic"
+        shape = "3x32x32"
+
+        [runs.a]
+        dataset = "synth"
+        model = "simple"
+        epochs = 1
+        checkpoints = { every = 10, dense_every = 2, dense_until = 6 }
+
+        [methods.lrp]
+        kind = "lrp"
+
+        [methods.custom]
+        kind = "lrp"
+        composite = { first = { rule = "z-box" }, conv = { rule = "gamma", gamma = 0.5 }, dense = { rule = "epsilon" }, max_pool = "average" }
+
+        [methods.cam]
+        kind = "gradcam"
+        upsample = true
+    "#;
+
+    fn parse(text: &str) -> Result<Pipeline, ConfigError> {
+        Pipeline::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn parses_defaults_and_method_tables() {
+        let p = parse(MINIMAL).unwrap();
+        let c = &p.config;
+        let run = &c.runs["a"];
+        assert_eq!((run.batch_size, run.learning_rate), (100, 1e-3));
+        assert_eq!(p.output_dir(), Path::new("runs"));
+        assert_eq!(c.probe.seen_per_class, 10);
+        assert_eq!(p.dataset_of(run).shape, ImageShape::RGB_32);
+        assert_eq!(p.dataset_of(run).normalization, Normalization { mean: vec![0.5; 3], std: vec![0.5; 3] });
+        assert_eq!(
+            c.methods["lrp"],
+            MethodConfig::Lrp { composite: CompositeSpec::Named(NamedComposite::Paper), target: ExplainedClass::Predicted }
+        );
+        let MethodConfig::Lrp { composite: CompositeSpec::Rules(rules), .. } = &c.methods["custom"] else { panic!() };
+        assert_eq!(rules.conv, RuleSpec::Gamma { gamma: 0.5 });
+        assert_eq!(rules.dense, RuleSpec::Epsilon { epsilon: 1e-6 });
+        assert_eq!(rules.max_pool, MaxPoolRule::Average);
+        assert_eq!(run.checkpoints.steps(13), vec![0, 2, 4, 6, 10, 13]);
+        assert_eq!(p.measures(), Measure::ALL);
+    }
+
+    /// Fingerprints hash the serde form: a named composite must serialise
+    /// as its name, a measure as its column name, as before they were enums.
+    #[test]
+    fn enums_serialise_as_the_strings_they_replaced() {
+        let p = parse(MINIMAL).unwrap();
+        assert_eq!(
+            serde_json::to_string(&p.config.methods["lrp"]).unwrap(),
+            r#"{"kind":"lrp","composite":"paper","target":"predicted"}"#
+        );
+        assert_eq!(serde_json::to_string(&p.config.summaries.measures[..2]).unwrap(), r#"["frobenius","l1"]"#);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let gradcam = "upsample = true";
+        let custom = "conv = { rule = \"gamma\", gamma = 0.5 }";
+        let cases = [
+            ("misspelt key", MINIMAL.replace("epochs = 1", "epochs = 1\nepoch = 2"), "unknown field `epoch`"),
+            ("zero epochs", MINIMAL.replace("epochs = 1", "epochs = 0"), "runs.a.epochs"),
+            ("unknown model", MINIMAL.replace("model = \"simple\"", "model = \"huge\""), "unknown variant `huge`"),
+            ("unknown data set", MINIMAL.replace("dataset = \"synth\"", "dataset = \"cifar\""), "no data set `cifar`"),
+            ("bad shape", MINIMAL.replace("shape = \"3x32x32\"", "shape = \"3x32\""), "datasets.synth.shape"),
+            ("unknown gradcam key", MINIMAL.replace("upsample = true", "upsample = true\nlayers = 3"), "unknown field `layers`"),
+            (
+                "misspelt composite",
+                MINIMAL.replacen("kind = \"lrp\"\n", "kind = \"lrp\"\ncomposite = \"fancy\"\n", 1),
+                "unknown composite `fancy`; use \"paper\", \"epsilon-gamma-box\" or a table of rules",
+            ),
+            ("zero checkpoint interval", MINIMAL.replace("every = 10", "every = 0"), "runs.a.checkpoints.every"),
+            ("bad run name", MINIMAL.replace("[runs.a]", "[runs.\"a b\"]"), "may only use letters"),
+            ("run named analysis", MINIMAL.replace("[runs.a]", "[runs.analysis]"), "`runs.analysis`: `analysis` is the analyzer's"),
+            ("no measures", format!("{MINIMAL}\n[summaries]\nmeasures = []"), "summaries.measures"),
+            ("unknown measure", format!("{MINIMAL}\n[summaries]\nmeasures = [\"norm\"]"), "unknown variant `norm`"),
+            ("measure twice", format!("{MINIMAL}\n[summaries]\nmeasures = [\"gini\", \"gini\"]"), "summaries.measures[1]"),
+            ("negative gamma", MINIMAL.replace(custom, "conv = { rule = \"gamma\", gamma = -1.0 }"), "`methods.custom.composite.conv`: rule `gamma`: `gamma` must be a finite number >= 0, got -1"),
+            ("z-box past the first layer", MINIMAL.replace(custom, "conv = { rule = \"z-box\" }"), "`methods.custom.composite.conv`: rule `z-box` applies only to the first layer"),
+            ("alpha and beta zero", MINIMAL.replace(custom, "conv = { rule = \"alpha-beta\", alpha = 0.0, beta = 0.0 }"), "both 0"),
+            ("unknown rule", MINIMAL.replace(custom, "conv = { rule = \"gama\" }"), "unknown variant `gama`"),
+            ("unknown gradcam layer", MINIMAL.replace(gradcam, "upsample = true\nlayer = \"features_conv.2\""), "`methods.cam.layer`: `features_conv.2` is not a conv layer of model `simple`; its conv layers: features_conv.0, features_conv.3 (run `a`)"),
+            ("NaN mean", MINIMAL.replace("shape = \"3x32x32\"", "shape = \"3x32x32\"\nmean = [nan, 0.5, 0.5]"), "datasets.synth.mean"),
+            ("infinite std", MINIMAL.replace("shape = \"3x32x32\"", "shape = \"3x32x32\"\nstd = [inf, 0.5, 0.5]"), "datasets.synth.std"),
+        ];
+        for (name, text, expected) in cases {
+            let err = match parse(&text) {
+                Ok(_) => panic!("{name}: accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(expected), "{name}: expected `{expected}` in: {err}");
+            assert!(err.starts_with("test.toml"), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn selecting_unknown_runs_is_an_error() {
+        let p = parse(MINIMAL).unwrap();
+        assert_eq!(p.select_runs(&[]).unwrap().len(), 1);
+        assert!(p.select_runs(&["b".into()]).unwrap_err().contains("no run `b`"));
+        assert_eq!(p.select_methods(&["cam".into()]).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,352 @@
+//! The TOML schema of `pipeline.toml` as serde types (docs/DESIGN.md,
+//! "Configuration"). Unknown keys are errors: serde's `deny_unknown_fields`
+//! names the key and lists the allowed ones. Values are checked in
+//! `check`; the stages take the checked, resolved form `Pipeline`.
+//!
+//! Fingerprints hash these types as JSON, so a field's name, order and
+//! serde form are part of every cached artifact's identity: changing them
+//! redoes everything.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::architecture::ModelKind;
+use crate::image::{ImageShape, Normalization};
+use crate::measures::Measure;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    #[serde(default)]
+    pub output: OutputConfig,
+    pub datasets: BTreeMap<String, DatasetConfig>,
+    #[serde(default)]
+    pub probe: ProbeConfig,
+    pub runs: BTreeMap<String, RunConfig>,
+    #[serde(default)]
+    pub methods: BTreeMap<String, MethodConfig>,
+    #[serde(default)]
+    pub summaries: SummaryConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Folder of all artifacts; relative paths are taken from the working directory.
+    #[serde(default = "default_output_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("runs")
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self { dir: default_output_dir() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// Four IDX files (`train-images-idx3-ubyte[.gz]`, ...) in `path`.
+    Idx,
+    /// CIFAR-10 binary batches (`data_batch_*.bin`, `test_batch.bin`) in `path`.
+    Cifar10,
+    /// Generated images (see `data::synthetic`).
+    Synthetic,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    pub kind: DatasetKind,
+    /// Folder of the files (kinds `idx`, `cifar10`).
+    pub path: Option<PathBuf>,
+    /// Per-channel mean and std of the normalisation; default 0.5 / 0.5.
+    pub mean: Option<Vec<f32>>,
+    pub std: Option<Vec<f32>>,
+    /// Synthetic only: `"1x28x28"` or `"3x32x32"` (any CxHxW with H, W >= 8).
+    pub shape: Option<String>,
+    pub train_size: Option<usize>,
+    pub test_size: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+impl DatasetConfig {
+    /// The image shape this data set is declared to have (synthetic) or
+    /// conventionally has (IDX: 1x28x28, CIFAR-10: 3x32x32).
+    pub fn image_shape(&self) -> Result<ImageShape, String> {
+        match self.kind {
+            DatasetKind::Idx => Ok(ImageShape::GRAY_28),
+            DatasetKind::Cifar10 => Ok(ImageShape::RGB_32),
+            DatasetKind::Synthetic => ImageShape::parse(self.shape.as_deref().unwrap_or("1x28x28")),
+        }
+    }
+
+    pub fn normalization(&self, channels: usize) -> Normalization {
+        Normalization {
+            mean: self.mean.clone().unwrap_or_else(|| vec![0.5; channels]),
+            std: self.std.clone().unwrap_or_else(|| vec![0.5; channels]),
+        }
+    }
+}
+
+/// Which images are explained: per class, this many from the training
+/// subset ("seen") and from the test set ("unseen").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    #[serde(default = "ten")]
+    pub seen_per_class: usize,
+    #[serde(default = "ten")]
+    pub unseen_per_class: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn ten() -> usize {
+    10
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self { seen_per_class: 10, unseen_per_class: 10, seed: 0 }
+    }
+}
+
+/// When checkpoints are written: step 0, every `every` steps, every
+/// `dense_every` steps up to `dense_until`, and the last step.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSchedule {
+    pub every: u64,
+    pub dense_every: Option<u64>,
+    #[serde(default)]
+    pub dense_until: u64,
+}
+
+impl CheckpointSchedule {
+    pub fn is_checkpoint(&self, step: u64, last_step: u64) -> bool {
+        step == 0
+            || step == last_step
+            || step % self.every == 0
+            || matches!(self.dense_every, Some(d) if step <= self.dense_until && step % d == 0)
+    }
+
+    pub fn steps(&self, last_step: u64) -> Vec<u64> {
+        (0..=last_step).filter(|&s| self.is_checkpoint(s, last_step)).collect()
+    }
+}
+
+/// One training run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Name of an entry in `[datasets]`.
+    pub dataset: String,
+    pub model: ModelKind,
+    pub epochs: u32,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// Train on the first N images of a seeded shuffle of the training set.
+    pub train_subset: Option<usize>,
+    /// Test loss and accuracy on the first N test images (default: all).
+    pub eval_size: Option<usize>,
+    pub checkpoints: CheckpointSchedule,
+    /// The fit regime this run is meant to show (a label for reports only).
+    pub intended_fit: Option<String>,
+}
+
+fn default_batch_size() -> usize {
+    100
+}
+
+fn default_learning_rate() -> f64 {
+    1e-3
+}
+
+/// The class each map explains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExplainedClass {
+    #[default]
+    Predicted,
+    Label,
+}
+
+/// An explanation method: `kind = "lrp"` or `kind = "gradcam"` and its settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum MethodConfig {
+    Lrp {
+        /// A named composite (`paper`, `epsilon-gamma-box`) or a table of
+        /// rules (`first`, `conv`, `dense`, `max_pool`).
+        #[serde(default = "default_composite")]
+        composite: CompositeSpec,
+        #[serde(default)]
+        target: ExplainedClass,
+    },
+    Gradcam {
+        /// Name of the conv layer (e.g. `features_conv.3`); default the last.
+        layer: Option<String>,
+        #[serde(default)]
+        relu: bool,
+        #[serde(default)]
+        upsample: bool,
+        #[serde(default)]
+        target: ExplainedClass,
+    },
+}
+
+fn default_composite() -> CompositeSpec {
+    CompositeSpec::Named(NamedComposite::Paper)
+}
+
+/// The composites known by name (docs/DESIGN.md, "LRP").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NamedComposite {
+    /// z^B first layer, gamma 0.25 convolutions, LRP-0 dense layers,
+    /// max-pools redistributed as average pooling.
+    Paper,
+    /// z^B first layer, gamma 0.25 convolutions, epsilon 1e-6 dense layers,
+    /// winner-take-all max-pools (Zennit's `EpsilonGammaBox`).
+    EpsilonGammaBox,
+}
+
+impl NamedComposite {
+    pub const ALL: [NamedComposite; 2] = [NamedComposite::Paper, NamedComposite::EpsilonGammaBox];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            NamedComposite::Paper => "paper",
+            NamedComposite::EpsilonGammaBox => "epsilon-gamma-box",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<NamedComposite> {
+        NamedComposite::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The rules of the composite.
+    pub fn rules(&self) -> CompositeRules {
+        let (dense, max_pool) = match self {
+            NamedComposite::Paper => (RuleSpec::Zero, MaxPoolRule::Average),
+            NamedComposite::EpsilonGammaBox => (RuleSpec::Epsilon { epsilon: 1e-6 }, MaxPoolRule::WinnerTakeAll),
+        };
+        CompositeRules { first: RuleSpec::ZBox, conv: RuleSpec::Gamma { gamma: 0.25 }, dense, max_pool }
+    }
+}
+
+/// An LRP composite: a name, or rules given per layer kind. Serialised as
+/// the name or the table (what fingerprints hash); read by hand so that a
+/// misspelt name or a bad table says what is wrong.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum CompositeSpec {
+    Named(NamedComposite),
+    Rules(CompositeRules),
+}
+
+impl<'de> Deserialize<'de> for CompositeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = CompositeSpec;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a composite name or a table of rules { first, conv, dense, max_pool }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<CompositeSpec, E> {
+                NamedComposite::parse(name).map(CompositeSpec::Named).ok_or_else(|| {
+                    let names: Vec<String> = NamedComposite::ALL.iter().map(|c| format!("\"{}\"", c.name())).collect();
+                    E::custom(format!(
+                        "unknown composite `{name}`; use {} or a table of rules {{ first, conv, dense, max_pool }}",
+                        names.join(", ")
+                    ))
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<CompositeSpec, A::Error> {
+                CompositeRules::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(CompositeSpec::Rules)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompositeRules {
+    pub first: RuleSpec,
+    pub conv: RuleSpec,
+    pub dense: RuleSpec,
+    #[serde(default)]
+    pub max_pool: MaxPoolRule,
+}
+
+/// An LRP rule and its parameter.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "rule", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RuleSpec {
+    /// LRP-0 with a 1e-9 stabiliser.
+    Zero,
+    Epsilon {
+        #[serde(default = "default_epsilon")]
+        epsilon: f32,
+    },
+    Gamma {
+        #[serde(default = "default_gamma")]
+        gamma: f32,
+    },
+    ZPlus,
+    AlphaBeta {
+        alpha: f32,
+        beta: f32,
+    },
+    /// z^B with bounds from the data normalisation.
+    ZBox,
+}
+
+fn default_epsilon() -> f32 {
+    1e-6
+}
+
+fn default_gamma() -> f32 {
+    0.25
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaxPoolRule {
+    #[default]
+    WinnerTakeAll,
+    Average,
+}
+
+/// Which measures the summarizer computes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryConfig {
+    #[serde(default = "default_measures")]
+    pub measures: Vec<Measure>,
+}
+
+fn default_measures() -> Vec<Measure> {
+    Measure::ALL.to_vec()
+}
+
+impl Default for SummaryConfig {
+    fn default() -> Self {
+        Self { measures: default_measures() }
+    }
+}
