@@ -27,6 +27,8 @@ pub struct RunInfo {
     pub name: String,
     pub intended_fit: Option<String>,
     pub diagnosis: FitDiagnosis,
+    /// Where training stopped because the loss or the weights diverged.
+    pub diverged: Option<common::artifacts::Divergence>,
 }
 
 /// The figures of one (run, method), as paths relative to the report.
@@ -49,6 +51,8 @@ pub struct ReportInput<'a> {
     pub figures: &'a [FigureLinks],
     /// Why figures are missing, if they are.
     pub figure_error: Option<String>,
+    /// Inputs left out as stale or damaged, each naming the file and why.
+    pub left_out: &'a [String],
 }
 
 fn num(v: Option<f64>) -> String {
@@ -91,6 +95,9 @@ fn find<'a>(
 
 /// The run's column header: name and diagnosed fit.
 fn run_header(r: &RunInfo) -> String {
+    if let Some(d) = &r.diverged {
+        return format!("{} (diverged at step {})", r.name, d.step);
+    }
     match &r.intended_fit {
         Some(intended) if intended != r.diagnosis.fit.label() => {
             format!("{} ({}; intended: {intended})", r.name, r.diagnosis.fit.label())
@@ -136,8 +143,15 @@ pub fn render(input: &ReportInput) -> String {
             "| {} | {} | **{}**{} | {} | {} | {} ({}) | {} | {} | {} | {} |",
             r.name,
             r.intended_fit.as_deref().unwrap_or("–"),
-            d.fit.label(),
-            d.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
+            match &r.diverged {
+                Some(divergence) => format!("diverged at step {}", divergence.step),
+                None => d.fit.label().to_string(),
+            },
+            match (&r.diverged, &d.note) {
+                (Some(divergence), _) => format!(" ({}; the checkpoints before it are analysed)", divergence.why),
+                (None, Some(n)) => format!(" ({n})"),
+                (None, None) => String::new(),
+            },
             d.final_step.map(|s| s.to_string()).unwrap_or("–".into()),
             num(d.final_test_loss),
             num(d.min_test_loss),
@@ -149,6 +163,16 @@ pub fn render(input: &ReportInput) -> String {
         );
     }
     let _ = writeln!(w);
+    if !input.left_out.is_empty() {
+        let _ = writeln!(
+            w,
+            "**Left out of this analysis** (stale or damaged inputs; the analysis is not current until they are redone):\n"
+        );
+        for why in input.left_out {
+            let _ = writeln!(w, "- {why}");
+        }
+        let _ = writeln!(w);
+    }
 
     for method in input.methods {
         let runs: Vec<&RunInfo> =

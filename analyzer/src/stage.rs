@@ -23,16 +23,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use common::artifacts::encode_parquet;
 use common::artifacts::tables::correlations::correlations_frame;
 use common::artifacts::tables::summaries::{read_summaries, SummaryTable};
 use common::artifacts::{
-    read_attributions, read_probe, read_stamp, remove_stale_temporaries, stamp_path, write_atomic, write_parquet, write_stamp,
-    Fingerprinter, Probe, RunLayout, Split,
+    read_attributions, read_metadata, read_probe, remove_if_present, remove_stale_temporaries, stamp_path, step_name,
+    verify_stamp, write_atomic, write_stamped, Divergence, Fingerprinter, Probe, RunLayout, Split, Stamp, CONTENT_KEY,
 };
 use common::cli::{MethodFilter, StageArgs};
 use common::config::{DatasetConfig, Pipeline};
 use common::data::{load_dataset, Dataset};
 use common::measures::Measure;
+use common::provenance::{expected_attributions, summary_fingerprint, trained_run};
 use common::stage::{run_stage, Outcomes, Stage, StageReport, Status};
 
 use crate::by_step::{aggregate, by_step_table, StepTable};
@@ -75,53 +77,107 @@ pub struct Cli {
     pub no_figures: bool,
 }
 
-/// A stamp's fingerprint, else a hash of the file's content.
-fn input_fingerprint(path: &Path) -> anyhow::Result<String> {
-    if let Some(stamp) = read_stamp(path) {
-        return Ok(stamp);
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut f = Fingerprinter::new();
-    f.add_bytes("content", &bytes);
-    Ok(f.finish())
-}
-
-/// What the analysis reads, found on disk.
+/// What the analysis reads, found on disk and checked.
 #[derive(Debug, Default)]
 struct Inputs {
-    /// Runs with metrics, in config order.
+    /// Runs with current metrics, in config order.
     runs: Vec<String>,
-    /// (run, method) pairs with a summary.
+    /// Runs that stopped at a divergence.
+    diverged: BTreeMap<String, Divergence>,
+    /// (run, method) pairs with a current summary.
     units: Vec<(String, String)>,
-    /// (label, fingerprint) of every input, in a fixed order.
+    /// (label, content hash) of every input, in a fixed order.
     fingerprints: Vec<(String, String)>,
+    /// Inputs left out because they are stale or damaged: each names the
+    /// file and why.
+    refused: Vec<String>,
 }
 
-fn find_inputs(pipeline: &Pipeline, runs: &[&str], methods: &[&str]) -> anyhow::Result<Inputs> {
+/// Finds the selected runs' metrics, probe tables and summaries, and
+/// checks each: its bytes are those it was stamped with, it belongs to the
+/// current configuration, and a summary summarises the maps of the current
+/// checkpoints and method settings, as they are on disk now.
+fn find_inputs(pipeline: &Pipeline, runs: &[&str], methods: &[&str]) -> Inputs {
+    let config = &pipeline.config;
     let mut inputs = Inputs::default();
     for &run in runs {
         let layout = RunLayout::new(pipeline.output_dir(), run);
-        let metrics = layout.metrics();
-        if !metrics.is_file() {
-            tracing::warn!("{run}: no {}; run left out (train it first)", metrics.display());
+        if !layout.metrics().is_file() {
+            tracing::warn!("{run}: no {}; run left out (train it first)", layout.metrics().display());
             continue;
         }
+        let run_config = &config.runs[run];
+        let trained = match trained_run(config, run_config, &layout) {
+            Ok(trained) => trained,
+            Err(why) => {
+                inputs.refused.push(why);
+                continue;
+            }
+        };
+        let probe = match verify_stamp(&layout.probe()) {
+            Ok(stamp) if stamp.fingerprint == trained.stamp.fingerprint => stamp,
+            Ok(_) => {
+                inputs
+                    .refused
+                    .push(format!("{}: of another configuration of the run; run the trainer", layout.probe().display()));
+                continue;
+            }
+            Err(why) => {
+                inputs.refused.push(why);
+                continue;
+            }
+        };
         inputs.runs.push(run.to_string());
-        inputs.fingerprints.push((format!("{run}/metrics"), input_fingerprint(&metrics)?));
-        if layout.probe().is_file() {
-            inputs.fingerprints.push((format!("{run}/probe"), input_fingerprint(&layout.probe())?));
+        inputs.fingerprints.push((format!("{run}/metrics"), trained.stamp.content.clone()));
+        inputs.fingerprints.push((format!("{run}/probe"), probe.content));
+        if let Some(d) = &trained.stamp.diverged {
+            inputs.diverged.insert(run.to_string(), d.clone());
         }
         for &method in methods {
             let summary = layout.summaries(method);
-            if summary.is_file() {
-                inputs.units.push((run.to_string(), method.to_string()));
-                inputs.fingerprints.push((format!("{run}/{method}"), input_fingerprint(&summary)?));
-            } else {
+            if !summary.is_file() {
                 tracing::warn!("{run}/{method}: no {}; left out (run the summarizer)", summary.display());
+                continue;
+            }
+            match check_summary(pipeline, &layout, run, method, &trained.steps) {
+                Ok(content) => {
+                    inputs.units.push((run.to_string(), method.to_string()));
+                    inputs.fingerprints.push((format!("{run}/{method}"), content));
+                }
+                Err(why) => inputs.refused.push(why),
             }
         }
     }
-    Ok(inputs)
+    inputs
+}
+
+/// A summary's content hash once it is checked to summarise the maps the
+/// current config gives `method` at the run's current checkpoints, with
+/// the configured measures, and to be unaltered; otherwise why not.
+fn check_summary(pipeline: &Pipeline, layout: &RunLayout, run: &str, method: &str, steps: &[u64]) -> Result<String, String> {
+    let config = &pipeline.config;
+    let path = layout.summaries(method);
+    let stamp = verify_stamp(&path)?;
+    let attributions = expected_attributions(config, &config.runs[run], &config.methods[method], steps);
+    if stamp.fingerprint != summary_fingerprint(&attributions, pipeline.measures()) {
+        return Err(format!(
+            "{}: stale: it does not summarise the maps of the current checkpoints and settings of `{run}`/`{method}` \
+             with the configured measures; run the explainer and the summarizer",
+            path.display()
+        ));
+    }
+    for &step in steps {
+        let attribution = layout.attribution(method, step);
+        let content = read_metadata(&attribution).ok().and_then(|m| m.get(CONTENT_KEY).cloned());
+        if content.is_none() || stamp.inputs.get(&step_name(step)) != content.as_ref() {
+            return Err(format!(
+                "{}: stale: {} was rewritten after it was summarised; run the summarizer",
+                path.display(),
+                attribution.display()
+            ));
+        }
+    }
+    Ok(stamp.content)
 }
 
 /// The analysis: the one unit of the analyzer.
@@ -138,6 +194,8 @@ impl std::fmt::Display for Analysis {
 /// Why the analysis is redone.
 pub enum Reason {
     Changed,
+    /// An output's bytes are not those it was stamped with.
+    Damaged(String),
     Forced,
 }
 
@@ -145,6 +203,7 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Reason::Changed => write!(f, "inputs or settings changed since the last analysis"),
+            Reason::Damaged(why) => write!(f, "{why}"),
             Reason::Forced => write!(f, "--force"),
         }
     }
@@ -176,7 +235,10 @@ impl Analyzer<'_> {
     /// The inputs on disk and the fingerprint the analysis of them gets.
     fn inputs(&mut self) -> anyhow::Result<&(Inputs, String)> {
         if self.inputs.is_none() {
-            let inputs = find_inputs(self.pipeline, &self.runs, &self.methods)?;
+            let inputs = find_inputs(self.pipeline, &self.runs, &self.methods);
+            if inputs.runs.is_empty() && !inputs.refused.is_empty() {
+                bail!("nothing to analyse: {}", inputs.refused.join("; "));
+            }
             if inputs.runs.is_empty() {
                 bail!(
                     "nothing to analyse: no metrics.parquet of the selected runs under {}",
@@ -215,12 +277,15 @@ impl Stage for Analyzer<'_> {
 
     fn status(&mut self, _: &Analysis) -> anyhow::Result<Status<Reason>> {
         let fingerprint = self.inputs()?.1.clone();
-        let outputs = [self.by_step_path(), self.correlations_path(), self.report_path()];
-        if outputs.iter().all(|p| read_stamp(p).as_deref() == Some(fingerprint.as_str())) {
-            Ok(Status::UpToDate)
-        } else {
-            Ok(Status::ToDo(Reason::Changed))
+        for path in [self.by_step_path(), self.correlations_path(), self.report_path()] {
+            match verify_stamp(&path) {
+                Ok(stamp) if stamp.fingerprint == fingerprint => {}
+                Ok(_) => return Ok(Status::ToDo(Reason::Changed)),
+                Err(why) if path.exists() => return Ok(Status::ToDo(Reason::Damaged(why))),
+                Err(_) => return Ok(Status::ToDo(Reason::Changed)),
+            }
         }
+        Ok(Status::UpToDate)
     }
 
     fn forced(&mut self, _: &Analysis) -> Reason {
@@ -264,12 +329,9 @@ impl Analyzer<'_> {
         // the old ones first so that a failure part-way leaves the analysis
         // stale, not current.
         for path in [&by_step_path, &correlations_path, &report_path] {
-            let stamp = stamp_path(path);
-            if stamp.exists() {
-                std::fs::remove_file(&stamp).with_context(|| format!("{}: cannot remove", stamp.display()))?;
-            }
+            remove_if_present(&stamp_path(path))?;
         }
-        let mut failed: Vec<anyhow::Error> = Vec::new();
+        let mut failed: Vec<anyhow::Error> = inputs.refused.iter().map(|why| anyhow::anyhow!("left out: {why}")).collect();
 
         // Read.
         let mut metrics: BTreeMap<String, Metrics> = BTreeMap::new();
@@ -289,6 +351,7 @@ impl Analyzer<'_> {
                         name: run.clone(),
                         intended_fit: pipeline.config.runs[run].intended_fit.clone(),
                         diagnosis,
+                        diverged: inputs.diverged.get(run).cloned(),
                     });
                     metrics.insert(run.clone(), m);
                 }
@@ -334,11 +397,9 @@ impl Analyzer<'_> {
                 "correlations: {dropped_null} (step, pair) value(s) dropped for a null measure mean, {dropped_metric} for a missing metric (see report.md)"
             );
         }
-        write_parquet(&by_step_path, &mut by_step_table(&tables, &metrics, &measures)?.to_frame())?;
-        write_parquet(
-            &correlations_path,
-            &mut correlations_frame(&correlations.iter().map(Correlation::row).collect::<Vec<_>>()),
-        )?;
+        let by_step = encode_parquet(&by_step_path, &mut by_step_table(&tables, &metrics, &measures)?.to_frame())?;
+        let correlation_rows: Vec<_> = correlations.iter().map(Correlation::row).collect();
+        let correlation_bytes = encode_parquet(&correlations_path, &mut correlations_frame(&correlation_rows))?;
         tracing::info!(
             "wrote {} and {} ({} correlations)",
             by_step_path.display(),
@@ -381,14 +442,20 @@ impl Analyzer<'_> {
             correlations: &correlations,
             figures: &links,
             figure_error,
+            left_out: &inputs.refused,
         });
-        write_atomic(&report_path, text.as_bytes())?;
+        let outputs = [(&by_step_path, by_step), (&correlations_path, correlation_bytes), (&report_path, text.into_bytes())];
         if failed.is_empty() {
-            for path in [&by_step_path, &correlations_path, &report_path] {
-                write_stamp(path, &fingerprint)?;
+            // Each with a stamp of the analysis's fingerprint: only a
+            // complete analysis is ever current.
+            for (path, bytes) in outputs {
+                write_stamped(path, &bytes, Stamp::new(&fingerprint))?;
             }
             Ok(())
         } else {
+            for (path, bytes) in outputs {
+                write_atomic(path, &bytes)?;
+            }
             tracing::warn!("analysis written with failures and left unstamped: the next run redoes it");
             let analysis = Analysis { dir };
             let (last, rest) = failed.split_last().expect("not empty");

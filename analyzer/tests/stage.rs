@@ -43,18 +43,18 @@ fn analyses_skips_and_redoes() {
         let p = analysis.join("figures").join(f);
         assert!(std::fs::metadata(&p).map(|m| m.len() > 1000).unwrap_or(false), "{}", p.display());
     }
-    let stamp = read_stamp(&analysis.join("report.md")).unwrap();
+    let stamp = read_stamp(&analysis.join("report.md")).unwrap().fingerprint;
 
     // Nothing changed: skipped.
     let report = analyze(&config, &[]);
     assert_eq!((report.done, report.skipped), (0, 1));
     // New metrics (new stamp): redone, new fingerprint.
-    write_metrics(&layout, "metrics-2");
+    write_metrics(&layout, &config, 2);
     let report = analyze(&config, &["--dry-run", "--no-figures"]);
     assert_eq!((report.done, report.skipped), (0, 0));
     let report = analyze(&config, &["--no-figures"]);
     assert_eq!(report.done, 1);
-    assert_ne!(read_stamp(&analysis.join("report.md")).unwrap(), stamp);
+    assert_ne!(read_stamp(&analysis.join("report.md")).unwrap().fingerprint, stamp);
     // Shards other than 0 do nothing.
     let report = analyze(&config, &["--force", "--shard", "1/2"]);
     assert_eq!((report.done, report.skipped), (0, 0));

@@ -6,8 +6,10 @@
 //! maps, summaries and analysis rows; a run's settings reach everything of
 //! that run.
 
-use crate::artifacts::Fingerprinter;
-use crate::config::{MethodConfig, PipelineConfig, RunConfig};
+use crate::artifacts::tables::metrics::read_metrics;
+use crate::artifacts::{verify_stamp, CheckpointModel, Fingerprinter, RunLayout, Stamp};
+use crate::config::{MethodConfig, Pipeline, PipelineConfig, RunConfig};
+use crate::measures::Measure;
 
 /// Fingerprint of a run's training: its data set, its training settings and
 /// the probe set (whose loss the trainer records). `intended_fit` is only a
@@ -19,6 +21,36 @@ pub fn run_fingerprint(config: &PipelineConfig, run: &RunConfig) -> String {
         .add("run", &training)
         .add("probe", &config.probe)
         .finish()
+}
+
+/// A trained run as its metrics table (written last) records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainedRun {
+    /// The checkpoint steps, ascending.
+    pub steps: Vec<u64>,
+    /// The table's stamp (with the divergence, if the run stopped early).
+    pub stamp: Stamp,
+}
+
+/// The steps of `run` as its metrics table lists them, after checking that
+/// the table is intact and of the current configuration; otherwise why
+/// not, naming the file. Later stages take their units from these steps:
+/// a checkpoint file the table does not list belongs to no planned unit.
+pub fn trained_run(config: &PipelineConfig, run: &RunConfig, layout: &RunLayout) -> Result<TrainedRun, String> {
+    let path = layout.metrics();
+    let stamp = verify_stamp(&path).map_err(|e| format!("{e}; run the trainer first"))?;
+    if stamp.fingerprint != run_fingerprint(config, run) {
+        return Err(format!("{}: written for another configuration of the run; run the trainer first", path.display()));
+    }
+    let rows = read_metrics(&path).map_err(|e| e.to_string())?;
+    Ok(TrainedRun { steps: rows.iter().map(|r| r.step).collect(), stamp })
+}
+
+/// The architecture every checkpoint of `run` has: its model on its data
+/// set's images.
+pub fn checkpoint_model(pipeline: &Pipeline, run: &RunConfig) -> CheckpointModel {
+    let dataset = pipeline.dataset_of(run);
+    CheckpointModel { kind: run.model, input: dataset.shape, classes: dataset.classes }
 }
 
 /// Fingerprint of the model checkpoint at `step` of a run.
@@ -34,6 +66,27 @@ pub fn method_fingerprint(method: &MethodConfig) -> String {
 /// Fingerprint of the maps of one method at one checkpoint.
 pub fn attribution_fingerprint(checkpoint_fingerprint: &str, method_fingerprint: &str) -> String {
     Fingerprinter::new().add("checkpoint", &checkpoint_fingerprint).add("method", &method_fingerprint).finish()
+}
+
+/// Fingerprint of a summary table from the ordered (step, attribution
+/// fingerprint) list of the maps it summarises and the measure names.
+pub fn summary_fingerprint(inputs: &[(u64, String)], measures: &[Measure]) -> String {
+    let names: Vec<&str> = measures.iter().map(|m| m.name()).collect();
+    Fingerprinter::new().add("attributions", &inputs).add("measures", &names).finish()
+}
+
+/// The (step, attribution fingerprint) list the current config gives the
+/// maps of `method` at the checkpoints `steps` of `run`: what the
+/// explainer writes and the summarizer and analyzer expect.
+pub fn expected_attributions(
+    config: &PipelineConfig,
+    run: &RunConfig,
+    method: &MethodConfig,
+    steps: &[u64],
+) -> Vec<(u64, String)> {
+    let run = run_fingerprint(config, run);
+    let method = method_fingerprint(method);
+    steps.iter().map(|&step| (step, attribution_fingerprint(&checkpoint_fingerprint(&run, step), &method))).collect()
 }
 
 #[cfg(test)]

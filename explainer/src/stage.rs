@@ -16,15 +16,17 @@ use std::time::Instant;
 
 use anyhow::Context;
 use common::artifacts::{
-    read_checkpoint_fingerprint, read_metadata, read_probe, remove_stale_temporaries, step_name, write_attributions,
-    Attributions, CheckpointInfo, RunLayout,
+    read_checkpoint_header, read_probe, read_verified_metadata, remove_stale_temporaries, step_name, write_attributions,
+    Attributions, CheckpointModel, ExpectedCheckpoint, RunLayout,
 };
 use common::cli::{MethodFilter, StageArgs};
 use common::config::{DatasetSpec, MethodConfig, Pipeline};
 use common::data::{load_dataset, ImageShape};
-use common::provenance::{attribution_fingerprint, method_fingerprint};
+use common::provenance::{
+    attribution_fingerprint, checkpoint_fingerprint, checkpoint_model, method_fingerprint, run_fingerprint, trained_run,
+};
 use common::stage::{run_stage, Outcomes, Stage, StageReport, Status};
-use engine::{read_checkpoint, Model, Trace};
+use engine::{read_checkpoint, Checkpoint, Trace};
 
 use crate::method::Method;
 
@@ -98,12 +100,23 @@ struct RunPlan<'a> {
     dataset: &'a DatasetSpec,
     layout: RunLayout,
     methods: Vec<PlannedMethod<'a>>,
+    /// The run's fingerprint and the architecture of its checkpoints.
+    fingerprint: String,
+    model: CheckpointModel,
+    /// The checkpoint steps its metrics table lists (none when the run is
+    /// not trained under the current config).
+    steps: Vec<u64>,
 }
 
 impl RunPlan<'_> {
     /// The plan of the method a unit names (units come from the plans).
     fn method(&self, name: &str) -> &PlannedMethod<'_> {
         self.methods.iter().find(|m| m.name == name).expect("units come from the plans")
+    }
+
+    /// What the checkpoint of `step` must be.
+    fn expected_fingerprint(&self, step: u64) -> String {
+        checkpoint_fingerprint(&self.fingerprint, step)
     }
 }
 
@@ -113,13 +126,15 @@ struct ProbeBatch {
     images: Vec<f32>,
     labels: Vec<u8>,
     probe_ids: Vec<i64>,
+    entries: common::artifacts::Probe,
 }
 
 /// The explainer as the stage runner drives it.
 pub struct Explainer<'a> {
     plans: Vec<RunPlan<'a>>,
-    /// The fingerprint each checkpoint stores, read once per checkpoint.
-    checkpoint_fingerprints: HashMap<(&'a str, u64), Result<String, String>>,
+    /// The content hash of each checkpoint, from its header (checked to be
+    /// the checkpoint the config describes), read once per checkpoint.
+    checkpoint_contents: HashMap<(&'a str, u64), Result<String, String>>,
     /// The probe batch of the run last explained.
     probe: Option<(&'a str, Result<Rc<ProbeBatch>, String>)>,
     /// Attribution folders already cleared of a killed run's temporaries.
@@ -145,9 +160,26 @@ impl<'a> Explainer<'a> {
                     Ok(PlannedMethod { name: method_name, method, fingerprint: method_fingerprint(config) })
                 })
                 .collect::<anyhow::Result<_>>()?;
-            plans.push(RunPlan { name, dataset, layout: RunLayout::new(pipeline.output_dir(), name), methods: planned });
+            let layout = RunLayout::new(pipeline.output_dir(), name);
+            let steps = match trained_run(&pipeline.config, run, &layout) {
+                Ok(trained) => trained.steps,
+                Err(why) => {
+                    tracing::warn!("run `{name}` is not trained under this config ({why}); its units are left out");
+                    Vec::new()
+                }
+            };
+            warn_of_stray_checkpoints(name, &layout, &steps);
+            plans.push(RunPlan {
+                name,
+                dataset,
+                layout,
+                methods: planned,
+                fingerprint: run_fingerprint(&pipeline.config, run),
+                model: checkpoint_model(pipeline, run),
+                steps,
+            });
         }
-        Ok(Explainer { plans, checkpoint_fingerprints: HashMap::new(), probe: None, cleaned: HashSet::new() })
+        Ok(Explainer { plans, checkpoint_contents: HashMap::new(), probe: None, cleaned: HashSet::new() })
     }
 
     fn plan(&self, run: &str) -> &RunPlan<'a> {
@@ -175,10 +207,13 @@ impl<'a> Explainer<'a> {
         let checkpoint = plan.layout.checkpoint(step);
         let started = Instant::now();
         let methods: Vec<&Method> = group.iter().map(|(u, _)| &plan.method(u.method).method).collect();
-        let (model, info, trace) = match load_and_trace(&checkpoint, &probe, &methods) {
+        let fingerprint = plan.expected_fingerprint(step);
+        let expected = ExpectedCheckpoint { run, step, fingerprint: &fingerprint, model: plan.model };
+        let (loaded, trace) = match load_and_trace(&checkpoint, &expected, &probe, &methods) {
             Ok(loaded) => loaded,
             Err(e) => return outcomes.fail_all(units(), &e),
         };
+        let (model, info) = (&loaded.model, &loaded.info);
         let forward_seconds = started.elapsed().as_secs_f64();
         for (unit, reason) in group {
             let started = Instant::now();
@@ -193,7 +228,7 @@ impl<'a> Explainer<'a> {
             }
             let result = planned
                 .method
-                .explain(&model, &trace, &probe.labels)
+                .explain(model, &trace, &probe.labels)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))
                 .and_then(|explanation| {
                     let attributions = Attributions {
@@ -210,8 +245,15 @@ impl<'a> Explainer<'a> {
                         logit: explanation.logits,
                         method_fingerprint: planned.fingerprint.clone(),
                         checkpoint_fingerprint: info.fingerprint.clone(),
+                        checkpoint_content: loaded.content.clone(),
                         fingerprint: attribution_fingerprint(&info.fingerprint, &planned.fingerprint),
+                        content: None,
                     };
+                    // NaN or infinite maps (a model that went wrong) are never
+                    // written: later stages would average them away.
+                    attributions
+                        .check_against(&probe.entries, model.classes)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
                     write_attributions(&out, &attributions).map_err(anyhow::Error::from)
                 });
             match result {
@@ -238,19 +280,8 @@ impl<'a> Stage for Explainer<'a> {
     fn units(&mut self) -> anyhow::Result<Vec<Unit<'a>>> {
         let mut units = Vec::new();
         for plan in &self.plans {
-            let steps = plan
-                .layout
-                .checkpoint_steps()
-                .with_context(|| format!("{}: cannot list checkpoints", plan.layout.checkpoints_dir().display()))?;
-            if steps.is_empty() {
-                tracing::warn!(
-                    "run `{}` has no checkpoints in {}; run the trainer first",
-                    plan.name,
-                    plan.layout.checkpoints_dir().display()
-                );
-            }
             for method in &plan.methods {
-                units.extend(steps.iter().map(|&step| Unit { run: plan.name, method: method.name, step }));
+                units.extend(plan.steps.iter().map(|&step| Unit { run: plan.name, method: method.name, step }));
             }
         }
         units.sort();
@@ -258,32 +289,48 @@ impl<'a> Stage for Explainer<'a> {
     }
 
     /// Whether the unit's file holds the maps of this checkpoint and method
-    /// settings, and if not, which of the two changed; reads only headers.
+    /// settings, computed from this very checkpoint file and unaltered
+    /// since; if not, why. Reads the checkpoint's header and the whole
+    /// attribution file (to check its content hash).
     fn status(&mut self, unit: &Unit<'a>) -> anyhow::Result<Status<Reason>> {
-        let plan = self.plan(unit.run);
-        let checkpoint = plan.layout.checkpoint(unit.step);
-        let method_fingerprint = plan.method(unit.method).fingerprint.clone();
-        let out = plan.layout.attribution(unit.method, unit.step);
-        let checkpoint_fingerprint = self
-            .checkpoint_fingerprints
+        let plan = self.plans.iter().find(|p| p.name == unit.run).expect("units come from the plans");
+        let checkpoint_fingerprint = plan.expected_fingerprint(unit.step);
+        let checkpoint_content = self
+            .checkpoint_contents
             .entry((unit.run, unit.step))
-            .or_insert_with(|| read_checkpoint_fingerprint(&checkpoint).map_err(|e| e.to_string()))
+            .or_insert_with(|| {
+                let path = plan.layout.checkpoint(unit.step);
+                let header = read_checkpoint_header(&path).map_err(|e| format!("{e}; run the trainer"))?;
+                let expected = ExpectedCheckpoint {
+                    run: unit.run,
+                    step: unit.step,
+                    fingerprint: &checkpoint_fingerprint,
+                    model: plan.model,
+                };
+                header.check(&expected).map_err(|e| format!("{}: {e}; run the trainer", path.display()))?;
+                Ok(header.content)
+            })
             .clone()
             .map_err(anyhow::Error::msg)?;
+        let method_fingerprint = &plan.method(unit.method).fingerprint;
+        let out = plan.layout.attribution(unit.method, unit.step);
         if !out.exists() {
             return Ok(Status::ToDo(Reason::Missing));
         }
-        let expected = attribution_fingerprint(&checkpoint_fingerprint, &method_fingerprint);
-        let meta = match read_metadata(&out) {
+        let meta = match read_verified_metadata(&out) {
             Ok(meta) => meta,
             Err(e) => return Ok(Status::ToDo(Reason::Unreadable(e.problem))),
         };
-        if meta.get("fingerprint") == Some(&expected) {
+        let same = |key: &str, value: &str| meta.get(key).map(String::as_str) == Some(value);
+        let expected = attribution_fingerprint(&checkpoint_fingerprint, method_fingerprint);
+        if same("fingerprint", &expected) && same("checkpoint_content", &checkpoint_content) {
             return Ok(Status::UpToDate);
         }
-        let same = |key: &str, value: &str| meta.get(key).map(String::as_str) == Some(value);
         Ok(Status::ToDo(Reason::Stale(
-            match (same("checkpoint_fingerprint", &checkpoint_fingerprint), same("method_fingerprint", &method_fingerprint)) {
+            match (same("checkpoint_fingerprint", &checkpoint_fingerprint), same("method_fingerprint", method_fingerprint)) {
+                (true, true) if !same("checkpoint_content", &checkpoint_content) => {
+                    "computed from another file of this checkpoint"
+                }
                 (true, false) => "the method's settings changed",
                 (false, true) => "the checkpoint changed (its run was retrained)",
                 (false, false) => "the checkpoint and the method's settings changed",
@@ -325,14 +372,21 @@ fn load_probe_batch(plan: &RunPlan) -> anyhow::Result<ProbeBatch> {
     let set = probe.images(&dataset).map_err(|e| anyhow::anyhow!("{}: {e}", probe_path.display()))?;
     let indices: Vec<usize> = (0..set.len()).collect();
     let images = plan.dataset.normalization.batch(&set, &indices);
-    Ok(ProbeBatch { shape: set.shape, images, labels: set.labels, probe_ids: probe.entries.iter().map(|e| e.probe_id).collect() })
+    let probe_ids = probe.entries.iter().map(|e| e.probe_id).collect();
+    Ok(ProbeBatch { shape: set.shape, images, labels: set.labels, probe_ids, entries: probe })
 }
 
-/// Reads a checkpoint and runs the probe batch through it, keeping the
-/// layer outputs that the pending methods read (all of them for LRP, the
-/// top of the network for Grad-CAM alone).
-fn load_and_trace(checkpoint: &Path, probe: &ProbeBatch, methods: &[&Method]) -> anyhow::Result<(Model, CheckpointInfo, Trace)> {
-    let (model, info) = read_checkpoint(checkpoint)?;
+/// Reads the checkpoint `expected` describes and runs the probe batch
+/// through it, keeping the layer outputs that the pending methods read
+/// (all of them for LRP, the top of the network for Grad-CAM alone).
+fn load_and_trace(
+    checkpoint: &Path,
+    expected: &ExpectedCheckpoint,
+    probe: &ProbeBatch,
+    methods: &[&Method],
+) -> anyhow::Result<(Checkpoint, Trace)> {
+    let loaded = read_checkpoint(checkpoint, expected)?;
+    let model = &loaded.model;
     if model.input != probe.shape {
         anyhow::bail!(
             "{}: the model takes {} images but the run's data set has {}",
@@ -343,8 +397,25 @@ fn load_and_trace(checkpoint: &Path, probe: &ProbeBatch, methods: &[&Method]) ->
     }
     // A method that cannot say (an unknown layer) gets a full trace and
     // reports its own error when it explains.
-    let first_kept = methods.iter().map(|m| m.first_traced_layer(&model).unwrap_or(0)).min().unwrap_or(0);
+    let first_kept = methods.iter().map(|m| m.first_traced_layer(model).unwrap_or(0)).min().unwrap_or(0);
     let trace =
         model.forward_trace_from(&probe.images, first_kept).map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
-    Ok((model, info, trace))
+    Ok((loaded, trace))
+}
+
+/// Checkpoint files that the run's metrics table does not list belong to
+/// no unit: say so, and leave them alone.
+fn warn_of_stray_checkpoints(run: &str, layout: &RunLayout, steps: &[u64]) {
+    if steps.is_empty() {
+        return;
+    }
+    let stray: Vec<String> =
+        layout.checkpoint_steps().unwrap_or_default().into_iter().filter(|s| !steps.contains(s)).map(step_name).collect();
+    if !stray.is_empty() {
+        tracing::warn!(
+            "run `{run}`: ignoring checkpoint file(s) its metrics table does not list: {} (in {})",
+            stray.join(", "),
+            layout.checkpoints_dir().display()
+        );
+    }
 }

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use common::architecture::ModelKind;
-use common::artifacts::{read_attributions, write_probe, CheckpointInfo, Probe, ProbeEntry, RunLayout, Split};
+use common::artifacts::tables::metrics::{metrics_frame, MetricsRow};
+use common::artifacts::{
+    read_attributions, write_parquet_stamped, write_probe, CheckpointInfo, Probe, ProbeEntry, RunLayout, Split, Stamp,
+};
 use common::cli::{Shard, StageArgs};
 use common::config::PipelineConfig;
 use common::data::load_dataset;
@@ -44,6 +47,11 @@ composite = "epsilon-gamma-box"
 kind = "lrp"
 "#;
 
+/// The model the fixture's checkpoint of `step` holds.
+fn checkpoint_model(step: u64) -> Model {
+    Model::initialized(ModelKind::Simple, common::image::ImageShape { channels: 1, height: 16, width: 16 }, 10, step + 1)
+}
+
 struct Fixture {
     dir: PathBuf,
     config_path: PathBuf,
@@ -69,13 +77,9 @@ impl Fixture {
             .collect();
         write_probe(&fixture.layout.probe(), &Probe { entries }).unwrap();
         let run_fp = run_fingerprint(&config, &config.runs["a"]);
+        let mut rows = Vec::new();
         for step in [0u64, 10] {
-            let model = Model::initialized(
-                ModelKind::Simple,
-                common::image::ImageShape { channels: 1, height: 16, width: 16 },
-                10,
-                step + 1,
-            );
+            let model = checkpoint_model(step);
             let info = CheckpointInfo {
                 run: "a".into(),
                 step,
@@ -84,7 +88,20 @@ impl Fixture {
                 fingerprint: checkpoint_fingerprint(&run_fp, step),
             };
             write_checkpoint(&fixture.layout.checkpoint(step), &model, &info).unwrap();
+            rows.push(MetricsRow {
+                step,
+                epoch: info.epoch,
+                train_loss: 2.0,
+                train_loss_running: 2.0,
+                train_acc_running: 0.1,
+                test_loss: 2.0,
+                test_acc: 0.1,
+                probe_loss: 2.0,
+                probe_acc: 0.1,
+            });
         }
+        // The trainer's record of the run: the explainer takes its units from it.
+        write_parquet_stamped(&fixture.layout.metrics(), &mut metrics_frame(&rows), Stamp::new(run_fp)).unwrap();
         fixture
     }
 
@@ -121,7 +138,7 @@ fn explains_every_unit_then_skips_and_redoes_only_what_changed() {
     assert_eq!((report.done, report.skipped, report.failed.len()), (6, 0, 0), "{:?}", report.failed);
 
     for step in [0u64, 10] {
-        let model = engine::read_checkpoint(&f.layout.checkpoint(step)).unwrap().0;
+        let model = checkpoint_model(step);
         for (method, side) in [("lrp", 16), ("egb", 16), ("cam", 8)] {
             let a = read_attributions(&f.layout.attribution(method, step)).unwrap();
             assert_eq!((a.run.as_str(), a.method.as_str(), a.step), ("a", method, step));

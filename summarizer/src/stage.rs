@@ -9,19 +9,19 @@
 //! fingerprint) and the measure list; a unit whose stored stamp equals it
 //! is skipped (unless `--force`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use common::artifacts::tables::summaries::SummaryTable;
 use common::artifacts::{
-    read_attributions, read_checkpoint_fingerprint, read_metadata, read_probe, read_stamp, remove_stale_temporaries,
-    write_parquet_stamped, Fingerprinter, Probe, RunLayout,
+    read_attributions, read_metadata, read_probe, remove_stale_temporaries, step_name, verify_stamp, write_parquet_stamped,
+    Probe, RunLayout, Stamp, CONTENT_KEY,
 };
 use common::cli::{MethodFilter, StageArgs};
 use common::config::Pipeline;
-use common::provenance::{attribution_fingerprint, method_fingerprint};
+use common::provenance::{expected_attributions, summary_fingerprint, trained_run};
 use common::stage::{run_stage, Outcomes, Stage, StageReport, Status};
 use rayon::prelude::*;
 
@@ -63,7 +63,8 @@ impl std::fmt::Display for Unit {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reason {
     NoSummary,
-    Changed,
+    /// Why its stamp is not current.
+    Changed(String),
     Forced,
     /// Its attribution files are not all there and current yet: a dry run
     /// reports this, a real run fails the unit with it.
@@ -74,46 +75,46 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Reason::NoSummary => write!(f, "no summary yet"),
-            Reason::Changed => write!(f, "attributions or measures changed"),
+            Reason::Changed(why) => write!(f, "{why}"),
             Reason::Forced => write!(f, "--force"),
             Reason::AfterExplainer(why) => write!(f, "after the explainer: {why}"),
         }
     }
 }
 
-/// The fingerprint a summary file gets from the ordered (step, attribution
-/// fingerprint) list and the measure names.
-pub fn summary_fingerprint(inputs: &[(u64, String)], measures: &[Measure]) -> String {
-    let names: Vec<&str> = measures.iter().map(|m| m.name()).collect();
-    Fingerprinter::new().add("attributions", &inputs).add("measures", &names).finish()
+/// The maps a unit summarises: per checkpoint the run's metrics table
+/// lists, the attribution file's path, the fingerprint the current config
+/// gives it and its content hash (read from its header).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inputs {
+    pub steps: Vec<u64>,
+    /// (step, attribution fingerprint): what the summary's fingerprint covers.
+    pub fingerprints: Vec<(u64, String)>,
+    /// Step name -> content hash: what the summary's stamp records.
+    pub contents: BTreeMap<String, String>,
 }
 
-/// The (step, fingerprint) list of a unit's attribution files: one per
-/// checkpoint of the run, each holding the maps of that checkpoint with the
-/// method's current settings (read from headers only). Maps of checkpoints
-/// that are gone are not summarised; a missing or stale map is an error that
-/// says to run the explainer.
-pub fn attribution_inputs(layout: &RunLayout, method: &str, method_fingerprint: &str) -> anyhow::Result<Vec<(u64, String)>> {
-    let dir = layout.checkpoints_dir();
-    let steps = layout.checkpoint_steps().with_context(|| format!("{}: cannot list", dir.display()))?;
-    let mut inputs = Vec::with_capacity(steps.len());
-    for step in steps {
-        let checkpoint = read_checkpoint_fingerprint(&layout.checkpoint(step))?;
-        let expected = attribution_fingerprint(&checkpoint, method_fingerprint);
-        let path = layout.attribution(method, step);
+/// The unit's inputs, each attribution file present with the fingerprint
+/// the current config gives it (headers only); otherwise why not, saying
+/// which stage to run first.
+pub fn attribution_inputs(pipeline: &Pipeline, layout: &RunLayout, run: &str, method: &str) -> anyhow::Result<Inputs> {
+    let config = &pipeline.config;
+    let trained = trained_run(config, &config.runs[run], layout).map_err(anyhow::Error::msg)?;
+    let fingerprints = expected_attributions(config, &config.runs[run], &config.methods[method], &trained.steps);
+    let mut contents = BTreeMap::new();
+    for (step, expected) in &fingerprints {
+        let path = layout.attribution(method, *step);
         if !path.is_file() {
             bail!("{}: missing; run the explainer first", path.display());
         }
         let meta = read_metadata(&path)?;
-        if meta.get("fingerprint") != Some(&expected) {
+        if meta.get("fingerprint") != Some(expected) {
             bail!("{}: stale (its checkpoint or the method's settings changed); run the explainer first", path.display());
         }
-        inputs.push((step, expected));
+        let content = meta.get(CONTENT_KEY).with_context(|| format!("{}: no content hash; run the explainer", path.display()))?;
+        contents.insert(step_name(*step), content.clone());
     }
-    if inputs.is_empty() {
-        bail!("no checkpoints in {}; run the trainer first", layout.checkpoints_dir().display());
-    }
-    Ok(inputs)
+    Ok(Inputs { steps: trained.steps, fingerprints, contents })
 }
 
 /// The summarizer as the stage runner drives it.
@@ -139,9 +140,8 @@ impl<'a> Summarizer<'a> {
         RunLayout::new(self.pipeline.output_dir(), &unit.run)
     }
 
-    fn inputs(&self, unit: &Unit) -> anyhow::Result<Vec<(u64, String)>> {
-        let method = method_fingerprint(&self.pipeline.config.methods[&unit.method]);
-        attribution_inputs(&self.layout(unit), &unit.method, &method)
+    fn inputs(&self, unit: &Unit) -> anyhow::Result<Inputs> {
+        attribution_inputs(self.pipeline, &self.layout(unit), &unit.run, &unit.method)
     }
 
     /// Summarises one unit; returns the rows written.
@@ -153,13 +153,16 @@ impl<'a> Summarizer<'a> {
             remove_stale_temporaries(dir).with_context(|| format!("{}: cannot clean temporaries", dir.display()))?;
         }
         let probe = read_probe(&layout.probe())?;
-        let steps: Vec<u64> = inputs.iter().map(|(s, _)| *s).collect();
         let measures = self.pipeline.measures();
-        let (table, fingerprints) = summarize(&layout, &unit.method, &steps, &probe, measures)?;
-        // Fingerprint of what was actually read (a file rewritten since the
-        // header check leaves a stamp that makes the next run redo the unit).
-        let fingerprint = summary_fingerprint(&fingerprints, measures);
-        write_parquet_stamped(&out, &mut table.to_frame(), &fingerprint)?;
+        let classes = self.pipeline.dataset_of(&self.pipeline.config.runs[&unit.run]).classes;
+        let (table, read) = summarize(&layout, &unit.method, &inputs.steps, &probe, classes, measures)?;
+        // The fingerprints and contents of what was actually read (a file
+        // rewritten since the header check leaves a stamp that makes the
+        // next run redo the unit).
+        let fingerprints: Vec<(u64, String)> = read.iter().map(|r| (r.step, r.fingerprint.clone())).collect();
+        let contents = read.iter().map(|r| (step_name(r.step), r.content.clone())).collect();
+        let stamp = Stamp::new(summary_fingerprint(&fingerprints, measures)).with_inputs(contents);
+        write_parquet_stamped(&out, &mut table.to_frame(), stamp)?;
         Ok(table.len())
     }
 }
@@ -183,11 +186,16 @@ impl Stage for Summarizer<'_> {
             Ok(inputs) => inputs,
             Err(e) => return Ok(Status::ToDo(Reason::AfterExplainer(format!("{e:#}")))),
         };
-        let expected = summary_fingerprint(&inputs, self.pipeline.measures());
-        Ok(match read_stamp(&self.layout(unit).summaries(&unit.method)) {
-            Some(stored) if stored == expected => Status::UpToDate,
-            Some(_) => Status::ToDo(Reason::Changed),
-            None => Status::ToDo(Reason::NoSummary),
+        let expected = summary_fingerprint(&inputs.fingerprints, self.pipeline.measures());
+        let out = self.layout(unit).summaries(&unit.method);
+        if !out.exists() {
+            return Ok(Status::ToDo(Reason::NoSummary));
+        }
+        Ok(match verify_stamp(&out) {
+            Ok(stamp) if stamp.fingerprint == expected && stamp.inputs == inputs.contents => Status::UpToDate,
+            Ok(stamp) if stamp.fingerprint == expected => Status::ToDo(Reason::Changed("its maps were rewritten since".into())),
+            Ok(_) => Status::ToDo(Reason::Changed("attributions or measures changed".into())),
+            Err(why) => Status::ToDo(Reason::Changed(why)),
         })
     }
 
@@ -216,72 +224,56 @@ pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     run_stage(&mut summarizer, options)
 }
 
-/// Reads the attribution files of `steps` and builds the summary table;
-/// returns it with the (step, fingerprint) list of the files read.
+/// What was read of one attribution file.
+pub struct ReadAttribution {
+    pub step: u64,
+    pub fingerprint: String,
+    pub content: String,
+}
+
+/// Reads the attribution files of `steps` (each checked against the probe
+/// set and `classes`) and builds the summary table; returns it with what
+/// was read of each file.
 pub fn summarize(
     layout: &RunLayout,
     method: &str,
     steps: &[u64],
     probe: &Probe,
+    classes: usize,
     measures: &[Measure],
-) -> anyhow::Result<(SummaryTable, Vec<(u64, String)>)> {
-    let by_id: HashMap<i64, usize> = probe.entries.iter().enumerate().map(|(i, e)| (e.probe_id, i)).collect();
-    let probe_path = layout.probe();
-    let per_step: Vec<StepRows> = steps
+) -> anyhow::Result<(SummaryTable, Vec<ReadAttribution>)> {
+    let per_step: Vec<(SummaryTable, ReadAttribution)> = steps
         .par_iter()
-        .map(|&step| summarize_step(&layout.attribution(method, step), step, probe, &by_id, &probe_path, measures))
+        .map(|&step| summarize_step(&layout.attribution(method, step), step, probe, classes, measures))
         .collect::<anyhow::Result<_>>()?;
-
-    let non_finite: usize = per_step.iter().map(|s| s.non_finite_maps).sum();
-    if non_finite > 0 {
-        tracing::warn!(
-            "{}/{method}: {non_finite} map(s) hold NaN or infinite values; their measures may be null",
-            layout.dir.display()
-        );
-    }
     let mut table = SummaryTable::new(measures);
-    let mut fingerprints = Vec::with_capacity(per_step.len());
-    for s in per_step {
-        table.append(s.rows);
-        fingerprints.push((s.step, s.fingerprint));
+    let mut read = Vec::with_capacity(per_step.len());
+    for (rows, file) in per_step {
+        table.append(rows);
+        read.push(file);
     }
-    Ok((table, fingerprints))
-}
-
-/// The rows of one step.
-struct StepRows {
-    step: u64,
-    rows: SummaryTable,
-    non_finite_maps: usize,
-    fingerprint: String,
+    Ok((table, read))
 }
 
 fn summarize_step(
     path: &Path,
     step: u64,
     probe: &Probe,
-    by_id: &HashMap<i64, usize>,
-    probe_path: &Path,
+    classes: usize,
     measures: &[Measure],
-) -> anyhow::Result<StepRows> {
+) -> anyhow::Result<(SummaryTable, ReadAttribution)> {
     let a = read_attributions(path)?;
     if a.step != step {
         bail!("{}: metadata says step {} but the file name says {step}", path.display(), a.step);
     }
+    a.check_against(probe, classes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let content = a.content.clone().with_context(|| format!("{}: no content hash; run the explainer", path.display()))?;
     let mut rows = SummaryTable::new(measures);
-    let mut non_finite_maps = 0;
-    for i in 0..a.len() {
-        let id = a.probe_id[i];
-        let entry = by_id.get(&id).map(|&k| &probe.entries[k]).with_context(|| {
-            format!("{}: probe_id {id} is not in {}; the maps and the probe set disagree", path.display(), probe_path.display())
-        })?;
+    for (i, entry) in probe.entries.iter().enumerate() {
         let map = a.map(i);
-        if map.iter().any(|v| !v.is_finite()) {
-            non_finite_maps += 1;
-        }
         rows.step.push(step as i64);
         rows.epoch.push(a.epoch);
-        rows.probe_id.push(id);
+        rows.probe_id.push(entry.probe_id);
         rows.split.push(entry.split);
         rows.label.push(entry.label as i64);
         rows.target.push(a.target[i]);
@@ -290,5 +282,5 @@ fn summarize_step(
             column.push(m.compute(map));
         }
     }
-    Ok(StepRows { step, rows, non_finite_maps, fingerprint: a.fingerprint })
+    Ok((rows, ReadAttribution { step, fingerprint: a.fingerprint, content }))
 }

@@ -4,14 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use common::architecture::ModelKind;
+use common::artifacts::tables::metrics::{metrics_frame, MetricsRow};
 use common::artifacts::{
-    read_parquet, read_stamp, write_attributions, write_checkpoint_file, write_probe, Attributions, CheckpointInfo,
-    CheckpointModel, Probe, ProbeEntry, RunLayout, Split,
+    read_parquet, read_stamp, write_attributions, write_parquet_stamped, write_probe, Attributions, Probe, ProbeEntry, RunLayout,
+    Split, Stamp,
 };
 use common::config::PipelineConfig;
-use common::image::ImageShape;
-use common::provenance::{attribution_fingerprint, method_fingerprint};
+use common::provenance::{expected_attributions, run_fingerprint};
 use summarizer::Cli;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -69,23 +68,38 @@ fn attributions(step: u64, maps: Vec<f32>, fingerprint: &str) -> Attributions {
         logit: vec![1.0, 2.0, 3.0],
         method_fingerprint: "m".into(),
         checkpoint_fingerprint: format!("c{step}"),
+        checkpoint_content: format!("c{step}"),
         fingerprint: fingerprint.into(),
+        content: None,
     }
 }
 
-/// A checkpoint at `step` whose fingerprint is `c<step>` (the summarizer
-/// reads only its header: no parameters needed).
-fn write_checkpoint_at(layout: &RunLayout, step: u64) {
-    let model = CheckpointModel { kind: ModelKind::Simple, input: ImageShape { channels: 1, height: 8, width: 8 }, classes: 10 };
-    let info = CheckpointInfo { run: "tiny".into(), step, epoch: 0.0, dataset: "synth".into(), fingerprint: format!("c{step}") };
-    write_checkpoint_file(&layout.checkpoint(step), &info, model, []).unwrap();
+/// The trainer's record of the run: a stamped metrics table listing `steps`.
+fn write_metrics(layout: &RunLayout, config: &Path, steps: &[u64]) {
+    let config = PipelineConfig::load(config).unwrap();
+    let rows: Vec<MetricsRow> = steps
+        .iter()
+        .map(|&step| MetricsRow {
+            step,
+            epoch: step as f64 / 10.0,
+            train_loss: 2.0,
+            train_loss_running: 2.0,
+            train_acc_running: 0.1,
+            test_loss: 2.0,
+            test_acc: 0.1,
+            probe_loss: 2.0,
+            probe_acc: 0.1,
+        })
+        .collect();
+    let stamp = Stamp::new(run_fingerprint(&config, &config.runs["tiny"]));
+    write_parquet_stamped(&layout.metrics(), &mut metrics_frame(&rows), stamp).unwrap();
 }
 
 /// The fingerprint the explainer gives the maps of checkpoint `step` with
 /// the config's `lrp` method.
 fn current(config: &Path, step: u64) -> String {
     let config = PipelineConfig::load(config).unwrap();
-    attribution_fingerprint(&format!("c{step}"), &method_fingerprint(&config.methods["lrp"]))
+    expected_attributions(&config, &config.runs["tiny"], &config.methods["lrp"], &[step])[0].1.clone()
 }
 
 fn setup(dir: &Path) -> RunLayout {
@@ -101,9 +115,7 @@ fn setup(dir: &Path) -> RunLayout {
     write_probe(&layout.probe(), &probe).unwrap();
     // step 0: map 0 mixed, map 1 all zero, map 2 negative only
     let maps0 = vec![3.0, -4.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0, -3.0, 0.0, 0.0];
-    for step in [0, 10] {
-        write_checkpoint_at(&layout, step);
-    }
+    write_metrics(&layout, &config, &[0, 10]);
     write_attributions(&layout.attribution("lrp", 0), &attributions(0, maps0, &current(&config, 0))).unwrap();
     let maps10 = vec![1.0; 12];
     write_attributions(&layout.attribution("lrp", 10), &attributions(10, maps10, &current(&config, 10))).unwrap();
@@ -154,7 +166,7 @@ fn summarizes_skips_and_redoes_on_measure_change() {
     assert!((abs[3].unwrap() - 4f64.ln()).abs() < 1e-12);
     let gini: Vec<Option<f64>> = df.column("gini").unwrap().f64().unwrap().into_iter().collect();
     assert_eq!(gini[1], None);
-    let stamp = read_stamp(&out).unwrap();
+    let stamp = read_stamp(&out).unwrap().fingerprint;
 
     // rerun: nothing to do
     let report = summarizer::run(&cli(&config, &[])).unwrap();
@@ -162,22 +174,22 @@ fn summarizes_skips_and_redoes_on_measure_change() {
     // --force redoes, same bytes of fingerprint
     let report = summarizer::run(&cli(&config, &["--force"])).unwrap();
     assert_eq!(report.done, 1);
-    assert_eq!(read_stamp(&out).unwrap(), stamp);
+    assert_eq!(read_stamp(&out).unwrap().fingerprint, stamp);
 
     // another measure list: redone, new columns, new stamp; dry run first changes nothing
     let config = write_config(&dir, &["l1", "pos_frac"]);
     let report = summarizer::run(&cli(&config, &["--dry-run"])).unwrap();
     assert_eq!((report.done, report.skipped), (0, 0));
-    assert_eq!(read_stamp(&out).unwrap(), stamp);
+    assert_eq!(read_stamp(&out).unwrap().fingerprint, stamp);
     let report = summarizer::run(&cli(&config, &[])).unwrap();
     assert_eq!(report.done, 1);
     let df = read_parquet(&out).unwrap();
     assert_eq!(df.width(), 9);
     assert!(df.column("l1").is_ok() && df.column("frobenius").is_err());
-    assert_ne!(read_stamp(&out).unwrap(), stamp);
+    assert_ne!(read_stamp(&out).unwrap().fingerprint, stamp);
 
     // a new checkpoint without its maps: the unit fails and says why
-    write_checkpoint_at(&layout, 20);
+    write_metrics(&layout, &config, &[0, 10, 20]);
     let report = summarizer::run(&cli(&config, &[])).unwrap();
     assert!(report.failed[0].contains("step-000020.safetensors: missing; run the explainer"), "{:?}", report.failed);
     // stale maps (another method setting) fail it too

@@ -51,8 +51,30 @@ impl Scratch {
     }
 
     /// Runs a stage on this scratch config with extra arguments.
+    /// Runs a stage; whatever its input, it must end with an exit code of
+    /// its own: a panic (message on stderr) or an abort (a signal) fails
+    /// the test.
     pub fn stage(&self, name: &str, args: &[&str]) -> Output {
-        self.command(name, args).output().expect("stage runs")
+        let out = self.command(name, args).output().expect("stage runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{name} {args:?} panicked:\n{stderr}");
+        assert!(out.status.code().is_some(), "{name} {args:?} was killed by a signal ({:?}):\n{stderr}", out.status);
+        out
+    }
+
+    /// Runs a stage that must fail, returning its stderr.
+    pub fn fails(&self, name: &str, args: &[&str]) -> String {
+        let out = self.stage(name, args);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{name} {args:?} succeeded:\n{text}");
+        text
+    }
+
+    /// Rewrites the scratch config by a text replacement (which must match).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        assert!(text.contains(from), "the config has no `{from}`");
+        std::fs::write(&self.config, text.replacen(from, to, 1)).expect("config");
     }
 
     pub fn command(&self, name: &str, args: &[&str]) -> Command {

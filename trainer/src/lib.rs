@@ -18,7 +18,7 @@ use common::cli::StageArgs;
 use common::config::{Pipeline, RunConfig};
 use common::stage::{run_stage, Outcomes, Stage, StageReport, Status};
 
-use training::{run_status, train_run, TrainPlan};
+use training::{run_status, train_run, TrainOutcome, TrainPlan};
 
 /// Train the configured CNNs and write checkpoints, metrics and the probe set.
 ///
@@ -65,7 +65,7 @@ impl<'a> Stage for Trainer<'a> {
     }
 
     fn status(&mut self, unit: &RunUnit<'a>) -> anyhow::Result<Status<TrainPlan>> {
-        Ok(run_status(self.pipeline, unit.config, &RunLayout::new(self.pipeline.output_dir(), unit.name)))
+        run_status(self.pipeline, unit.name, unit.config, &RunLayout::new(self.pipeline.output_dir(), unit.name))
     }
 
     fn forced(&mut self, _: &RunUnit<'a>) -> TrainPlan {
@@ -76,7 +76,15 @@ impl<'a> Stage for Trainer<'a> {
         for (unit, plan) in pending {
             tracing::info!("{unit}: train ({plan})");
             match train_run(self.pipeline, unit.name, unit.config, plan) {
-                Ok(steps) => outcomes.done(&unit, format!("trained to step {steps}")),
+                Ok(TrainOutcome::Finished(steps)) => outcomes.done(&unit, format!("trained to step {steps}")),
+                Ok(TrainOutcome::Diverged(d)) => outcomes.failed(
+                    &unit,
+                    &anyhow::anyhow!(
+                        "diverged at step {} ({}); stopped there and kept the checkpoints before it. Lower the learning rate.",
+                        d.step,
+                        d.why
+                    ),
+                ),
                 Err(e) => outcomes.failed(&unit, &e),
             }
         }

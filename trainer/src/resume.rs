@@ -55,6 +55,11 @@ pub fn read_resume_state(path: &Path, model: &Model) -> Result<ResumeState, Arti
         let shape: Vec<Option<usize>> = p.shape.iter().map(|&s| Some(s)).collect();
         adam.first_moments[i] = file.f32(path, &format!("adam.m.{}", p.name), &shape)?.1.to_vec();
         adam.second_moments[i] = file.f32(path, &format!("adam.v.{}", p.name), &shape)?.1.to_vec();
+        for (kind, moments) in [("m", &adam.first_moments[i]), ("v", &adam.second_moments[i])] {
+            if moments.iter().any(|v| !v.is_finite()) {
+                return Err(ArtifactError::new(path, format!("tensor `adam.{kind}.{}` holds NaN or infinite values", p.name)));
+            }
+        }
     }
     Ok(ResumeState {
         step,
@@ -124,6 +129,13 @@ mod tests {
         let path = std::env::temp_dir().join(format!("resume-{}/step-000007.resume.safetensors", std::process::id()));
         write_resume_state(&path, &model, &state).unwrap();
         assert_eq!(read_resume_state(&path, &model).unwrap(), state);
+        // NaN moments (a damaged or diverged state) are an error naming the tensor.
+        let mut poisoned = state.clone();
+        poisoned.adam.second_moments[2][7] = f32::NAN;
+        write_resume_state(&path, &model, &poisoned).unwrap();
+        let err = read_resume_state(&path, &model).unwrap_err().to_string();
+        assert!(err.contains("tensor `adam.v.features_conv.3.weight` holds NaN"), "{err}");
+        write_resume_state(&path, &model, &state).unwrap();
         let other = Model::initialized(ModelKind::Complex, ImageShape::GRAY_28, 10, 1);
         assert!(read_resume_state(&path, &other).unwrap_err().to_string().contains("adam.m.features_conv.0.weight"));
     }

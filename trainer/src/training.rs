@@ -6,12 +6,12 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use common::artifacts::tables::metrics::{metrics_frame, read_metrics, MetricsRow};
 use common::artifacts::{
-    read_checkpoint_fingerprint, read_stamp, remove_if_present, remove_stale_temporaries, write_parquet_stamped, CheckpointInfo,
-    RunLayout,
+    read_checkpoint_header, read_verified_metadata, remove_if_present, remove_stale_temporaries, verify_stamp,
+    write_parquet_stamped, CheckpointInfo, Divergence, ExpectedCheckpoint, RunLayout, Stamp,
 };
 use common::config::{Pipeline, RunConfig};
 use common::data::{load_dataset, Dataset, ImageSet, Normalization};
-use common::provenance::{checkpoint_fingerprint, run_fingerprint};
+use common::provenance::{checkpoint_fingerprint, checkpoint_model, run_fingerprint};
 use common::rng::Rng;
 use common::stage::Status;
 use engine::training::{loss_and_gradients, Device};
@@ -48,13 +48,19 @@ impl Plan {
     }
 }
 
+/// A run whose batch loss exceeds this (in nats; chance level is
+/// ln(classes), 2.3 for ten classes) is taken to have diverged, as is one
+/// whose loss, weights or evaluation losses are not finite.
+pub const DIVERGED_LOSS: f64 = 1e3;
+
 /// What the trainer will do with a run that is not up to date, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TrainPlan {
     /// Nothing usable on disk.
     Fresh,
-    /// Checkpoints of another configuration are on disk and will be removed.
-    Stale,
+    /// What is on disk is not this configuration's (or is damaged) and
+    /// will be removed: the file and why.
+    Stale(String),
     /// `--force`: whatever is on disk is removed.
     Forced,
     /// Resumable from this step.
@@ -65,7 +71,7 @@ impl std::fmt::Display for TrainPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TrainPlan::Fresh => write!(f, "from the start"),
-            TrainPlan::Stale => write!(f, "again: its checkpoints come from another configuration"),
+            TrainPlan::Stale(why) => write!(f, "again: {why}"),
             TrainPlan::Forced => write!(f, "again: --force"),
             TrainPlan::Resume(step) => write!(f, "on from step {step}"),
         }
@@ -88,27 +94,60 @@ pub fn training_indices(run: &RunConfig, train_len: usize) -> anyhow::Result<Vec
 
 /// Decides, from the files alone, whether a run is done, resumable or
 /// stale. Done means: the metrics table (written last) and the probe carry
-/// the run's current fingerprint and every checkpoint the table lists is
-/// there.
-pub fn run_status(pipeline: &Pipeline, run: &RunConfig, layout: &RunLayout) -> Status<TrainPlan> {
+/// stamps of the run's current fingerprint, their bytes are those they were
+/// stamped with, and every checkpoint the table lists is there, is the
+/// checkpoint of that run and step under this configuration, and its data
+/// matches its content hash. A run that diverged is an error (training it
+/// again would diverge again).
+pub fn run_status(pipeline: &Pipeline, name: &str, run: &RunConfig, layout: &RunLayout) -> anyhow::Result<Status<TrainPlan>> {
     let fingerprint = run_fingerprint(&pipeline.config, run);
-    let stamped = |path: &Path| read_stamp(path).as_deref() == Some(fingerprint.as_str());
-    if stamped(&layout.metrics()) && stamped(&layout.probe()) {
-        let listed = read_metrics(&layout.metrics()).ok();
-        if listed.is_some_and(|rows| rows.iter().all(|r| layout.checkpoint(r.step).is_file())) {
-            return Status::UpToDate;
+    let expected = |step: u64| checkpoint_fingerprint(&fingerprint, step);
+    let model = checkpoint_model(pipeline, run);
+    let check_checkpoint = |step: u64| -> Result<(), String> {
+        let path = layout.checkpoint(step);
+        let header = read_checkpoint_header(&path).map_err(|e| e.to_string())?;
+        let fingerprint = expected(step);
+        header
+            .check(&ExpectedCheckpoint { run: name, step, fingerprint: &fingerprint, model })
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        read_verified_metadata(&path).map(|_| ()).map_err(|e| e.to_string())
+    };
+    let done = (|| -> Result<Option<Divergence>, String> {
+        let current = |path: &Path| -> Result<Stamp, String> {
+            let stamp = verify_stamp(path)?;
+            if stamp.fingerprint != fingerprint {
+                return Err(format!("{}: written for another configuration of the run", path.display()));
+            }
+            Ok(stamp)
+        };
+        current(&layout.probe())?;
+        let stamp = current(&layout.metrics())?;
+        let rows = read_metrics(&layout.metrics()).map_err(|e| e.to_string())?;
+        for row in &rows {
+            check_checkpoint(row.step)?;
         }
-    }
+        Ok(stamp.diverged)
+    })();
+    let why = match done {
+        Ok(None) => return Ok(Status::UpToDate),
+        Ok(Some(d)) => bail!(
+            "diverged at step {} ({}); its checkpoints before that step are kept and analysed. Lower the learning \
+             rate, or --force to train it again",
+            d.step,
+            d.why
+        ),
+        Err(why) => why,
+    };
     let steps = layout.checkpoint_steps().unwrap_or_default();
-    let current =
-        |s: u64| read_checkpoint_fingerprint(&layout.checkpoint(s)).ok() == Some(checkpoint_fingerprint(&fingerprint, s));
-    if let Some(&s) = steps.iter().rev().find(|&&s| current(s) && layout.resume_state(s).is_file()) {
-        return Status::ToDo(TrainPlan::Resume(s));
+    if let Some(&s) = steps.iter().rev().find(|&&s| layout.resume_state(s).is_file() && check_checkpoint(s).is_ok()) {
+        return Ok(Status::ToDo(TrainPlan::Resume(s)));
     }
-    if steps.iter().any(|&s| !current(s)) {
-        Status::ToDo(TrainPlan::Stale)
-    } else {
-        Status::ToDo(TrainPlan::Fresh)
+    match steps.iter().find_map(|&s| check_checkpoint(s).err()) {
+        Some(stale) => Ok(Status::ToDo(TrainPlan::Stale(stale))),
+        None if steps.is_empty() => Ok(Status::ToDo(TrainPlan::Fresh)),
+        // Checkpoints of this configuration without their table: the run
+        // stopped after them and cannot resume.
+        None => Ok(Status::ToDo(TrainPlan::Stale(why))),
     }
 }
 
@@ -118,6 +157,8 @@ struct Setup<'a> {
     run: &'a RunConfig,
     layout: &'a RunLayout,
     fingerprint: String,
+    /// The architecture every checkpoint of the run has.
+    model: common::artifacts::CheckpointModel,
     plan: Plan,
     dataset: Dataset,
     normalization: Normalization,
@@ -126,28 +167,45 @@ struct Setup<'a> {
     probe: ImageSet,
 }
 
-/// Trains one run, or finishes it from where `plan` says it stopped;
-/// returns the last step.
-pub fn train_run(pipeline: &Pipeline, name: &str, run: &RunConfig, status: TrainPlan) -> anyhow::Result<u64> {
+/// How training a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainOutcome {
+    /// Trained to this step.
+    Finished(u64),
+    /// Stopped at a divergence; the checkpoints before it are kept.
+    Diverged(Divergence),
+}
+
+/// Trains one run, or finishes it from where `plan` says it stopped.
+pub fn train_run(pipeline: &Pipeline, name: &str, run: &RunConfig, status: TrainPlan) -> anyhow::Result<TrainOutcome> {
     let layout = RunLayout::new(pipeline.output_dir(), name);
     let dataset_spec = pipeline.dataset_of(run);
     let dataset = load_dataset(&dataset_spec.config).with_context(|| format!("data set `{}`", run.dataset))?;
+    for (split, set) in [("training", &dataset.train), ("test", &dataset.test)] {
+        if set.is_empty() {
+            bail!(
+                "data set `{}`: its {split} set has no images (training, the test metrics and the probe set need both)",
+                run.dataset
+            );
+        }
+    }
     let normalization = dataset_spec.normalization.clone();
     let train_indices = training_indices(run, dataset.train.len())?;
     let plan = Plan::new(run, train_indices.len());
     let fingerprint = run_fingerprint(&pipeline.config, run);
     let probe = select_probe(&pipeline.config.probe, &dataset.train, &train_indices, &dataset.test, dataset.classes)
-        .map_err(anyhow::Error::msg)?;
+        .map_err(|e| anyhow::anyhow!("data set `{}`: {e}", run.dataset))?;
     for dir in [layout.dir.clone(), layout.checkpoints_dir()] {
         remove_stale_temporaries(&dir).with_context(|| format!("cleaning {}", dir.display()))?;
     }
-    write_parquet_stamped(&layout.probe(), &mut probe.to_frame(), &fingerprint)?;
+    write_parquet_stamped(&layout.probe(), &mut probe.to_frame(), Stamp::new(&fingerprint))?;
     let eval_len = run.eval_size.unwrap_or(dataset.test.len()).min(dataset.test.len());
     let setup = Setup {
         name,
         run,
         layout: &layout,
         fingerprint,
+        model: checkpoint_model(pipeline, run),
         plan,
         probe: probe.images(&dataset).map_err(|e| anyhow::anyhow!(e))?,
         normalization,
@@ -167,18 +225,31 @@ pub fn train_run(pipeline: &Pipeline, name: &str, run: &RunConfig, status: Train
             }
         },
         TrainPlan::Fresh => start(&setup)?,
-        TrainPlan::Stale | TrainPlan::Forced => {
+        TrainPlan::Stale(_) | TrainPlan::Forced => {
             tracing::info!("run `{name}`: removing earlier checkpoints");
             remove_checkpoints(&layout)?;
             start(&setup)?
         }
     };
-    let rows = train_from(&setup, model, state)?;
-    write_parquet_stamped(&layout.metrics(), &mut metrics_frame(&rows), &setup.fingerprint)?;
+    let (rows, diverged) = match train_from(&setup, model, state)? {
+        Trained::Finished(rows) => (rows, None),
+        Trained::Diverged(rows, divergence) => (rows, Some(divergence)),
+    };
+    let stamp = Stamp { diverged: diverged.clone(), ..Stamp::new(&setup.fingerprint) };
+    write_parquet_stamped(&layout.metrics(), &mut metrics_frame(&rows), stamp)?;
     for step in layout.checkpoint_steps()? {
         remove_if_present(&layout.resume_state(step))?;
     }
-    Ok(setup.plan.last_step)
+    Ok(match diverged {
+        Some(d) => TrainOutcome::Diverged(d),
+        None => TrainOutcome::Finished(setup.plan.last_step),
+    })
+}
+
+/// The rows of the checkpoints written, and whether training stopped early.
+enum Trained {
+    Finished(Vec<MetricsRow>),
+    Diverged(Vec<MetricsRow>, Divergence),
 }
 
 fn remove_checkpoints(layout: &RunLayout) -> anyhow::Result<()> {
@@ -214,12 +285,16 @@ fn start(setup: &Setup) -> anyhow::Result<(Model, ResumeState)> {
     let labels: Vec<u8> = chosen.iter().map(|&i| setup.dataset.train.labels[i]).collect();
     let (loss, correct) = cross_entropy_and_correct(&model.forward(&x)?, &labels, setup.dataset.classes);
     state.running.add(loss, correct, labels.len());
-    checkpoint(setup, &model, &mut state, loss)?;
+    if let Some(d) = checkpoint(setup, &model, &mut state, loss)? {
+        bail!("the untrained model already fails: {}", d.why);
+    }
     Ok((model, state))
 }
 
 fn resume(setup: &Setup, step: u64) -> anyhow::Result<(Model, ResumeState)> {
-    let (model, _) = read_checkpoint(&setup.layout.checkpoint(step))?;
+    let fingerprint = checkpoint_fingerprint(&setup.fingerprint, step);
+    let expected = ExpectedCheckpoint { run: setup.name, step, fingerprint: &fingerprint, model: setup.model };
+    let model = read_checkpoint(&setup.layout.checkpoint(step), &expected)?.model;
     let state = read_resume_state(&setup.layout.resume_state(step), &model)?;
     if state.fingerprint != setup.fingerprint || state.step != step {
         bail!("{}: written for another configuration or step", setup.layout.resume_state(step).display());
@@ -242,7 +317,7 @@ fn epoch_order(setup: &Setup, epoch: u64) -> Vec<usize> {
     order
 }
 
-fn train_from(setup: &Setup, mut model: Model, mut state: ResumeState) -> anyhow::Result<Vec<MetricsRow>> {
+fn train_from(setup: &Setup, mut model: Model, mut state: ResumeState) -> anyhow::Result<Trained> {
     let dev = Device::default();
     let plan = &setup.plan;
     let bar = common::cli::progress_bar(plan.last_step, format!("train {}", setup.name));
@@ -258,16 +333,25 @@ fn train_from(setup: &Setup, mut model: Model, mut state: ResumeState) -> anyhow
         setup.normalization.batch_into(&setup.dataset.train, chosen, &mut x);
         let labels: Vec<u8> = chosen.iter().map(|&i| setup.dataset.train.labels[i]).collect();
         let result = loss_and_gradients(&dev, &model, std::mem::take(&mut x), &labels)?;
+        let loss = result.loss as f64;
+        if !(loss.is_finite() && loss <= DIVERGED_LOSS) {
+            bar.finish_and_clear();
+            let why = format!("batch loss {loss:e} at step {step}");
+            return Ok(Trained::Diverged(state.rows, Divergence { step, why }));
+        }
         state.adam.step(model.parameters_mut(), &result.gradients);
-        state.running.add(result.loss as f64, result.correct, labels.len());
+        state.running.add(loss, result.correct, labels.len());
         state.step = step;
         if plan.checkpoint_steps.binary_search(&step).is_ok() {
-            checkpoint(setup, &model, &mut state, result.loss as f64)?;
+            if let Some(divergence) = checkpoint(setup, &model, &mut state, loss)? {
+                bar.finish_and_clear();
+                return Ok(Trained::Diverged(state.rows, divergence));
+            }
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(state.rows)
+    Ok(Trained::Finished(state.rows))
 }
 
 /// Mean cross-entropy and accuracy of `model` on `indices` of `set`.
@@ -293,13 +377,22 @@ fn evaluate(
 
 /// Evaluates, records the metrics row, and writes the checkpoint and the
 /// state to resume from it (state first: a checkpoint without its state is
-/// simply not resumable, never inconsistent).
-fn checkpoint(setup: &Setup, model: &Model, state: &mut ResumeState, train_loss: f64) -> anyhow::Result<()> {
+/// simply not resumable, never inconsistent). A model whose weights or
+/// evaluation losses are not finite is not written: that is a divergence.
+fn checkpoint(setup: &Setup, model: &Model, state: &mut ResumeState, train_loss: f64) -> anyhow::Result<Option<Divergence>> {
     let classes = setup.dataset.classes;
     let step = state.step;
+    if let Some(p) = model.parameters().iter().find(|p| p.data.iter().any(|v| !v.is_finite())) {
+        return Ok(Some(Divergence { step, why: format!("`{}` holds NaN or infinite weights at step {step}", p.name) }));
+    }
     let (test_loss, test_acc) = evaluate(model, &setup.dataset.test, &setup.eval_indices, &setup.normalization, classes)?;
     let all_probe: Vec<usize> = (0..setup.probe.len()).collect();
     let (probe_loss, probe_acc) = evaluate(model, &setup.probe, &all_probe, &setup.normalization, classes)?;
+    if let Some((what, loss)) =
+        [("test", test_loss), ("probe", probe_loss)].into_iter().find(|(_, l)| !(l.is_finite() && *l <= DIVERGED_LOSS))
+    {
+        return Ok(Some(Divergence { step, why: format!("{what} loss {loss:e} at step {step}") }));
+    }
     let (train_loss_running, train_acc_running) = state.running.take();
     state.rows.push(MetricsRow {
         step,
@@ -330,5 +423,5 @@ fn checkpoint(setup: &Setup, model: &Model, state: &mut ResumeState, train_loss:
     for older in layout.checkpoint_steps()?.into_iter().filter(|&s| s < step) {
         remove_if_present(&layout.resume_state(older))?;
     }
-    Ok(())
+    Ok(None)
 }

@@ -9,12 +9,12 @@ use clap::Parser;
 use common::architecture::ModelKind;
 use common::artifacts::tables::metrics::{metrics_frame, MetricsRow};
 use common::artifacts::{
-    write_attributions, write_checkpoint_file, write_parquet, write_probe, write_stamp, Attributions, CheckpointInfo,
-    CheckpointModel, Probe, ProbeEntry, RunLayout, Split,
+    write_attributions, write_checkpoint_file, write_parquet_stamped, Attributions, CheckpointInfo, CheckpointModel, Probe,
+    ProbeEntry, RunLayout, Split, Stamp,
 };
 use common::config::PipelineConfig;
 use common::image::ImageShape;
-use common::provenance::{attribution_fingerprint, method_fingerprint};
+use common::provenance::{expected_attributions, run_fingerprint};
 
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("analyzer-{name}-{}", std::process::id()));
@@ -57,11 +57,23 @@ measures = ["frobenius", "entropy_abs", "entropy_neg", "gini"]
 
 pub const STEPS: [u64; 10] = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90];
 
-pub fn write_metrics(layout: &RunLayout, stamp: &str) {
+/// The fingerprint the trainer gives the test run's tables.
+fn run_stamp(config: &Path) -> Stamp {
+    let config = PipelineConfig::load(config).unwrap();
+    let (_, run) = config.runs.iter().next().unwrap();
+    Stamp::new(run_fingerprint(&config, run))
+}
+
+/// The run's metrics, as the trainer would stamp them; `variant` 2 has a
+/// test loss that ends higher.
+pub fn write_metrics(layout: &RunLayout, config: &Path, variant: u32) {
     let n = STEPS.len();
     let train: Vec<f64> = (0..n).map(|i| 2.3 / (1.0 + i as f64)).collect();
     // test loss falls to 1.0 at step 40, then climbs to 2.0: overfit (rise 1.0)
-    let test = vec![2.3, 1.8, 1.4, 1.1, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0];
+    let mut test = vec![2.3, 1.8, 1.4, 1.1, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0];
+    if variant == 2 {
+        test[9] = 2.1;
+    }
     let acc: Vec<f64> = (0..n).map(|i| 0.1 + 0.05 * i as f64).collect();
     let rows: Vec<MetricsRow> = (0..n)
         .map(|i| MetricsRow {
@@ -76,14 +88,15 @@ pub fn write_metrics(layout: &RunLayout, stamp: &str) {
             probe_acc: acc[i],
         })
         .collect();
-    write_parquet(&layout.metrics(), &mut metrics_frame(&rows)).unwrap();
-    write_stamp(&layout.metrics(), stamp).unwrap();
+    write_parquet_stamped(&layout.metrics(), &mut metrics_frame(&rows), run_stamp(config)).unwrap();
 }
 
 /// Maps of a blob that sharpens and grows over training: norm rises,
 /// entropy falls. No negative values: entropy_neg is null everywhere.
 pub fn write_maps(layout: &RunLayout, probe: &Probe, config: &Path) {
-    let method = method_fingerprint(&PipelineConfig::load(config).unwrap().methods["lrp"]);
+    let pipeline = PipelineConfig::load(config).unwrap();
+    let (_, run) = pipeline.runs.iter().next().unwrap();
+    let fingerprints = expected_attributions(&pipeline, run, &pipeline.methods["lrp"], &STEPS);
     for (k, &step) in STEPS.iter().enumerate() {
         // The analyzer reads only which checkpoints exist: no parameters needed.
         let model = CheckpointModel { kind: ModelKind::Simple, input: ImageShape::GRAY_28, classes: 10 };
@@ -117,7 +130,9 @@ pub fn write_maps(layout: &RunLayout, probe: &Probe, config: &Path) {
             logit: vec![1.0; n],
             method_fingerprint: "m".into(),
             checkpoint_fingerprint: format!("c{step}"),
-            fingerprint: attribution_fingerprint(&format!("c{step}"), &method),
+            checkpoint_content: format!("c{step}"),
+            fingerprint: fingerprints[k].1.clone(),
+            content: None,
         };
         write_attributions(&layout.attribution("lrp", step), &a).unwrap();
     }
@@ -135,8 +150,8 @@ pub fn setup(dir: &Path) -> (PathBuf, RunLayout) {
             ProbeEntry { probe_id: 3, split: Split::Unseen, source_index: 24, label: 4 },
         ],
     };
-    write_probe(&layout.probe(), &probe).unwrap();
-    write_metrics(&layout, "metrics-1");
+    write_parquet_stamped(&layout.probe(), &mut probe.to_frame(), run_stamp(&config)).unwrap();
+    write_metrics(&layout, &config, 1);
     write_maps(&layout, &probe, &config);
     let cli = summarizer::Cli::try_parse_from(["summarizer", "--config", config.to_str().unwrap()]).unwrap();
     let report = summarizer::run(&cli).unwrap();

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use common::artifacts::{read_checkpoint_file, write_checkpoint_file, ArtifactError, CheckpointInfo, CheckpointModel};
+use common::artifacts::{
+    read_checkpoint_file, write_checkpoint_file, ArtifactError, CheckpointInfo, CheckpointModel, ExpectedCheckpoint,
+};
 
 use crate::network::Model;
 
@@ -14,13 +16,25 @@ pub fn write_checkpoint(path: &Path, model: &Model, info: &CheckpointInfo) -> Re
     write_checkpoint_file(path, info, architecture, model.parameters().into_iter().map(|p| (p.name, p.shape, p.data)))
 }
 
-/// Reads a checkpoint back into a model; a missing, corrupt or mismatched
-/// file is an error naming it and what is wrong.
-pub fn read_checkpoint(path: &Path) -> Result<(Model, CheckpointInfo), ArtifactError> {
-    let file = read_checkpoint_file(path)?;
+/// Reads the checkpoint `expected` describes back into a model; a missing,
+/// corrupt, altered or mismatched file is an error naming it and what is
+/// wrong. The header is checked against `expected` before anything is
+/// allocated, so no header can make this allocate more than the model the
+/// config names.
+pub fn read_checkpoint(path: &Path, expected: &ExpectedCheckpoint) -> Result<Checkpoint, ArtifactError> {
+    let file = read_checkpoint_file(path, expected)?;
     let mut model = Model::zeros(file.model.kind, file.model.input, file.model.classes);
     model.load_parameters(&file.parameters).map_err(|e| ArtifactError::new(path, e))?;
-    Ok((model, file.info))
+    Ok(Checkpoint { model, info: file.info, content: file.content })
+}
+
+/// A checkpoint read into a network.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub model: Model,
+    pub info: CheckpointInfo,
+    /// The content hash of its tensor data.
+    pub content: String,
 }
 
 #[cfg(test)]
@@ -37,7 +51,10 @@ mod tests {
         let model = Model::initialized(ModelKind::Simple, ImageShape::RGB_32, 10, 9);
         let info = CheckpointInfo { run: "r".into(), step: 3, epoch: 0.25, dataset: "d".into(), fingerprint: "f".into() };
         write_checkpoint(&path, &model, &info).unwrap();
-        let (back, back_info) = read_checkpoint(&path).unwrap();
+        let architecture = CheckpointModel { kind: ModelKind::Simple, input: ImageShape::RGB_32, classes: 10 };
+        let expected = ExpectedCheckpoint { run: "r", step: 3, fingerprint: "f", model: architecture };
+        let back = read_checkpoint(&path, &expected).unwrap();
+        let (back, back_info) = (back.model, back.info);
         assert_eq!(back_info, info);
         assert_eq!(read_checkpoint_fingerprint(&path).unwrap(), "f");
         let x: Vec<f32> = (0..2 * 3072).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
@@ -50,9 +67,24 @@ mod tests {
             assert!(file.metadata.contains_key(key), "{key}");
         }
 
+        // Another step, model or configuration than expected: named, before
+        // any tensor is read.
+        for (what, other, message) in [
+            ("step", ExpectedCheckpoint { step: 4, ..expected.clone() }, "says step 3 but it is the checkpoint of step 4"),
+            (
+                "model",
+                ExpectedCheckpoint { model: CheckpointModel { input: ImageShape::GRAY_28, ..architecture }, ..expected.clone() },
+                "the config asks for model `simple` on 1x28x28 images",
+            ),
+            ("fingerprint", ExpectedCheckpoint { fingerprint: "g", ..expected.clone() }, "another configuration"),
+        ] {
+            let err = read_checkpoint(&path, &other).unwrap_err().to_string();
+            assert!(err.contains(message), "{what}: {err}");
+        }
+
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        let err = read_checkpoint(&path).unwrap_err().to_string();
+        let err = read_checkpoint(&path, &expected).unwrap_err().to_string();
         assert!(err.contains("step-000003.safetensors") && err.contains("not a valid safetensors"), "{err}");
     }
 }

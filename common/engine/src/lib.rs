@@ -21,7 +21,7 @@ mod tape_ops;
 pub mod training;
 mod winograd;
 
-pub use checkpoint::{read_checkpoint, write_checkpoint};
+pub use checkpoint::{read_checkpoint, write_checkpoint, Checkpoint};
 pub use geometry::{ConvGeometry, PoolGeometry};
 pub use isa::detected_instruction_set;
 pub use layers::{ActivationShape, Conv2d, Dense, Layer, ModelError, ParameterRef};

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{read_tensors, write_tensors, ArtifactError, TensorData, TensorFile};
+use super::{read_tensors, write_tensors, ArtifactError, Probe, TensorData, TensorFile};
 
 /// The maps of one method at one checkpoint, in probe order.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,8 +24,12 @@ pub struct Attributions {
     pub logit: Vec<f32>,
     pub method_fingerprint: String,
     pub checkpoint_fingerprint: String,
+    /// The content hash of the checkpoint the maps were computed from.
+    pub checkpoint_content: String,
     /// Of this file: checkpoint and method together.
     pub fingerprint: String,
+    /// Read from a file: its content hash (checked against its data).
+    pub content: Option<String>,
 }
 
 impl Attributions {
@@ -42,6 +46,34 @@ impl Attributions {
         let n = self.height * self.width;
         &self.maps[i * n..(i + 1) * n]
     }
+
+    /// The file holds the maps of exactly this probe set, in its order,
+    /// with classes below `classes` and finite values; otherwise what is
+    /// wrong (the maps of another probe set, a damaged file, a diverged
+    /// model).
+    pub fn check_against(&self, probe: &Probe, classes: usize) -> Result<(), String> {
+        if self.len() != probe.len() {
+            return Err(format!("it holds {} map(s) but the probe set has {} image(s)", self.len(), probe.len()));
+        }
+        if let Some(i) = (0..self.len()).find(|&i| self.probe_id[i] != probe.entries[i].probe_id) {
+            return Err(format!(
+                "map {i} is of probe_id {}, but probe image {i} has id {}",
+                self.probe_id[i], probe.entries[i].probe_id
+            ));
+        }
+        for (name, values) in [("target", &self.target), ("prediction", &self.prediction)] {
+            if let Some((i, v)) = values.iter().enumerate().find(|(_, &v)| !(0..classes as i64).contains(&v)) {
+                return Err(format!("map {i}: {name} {v} is not a class of a model with {classes} classes"));
+            }
+        }
+        if let Some(i) = (0..self.len()).find(|&i| self.map(i).iter().any(|v| !v.is_finite())) {
+            return Err(format!("the map of probe_id {} holds NaN or infinite values", self.probe_id[i]));
+        }
+        if let Some(i) = self.logit.iter().position(|v| !v.is_finite()) {
+            return Err(format!("the logit of probe_id {} is not finite", self.probe_id[i]));
+        }
+        Ok(())
+    }
 }
 
 pub fn write_attributions(path: &Path, a: &Attributions) -> Result<(), ArtifactError> {
@@ -54,6 +86,7 @@ pub fn write_attributions(path: &Path, a: &Attributions) -> Result<(), ArtifactE
         ("epoch", super::checkpoint::format_epoch(a.epoch)),
         ("method_fingerprint", a.method_fingerprint.clone()),
         ("checkpoint_fingerprint", a.checkpoint_fingerprint.clone()),
+        ("checkpoint_content", a.checkpoint_content.clone()),
         ("fingerprint", a.fingerprint.clone()),
     ] {
         file.metadata.insert(key.into(), value);
@@ -91,7 +124,9 @@ pub fn read_attributions(path: &Path) -> Result<Attributions, ArtifactError> {
         logit: file.f32(path, "logit", &[Some(n)])?.1.to_vec(),
         method_fingerprint: file.meta(path, "method_fingerprint")?.to_string(),
         checkpoint_fingerprint: file.meta(path, "checkpoint_fingerprint")?.to_string(),
+        checkpoint_content: file.meta(path, "checkpoint_content")?.to_string(),
         fingerprint: file.meta(path, "fingerprint")?.to_string(),
+        content: file.content.clone(),
     })
 }
 
@@ -115,12 +150,15 @@ mod tests {
             logit: vec![2.5, -1.0],
             method_fingerprint: "m".into(),
             checkpoint_fingerprint: "c".into(),
+            checkpoint_content: "cc".into(),
             fingerprint: "f".into(),
+            content: None,
         };
         let path = std::env::temp_dir().join(format!("attr-{}/step-000600.safetensors", std::process::id()));
         write_attributions(&path, &a).unwrap();
         let back = read_attributions(&path).unwrap();
-        assert_eq!(back, a);
+        assert!(back.content.is_some());
+        assert_eq!(Attributions { content: None, ..back.clone() }, a);
         assert_eq!(back.map(1), &[2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
 
         let mut file = read_tensors(&path).unwrap();

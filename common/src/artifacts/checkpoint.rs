@@ -29,6 +29,47 @@ pub struct CheckpointModel {
     pub classes: usize,
 }
 
+/// What a checkpoint's header says: its metadata and its content hash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointHeader {
+    pub info: CheckpointInfo,
+    pub model: CheckpointModel,
+    /// The content hash of its tensor data.
+    pub content: String,
+}
+
+/// What a stage expects a checkpoint file to be, from the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpectedCheckpoint<'a> {
+    pub run: &'a str,
+    pub step: u64,
+    pub fingerprint: &'a str,
+    pub model: CheckpointModel,
+}
+
+impl CheckpointHeader {
+    /// The header is that of the checkpoint `expected` describes: its run,
+    /// step, architecture and fingerprint; otherwise what differs.
+    pub fn check(&self, expected: &ExpectedCheckpoint) -> Result<(), String> {
+        let info = &self.info;
+        if info.step != expected.step {
+            return Err(format!("its metadata says step {} but it is the checkpoint of step {}", info.step, expected.step));
+        }
+        if info.run != expected.run {
+            return Err(format!("its metadata says run `{}`, not `{}`", info.run, expected.run));
+        }
+        if self.model != expected.model {
+            let describe =
+                |m: &CheckpointModel| format!("model `{}` on {} images, {} classes", m.kind.name(), m.input, m.classes);
+            return Err(format!("it holds {}, the config asks for {}", describe(&self.model), describe(&expected.model)));
+        }
+        if info.fingerprint != expected.fingerprint {
+            return Err("it comes from another configuration of the run".into());
+        }
+        Ok(())
+    }
+}
+
 /// A checkpoint as stored: metadata and parameters by name
 /// (name -> (shape, values)).
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +77,8 @@ pub struct CheckpointFile {
     pub info: CheckpointInfo,
     pub model: CheckpointModel,
     pub parameters: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// The content hash of its tensor data (checked on reading).
+    pub content: String,
 }
 
 /// Writes a checkpoint of `model`'s architecture with these parameters
@@ -70,12 +113,23 @@ pub fn format_epoch(epoch: f64) -> String {
     format!("{epoch}")
 }
 
-/// Reads a checkpoint file; a missing, corrupt or inconsistent file is an
-/// error naming it and what is wrong.
-pub fn read_checkpoint_file(path: &Path) -> Result<CheckpointFile, ArtifactError> {
-    let file = read_tensors(path)?;
-    let meta = |key: &str| file.meta(path, key);
-    let parse_err = |key: &str, value: &str| ArtifactError::new(path, format!("metadata `{key}` = `{value}` is not valid"));
+/// The header of a checkpoint file, reading only the header: its
+/// metadata, parsed and range-checked, before anything is allocated for it.
+pub fn read_checkpoint_header(path: &Path) -> Result<CheckpointHeader, ArtifactError> {
+    let mut metadata = super::read_metadata(path)?;
+    let content = metadata.remove(super::CONTENT_KEY).ok_or_else(|| {
+        ArtifactError::new(path, format!("metadata `{}` is missing (not written by the trainer?)", super::CONTENT_KEY))
+    })?;
+    let (info, model) = parse_metadata(path, &metadata)?;
+    Ok(CheckpointHeader { info, model, content })
+}
+
+fn parse_metadata(path: &Path, metadata: &BTreeMap<String, String>) -> Result<(CheckpointInfo, CheckpointModel), ArtifactError> {
+    let meta = |key: &str| {
+        metadata.get(key).map(String::as_str).ok_or_else(|| ArtifactError::new(path, format!("metadata `{key}` is missing")))
+    };
+    let parse_err =
+        |key: &str| ArtifactError::new(path, format!("metadata `{key}` = `{}` is not valid", meta(key).unwrap_or("")));
     let kind = ModelKind::parse(meta("model")?).ok_or_else(|| {
         let names: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
         ArtifactError::new(
@@ -85,12 +139,30 @@ pub fn read_checkpoint_file(path: &Path) -> Result<CheckpointFile, ArtifactError
     })?;
     let input =
         ImageShape::parse(meta("input_shape")?).map_err(|e| ArtifactError::new(path, format!("metadata `input_shape`: {e}")))?;
-    let classes: usize = meta("classes")?.parse().map_err(|_| parse_err("classes", meta("classes").unwrap_or("")))?;
+    let classes: usize = meta("classes")?.parse().map_err(|_| parse_err("classes"))?;
     if !(1..=100_000).contains(&classes) {
-        return Err(parse_err("classes", meta("classes")?));
+        return Err(parse_err("classes"));
     }
-    let step: u64 = meta("step")?.parse().map_err(|_| parse_err("step", meta("step").unwrap_or("")))?;
-    let epoch: f64 = meta("epoch")?.parse().map_err(|_| parse_err("epoch", meta("epoch").unwrap_or("")))?;
+    let step: u64 = meta("step")?.parse().map_err(|_| parse_err("step"))?;
+    let epoch: f64 = meta("epoch")?.parse().map_err(|_| parse_err("epoch"))?;
+    let info = CheckpointInfo {
+        run: meta("run")?.to_string(),
+        step,
+        epoch,
+        dataset: meta("dataset")?.to_string(),
+        fingerprint: meta("fingerprint")?.to_string(),
+    };
+    Ok((info, CheckpointModel { kind, input, classes }))
+}
+
+/// Reads a checkpoint file whose header is what `expected` describes
+/// (checked before the tensors are read), with its content hash checked;
+/// errors name the file and what is wrong.
+pub fn read_checkpoint_file(path: &Path, expected: &ExpectedCheckpoint) -> Result<CheckpointFile, ArtifactError> {
+    read_checkpoint_header(path)?.check(expected).map_err(|e| ArtifactError::new(path, e))?;
+    let file = read_tensors(path)?;
+    let content = file.content.clone().ok_or_else(|| ArtifactError::new(path, "its content hash is missing"))?;
+    let (info, model) = parse_metadata(path, &file.metadata)?;
     let mut parameters = BTreeMap::new();
     for (name, tensor) in &file.tensors {
         match tensor {
@@ -100,14 +172,7 @@ pub fn read_checkpoint_file(path: &Path) -> Result<CheckpointFile, ArtifactError
             TensorData::I64 { .. } => return Err(ArtifactError::new(path, format!("tensor `{name}` is I64, expected F32"))),
         }
     }
-    let info = CheckpointInfo {
-        run: meta("run")?.to_string(),
-        step,
-        epoch,
-        dataset: meta("dataset")?.to_string(),
-        fingerprint: meta("fingerprint")?.to_string(),
-    };
-    Ok(CheckpointFile { info, model: CheckpointModel { kind, input, classes }, parameters })
+    Ok(CheckpointFile { info, model, parameters, content })
 }
 
 /// Only the fingerprint a checkpoint stores, from its header.

@@ -2,9 +2,10 @@
 //! fingerprints plus the config section that matters). A stage skips an
 //! output whose stored fingerprint equals the one it would write.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{write_atomic, ArtifactError};
@@ -53,29 +54,104 @@ impl Fingerprinter {
     }
 }
 
+/// The content hash of a file's bytes (SHA-256, 64 hex digits): what an
+/// artifact's stamp or metadata records of it, and what a stage checks
+/// before it trusts the file.
+pub fn content_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The fingerprint of one serialisable value.
 pub fn fingerprint(value: &impl Serialize) -> String {
     Fingerprinter::new().add("value", value).finish()
 }
 
-/// Parquet files keep their fingerprint in a small file beside them
-/// (`summaries/lrp.parquet.fingerprint`), written after the table.
+/// Parquet tables and the report keep a stamp in a small file beside them
+/// (`summaries/lrp.parquet.fingerprint`), written after the file.
 pub fn stamp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".fingerprint");
     path.with_file_name(name)
 }
 
-pub fn write_stamp(path: &Path, fingerprint: &str) -> Result<(), ArtifactError> {
-    write_atomic(&stamp_path(path), format!("{fingerprint}\n").as_bytes())
+/// Where a run stopped because its loss or weights left the finite range
+/// (in the stamp of its metrics table).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// The first step whose loss or weights were not finite or past the bound.
+    pub step: u64,
+    pub why: String,
 }
 
-/// The stored fingerprint of `path`, if both the file and its stamp exist.
-pub fn read_stamp(path: &Path) -> Option<String> {
+/// What a stamp records of the file beside it (docs/DESIGN.md,
+/// "Fingerprints and caching"), as JSON.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// What produced the file: the config sections and the inputs'
+    /// fingerprints that matter.
+    pub fingerprint: String,
+    /// The content hash of the file's bytes at write time.
+    #[serde(default)]
+    pub content: String,
+    /// The content hashes of the files it was made from, by label.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// Metrics tables only: the run stopped at this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<Divergence>,
+}
+
+impl Stamp {
+    /// A stamp of this provenance; the content is filled in at write time.
+    pub fn new(fingerprint: impl Into<String>) -> Self {
+        Stamp { fingerprint: fingerprint.into(), ..Default::default() }
+    }
+
+    pub fn with_inputs(mut self, inputs: BTreeMap<String, String>) -> Self {
+        self.inputs = inputs;
+        self
+    }
+}
+
+/// Writes `bytes` to `path` and then its stamp, with the content hash of
+/// the bytes. The old stamp is removed first, so a kill between the two
+/// writes leaves a file without a stamp (redone next time), never a new
+/// file beside an old stamp.
+pub fn write_stamped(path: &Path, bytes: &[u8], stamp: Stamp) -> Result<Stamp, ArtifactError> {
+    super::remove_if_present(&stamp_path(path))?;
+    write_atomic(path, bytes)?;
+    let stamp = Stamp { content: content_hash(bytes), ..stamp };
+    let text = serde_json::to_string(&stamp).expect("a stamp serialises to JSON");
+    write_atomic(&stamp_path(path), format!("{text}\n").as_bytes())?;
+    Ok(stamp)
+}
+
+/// The stamp of `path`, if both the file and a readable stamp exist
+/// (unchecked: see [`verify_stamp`]).
+pub fn read_stamp(path: &Path) -> Option<Stamp> {
     if !path.is_file() {
         return None;
     }
-    std::fs::read_to_string(stamp_path(path)).ok().map(|s| s.trim().to_string())
+    let text = std::fs::read_to_string(stamp_path(path)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The stamp of `path` after checking that the file's bytes are those it
+/// was stamped with; otherwise why not, naming the file.
+pub fn verify_stamp(path: &Path) -> Result<Stamp, String> {
+    if !path.is_file() {
+        return Err(format!("{}: missing", path.display()));
+    }
+    let stamp_file = stamp_path(path);
+    let text =
+        std::fs::read_to_string(&stamp_file).map_err(|_| format!("{}: has no stamp (written part-way?)", path.display()))?;
+    let stamp: Stamp = serde_json::from_str(&text)
+        .map_err(|_| format!("{}: unreadable stamp (written by an older version?)", stamp_file.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    if content_hash(&bytes) != stamp.content {
+        return Err(format!("{}: its content does not match its stamp (altered or damaged)", path.display()));
+    }
+    Ok(stamp)
 }
 
 #[cfg(test)]

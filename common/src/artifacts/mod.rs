@@ -15,14 +15,16 @@ mod tensors;
 pub use atomic::{process_is_running, remove_if_present, remove_stale_temporaries, write_atomic, TEMP_SUFFIX};
 pub use attribution::{read_attributions, write_attributions, Attributions};
 pub use checkpoint::{
-    format_epoch, read_checkpoint_file, read_checkpoint_fingerprint, write_checkpoint_file, CheckpointFile, CheckpointInfo,
-    CheckpointModel,
+    format_epoch, read_checkpoint_file, read_checkpoint_fingerprint, read_checkpoint_header, write_checkpoint_file,
+    CheckpointFile, CheckpointHeader, CheckpointInfo, CheckpointModel, ExpectedCheckpoint,
 };
-pub use fingerprint::{fingerprint, read_stamp, stamp_path, write_stamp, Fingerprinter};
+pub use fingerprint::{
+    content_hash, fingerprint, read_stamp, stamp_path, verify_stamp, write_stamped, Divergence, Fingerprinter, Stamp,
+};
 pub use layout::{step_name, RunLayout};
-pub use parquet::{read_parquet, write_parquet, write_parquet_stamped};
+pub use parquet::{encode_parquet, read_parquet, write_parquet, write_parquet_stamped};
 pub use tables::probe::{read_probe, write_probe, Probe, ProbeEntry, Split};
-pub use tensors::{read_metadata, read_tensors, write_tensors, TensorData, TensorFile};
+pub use tensors::{read_metadata, read_tensors, read_verified_metadata, write_tensors, TensorData, TensorFile, CONTENT_KEY};
 
 use std::path::{Path, PathBuf};
 

@@ -108,10 +108,12 @@ pub fn metrics_frame(rows: &[MetricsRow]) -> DataFrame {
 }
 
 /// Reads a metrics table: every column present with its type, no nulls,
-/// steps that are not negative.
+/// at least one row, steps that are not negative and each listed once.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>, ArtifactError> {
     let table = TableReader::open(path, "a metrics table")?;
+    table.require_rows()?;
     let steps = table.i64(STEP)?;
+    table.unique(steps.iter().copied(), |step| format!("step {step}"))?;
     let epochs = table.f64(EPOCH)?;
     let values: Vec<Vec<f64>> = Metric::ALL.iter().map(|m| table.f64(m.name())).collect::<Result<_, _>>()?;
     let mut rows = Vec::with_capacity(steps.len());

@@ -34,6 +34,30 @@ impl<'a> TableReader<'a> {
         self.frame.height()
     }
 
+    /// A table that must have rows: none is an error.
+    pub(crate) fn require_rows(&self) -> Result<(), ArtifactError> {
+        if self.rows() == 0 {
+            return Err(self.error("it has no rows"));
+        }
+        Ok(())
+    }
+
+    /// Each row's key (from `key`) appears once; otherwise the first
+    /// repeated one, described by `describe`.
+    pub(crate) fn unique<K: Ord + Clone>(
+        &self,
+        keys: impl Iterator<Item = K>,
+        describe: impl Fn(&K) -> String,
+    ) -> Result<(), ArtifactError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (row, key) in keys.enumerate() {
+            if !seen.insert(key.clone()) {
+                return Err(self.error(format!("row {row}: {} appears twice", describe(&key))));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn has(&self, name: &str) -> bool {
         self.frame.column(name).is_ok()
     }

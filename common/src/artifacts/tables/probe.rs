@@ -112,7 +112,9 @@ pub fn write_probe(path: &Path, probe: &Probe) -> Result<(), ArtifactError> {
 
 pub fn read_probe(path: &Path) -> Result<Probe, ArtifactError> {
     let table = TableReader::open(path, "a probe table")?;
+    table.require_rows()?;
     let ids = table.i64(PROBE_ID)?;
+    table.unique(ids.iter().copied(), |id| format!("probe_id {id}"))?;
     let splits = table.parsed(SPLIT, Split::ALLOWED, Split::parse)?;
     let sources = table.i64(SOURCE_INDEX)?;
     let labels = table.i64(LABEL)?;

@@ -90,6 +90,7 @@ impl SummaryTable {
 /// column is an error that says to rerun the summarizer.
 pub fn read_summaries(path: &Path, measures: &[Measure]) -> Result<SummaryTable, ArtifactError> {
     let table = TableReader::open(path, "a summary table")?;
+    table.require_rows()?;
     let mut values = Vec::with_capacity(measures.len());
     for m in measures {
         if !table.has(m.name()) {
@@ -97,11 +98,13 @@ pub fn read_summaries(path: &Path, measures: &[Measure]) -> Result<SummaryTable,
         }
         values.push(table.optional_f64(m.name())?);
     }
+    let (step, probe_id) = (table.i64(STEP)?, table.i64(PROBE_ID)?);
+    table.unique(step.iter().zip(&probe_id), |(s, id)| format!("(step {s}, probe_id {id})"))?;
     Ok(SummaryTable {
         measures: measures.to_vec(),
-        step: table.i64(STEP)?,
+        step,
         epoch: table.f64(EPOCH)?,
-        probe_id: table.i64(PROBE_ID)?,
+        probe_id,
         split: table.parsed(SPLIT, Split::ALLOWED, Split::parse)?,
         label: table.i64(LABEL)?,
         target: table.i64(TARGET)?,
