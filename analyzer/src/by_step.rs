@@ -162,6 +162,8 @@ pub(crate) mod tests {
             test_acc: value(Metric::TestAcc),
             probe_loss: value(Metric::ProbeLoss),
             probe_acc: value(Metric::ProbeAcc),
+            train_eval_loss: value(Metric::TrainEvalLoss),
+            train_eval_acc: value(Metric::TrainEvalAcc),
         }
     }
 
@@ -179,6 +181,7 @@ pub(crate) mod tests {
             label: vec![0; 6],
             target: vec![0; 6],
             correct: vec![true; 6],
+            logit: vec![1.0; 6],
             values: vec![vec![Some(1.0), Some(3.0), Some(5.0), Some(2.0), None, Some(6.0)]],
         };
         let tables = aggregate("r", "lrp", &summary);

@@ -5,6 +5,9 @@
 //! - [`inputs`]: reading metrics and summary tables;
 //! - [`by_step`]: per-step descriptive statistics joined with the metrics;
 //! - [`spearman`]: Spearman's rho, p-value, confidence interval;
+//! - [`serial`]: rank correlations of serially dependent series (levels,
+//!   differences, partial) with robust p-values, and q-values;
+//! - [`calibration`]: their Monte Carlo calibration (`--calibrate`);
 //! - [`correlations`]: measures against metrics over training steps;
 //! - [`fit`]: the fit-diagnosis rule;
 //! - [`report`]: `report.md`;
@@ -12,11 +15,13 @@
 //! - [`stage`]: the command, fingerprints and the output files.
 
 pub mod by_step;
+pub mod calibration;
 pub mod correlations;
 pub mod figures;
 pub mod fit;
 pub mod inputs;
 pub mod report;
+pub mod serial;
 pub mod spearman;
 pub mod stage;
 

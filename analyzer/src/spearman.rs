@@ -12,8 +12,6 @@
 //! Everything is undefined (None) when n < 4 (the interval needs n > 3)
 //! or when either side is constant (rho is 0/0).
 
-use statrs::distribution::{ContinuousCDF, StudentsT};
-
 /// The 97.5% quantile of the standard normal distribution.
 const Z_975: f64 = 1.959_963_984_540_054;
 
@@ -82,15 +80,10 @@ pub fn spearman(x: &[f64], y: &[f64]) -> Option<Spearman> {
     Some(Spearman { rho, p_value: p_value(rho, n), ci_low, ci_high, n })
 }
 
-/// Two-sided p-value of rho under H0: rho = 0, by the t approximation.
+/// Two-sided p-value of rho under H0: rho = 0, by the t approximation
+/// with n - 2 degrees of freedom; 0 when |rho| = 1.
 pub fn p_value(rho: f64, n: usize) -> f64 {
-    let df = (n - 2) as f64;
-    if rho.abs() >= 1.0 {
-        return 0.0;
-    }
-    let t = rho * (df / ((1.0 - rho) * (1.0 + rho))).sqrt();
-    let dist = StudentsT::new(0.0, 1.0, df).expect("df > 0");
-    (2.0 * dist.sf(t.abs())).min(1.0)
+    crate::serial::t_p_value(rho, (n - 2) as f64)
 }
 
 /// 95% interval by Fisher's z with Fieller et al.'s variance 1.06/(n-3).

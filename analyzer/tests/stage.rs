@@ -17,13 +17,17 @@ fn analyses_skips_and_redoes() {
 
     let analysis = dir.join("runs/analysis");
     let corr = read_parquet(&analysis.join("correlations.parquet")).unwrap();
-    // 3 splits x 4 measures x 4 metrics
-    assert_eq!(corr.height(), 48);
+    // 3 splits x 4 measures x 2 aggregates x 4 grids x (5 metrics x 2 statistics + the partial)
+    assert_eq!(corr.height(), 3 * 4 * 2 * 4 * 11);
     let get = |split: &str, measure: &str, metric: &str| -> Option<f64> {
         let col = |n: &str| corr.column(n).unwrap().str().unwrap().into_no_null_iter().map(String::from).collect::<Vec<_>>();
-        let (s, m, t) = (col("split"), col("measure"), col("metric"));
+        let (s, m, t, g, a, st) = (col("split"), col("measure"), col("metric"), col("grid"), col("aggregate"), col("statistic"));
         let rho = corr.column("rho").unwrap().f64().unwrap();
-        (0..corr.height()).find(|&i| s[i] == split && m[i] == measure && t[i] == metric).and_then(|i| rho.get(i))
+        (0..corr.height())
+            .find(|&i| {
+                s[i] == split && m[i] == measure && t[i] == metric && g[i] == "all" && a[i] == "mean" && st[i] == "spearman"
+            })
+            .and_then(|i| rho.get(i))
     };
     assert_eq!(get("all", "frobenius", "train_loss"), Some(-1.0));
     assert_eq!(get("seen", "frobenius", "step"), Some(1.0));
@@ -37,7 +41,7 @@ fn analyses_skips_and_redoes() {
 
     let text = std::fs::read_to_string(analysis.join("report.md")).unwrap();
     assert!(text.contains("| tiny (overfit) | |"), "{text}");
-    assert!(text.contains("| test loss |") && text.contains("| train loss | -1.000 (p=0)"), "{text}");
+    assert!(text.contains("| test loss |") && text.contains("| train loss (fixed weights) | -1.000 (p_r=< 1e-15"), "{text}");
     assert!(text.contains("figures/tiny__lrp__evolution.png"), "{text}");
     for f in ["tiny__lrp__evolution.png", "tiny__lrp__evolution.svg", "tiny__lrp__heatmaps.png", "tiny__lrp__heatmaps.svg"] {
         let p = analysis.join("figures").join(f);

@@ -35,11 +35,16 @@ pub enum Measure {
     NegNorm,
     /// Hurley & Rickard's Gini index (sparseness) of `|x|`.
     Gini,
+    /// `Frobenius / |logit|` of the explained logit: LRP relevance starts
+    /// from that logit, so a norm grows with it; null when the logit is 0.
+    FrobeniusPerLogit,
+    /// `L1 / |logit|`, likewise.
+    L1PerLogit,
 }
 
 impl Measure {
     /// Every measure, in the default column order.
-    pub const ALL: [Measure; 13] = [
+    pub const ALL: [Measure; 15] = [
         Measure::Frobenius,
         Measure::L1,
         Measure::EntropyPos,
@@ -53,6 +58,8 @@ impl Measure {
         Measure::PosNorm,
         Measure::NegNorm,
         Measure::Gini,
+        Measure::FrobeniusPerLogit,
+        Measure::L1PerLogit,
     ];
 
     /// The paper's "norm".
@@ -76,6 +83,8 @@ impl Measure {
             Measure::PosNorm => "pos_norm",
             Measure::NegNorm => "neg_norm",
             Measure::Gini => "gini",
+            Measure::FrobeniusPerLogit => "frobenius_per_logit",
+            Measure::L1PerLogit => "l1_per_logit",
         }
     }
 

@@ -98,6 +98,8 @@ impl Fixture {
                 test_acc: 0.1,
                 probe_loss: 2.0,
                 probe_acc: 0.1,
+                train_eval_loss: 2.0,
+                train_eval_acc: 0.1,
             });
         }
         // The trainer's record of the run: the explainer takes its units from it.

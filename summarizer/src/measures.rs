@@ -11,21 +11,24 @@
 //! - the normalised entropies additionally of a one-pixel map (ln 1 = 0);
 //! - `gini` of an all-zero map;
 //! - every measure of an empty map, and every measure whose value is not
-//!   finite (a map holding NaN or infinity).
+//!   finite (a map holding NaN or infinity);
+//! - the per-logit norms when the explained logit is 0.
 
 pub use common::measures::Measure;
 
 /// A measure's value on one map.
 pub trait Compute {
-    /// The measure of one map; `None` where undefined (see the module docs).
-    fn compute(&self, map: &[f32]) -> Option<f64>;
+    /// The measure of one map that explains `logit`; `None` where
+    /// undefined (see the module docs).
+    fn compute(&self, map: &[f32], logit: f32) -> Option<f64>;
 }
 
 impl Compute for Measure {
-    fn compute(&self, map: &[f32]) -> Option<f64> {
+    fn compute(&self, map: &[f32], logit: f32) -> Option<f64> {
         if map.is_empty() {
             return None;
         }
+        let per_logit = |norm: f64| (logit != 0.0).then(|| norm / (logit as f64).abs());
         let value = match self {
             Measure::Frobenius => Some(frobenius(map)),
             Measure::L1 => Some(l1(map)),
@@ -40,6 +43,8 @@ impl Compute for Measure {
             Measure::PosNorm => Some(pos_norm(map)),
             Measure::NegNorm => Some(neg_norm(map)),
             Measure::Gini => gini(map),
+            Measure::FrobeniusPerLogit => per_logit(frobenius(map)),
+            Measure::L1PerLogit => per_logit(l1(map)),
         };
         value.filter(|v| v.is_finite())
     }
@@ -152,7 +157,7 @@ mod tests {
     }
 
     fn all(map: &[f32]) -> Vec<(&'static str, Option<f64>)> {
-        Measure::ALL.iter().map(|m| (m.name(), m.compute(map))).collect()
+        Measure::ALL.iter().map(|m| (m.name(), m.compute(map, 1.0))).collect()
     }
 
     #[test]
@@ -173,7 +178,7 @@ mod tests {
         //   sum = (0*3.5 + 1*2.5 + 3*1.5 + 4*0.5) / (8*4) = 9/32
         //   G = 1 - 2 * 9/32 = 14/32 = 0.4375
         let map = [3.0, -4.0, 0.0, 1.0];
-        let m = |measure: Measure| measure.compute(&map);
+        let m = |measure: Measure| measure.compute(&map, 1.0);
         close(m(Measure::Frobenius), 26f64.sqrt());
         close(m(Measure::L1), 8.0);
         let h_pos = -(0.75f64 * 0.75f64.ln() + 0.25 * 0.25f64.ln());
@@ -199,15 +204,15 @@ mod tests {
         // gini: sum = 2*(3.5+2.5+1.5+0.5)/(8*4) = 16/32, G = 1 - 1 = 0
         // no negative pixel: entropy_neg undefined, neg_norm 0, neg_frac 0
         let map = [2.0; 4];
-        close(Measure::EntropyAbs.compute(&map), 4f64.ln());
-        close(Measure::EntropyAbsNormalized.compute(&map), 1.0);
-        close(Measure::EntropyPosNormalized.compute(&map), 1.0);
-        close(Measure::Gini.compute(&map), 0.0);
-        assert_eq!(Measure::EntropyNeg.compute(&map), None);
-        assert_eq!(Measure::EntropyNegNormalized.compute(&map), None);
-        close(Measure::NegNorm.compute(&map), 0.0);
-        close(Measure::NegFrac.compute(&map), 0.0);
-        close(Measure::Frobenius.compute(&map), 4.0);
+        close(Measure::EntropyAbs.compute(&map, 1.0), 4f64.ln());
+        close(Measure::EntropyAbsNormalized.compute(&map, 1.0), 1.0);
+        close(Measure::EntropyPosNormalized.compute(&map, 1.0), 1.0);
+        close(Measure::Gini.compute(&map, 1.0), 0.0);
+        assert_eq!(Measure::EntropyNeg.compute(&map, 1.0), None);
+        assert_eq!(Measure::EntropyNegNormalized.compute(&map, 1.0), None);
+        close(Measure::NegNorm.compute(&map, 1.0), 0.0);
+        close(Measure::NegFrac.compute(&map, 1.0), 0.0);
+        close(Measure::Frobenius.compute(&map, 1.0), 4.0);
     }
 
     #[test]
@@ -217,7 +222,14 @@ mod tests {
         let map = [0.0f32; 6];
         for (name, value) in all(&map) {
             match name {
-                "frobenius" | "l1" | "pos_frac" | "neg_frac" | "pos_norm" | "neg_norm" => close(value, 0.0),
+                "frobenius"
+                | "l1"
+                | "pos_frac"
+                | "neg_frac"
+                | "pos_norm"
+                | "neg_norm"
+                | "frobenius_per_logit"
+                | "l1_per_logit" => close(value, 0.0),
                 _ => assert_eq!(value, None, "{name}"),
             }
         }
@@ -230,7 +242,7 @@ mod tests {
         // entropy_pos undefined (no positive pixel); normalised entropies
         // undefined (ln 1 = 0); gini: 1 - 2 * 1 * (1 - 1 + 1/2)/1 = 0.
         let map = [-2.5f32];
-        let expected: [(&str, Option<f64>); 13] = [
+        let expected: [(&str, Option<f64>); 15] = [
             ("frobenius", Some(2.5)),
             ("l1", Some(2.5)),
             ("entropy_pos", None),
@@ -244,8 +256,20 @@ mod tests {
             ("pos_norm", Some(0.0)),
             ("neg_norm", Some(2.5)),
             ("gini", Some(0.0)),
+            ("frobenius_per_logit", Some(2.5)),
+            ("l1_per_logit", Some(2.5)),
         ];
         assert_eq!(all(&map), expected);
+    }
+
+    #[test]
+    fn per_logit_norms_divide_by_the_magnitude_of_the_logit() {
+        // map = [3, -4]: frobenius 5, l1 7; logit -2 -> 2.5 and 3.5; logit 0: undefined
+        let map = [3.0f32, -4.0];
+        close(Measure::FrobeniusPerLogit.compute(&map, -2.0), 2.5);
+        close(Measure::L1PerLogit.compute(&map, -2.0), 3.5);
+        assert_eq!(Measure::FrobeniusPerLogit.compute(&map, 0.0), None);
+        assert_eq!(Measure::Frobenius.compute(&map, 0.0), Some(5.0), "the plain norm ignores the logit");
     }
 
     #[test]
@@ -258,17 +282,17 @@ mod tests {
         // gini: sorted [0, 1, 3], N = 3, weights (3-k+1/2)/3 = 2.5/3, 1.5/3, 0.5/3
         //   sum = (0 + 1*1.5 + 3*0.5) / (4*3) = 3/12 = 0.25, G = 1 - 0.5 = 0.5
         let map = [-1.0f32, -3.0, 0.0];
-        assert_eq!(Measure::EntropyPos.compute(&map), None);
-        assert_eq!(Measure::EntropyPosNormalized.compute(&map), None);
-        close(Measure::EntropyNeg.compute(&map), 0.5623351446188083);
-        close(Measure::EntropyAbs.compute(&map), 0.5623351446188083);
-        close(Measure::EntropyNegNormalized.compute(&map), 0.5623351446188083 / 3f64.ln());
-        close(Measure::EntropyAbsNormalized.compute(&map), 0.5118595071429148);
-        close(Measure::NegFrac.compute(&map), 2.0 / 3.0);
-        close(Measure::PosFrac.compute(&map), 0.0);
-        close(Measure::NegNorm.compute(&map), 10f64.sqrt());
-        close(Measure::PosNorm.compute(&map), 0.0);
-        close(Measure::Gini.compute(&map), 0.5);
+        assert_eq!(Measure::EntropyPos.compute(&map, 1.0), None);
+        assert_eq!(Measure::EntropyPosNormalized.compute(&map, 1.0), None);
+        close(Measure::EntropyNeg.compute(&map, 1.0), 0.5623351446188083);
+        close(Measure::EntropyAbs.compute(&map, 1.0), 0.5623351446188083);
+        close(Measure::EntropyNegNormalized.compute(&map, 1.0), 0.5623351446188083 / 3f64.ln());
+        close(Measure::EntropyAbsNormalized.compute(&map, 1.0), 0.5118595071429148);
+        close(Measure::NegFrac.compute(&map, 1.0), 2.0 / 3.0);
+        close(Measure::PosFrac.compute(&map, 1.0), 0.0);
+        close(Measure::NegNorm.compute(&map, 1.0), 10f64.sqrt());
+        close(Measure::PosNorm.compute(&map, 1.0), 0.0);
+        close(Measure::Gini.compute(&map, 1.0), 0.5);
     }
 
     #[test]
@@ -276,9 +300,9 @@ mod tests {
         // map = [0, 0, 0, 5]: gini = 1 - 2 * 1 * (0.5/4) = 0.75 = 1 - 1/N;
         // entropy_abs = 0 (a single mass point), defined.
         let map = [0.0f32, 0.0, 0.0, 5.0];
-        close(Measure::Gini.compute(&map), 0.75);
-        close(Measure::EntropyAbs.compute(&map), 0.0);
-        close(Measure::EntropyAbsNormalized.compute(&map), 0.0);
+        close(Measure::Gini.compute(&map, 1.0), 0.75);
+        close(Measure::EntropyAbs.compute(&map, 1.0), 0.0);
+        close(Measure::EntropyAbsNormalized.compute(&map, 1.0), 0.0);
     }
 
     #[test]
@@ -287,9 +311,9 @@ mod tests {
             assert_eq!(value, None, "{name}");
         }
         let map = [1.0f32, f32::NAN];
-        assert_eq!(Measure::Frobenius.compute(&map), None);
-        assert_eq!(Measure::EntropyAbs.compute(&map), None);
+        assert_eq!(Measure::Frobenius.compute(&map, 1.0), None);
+        assert_eq!(Measure::EntropyAbs.compute(&map, 1.0), None);
         let map = [1.0f32, f32::INFINITY];
-        assert_eq!(Measure::L1.compute(&map), None);
+        assert_eq!(Measure::L1.compute(&map, 1.0), None);
     }
 }

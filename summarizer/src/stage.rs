@@ -278,8 +278,9 @@ fn summarize_step(
         rows.label.push(entry.label as i64);
         rows.target.push(a.target[i]);
         rows.correct.push(a.prediction[i] == entry.label as i64);
+        rows.logit.push(a.logit[i] as f64);
         for (column, m) in rows.values.iter_mut().zip(measures) {
-            column.push(m.compute(map));
+            column.push(m.compute(map, a.logit[i]));
         }
     }
     Ok((rows, ReadAttribution { step, fingerprint: a.fingerprint, content }))

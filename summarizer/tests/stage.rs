@@ -89,6 +89,8 @@ fn write_metrics(layout: &RunLayout, config: &Path, steps: &[u64]) {
             test_acc: 0.1,
             probe_loss: 2.0,
             probe_acc: 0.1,
+            train_eval_loss: 2.0,
+            train_eval_acc: 0.1,
         })
         .collect();
     let stamp = Stamp::new(run_fingerprint(&config, &config.runs["tiny"]));
@@ -143,7 +145,20 @@ fn summarizes_skips_and_redoes_on_measure_change() {
     let names: Vec<&str> = df.get_column_names().iter().map(|s| s.as_str()).collect();
     assert_eq!(
         names,
-        ["step", "epoch", "probe_id", "split", "label", "target", "correct", "frobenius", "entropy_pos", "entropy_abs", "gini"]
+        [
+            "step",
+            "epoch",
+            "probe_id",
+            "split",
+            "label",
+            "target",
+            "correct",
+            "logit",
+            "frobenius",
+            "entropy_pos",
+            "entropy_abs",
+            "gini"
+        ]
     );
     assert_eq!(df.height(), 6);
     let steps: Vec<i64> = df.column("step").unwrap().i64().unwrap().into_no_null_iter().collect();
@@ -184,7 +199,7 @@ fn summarizes_skips_and_redoes_on_measure_change() {
     let report = summarizer::run(&cli(&config, &[])).unwrap();
     assert_eq!(report.done, 1);
     let df = read_parquet(&out).unwrap();
-    assert_eq!(df.width(), 9);
+    assert_eq!(df.width(), 10);
     assert!(df.column("l1").is_ok() && df.column("frobenius").is_err());
     assert_ne!(read_stamp(&out).unwrap().fingerprint, stamp);
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use common::artifacts::tables::metrics::{metrics_frame, read_metrics};
 use common::artifacts::{
-    read_attributions, read_stamp, read_tensors, write_attributions, write_parquet_stamped, write_tensors, Stamp, TensorData,
+    read_attributions, read_stamp, read_tensors, write_attributions, write_parquet_stamped, write_tensors, Stamp,
 };
 use pipeline_tests::{assert_same_files, run_pipeline, snapshot, Scratch, STAGES};
 use polars::prelude::{Column, DataFrame};

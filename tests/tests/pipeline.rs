@@ -41,12 +41,45 @@ fn smoke_pipeline_writes_every_artifact_and_a_rerun_does_nothing() {
     assert!(pngs >= 2 * METHODS.len(), "{pngs} figures");
 
     let summary = read_parquet(&out.join("simple/summaries/lrp.parquet")).unwrap();
-    for column in ["step", "epoch", "probe_id", "split", "label", "target", "correct", "frobenius", "entropy_abs"] {
+    for column in [
+        "step",
+        "epoch",
+        "probe_id",
+        "split",
+        "label",
+        "target",
+        "correct",
+        "logit",
+        "frobenius",
+        "entropy_abs",
+        "frobenius_per_logit",
+    ] {
         assert!(summary.column(column).is_ok(), "summaries lack `{column}`");
     }
     let correlations = read_parquet(&out.join("analysis/correlations.parquet")).unwrap();
     let names: Vec<String> = correlations.get_column_names().iter().map(|s| s.to_string()).collect();
-    assert_eq!(names, ["run", "method", "split", "measure", "metric", "statistic", "rho", "p_value", "ci_low", "ci_high", "n"]);
+    assert_eq!(
+        names,
+        [
+            "run",
+            "seed",
+            "method",
+            "split",
+            "measure",
+            "metric",
+            "aggregate",
+            "grid",
+            "statistic",
+            "rho",
+            "p_value",
+            "p_robust",
+            "n",
+            "n_eff",
+            "ci_low",
+            "ci_high",
+            "q_value"
+        ]
+    );
 
     let bytes = snapshot(&out);
     let times = modification_times(&out);

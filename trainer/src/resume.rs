@@ -118,6 +118,8 @@ mod tests {
             test_acc: 0.5,
             probe_loss: 2.0,
             probe_acc: 0.25,
+            train_eval_loss: 0.5,
+            train_eval_acc: 0.75,
         };
         let state = ResumeState {
             step: 7,

@@ -23,6 +23,10 @@ use crate::metrics::RunningMean;
 use crate::probe_selection::select_probe;
 use crate::resume::{read_resume_state, write_resume_state, ResumeState};
 
+/// Training images evaluated on fixed weights at every checkpoint, unless
+/// the run says otherwise (`train_eval_size`).
+pub const DEFAULT_TRAIN_EVAL_SIZE: usize = 2000;
+
 /// Images per forward pass when evaluating: bounds the activations held at
 /// once (the complex model's first layers are 128 KiB per image).
 const EVAL_CHUNK: usize = 250;
@@ -164,6 +168,8 @@ struct Setup<'a> {
     normalization: Normalization,
     train_indices: Vec<usize>,
     eval_indices: Vec<usize>,
+    /// The fixed training images the checkpoint's weights are evaluated on.
+    train_eval_indices: Vec<usize>,
     probe: ImageSet,
 }
 
@@ -200,6 +206,7 @@ pub fn train_run(pipeline: &Pipeline, name: &str, run: &RunConfig, status: Train
     }
     write_parquet_stamped(&layout.probe(), &mut probe.to_frame(), Stamp::new(&fingerprint))?;
     let eval_len = run.eval_size.unwrap_or(dataset.test.len()).min(dataset.test.len());
+    let train_eval_len = run.train_eval_size.unwrap_or(DEFAULT_TRAIN_EVAL_SIZE).min(train_indices.len());
     let setup = Setup {
         name,
         run,
@@ -209,6 +216,7 @@ pub fn train_run(pipeline: &Pipeline, name: &str, run: &RunConfig, status: Train
         plan,
         probe: probe.images(&dataset).map_err(|e| anyhow::anyhow!(e))?,
         normalization,
+        train_eval_indices: train_indices[..train_eval_len].to_vec(),
         train_indices,
         eval_indices: (0..eval_len).collect(),
         dataset,
@@ -388,8 +396,11 @@ fn checkpoint(setup: &Setup, model: &Model, state: &mut ResumeState, train_loss:
     let (test_loss, test_acc) = evaluate(model, &setup.dataset.test, &setup.eval_indices, &setup.normalization, classes)?;
     let all_probe: Vec<usize> = (0..setup.probe.len()).collect();
     let (probe_loss, probe_acc) = evaluate(model, &setup.probe, &all_probe, &setup.normalization, classes)?;
-    if let Some((what, loss)) =
-        [("test", test_loss), ("probe", probe_loss)].into_iter().find(|(_, l)| !(l.is_finite() && *l <= DIVERGED_LOSS))
+    let (train_eval_loss, train_eval_acc) =
+        evaluate(model, &setup.dataset.train, &setup.train_eval_indices, &setup.normalization, classes)?;
+    if let Some((what, loss)) = [("test", test_loss), ("probe", probe_loss), ("training-set", train_eval_loss)]
+        .into_iter()
+        .find(|(_, l)| !(l.is_finite() && *l <= DIVERGED_LOSS))
     {
         return Ok(Some(Divergence { step, why: format!("{what} loss {loss:e} at step {step}") }));
     }
@@ -404,6 +415,8 @@ fn checkpoint(setup: &Setup, model: &Model, state: &mut ResumeState, train_loss:
         test_acc,
         probe_loss,
         probe_acc,
+        train_eval_loss,
+        train_eval_acc,
     });
     tracing::info!(
         "run `{}` step {step}: train loss {train_loss_running:.4}, test loss {test_loss:.4}, test acc {:.2}%",

@@ -86,6 +86,8 @@ pub fn write_metrics(layout: &RunLayout, config: &Path, variant: u32) {
             test_acc: acc[i],
             probe_loss: test[i],
             probe_acc: acc[i],
+            train_eval_loss: train[i],
+            train_eval_acc: acc[i],
         })
         .collect();
     write_parquet_stamped(&layout.metrics(), &mut metrics_frame(&rows), run_stamp(config)).unwrap();

@@ -178,6 +178,9 @@ impl PipelineConfig {
             if r.eval_size == Some(0) {
                 return fail(key("eval_size"), "must be at least 1 (or left out for the whole test set)");
             }
+            if r.train_eval_size == Some(0) {
+                return fail(key("train_eval_size"), "must be at least 1 (or left out for 2000)");
+            }
             if r.checkpoints.every == 0 {
                 return fail(key("checkpoints.every"), "must be at least 1");
             }

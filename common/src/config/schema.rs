@@ -160,6 +160,10 @@ pub struct RunConfig {
     pub train_subset: Option<usize>,
     /// Test loss and accuracy on the first N test images (default: all).
     pub eval_size: Option<usize>,
+    /// Loss and accuracy on fixed weights on the first N of the run's
+    /// training images (`train_eval_loss`; default 2000, or all of them if
+    /// fewer).
+    pub train_eval_size: Option<usize>,
     pub checkpoints: CheckpointSchedule,
     /// The fit regime this run is meant to show (a label for reports only).
     pub intended_fit: Option<String>,

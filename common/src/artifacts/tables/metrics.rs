@@ -29,11 +29,16 @@ pub enum Metric {
     /// Mean cross-entropy on the probe images.
     ProbeLoss,
     ProbeAcc,
+    /// Mean cross-entropy of the checkpoint's weights on a fixed subset of
+    /// the run's training images (`train_eval_size`), computed as
+    /// `test_loss` is: the training loss the paper's table means.
+    TrainEvalLoss,
+    TrainEvalAcc,
 }
 
 impl Metric {
     /// Every metric, in column order.
-    pub const ALL: [Metric; 7] = [
+    pub const ALL: [Metric; 9] = [
         Metric::TrainLoss,
         Metric::TrainLossRunning,
         Metric::TrainAccRunning,
@@ -41,6 +46,8 @@ impl Metric {
         Metric::TestAcc,
         Metric::ProbeLoss,
         Metric::ProbeAcc,
+        Metric::TrainEvalLoss,
+        Metric::TrainEvalAcc,
     ];
 
     /// The column name.
@@ -53,6 +60,8 @@ impl Metric {
             Metric::TestAcc => "test_acc",
             Metric::ProbeLoss => "probe_loss",
             Metric::ProbeAcc => "probe_acc",
+            Metric::TrainEvalLoss => "train_eval_loss",
+            Metric::TrainEvalAcc => "train_eval_acc",
         }
     }
 
@@ -70,6 +79,8 @@ impl Metric {
             Metric::TestAcc => row.test_acc,
             Metric::ProbeLoss => row.probe_loss,
             Metric::ProbeAcc => row.probe_acc,
+            Metric::TrainEvalLoss => row.train_eval_loss,
+            Metric::TrainEvalAcc => row.train_eval_acc,
         }
     }
 }
@@ -93,6 +104,8 @@ pub struct MetricsRow {
     pub test_acc: f64,
     pub probe_loss: f64,
     pub probe_acc: f64,
+    pub train_eval_loss: f64,
+    pub train_eval_acc: f64,
 }
 
 /// The table of `rows`, in their order.
@@ -130,6 +143,8 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>, ArtifactError> {
             test_acc: v(Metric::TestAcc),
             probe_loss: v(Metric::ProbeLoss),
             probe_acc: v(Metric::ProbeAcc),
+            train_eval_loss: v(Metric::TrainEvalLoss),
+            train_eval_acc: v(Metric::TrainEvalAcc),
         });
     }
     Ok(rows)
@@ -151,6 +166,8 @@ mod tests {
             test_acc: 0.3,
             probe_loss: 1.3,
             probe_acc: 0.4,
+            train_eval_loss: 1.4,
+            train_eval_acc: 0.5,
         }
     }
 
@@ -170,7 +187,9 @@ mod tests {
                 "test_loss",
                 "test_acc",
                 "probe_loss",
-                "probe_acc"
+                "probe_acc",
+                "train_eval_loss",
+                "train_eval_acc"
             ]
         );
         let path = std::env::temp_dir().join(format!("metrics-{}/metrics.parquet", std::process::id()));

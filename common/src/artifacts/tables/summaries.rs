@@ -1,7 +1,7 @@
 //! `<run>/summaries/<method>.parquet`: one row per (checkpoint, probe
 //! image) (docs/DESIGN.md, "Tables"): `step, epoch, probe_id, split,
-//! label, target, correct`, then one Float64 column per measure, null
-//! where the measure is undefined for the map.
+//! label, target, correct, logit`, then one Float64 column per measure,
+//! null where the measure is undefined for the map.
 
 use std::path::Path;
 
@@ -16,6 +16,7 @@ pub const STEP: &str = "step";
 pub const EPOCH: &str = "epoch";
 pub const TARGET: &str = "target";
 pub const CORRECT: &str = "correct";
+pub const LOGIT: &str = "logit";
 
 /// A summary table, by column.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -31,6 +32,8 @@ pub struct SummaryTable {
     pub target: Vec<i64>,
     /// Whether the model's prediction was the label.
     pub correct: Vec<bool>,
+    /// The explained logit (where LRP's relevance starts).
+    pub logit: Vec<f64>,
     /// `[measure][row]`.
     pub values: Vec<Vec<Option<f64>>>,
 }
@@ -64,6 +67,7 @@ impl SummaryTable {
         self.label.extend(other.label);
         self.target.extend(other.target);
         self.correct.extend(other.correct);
+        self.logit.extend(other.logit);
         for (all, mine) in self.values.iter_mut().zip(other.values) {
             all.extend(mine);
         }
@@ -78,6 +82,7 @@ impl SummaryTable {
             Column::new(LABEL.into(), self.label.clone()),
             Column::new(TARGET.into(), self.target.clone()),
             Column::new(CORRECT.into(), self.correct.clone()),
+            Column::new(LOGIT.into(), self.logit.clone()),
         ];
         for (m, v) in self.measures.iter().zip(&self.values) {
             columns.push(Column::new(m.name().into(), v.clone()));
@@ -109,6 +114,7 @@ pub fn read_summaries(path: &Path, measures: &[Measure]) -> Result<SummaryTable,
         label: table.i64(LABEL)?,
         target: table.i64(TARGET)?,
         correct: table.bool(CORRECT)?,
+        logit: table.f64(LOGIT)?,
         values,
     })
 }
@@ -129,6 +135,7 @@ mod tests {
             label: vec![3, 4, 3],
             target: vec![3, 1, 3],
             correct: vec![true, false, true],
+            logit: vec![2.0, -1.0, 0.5],
             values: vec![vec![Some(1.0), Some(2.0), Some(3.0)], vec![None, Some(0.5), None]],
         };
         let path = std::env::temp_dir().join(format!("summaries-{}/lrp.parquet", std::process::id()));
