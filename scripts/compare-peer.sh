@@ -10,6 +10,7 @@
 #
 #   scripts/compare-peer.sh              # 3 rounds
 #   ROUNDS=5 PEER_PYTHON=/path/to/python scripts/compare-peer.sh
+#   PEER_ARGS="--methods core" scripts/compare-peer.sh   # the peer's train step, LRP and Grad-CAM only
 #
 # The peer needs torch, zennit and captum:
 #   python3 -m venv /tmp/peer && /tmp/peer/bin/pip install -q torch zennit captum
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 python=${PEER_PYTHON:-/tmp/peer/bin/python}
 peer_script=${PEER_SCRIPT:-../shared/bench/torch_peer.py}
+peer_args=${PEER_ARGS:-}
 out=${OUT:-target/peer-compare}
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.txt
@@ -30,7 +32,8 @@ cargo bench -q -p trainer --bench train_step --no-run
 cargo bench -q -p explainer --bench explain --no-run
 for round in $(seq 1 "$rounds"); do
     echo "round $round of $rounds" >&2
-    "$python" "$peer_script" 2 > "$out/peer-$round.json"
+    # shellcheck disable=SC2086 # PEER_ARGS is a list of words
+    "$python" "$peer_script" 2 $peer_args > "$out/peer-$round.json"
     cargo bench -q -p trainer --bench train_step > "$out/train-$round.txt"
     BENCH_REPS=7 cargo bench -q -p explainer --bench explain > "$out/explain-$round.txt"
 done
@@ -59,11 +62,19 @@ for r in range(1, rounds + 1):
             keep(ours, f"{case}_gradcam200_s", float(m.group(5)))
 targets = {"train_step": 1.0, "lrp200": 0.25, "gradcam200": 0.5}
 print(f"best of {rounds} interleaved rounds (median per round)")
-print(f"{'case':<28} {'ours (s)':>10} {'peer (s)':>10} {'ratio':>7} {'target':>7}")
+print(f"{'case':<28} {'ours (s)':>10} {'peer (s)':>10} {'ratio':>7} {'target':>7}  peer NCHW / channels_last")
 for what in ["train_step", "lrp200", "gradcam200"]:
     for case in cases.values():
         key = f"{case}_{what}_s"
         if key in ours and key in peer:
-            ratio = ours[key] / peer[key]
-            print(f"{case + ' ' + what:<28} {ours[key]:>10.4f} {peer[key]:>10.4f} {ratio:>7.2f} {targets[what]:>7.2f}")
+            # The training step is compared against the faster of the
+            # peer's two memory layouts (NCHW and channels_last).
+            layouts = ""
+            best = peer[key]
+            if what == "train_step" and f"{case}_train_step_cl_s" in peer:
+                cl = peer[f"{case}_train_step_cl_s"]
+                layouts = f"  {peer[key]:.4f} / {cl:.4f}"
+                best = min(best, cl)
+            ratio = ours[key] / best
+            print(f"{case + ' ' + what:<28} {ours[key]:>10.4f} {best:>10.4f} {ratio:>7.2f} {targets[what]:>7.2f}{layouts}")
 EOF

@@ -9,12 +9,18 @@
 //!   the last 5 checkpoints (all of them if there are fewer),
 //! - `rise = L_final / L_min - 1`: how far the test loss has climbed back
 //!   from its best value,
-//! - `gap = L_final - T_final`: the train/test gap at the end.
+//! - `gap = L_final - T_final`: the train/test gap at the end,
+//! - `fall = L_fifth / L_final - 1`, where `L_fifth` is the test loss at
+//!   the first checkpoint of the last fifth of training (step >= 0.8 of
+//!   the final step): how much the test loss still fell at the end,
+//! - `acc_gap` = `train_eval_acc - test_acc` at the last checkpoint (shown,
+//!   not used by the rule).
 //!
 //! Then:
 //!
 //! | condition | diagnosis |
 //! |---|---|
+//! | `rise < 0.10` and `fall > 0.05` | underfit (still improving when training stopped) |
 //! | `rise < 0.10` and `gap < 0.5 * L_final` | good fit |
 //! | `rise < 0.10` and `gap >= 0.5 * L_final`, or `0.10 <= rise < 0.50` | slight overfit |
 //! | `0.50 <= rise < 1.50` | overfit |
@@ -37,6 +43,7 @@ pub const TRAIN_LOSS_WINDOW: usize = 5;
 /// The diagnosed fit regime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fit {
+    Underfit,
     GoodFit,
     SlightOverfit,
     Overfit,
@@ -47,6 +54,7 @@ pub enum Fit {
 impl Fit {
     pub fn label(&self) -> &'static str {
         match self {
+            Fit::Underfit => "underfit",
             Fit::GoodFit => "good fit",
             Fit::SlightOverfit => "slight overfit",
             Fit::Overfit => "overfit",
@@ -68,6 +76,10 @@ pub struct FitDiagnosis {
     pub final_test_acc: Option<f64>,
     pub rise: Option<f64>,
     pub gap: Option<f64>,
+    /// How much the test loss fell over the last fifth of training.
+    pub fall: Option<f64>,
+    /// `train_eval_acc - test_acc` at the last checkpoint.
+    pub acc_gap: Option<f64>,
     /// Why the diagnosis is `Unknown`, if it is.
     pub note: Option<String>,
 }
@@ -84,17 +96,20 @@ impl FitDiagnosis {
             final_test_acc: None,
             rise: None,
             gap: None,
+            fall: None,
+            acc_gap: None,
             note: Some(note.to_string()),
         }
     }
 }
 
-/// Classifies `rise` and `gap` (relative to `final_test_loss`) by the rule
-/// in the module docs.
-pub fn classify(rise: f64, gap: Option<f64>, final_test_loss: f64) -> Fit {
+/// Classifies `rise`, `fall` and `gap` (relative to `final_test_loss`)
+/// by the rule in the module docs.
+pub fn classify(rise: f64, fall: Option<f64>, gap: Option<f64>, final_test_loss: f64) -> Fit {
     if rise < 0.10 {
-        match gap {
-            Some(g) if g >= 0.5 * final_test_loss => Fit::SlightOverfit,
+        match (fall, gap) {
+            (Some(f), _) if f > 0.05 => Fit::Underfit,
+            (_, Some(g)) if g >= 0.5 * final_test_loss => Fit::SlightOverfit,
             _ => Fit::GoodFit,
         }
     } else if rise < 0.50 {
@@ -122,6 +137,13 @@ pub fn diagnose(metrics: &Metrics) -> FitDiagnosis {
     let recent: Vec<f64> = train_loss.iter().rev().flatten().take(TRAIN_LOSS_WINDOW).copied().collect();
     let final_train = (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64);
     let gap = final_train.map(|t| final_test - t);
+    let final_step = metrics.step[last];
+    let fifth = rows.iter().copied().find(|&i| metrics.step[i] as f64 >= 0.8 * final_step as f64);
+    let fall = fifth.filter(|&i| i != last && final_test > 0.0).map(|i| test_loss[i].unwrap() / final_test - 1.0);
+    let acc_gap = match (metrics.column(Metric::TrainEvalAcc)[last], test_acc[last]) {
+        (Some(train), Some(test)) => Some(train - test),
+        _ => None,
+    };
     let mut d = FitDiagnosis {
         fit: Fit::Unknown,
         final_step: Some(metrics.step[last]),
@@ -132,6 +154,8 @@ pub fn diagnose(metrics: &Metrics) -> FitDiagnosis {
         final_test_acc: test_acc[last],
         rise: None,
         gap,
+        fall,
+        acc_gap,
         note: None,
     };
     if !(min_test > 0.0) {
@@ -140,7 +164,7 @@ pub fn diagnose(metrics: &Metrics) -> FitDiagnosis {
     }
     let rise = final_test / min_test - 1.0;
     d.rise = Some(rise);
-    d.fit = classify(rise, gap, final_test);
+    d.fit = classify(rise, fall, gap, final_test);
     d
 }
 
@@ -151,7 +175,10 @@ mod tests {
 
     fn metrics(test: &[f64], train: &[f64]) -> Metrics {
         let rows = test.iter().zip(train).enumerate().map(|(i, (&test, &train))| {
-            metrics_row(i as u64 * 100, &[(Metric::TestLoss, test), (Metric::TrainLoss, train), (Metric::TestAcc, 0.8)])
+            metrics_row(
+                i as u64 * 100,
+                &[(Metric::TestLoss, test), (Metric::TrainLoss, train), (Metric::TestAcc, 0.8), (Metric::TrainEvalAcc, 0.9)],
+            )
         });
         Metrics::new(rows.collect()).unwrap()
     }
@@ -159,12 +186,24 @@ mod tests {
     #[test]
     fn good_fit_keeps_falling() {
         // test loss falls to its minimum at the end: rise = 0;
-        // T_final = mean(0.6, 0.5, 0.45, 0.4, 0.35) = 0.46, gap = 0.38 - 0.46 < 0.5 * 0.38
-        let d = diagnose(&metrics(&[2.3, 1.0, 0.6, 0.5, 0.45, 0.4, 0.38], &[2.3, 1.1, 0.6, 0.5, 0.45, 0.4, 0.35]));
+        // T_final = mean(0.6, 0.5, 0.45, 0.4, 0.35) = 0.46, gap = 0.38 - 0.46 < 0.5 * 0.38;
+        // the last fifth starts at step 500 (>= 480): fall = 0.39 / 0.38 - 1 < 0.05
+        let d = diagnose(&metrics(&[2.3, 1.0, 0.6, 0.5, 0.45, 0.39, 0.38], &[2.3, 1.1, 0.6, 0.5, 0.45, 0.4, 0.35]));
         assert_eq!(d.fit, Fit::GoodFit);
         assert_eq!(d.rise, Some(0.0));
         assert_eq!(d.min_test_loss_step, Some(600));
         assert!((d.final_train_loss.unwrap() - 0.46).abs() < 1e-12);
+        assert!((d.fall.unwrap() - (0.39 / 0.38 - 1.0)).abs() < 1e-12);
+        // train_eval_acc 0.9 (the helper's) - test_acc 0.8
+        assert!((d.acc_gap.unwrap() - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn still_falling_at_the_end_is_underfit() {
+        // fall = 1.2 / 1.0 - 1 = 0.2 over the last fifth
+        let d = diagnose(&metrics(&[2.3, 2.0, 1.8, 1.6, 1.4, 1.2, 1.0], &[2.3, 2.0, 1.8, 1.6, 1.4, 1.2, 1.0]));
+        assert_eq!(d.fit, Fit::Underfit);
+        assert!((d.fall.unwrap() - 0.2).abs() < 1e-12);
     }
 
     #[test]
@@ -179,9 +218,12 @@ mod tests {
         // final 3.0 -> rise 2.0: strong overfit
         assert_eq!(diagnose(&metrics(&[2.3, 1.2, 1.0, 1.5, 2.0, 2.5, 3.0], &train)).fit, Fit::StrongOverfit);
         // boundaries: rise exactly 0.5 is overfit, exactly 1.5 strong overfit
-        assert_eq!(classify(0.5, None, 1.0), Fit::Overfit);
-        assert_eq!(classify(1.5, None, 1.0), Fit::StrongOverfit);
-        assert_eq!(classify(0.0999, None, 1.0), Fit::GoodFit);
+        assert_eq!(classify(0.5, None, None, 1.0), Fit::Overfit);
+        assert_eq!(classify(1.5, None, None, 1.0), Fit::StrongOverfit);
+        assert_eq!(classify(0.0999, None, None, 1.0), Fit::GoodFit);
+        // still falling at the end outranks a gap, not a rise
+        assert_eq!(classify(0.0, Some(0.06), Some(10.0), 1.0), Fit::Underfit);
+        assert_eq!(classify(0.2, Some(0.06), None, 1.0), Fit::SlightOverfit);
     }
 
     #[test]

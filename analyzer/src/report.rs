@@ -200,20 +200,22 @@ pub fn render(input: &ReportInput) -> String {
     let _ = writeln!(
         w,
         "Rule: rise = final test loss / minimum test loss - 1; gap = final test loss - mean batch train loss \
-         over the last 5 checkpoints. Good fit: rise < 0.10 and gap < 0.5 x final test loss; slight overfit: \
-         rise < 0.10 with a larger gap, or 0.10 <= rise < 0.50; overfit: 0.50 <= rise < 1.50; strong overfit: \
-         rise >= 1.50.\n"
+         over the last 5 checkpoints; fall = test loss at the start of the last fifth of training / final test \
+         loss - 1. Underfit: rise < 0.10 and fall > 0.05 (still improving when training stopped); good fit: \
+         rise < 0.10 and gap < 0.5 x final test loss; slight overfit: rise < 0.10 with a larger gap, or \
+         0.10 <= rise < 0.50; overfit: 0.50 <= rise < 1.50; strong overfit: rise >= 1.50. acc gap = \
+         train_eval_acc - test_acc at the last checkpoint.\n"
     );
     let _ = writeln!(
         w,
-        "| run | intended fit | diagnosed fit | final step | final test loss | min test loss (step) | rise | final train loss | gap | final test acc |"
+        "| run | intended fit | diagnosed fit | final step | final test loss | min test loss (step) | rise | fall (last fifth) | final train loss | gap | final test acc | acc gap |"
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in input.runs {
         let d = &r.diagnosis;
         let _ = writeln!(
             w,
-            "| {} | {} | **{}**{} | {} | {} | {} ({}) | {} | {} | {} | {} |",
+            "| {} | {} | **{}**{} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.intended_fit.as_deref().unwrap_or("–"),
             match &r.diverged {
@@ -230,9 +232,11 @@ pub fn render(input: &ReportInput) -> String {
             num(d.min_test_loss),
             d.min_test_loss_step.map(|s| s.to_string()).unwrap_or("–".into()),
             num(d.rise),
+            num(d.fall),
             num(d.final_train_loss),
             num(d.gap),
             num(d.final_test_acc),
+            num(d.acc_gap),
         );
     }
     let _ = writeln!(w);

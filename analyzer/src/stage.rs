@@ -35,7 +35,7 @@ use common::config::{DatasetConfig, Pipeline};
 use common::data::{load_dataset, Dataset};
 use common::measures::Measure;
 use common::provenance::{expected_attributions, summary_fingerprint, trained_run};
-use common::stage::{run_stage, Outcomes, Stage, StageReport, Status};
+use common::stage::{run_stage, Outcomes, RunOptions, Stage, StageReport, Status};
 
 use crate::by_step::{aggregate, by_step_table, StepTable};
 use crate::correlations::{assign_q_values, correlate, Correlation, RunSeries};
@@ -321,7 +321,7 @@ impl Stage for Analyzer<'_> {
 /// Runs the stage.
 pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     let pipeline = Pipeline::load(&cli.stage.config)?;
-    let options = cli.stage.options()?;
+    let options = RunOptions::from_args(&cli.stage)?;
     let runs = pipeline.select_runs(&cli.stage.runs).map_err(anyhow::Error::msg)?.into_iter().map(|(n, _)| n).collect();
     let methods =
         pipeline.select_methods(&cli.method_filter.methods).map_err(anyhow::Error::msg)?.into_iter().map(|(n, _)| n).collect();

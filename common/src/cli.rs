@@ -40,12 +40,6 @@ impl StageArgs {
             None => Shard::from_env(|k| std::env::var(k).ok()),
         }
     }
-
-    /// What the stage runner needs of the flags.
-    pub fn options(&self) -> anyhow::Result<crate::stage::RunOptions> {
-        let shard = self.shard().map_err(anyhow::Error::msg)?;
-        Ok(crate::stage::RunOptions { shard, force: self.force, dry_run: self.dry_run })
-    }
 }
 
 /// The `--method` filter of the stages that work per explanation method.

@@ -13,7 +13,7 @@
 use std::fmt::Display;
 use std::process::ExitCode;
 
-use crate::cli::Shard;
+use crate::cli::{Shard, StageArgs};
 
 /// Whether a unit's output is what the stage would write now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +62,15 @@ pub struct RunOptions {
     pub shard: Shard,
     pub force: bool,
     pub dry_run: bool,
+}
+
+impl RunOptions {
+    /// What the runner needs of the stage flags (the shard from `--shard`,
+    /// else SLURM's array variables).
+    pub fn from_args(args: &StageArgs) -> anyhow::Result<Self> {
+        let shard = args.shard().map_err(anyhow::Error::msg)?;
+        Ok(RunOptions { shard, force: args.force, dry_run: args.dry_run })
+    }
 }
 
 /// What a stage did with its units, for the closing log line and the exit

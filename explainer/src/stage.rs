@@ -25,7 +25,7 @@ use common::data::{load_dataset, ImageShape};
 use common::provenance::{
     attribution_fingerprint, checkpoint_fingerprint, checkpoint_model, method_fingerprint, run_fingerprint, trained_run,
 };
-use common::stage::{run_stage, Outcomes, Stage, StageReport, Status};
+use common::stage::{run_stage, Outcomes, RunOptions, Stage, StageReport, Status};
 use engine::{read_checkpoint, Checkpoint, Trace};
 
 use crate::method::Method;
@@ -356,7 +356,7 @@ impl<'a> Stage for Explainer<'a> {
 /// Runs the stage; the report counts done, up-to-date and failed units.
 pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     let pipeline = Pipeline::load(&cli.stage.config)?;
-    let options = cli.stage.options().context("--shard")?;
+    let options = RunOptions::from_args(&cli.stage).context("--shard")?;
     let mut explainer = Explainer::new(&pipeline, &cli.stage.runs, &cli.method_filter.methods)?;
     run_stage(&mut explainer, options)
 }

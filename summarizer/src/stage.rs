@@ -22,7 +22,7 @@ use common::artifacts::{
 use common::cli::{MethodFilter, StageArgs};
 use common::config::Pipeline;
 use common::provenance::{expected_attributions, summary_fingerprint, trained_run};
-use common::stage::{run_stage, Outcomes, Stage, StageReport, Status};
+use common::stage::{run_stage, Outcomes, RunOptions, Stage, StageReport, Status};
 use rayon::prelude::*;
 
 use crate::measures::{Compute, Measure};
@@ -219,7 +219,7 @@ impl Stage for Summarizer<'_> {
 /// Runs the stage.
 pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     let pipeline = Pipeline::load(&cli.stage.config)?;
-    let options = cli.stage.options()?;
+    let options = RunOptions::from_args(&cli.stage)?;
     let mut summarizer = Summarizer::new(&pipeline, &cli.stage.runs, &cli.method_filter.methods)?;
     run_stage(&mut summarizer, options)
 }

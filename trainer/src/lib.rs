@@ -16,7 +16,7 @@ use clap::Parser;
 use common::artifacts::RunLayout;
 use common::cli::StageArgs;
 use common::config::{Pipeline, RunConfig};
-use common::stage::{run_stage, Outcomes, Stage, StageReport, Status};
+use common::stage::{run_stage, Outcomes, RunOptions, Stage, StageReport, Status};
 
 use training::{run_status, train_run, TrainOutcome, TrainPlan};
 
@@ -99,6 +99,6 @@ impl<'a> Stage for Trainer<'a> {
 /// Trains the selected runs of this shard, one after another.
 pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     let pipeline = Pipeline::load(&cli.stage.config)?;
-    let options = cli.stage.options()?;
+    let options = RunOptions::from_args(&cli.stage)?;
     run_stage(&mut Trainer { pipeline: &pipeline, runs: &cli.stage.runs }, options)
 }
