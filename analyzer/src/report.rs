@@ -124,10 +124,11 @@ fn find<'a>(
 /// The cell of the report's tables: the rho of the levels with the
 /// primary statistic beside it.
 fn cell(all: &[Correlation], run: &str, method: &str, measure: Measure, metric: Against) -> String {
-    rho_cell(
-        find(all, run, method, MAIN_SPLIT, measure, metric, Statistic::Spearman),
-        find(all, run, method, MAIN_SPLIT, measure, metric, PRIMARY),
-    )
+    let levels = find(all, run, method, MAIN_SPLIT, measure, metric, Statistic::Spearman);
+    match (metric, levels) {
+        (Against::Step, Some(Correlation { result: Some(r), .. })) => format!("{:.3} (p_r={})", r.rho, p_text(r.p_robust)),
+        _ => rho_cell(levels, find(all, run, method, MAIN_SPLIT, measure, metric, PRIMARY)),
+    }
 }
 
 /// The paper's table (Terzieva et al., LRP, rho over training steps): per
@@ -182,7 +183,8 @@ pub fn render(input: &ReportInput) -> String {
         w,
         "**How to read a cell.** `-0.875 (p_r=0.012; Δ -0.41, q=0.03 *)`: rho of the levels with its robust \
          p-value, then rho of the first differences (`spearman_diff`) with its Benjamini-Hochberg q-value over \
-         the whole table; `*` marks q < 0.05 of the differences. Two series that both trend during training \
+         the method's rows; `*` marks q < 0.05 of the differences (the trend against `step` shows the levels \
+         only: the steps of a grid have constant differences). Two series that both trend during training \
          correlate strongly whether or not they are related, so the rho of the levels (and its nominal \
          t-test p-value, in the table) says little on its own: two independent random walks pass that test \
          about half the time. The robust p-values use the effective sample size of Pyper & Peterman (1998) \
