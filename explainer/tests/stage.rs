@@ -88,19 +88,7 @@ impl Fixture {
                 fingerprint: checkpoint_fingerprint(&run_fp, step),
             };
             write_checkpoint(&fixture.layout.checkpoint(step), &model, &info).unwrap();
-            rows.push(MetricsRow {
-                step,
-                epoch: info.epoch,
-                train_loss: 2.0,
-                train_loss_running: 2.0,
-                train_acc_running: 0.1,
-                test_loss: 2.0,
-                test_acc: 0.1,
-                probe_loss: 2.0,
-                probe_acc: 0.1,
-                train_eval_loss: 2.0,
-                train_eval_acc: 0.1,
-            });
+            rows.push(MetricsRow::uniform(step, info.epoch, 2.0, 0.1));
         }
         // The trainer's record of the run: the explainer takes its units from it.
         write_parquet_stamped(&fixture.layout.metrics(), &mut metrics_frame(&rows), Stamp::new(run_fp)).unwrap();

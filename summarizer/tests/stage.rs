@@ -77,22 +77,7 @@ fn attributions(step: u64, maps: Vec<f32>, fingerprint: &str) -> Attributions {
 /// The trainer's record of the run: a stamped metrics table listing `steps`.
 fn write_metrics(layout: &RunLayout, config: &Path, steps: &[u64]) {
     let config = PipelineConfig::load(config).unwrap();
-    let rows: Vec<MetricsRow> = steps
-        .iter()
-        .map(|&step| MetricsRow {
-            step,
-            epoch: step as f64 / 10.0,
-            train_loss: 2.0,
-            train_loss_running: 2.0,
-            train_acc_running: 0.1,
-            test_loss: 2.0,
-            test_acc: 0.1,
-            probe_loss: 2.0,
-            probe_acc: 0.1,
-            train_eval_loss: 2.0,
-            train_eval_acc: 0.1,
-        })
-        .collect();
+    let rows: Vec<MetricsRow> = steps.iter().map(|&step| MetricsRow::uniform(step, step as f64 / 10.0, 2.0, 0.1)).collect();
     let stamp = Stamp::new(run_fingerprint(&config, &config.runs["tiny"]));
     write_parquet_stamped(&layout.metrics(), &mut metrics_frame(&rows), stamp).unwrap();
 }

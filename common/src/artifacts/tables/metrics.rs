@@ -108,6 +108,27 @@ pub struct MetricsRow {
     pub train_eval_acc: f64,
 }
 
+impl MetricsRow {
+    /// A row whose losses are all `loss` and accuracies all `acc`: the
+    /// stand-in record of a run in fixtures that need the table's steps,
+    /// not its values.
+    pub fn uniform(step: u64, epoch: f64, loss: f64, acc: f64) -> Self {
+        MetricsRow {
+            step,
+            epoch,
+            train_loss: loss,
+            train_loss_running: loss,
+            train_acc_running: acc,
+            test_loss: loss,
+            test_acc: acc,
+            probe_loss: loss,
+            probe_acc: acc,
+            train_eval_loss: loss,
+            train_eval_acc: acc,
+        }
+    }
+}
+
 /// The table of `rows`, in their order.
 pub fn metrics_frame(rows: &[MetricsRow]) -> DataFrame {
     let mut columns = vec![
