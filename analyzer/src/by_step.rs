@@ -16,6 +16,12 @@ use common::measures::Measure;
 
 use crate::inputs::Metrics;
 
+/// The run's name in the config, from an instance's path (`<run>` or
+/// `<run>/seed-<s>`; run names have no `/`).
+pub fn run_name(instance: &str) -> &str {
+    instance.split('/').next().unwrap_or(instance)
+}
+
 /// Describes a sample with missing values.
 pub fn describe(values: &[Option<f64>]) -> MeasureStats {
     let mut v: Vec<f64> = values.iter().flatten().copied().filter(|x| x.is_finite()).collect();
@@ -50,7 +56,10 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 /// One (run, method, split): per step, per measure statistics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepTable {
+    /// The run instance: `<run>` or `<run>/seed-<s>`.
     pub run: String,
+    /// Its seed.
+    pub seed: i64,
     pub method: String,
     pub split: SplitSelection,
     pub steps: Vec<i64>,
@@ -69,7 +78,7 @@ impl StepTable {
 }
 
 /// The three split tables (seen, unseen, all) of one summary.
-pub fn aggregate(run: &str, method: &str, summary: &SummaryTable) -> Vec<StepTable> {
+pub fn aggregate(run: &str, seed: i64, method: &str, summary: &SummaryTable) -> Vec<StepTable> {
     SplitSelection::ALL
         .iter()
         .map(|&split| {
@@ -89,6 +98,7 @@ pub fn aggregate(run: &str, method: &str, summary: &SummaryTable) -> Vec<StepTab
                 .collect();
             StepTable {
                 run: run.to_string(),
+                seed,
                 method: method.to_string(),
                 split,
                 steps,
@@ -115,7 +125,8 @@ pub fn by_step_table(
         let m = metrics.get(&t.run);
         for (k, &step) in t.steps.iter().enumerate() {
             rows.push(ByStepRow {
-                run: t.run.clone(),
+                run: run_name(&t.run).to_string(),
+                seed: t.seed,
                 method: t.method.clone(),
                 split: t.split,
                 step,
@@ -184,7 +195,7 @@ pub(crate) mod tests {
             logit: vec![1.0; 6],
             values: vec![vec![Some(1.0), Some(3.0), Some(5.0), Some(2.0), None, Some(6.0)]],
         };
-        let tables = aggregate("r", "lrp", &summary);
+        let tables = aggregate("r", 1, "lrp", &summary);
         assert_eq!(tables.iter().map(|t| t.split).collect::<Vec<_>>(), SplitSelection::ALL);
         // seen: step 0 mean (1+3)/2 = 2; step 5 mean 2 (one null)
         assert_eq!(tables[0].means(Measure::Frobenius).unwrap(), [Some(2.0), Some(2.0)]);
@@ -204,8 +215,8 @@ pub(crate) mod tests {
         let df = table.to_frame();
         assert_eq!(df.height(), 6);
         let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
-        assert_eq!(&names[..6], ["run", "method", "split", "step", "epoch", "frobenius_mean"]);
-        assert_eq!(names.len(), 5 + 7 + Metric::ALL.len());
+        assert_eq!(&names[..7], ["run", "seed", "method", "split", "step", "epoch", "frobenius_mean"]);
+        assert_eq!(names.len(), 6 + 7 + Metric::ALL.len());
         let col = |n: &str| df.column(n).unwrap().f64().unwrap().into_iter().collect::<Vec<_>>();
         assert_eq!(col("frobenius_mean"), [Some(2.0), Some(2.0), Some(5.0), Some(6.0), Some(3.0), Some(4.0)]);
         assert_eq!(col("train_loss"), [Some(2.3), None, Some(2.3), None, Some(2.3), None]);

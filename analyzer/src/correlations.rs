@@ -65,7 +65,7 @@ impl Correlation {
     pub fn row(&self) -> CorrelationRow {
         let value = |f: fn(&Inference) -> f64| self.result.as_ref().map(f);
         CorrelationRow {
-            run: self.run.clone(),
+            run: crate::by_step::run_name(&self.run).to_string(),
             seed: self.seed,
             method: self.method.clone(),
             split: self.split,
@@ -229,6 +229,7 @@ mod tests {
         let mean = |m: Option<f64>| MeasureStats { mean: m, median: m, ..Default::default() };
         let table = StepTable {
             run: "r".into(),
+            seed: 3,
             method: "lrp".into(),
             split: SplitSelection::All,
             steps: vec![0, 10, 20, 30, 40, 50],
@@ -294,6 +295,7 @@ mod tests {
                 steps.iter().map(|&s| MeasureStats { mean: Some(measure(s)), median: Some(measure(s)), ..Default::default() });
             let table = StepTable {
                 run: "r".into(),
+                seed: 0,
                 method: "m".into(),
                 split: SplitSelection::All,
                 epochs: vec![0.0; steps.len()],

@@ -9,11 +9,13 @@
 //!   differences, partial) with robust p-values, and q-values;
 //! - [`calibration`]: their Monte Carlo calibration (`--calibrate`);
 //! - [`correlations`]: measures against metrics over training steps;
+//! - [`across_seeds`]: each correlation summarised over a run's seeds;
 //! - [`fit`]: the fit-diagnosis rule;
 //! - [`report`]: `report.md`;
 //! - [`figures`]: PNG/SVG figures;
 //! - [`stage`]: the command, fingerprints and the output files.
 
+pub mod across_seeds;
 pub mod by_step;
 pub mod calibration;
 pub mod correlations;

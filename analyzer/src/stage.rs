@@ -3,9 +3,9 @@
 //! Reads every selected run's `metrics.parquet` and every (run, method)
 //! `summaries/<method>.parquet` present, and writes under
 //! `<output.dir>/analysis/`: `by_step.parquet`, `correlations.parquet`,
-//! `figures/*.png|svg` and `report.md`. (The analysis folder sits beside
-//! the run folders, so a run may not be named `analysis`; the analyzer
-//! refuses such a config.)
+//! `across_seeds.parquet`, `figures/*.png|svg` and `report.md`. (The
+//! analysis folder sits beside the run folders, so a run may not be named
+//! `analysis`; the analyzer refuses such a config.)
 //!
 //! The fingerprint covers the fingerprints of all inputs (metrics, probe
 //! and summary stamps, or the files' content where a stamp is missing),
@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Parser;
 use common::artifacts::encode_parquet;
+use common::artifacts::tables::across_seeds::across_seeds_frame;
 use common::artifacts::tables::correlations::correlations_frame;
 use common::artifacts::tables::summaries::{read_summaries, SummaryTable};
 use common::artifacts::{
@@ -31,7 +32,7 @@ use common::artifacts::{
     verify_stamp, write_atomic, write_stamped, Divergence, Fingerprinter, Probe, RunLayout, Split, Stamp, CONTENT_KEY,
 };
 use common::cli::{MethodFilter, StageArgs};
-use common::config::{DatasetConfig, Pipeline};
+use common::config::{DatasetConfig, Pipeline, RunInstance};
 use common::data::{load_dataset, Dataset};
 use common::measures::Measure;
 use common::provenance::{expected_attributions, summary_fingerprint, trained_run};
@@ -61,7 +62,8 @@ pub const HEATMAP_STEPS: usize = 5;
     long_about = "Reads every run's metrics.parquet and every summaries/<method>.parquet present and writes \
                   <output.dir>/analysis/: by_step.parquet (per-step statistics of each measure joined with the \
                   metrics), correlations.parquet (Spearman's rho of each measure's per-step mean with \
-                  train_loss, test_loss, test_acc and step), figures/*.png|svg and report.md (fit diagnosis, \
+                  train_loss, test_loss, test_acc and step), across_seeds.parquet (each correlation \
+                  summarised over a run's seeds), figures/*.png|svg and report.md (fit diagnosis, \
                   the paper's table, descriptive statistics, figures). One task: with --shard I/N only shard 0 \
                   works. Skips when nothing changed since the last analysis."
 )]
@@ -113,6 +115,12 @@ struct Inputs {
 /// checks each: its bytes are those it was stamped with, it belongs to the
 /// current configuration, and a summary summarises the maps of the current
 /// checkpoints and method settings, as they are on disk now.
+/// The run instance at `path` (`<run>` or `<run>/seed-<s>`).
+fn instance_of<'p>(pipeline: &'p Pipeline, path: &str) -> &'p RunInstance {
+    let all = pipeline.instances(&[]).expect("no filter");
+    all.into_iter().find(|i| i.path == path).expect("analysed runs come from the instances")
+}
+
 fn find_inputs(pipeline: &Pipeline, runs: &[&str], methods: &[&str]) -> Inputs {
     let config = &pipeline.config;
     let mut inputs = Inputs::default();
@@ -122,8 +130,7 @@ fn find_inputs(pipeline: &Pipeline, runs: &[&str], methods: &[&str]) -> Inputs {
             tracing::warn!("{run}: no {}; run left out (train it first)", layout.metrics().display());
             continue;
         }
-        let run_config = &config.runs[run];
-        let trained = match trained_run(config, run_config, &layout) {
+        let trained = match trained_run(config, instance_of(pipeline, run), &layout) {
             Ok(trained) => trained,
             Err(why) => {
                 inputs.refused.push(why);
@@ -174,7 +181,7 @@ fn check_summary(pipeline: &Pipeline, layout: &RunLayout, run: &str, method: &st
     let config = &pipeline.config;
     let path = layout.summaries(method);
     let stamp = verify_stamp(&path)?;
-    let attributions = expected_attributions(config, &config.runs[run], &config.methods[method], steps);
+    let attributions = expected_attributions(config, instance_of(pipeline, run), &config.methods[method], steps);
     if stamp.fingerprint != summary_fingerprint(&attributions, pipeline.measures()) {
         return Err(format!(
             "{}: stale: it does not summarise the maps of the current checkpoints and settings of `{run}`/`{method}` \
@@ -244,6 +251,10 @@ impl Analyzer<'_> {
         self.pipeline.analysis_dir().join("correlations.parquet")
     }
 
+    fn across_seeds_path(&self) -> PathBuf {
+        self.pipeline.analysis_dir().join("across_seeds.parquet")
+    }
+
     fn report_path(&self) -> PathBuf {
         self.pipeline.analysis_dir().join("report.md")
     }
@@ -265,7 +276,10 @@ impl Analyzer<'_> {
             let run_settings: Vec<(String, Option<String>, Option<&DatasetConfig>)> = inputs
                 .runs
                 .iter()
-                .map(|r| (r.clone(), config.runs[r].intended_fit.clone(), config.datasets.get(&config.runs[r].dataset)))
+                .map(|r| {
+                    let run = &instance_of(self.pipeline, r).config;
+                    (r.clone(), run.intended_fit.clone(), config.datasets.get(&run.dataset))
+                })
                 .collect();
             let fingerprint = Fingerprinter::new()
                 .add("version", &ANALYSIS_VERSION)
@@ -293,7 +307,7 @@ impl Stage for Analyzer<'_> {
 
     fn status(&mut self, _: &Analysis) -> anyhow::Result<Status<Reason>> {
         let fingerprint = self.inputs()?.1.clone();
-        for path in [self.by_step_path(), self.correlations_path(), self.report_path()] {
+        for path in [self.by_step_path(), self.correlations_path(), self.across_seeds_path(), self.report_path()] {
             match verify_stamp(&path) {
                 Ok(stamp) if stamp.fingerprint == fingerprint => {}
                 Ok(_) => return Ok(Status::ToDo(Reason::Changed)),
@@ -322,7 +336,7 @@ impl Stage for Analyzer<'_> {
 pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
     let pipeline = Pipeline::load(&cli.stage.config)?;
     let options = RunOptions::from_args(&cli.stage)?;
-    let runs = pipeline.select_runs(&cli.stage.runs).map_err(anyhow::Error::msg)?.into_iter().map(|(n, _)| n).collect();
+    let runs = pipeline.instances(&cli.stage.runs).map_err(anyhow::Error::msg)?.into_iter().map(|i| i.path.as_str()).collect();
     let methods =
         pipeline.select_methods(&cli.method_filter.methods).map_err(anyhow::Error::msg)?.into_iter().map(|(n, _)| n).collect();
     let mut analyzer = Analyzer { pipeline: &pipeline, cli, runs, methods, inputs: None };
@@ -337,6 +351,7 @@ impl Analyzer<'_> {
         let pipeline = self.pipeline;
         let measures = pipeline.measures().to_vec();
         let (by_step_path, correlations_path, report_path) = (self.by_step_path(), self.correlations_path(), self.report_path());
+        let across_seeds_path = self.across_seeds_path();
         self.inputs()?;
         let (inputs, fingerprint) = self.inputs.take().expect("found above");
         let dir = pipeline.analysis_dir();
@@ -344,7 +359,7 @@ impl Analyzer<'_> {
         // The stamps are written last, and only when everything succeeded: drop
         // the old ones first so that a failure part-way leaves the analysis
         // stale, not current.
-        for path in [&by_step_path, &correlations_path, &report_path] {
+        for path in [&by_step_path, &correlations_path, &across_seeds_path, &report_path] {
             remove_if_present(&stamp_path(path))?;
         }
         let mut failed: Vec<anyhow::Error> = inputs.refused.iter().map(|why| anyhow::anyhow!("left out: {why}")).collect();
@@ -365,7 +380,7 @@ impl Analyzer<'_> {
                     );
                     run_infos.push(RunInfo {
                         name: run.clone(),
-                        intended_fit: pipeline.config.runs[run].intended_fit.clone(),
+                        intended_fit: instance_of(pipeline, run).config.intended_fit.clone(),
                         diagnosis,
                         diverged: inputs.diverged.get(run).cloned(),
                     });
@@ -394,7 +409,7 @@ impl Analyzer<'_> {
                     if !per.is_empty() {
                         tracing::info!("{run}/{method}: null values left out of the per-step statistics ({})", per.join(", "));
                     }
-                    tables.extend(aggregate(run, method, &s));
+                    tables.extend(aggregate(run, instance_of(pipeline, run).seed as i64, method, &s));
                     summaries.insert((run.clone(), method.clone()), s);
                 }
                 Err(e) => failed.push(anyhow::Error::from(e).context(format!("{run}/{method}"))),
@@ -404,8 +419,8 @@ impl Analyzer<'_> {
         // Tables.
         let mut correlations: Vec<Correlation> = Vec::new();
         for t in &tables {
-            let run = &pipeline.config.runs[&t.run];
-            let series = RunSeries { seed: run.seed as i64, every: run.checkpoints.every, metrics: &metrics[&t.run] };
+            let run = instance_of(pipeline, &t.run);
+            let series = RunSeries { seed: run.seed as i64, every: run.config.checkpoints.every, metrics: &metrics[&t.run] };
             correlations.extend(correlate(t, &series));
         }
         let dropped_null: usize = correlations.iter().map(|c| c.dropped_null_measure).sum();
@@ -419,6 +434,8 @@ impl Analyzer<'_> {
         assign_q_values(&mut correlations);
         let correlation_rows: Vec<_> = correlations.iter().map(Correlation::row).collect();
         let correlation_bytes = encode_parquet(&correlations_path, &mut correlations_frame(&correlation_rows))?;
+        let across_seeds_bytes =
+            encode_parquet(&across_seeds_path, &mut across_seeds_frame(&crate::across_seeds::across_seeds(&correlations)))?;
         tracing::info!(
             "wrote {} and {} ({} correlations)",
             by_step_path.display(),
@@ -463,7 +480,12 @@ impl Analyzer<'_> {
             figure_error,
             left_out: &inputs.refused,
         });
-        let outputs = [(&by_step_path, by_step), (&correlations_path, correlation_bytes), (&report_path, text.into_bytes())];
+        let outputs = [
+            (&by_step_path, by_step),
+            (&correlations_path, correlation_bytes),
+            (&across_seeds_path, across_seeds_bytes),
+            (&report_path, text.into_bytes()),
+        ];
         if failed.is_empty() {
             // Each with a stamp of the analysis's fingerprint: only a
             // complete analysis is ever current.
@@ -526,14 +548,14 @@ fn draw_figures(
             measures: panels,
             metrics: &metrics[run],
         };
-        let stem = format!("{run}__{method}__evolution");
+        let stem = format!("{}__{method}__evolution", run.replace('/', "__"));
         match figures::save(&evolution, dir, &stem) {
             Ok(paths) => link.evolution = Some(rel(paths)),
             Err(e) => errors.push(format!("{run}/{method}: evolution figure: {e:#}")),
         }
 
         match heatmap_figure(pipeline, run, method, fit, &mut datasets) {
-            Ok(Some(h)) => match figures::save(&h, dir, &format!("{run}__{method}__heatmaps")) {
+            Ok(Some(h)) => match figures::save(&h, dir, &format!("{}__{method}__heatmaps", run.replace('/', "__"))) {
                 Ok(paths) => link.heatmaps = Some(rel(paths)),
                 Err(e) => errors.push(format!("{run}/{method}: heatmap figure: {e:#}")),
             },
@@ -600,7 +622,7 @@ fn heatmap_figure(
         return Ok(None);
     }
     let probe = read_probe(&layout.probe())?;
-    let dataset_name = &pipeline.config.runs[run].dataset;
+    let dataset_name = &instance_of(pipeline, run).config.dataset;
     if !datasets.contains_key(dataset_name) {
         let d = load_dataset(&pipeline.config.datasets[dataset_name]).with_context(|| format!("data set `{dataset_name}`"))?;
         datasets.insert(dataset_name.clone(), d);

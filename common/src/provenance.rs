@@ -8,19 +8,26 @@
 
 use crate::artifacts::tables::metrics::read_metrics;
 use crate::artifacts::{verify_stamp, CheckpointModel, Fingerprinter, RunLayout, Stamp};
-use crate::config::{MethodConfig, Pipeline, PipelineConfig, RunConfig};
+use crate::config::{MethodConfig, Pipeline, PipelineConfig, RunConfig, RunInstance};
 use crate::measures::Measure;
 
-/// Fingerprint of a run's training: its data set, its training settings and
-/// the probe set (whose loss the trainer records). `intended_fit` is only a
-/// label for reports and is left out, so relabelling retrains nothing.
-pub fn run_fingerprint(config: &PipelineConfig, run: &RunConfig) -> String {
-    let training = RunConfig { intended_fit: None, ..run.clone() };
-    Fingerprinter::new()
-        .add("dataset", &config.datasets.get(&run.dataset))
+/// Fingerprint of a run instance's training: its data set, its training
+/// settings (with its own seed), the probe set (whose loss the trainer
+/// records) and, for a replicate, the seed of the training subset it
+/// shares with the run's other seeds. `intended_fit` is only a label for
+/// reports and is left out, so relabelling retrains nothing. A run without
+/// `seeds` has the fingerprint it had before replicates existed.
+pub fn run_fingerprint(config: &PipelineConfig, instance: &RunInstance) -> String {
+    let training = RunConfig { intended_fit: None, ..instance.config.clone() };
+    let fingerprint = Fingerprinter::new()
+        .add("dataset", &config.datasets.get(&training.dataset))
         .add("run", &training)
-        .add("probe", &config.probe)
-        .finish()
+        .add("probe", &config.probe);
+    if instance.replicated {
+        fingerprint.add("subset_seed", &instance.subset_seed).finish()
+    } else {
+        fingerprint.finish()
+    }
 }
 
 /// A trained run as its metrics table (written last) records it.
@@ -36,7 +43,7 @@ pub struct TrainedRun {
 /// the table is intact and of the current configuration; otherwise why
 /// not, naming the file. Later stages take their units from these steps:
 /// a checkpoint file the table does not list belongs to no planned unit.
-pub fn trained_run(config: &PipelineConfig, run: &RunConfig, layout: &RunLayout) -> Result<TrainedRun, String> {
+pub fn trained_run(config: &PipelineConfig, run: &RunInstance, layout: &RunLayout) -> Result<TrainedRun, String> {
     let path = layout.metrics();
     let stamp = verify_stamp(&path).map_err(|e| format!("{e}; run the trainer first"))?;
     if stamp.fingerprint != run_fingerprint(config, run) {
@@ -80,7 +87,7 @@ pub fn summary_fingerprint(inputs: &[(u64, String)], measures: &[Measure]) -> St
 /// explainer writes and the summarizer and analyzer expect.
 pub fn expected_attributions(
     config: &PipelineConfig,
-    run: &RunConfig,
+    run: &RunInstance,
     method: &MethodConfig,
     steps: &[u64],
 ) -> Vec<(u64, String)> {
@@ -111,13 +118,20 @@ mod tests {
 
     #[test]
     fn labels_do_not_change_fingerprints_but_settings_do() {
-        let base = PipelineConfig::parse(CONFIG, Path::new("t")).unwrap();
-        let relabelled = PipelineConfig::parse(&CONFIG.replace("good fit", "overfit"), Path::new("t")).unwrap();
-        let longer = PipelineConfig::parse(&CONFIG.replace("epochs = 1", "epochs = 2"), Path::new("t")).unwrap();
-        let fp = |c: &PipelineConfig| run_fingerprint(c, &c.runs["a"]);
-        assert_eq!(fp(&base), fp(&relabelled));
-        assert_ne!(fp(&base), fp(&longer));
-        assert_ne!(checkpoint_fingerprint(&fp(&base), 0), checkpoint_fingerprint(&fp(&base), 1));
-        assert_ne!(method_fingerprint(&base.methods["lrp"]), method_fingerprint(&base.methods["cam"]));
+        let fingerprints = |text: &str| {
+            let p = Pipeline::parse(text, Path::new("t")).unwrap();
+            p.instances(&[]).unwrap().into_iter().map(|i| run_fingerprint(&p.config, i)).collect::<Vec<_>>()
+        };
+        let base = fingerprints(CONFIG);
+        assert_eq!(base, fingerprints(&CONFIG.replace("good fit", "overfit")));
+        assert_ne!(base, fingerprints(&CONFIG.replace("epochs = 1", "epochs = 2")));
+        assert_ne!(checkpoint_fingerprint(&base[0], 0), checkpoint_fingerprint(&base[0], 1));
+        let p = Pipeline::parse(CONFIG, Path::new("t")).unwrap();
+        assert_ne!(method_fingerprint(&p.config.methods["lrp"]), method_fingerprint(&p.config.methods["cam"]));
+        // Replicates: one fingerprint per seed, and the subset seed counts.
+        let replicated = fingerprints(&CONFIG.replace("epochs = 1", "epochs = 1\nseeds = [1, 2]"));
+        assert_eq!(replicated.len(), 2);
+        assert_ne!(replicated[0], replicated[1]);
+        assert_ne!(replicated[1], fingerprints(&CONFIG.replace("epochs = 1", "epochs = 1\nseeds = [2, 1]"))[1]);
     }
 }

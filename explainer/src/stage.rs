@@ -144,13 +144,14 @@ pub struct Explainer<'a> {
 impl<'a> Explainer<'a> {
     /// Resolves the selected methods for each selected run's data set.
     pub fn new(pipeline: &'a Pipeline, runs: &[String], methods: &[String]) -> anyhow::Result<Self> {
-        let runs = pipeline.select_runs(runs).map_err(anyhow::Error::msg)?;
+        let instances = pipeline.instances(runs).map_err(anyhow::Error::msg)?;
         let methods = pipeline.select_methods(methods).map_err(anyhow::Error::msg)?;
         if methods.is_empty() {
             tracing::warn!("no methods in {}; add e.g. [methods.lrp] kind = \"lrp\"", pipeline.file.display());
         }
-        let mut plans = Vec::with_capacity(runs.len());
-        for (name, run) in runs {
+        let mut plans = Vec::with_capacity(instances.len());
+        for instance in instances {
+            let (name, run) = (instance.path.as_str(), &instance.config);
             let dataset = pipeline.dataset_of(run);
             let planned = methods
                 .iter()
@@ -161,7 +162,7 @@ impl<'a> Explainer<'a> {
                 })
                 .collect::<anyhow::Result<_>>()?;
             let layout = RunLayout::new(pipeline.output_dir(), name);
-            let steps = match trained_run(&pipeline.config, run, &layout) {
+            let steps = match trained_run(&pipeline.config, instance, &layout) {
                 Ok(trained) => trained.steps,
                 Err(why) => {
                     tracing::warn!("run `{name}` is not trained under this config ({why}); its units are left out");
@@ -174,7 +175,7 @@ impl<'a> Explainer<'a> {
                 dataset,
                 layout,
                 methods: planned,
-                fingerprint: run_fingerprint(&pipeline.config, run),
+                fingerprint: run_fingerprint(&pipeline.config, instance),
                 model: checkpoint_model(pipeline, run),
                 steps,
             });

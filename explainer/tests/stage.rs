@@ -76,7 +76,8 @@ impl Fixture {
             })
             .collect();
         write_probe(&fixture.layout.probe(), &Probe { entries }).unwrap();
-        let run_fp = run_fingerprint(&config, &config.runs["a"]);
+        let pipeline = common::config::Pipeline::load(&fixture.config_path).unwrap();
+        let run_fp = run_fingerprint(&pipeline.config, pipeline.instances(&[]).unwrap()[0]);
         let mut rows = Vec::new();
         for step in [0u64, 10] {
             let model = checkpoint_model(step);

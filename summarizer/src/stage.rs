@@ -20,7 +20,7 @@ use common::artifacts::{
     Probe, RunLayout, Stamp, CONTENT_KEY,
 };
 use common::cli::{MethodFilter, StageArgs};
-use common::config::Pipeline;
+use common::config::{Pipeline, RunInstance};
 use common::provenance::{expected_attributions, summary_fingerprint, trained_run};
 use common::stage::{run_stage, Outcomes, RunOptions, Stage, StageReport, Status};
 use rayon::prelude::*;
@@ -97,10 +97,10 @@ pub struct Inputs {
 /// The unit's inputs, each attribution file present with the fingerprint
 /// the current config gives it (headers only); otherwise why not, saying
 /// which stage to run first.
-pub fn attribution_inputs(pipeline: &Pipeline, layout: &RunLayout, run: &str, method: &str) -> anyhow::Result<Inputs> {
+pub fn attribution_inputs(pipeline: &Pipeline, layout: &RunLayout, run: &RunInstance, method: &str) -> anyhow::Result<Inputs> {
     let config = &pipeline.config;
-    let trained = trained_run(config, &config.runs[run], layout).map_err(anyhow::Error::msg)?;
-    let fingerprints = expected_attributions(config, &config.runs[run], &config.methods[method], &trained.steps);
+    let trained = trained_run(config, run, layout).map_err(anyhow::Error::msg)?;
+    let fingerprints = expected_attributions(config, run, &config.methods[method], &trained.steps);
     let mut contents = BTreeMap::new();
     for (step, expected) in &fingerprints {
         let path = layout.attribution(method, *step);
@@ -126,11 +126,11 @@ pub struct Summarizer<'a> {
 impl<'a> Summarizer<'a> {
     /// The (run, method) units the filters select.
     pub fn new(pipeline: &'a Pipeline, runs: &[String], methods: &[String]) -> anyhow::Result<Self> {
-        let runs = pipeline.select_runs(runs).map_err(anyhow::Error::msg)?;
+        let runs = pipeline.instances(runs).map_err(anyhow::Error::msg)?;
         let methods = pipeline.select_methods(methods).map_err(anyhow::Error::msg)?;
         let mut units: Vec<Unit> = runs
             .iter()
-            .flat_map(|(run, _)| methods.iter().map(|(method, _)| Unit { run: run.to_string(), method: method.to_string() }))
+            .flat_map(|run| methods.iter().map(|(method, _)| Unit { run: run.path.clone(), method: method.to_string() }))
             .collect();
         units.sort();
         Ok(Summarizer { pipeline, units })
@@ -140,8 +140,14 @@ impl<'a> Summarizer<'a> {
         RunLayout::new(self.pipeline.output_dir(), &unit.run)
     }
 
+    /// The instance a unit summarises (units come from the instances).
+    fn instance(&self, unit: &Unit) -> &'a RunInstance {
+        let all = self.pipeline.instances(&[]).expect("no filter");
+        all.into_iter().find(|i| i.path == unit.run).expect("units come from the instances")
+    }
+
     fn inputs(&self, unit: &Unit) -> anyhow::Result<Inputs> {
-        attribution_inputs(self.pipeline, &self.layout(unit), &unit.run, &unit.method)
+        attribution_inputs(self.pipeline, &self.layout(unit), self.instance(unit), &unit.method)
     }
 
     /// Summarises one unit; returns the rows written.
@@ -154,7 +160,7 @@ impl<'a> Summarizer<'a> {
         }
         let probe = read_probe(&layout.probe())?;
         let measures = self.pipeline.measures();
-        let classes = self.pipeline.dataset_of(&self.pipeline.config.runs[&unit.run]).classes;
+        let classes = self.pipeline.dataset_of(&self.instance(unit).config).classes;
         let (table, read) = summarize(&layout, &unit.method, &inputs.steps, &probe, classes, measures)?;
         // The fingerprints and contents of what was actually read (a file
         // rewritten since the header check leaves a stamp that makes the

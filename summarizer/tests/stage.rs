@@ -9,7 +9,7 @@ use common::artifacts::{
     read_parquet, read_stamp, write_attributions, write_parquet_stamped, write_probe, Attributions, Probe, ProbeEntry, RunLayout,
     Split, Stamp,
 };
-use common::config::PipelineConfig;
+use common::config::Pipeline;
 use common::provenance::{expected_attributions, run_fingerprint};
 use summarizer::Cli;
 
@@ -76,17 +76,18 @@ fn attributions(step: u64, maps: Vec<f32>, fingerprint: &str) -> Attributions {
 
 /// The trainer's record of the run: a stamped metrics table listing `steps`.
 fn write_metrics(layout: &RunLayout, config: &Path, steps: &[u64]) {
-    let config = PipelineConfig::load(config).unwrap();
+    let pipeline = Pipeline::load(config).unwrap();
     let rows: Vec<MetricsRow> = steps.iter().map(|&step| MetricsRow::uniform(step, step as f64 / 10.0, 2.0, 0.1)).collect();
-    let stamp = Stamp::new(run_fingerprint(&config, &config.runs["tiny"]));
+    let stamp = Stamp::new(run_fingerprint(&pipeline.config, pipeline.instances(&[]).unwrap()[0]));
     write_parquet_stamped(&layout.metrics(), &mut metrics_frame(&rows), stamp).unwrap();
 }
 
 /// The fingerprint the explainer gives the maps of checkpoint `step` with
 /// the config's `lrp` method.
 fn current(config: &Path, step: u64) -> String {
-    let config = PipelineConfig::load(config).unwrap();
-    expected_attributions(&config, &config.runs["tiny"], &config.methods["lrp"], &[step])[0].1.clone()
+    let pipeline = Pipeline::load(config).unwrap();
+    let run = pipeline.instances(&[]).unwrap()[0];
+    expected_attributions(&pipeline.config, run, &pipeline.config.methods["lrp"], &[step])[0].1.clone()
 }
 
 fn setup(dir: &Path) -> RunLayout {

@@ -246,3 +246,88 @@ fn corrupt_inputs_are_named_errors_and_the_other_units_still_complete() {
         assert!(!out.status.success() && err.contains("pipeline.toml") && err.contains("missing field"), "{stage}: {err}");
     }
 }
+
+#[test]
+fn a_run_with_seeds_gives_one_instance_per_seed_and_a_summary_across_them() {
+    let config = pipeline_tests::smoke_config();
+    assert!(config.contains("seed = 1\n"), "the smoke config's simple run has `seed = 1`");
+    let s = Scratch::with_config("pipe-seeds", &config.replacen("seed = 1\n", "seeds = [1, 3]\n", 1));
+    run_pipeline(&s);
+    let out = s.out();
+    assert!(!out.join("simple/metrics.parquet").exists(), "a replicated run has no top-level instance");
+    let instance = |seed: u64| out.join(format!("simple/seed-{seed}"));
+    for seed in [1, 3] {
+        for file in ["metrics.parquet", "probe.parquet", "summaries/lrp.parquet"] {
+            assert!(instance(seed).join(file).is_file(), "seed {seed}: {file} missing");
+        }
+    }
+    // The seed changes the initialisation and the batch order, not the probe set.
+    let read = |seed: u64, file: &str| std::fs::read(instance(seed).join(file)).unwrap();
+    assert_eq!(read(1, "probe.parquet"), read(3, "probe.parquet"), "the seeds' probe sets differ");
+    assert_ne!(read(1, "metrics.parquet"), read(3, "metrics.parquet"), "two seeds trained alike");
+
+    let correlations = read_parquet(&out.join("analysis/correlations.parquet")).unwrap();
+    let runs: Vec<&str> = correlations.column("run").unwrap().str().unwrap().into_iter().map(Option::unwrap).collect();
+    let seeds: Vec<i64> = correlations.column("seed").unwrap().i64().unwrap().into_iter().map(Option::unwrap).collect();
+    let mut pairs: Vec<(&str, i64)> = runs.iter().copied().zip(seeds.iter().copied()).collect();
+    pairs.sort();
+    pairs.dedup();
+    assert_eq!(pairs, [("complex", 2), ("simple", 1), ("simple", 3)]);
+
+    let across = read_parquet(&out.join("analysis/across_seeds.parquet")).unwrap();
+    let names: Vec<String> = across.get_column_names().iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        names,
+        [
+            "run",
+            "method",
+            "split",
+            "measure",
+            "metric",
+            "aggregate",
+            "grid",
+            "statistic",
+            "seeds",
+            "rho_mean",
+            "rho_sd",
+            "rho_ci_low",
+            "rho_ci_high",
+            "same_sign",
+            "p_sign"
+        ]
+    );
+    // One row per correlation key: the simple run's rows pool two seeds.
+    let simple_rows = runs.iter().filter(|r| **r == "simple").count();
+    let complex_rows = runs.len() - simple_rows;
+    assert_eq!(across.height(), simple_rows / 2 + complex_rows);
+
+    // The first row of the frobenius-against-step key, recomputed from the two
+    // seeds' correlations: rho_mean is tanh of the mean Fisher z.
+    let key_columns = ["run", "method", "split", "measure", "metric", "aggregate", "grid", "statistic"];
+    let wanted = ["simple", "lrp", "all", "frobenius", "step", "mean", "uniform", "spearman"];
+    let matching = |df: &DataFrame| -> Vec<usize> {
+        (0..df.height())
+            .filter(|&row| key_columns.iter().zip(wanted).all(|(c, w)| df.column(c).unwrap().str().unwrap().get(row) == Some(w)))
+            .collect()
+    };
+    let rhos: Vec<f64> = matching(&correlations)
+        .into_iter()
+        .map(|row| correlations.column("rho").unwrap().f64().unwrap().get(row).unwrap())
+        .collect();
+    assert_eq!(rhos.len(), 2, "one correlation per seed");
+    let row = matching(&across);
+    assert_eq!(row.len(), 1);
+    let f = |name: &str| across.column(name).unwrap().f64().unwrap().get(row[0]);
+    // (a rho of exactly +-1 has an infinite z; the table clamps it just short)
+    let z = |rho: f64| rho.clamp(-0.999_999_999, 0.999_999_999).atanh();
+    let expected = ((z(rhos[0]) + z(rhos[1])) / 2.0).tanh();
+    assert!((f("rho_mean").unwrap() - expected).abs() < 1e-12, "rho_mean {:?} vs {expected}", f("rho_mean"));
+    assert_eq!(across.column("seeds").unwrap().i64().unwrap().get(row[0]), Some(2));
+
+    let bytes = snapshot(&out);
+    for stage in STAGES {
+        let log = s.ok(stage, &[]);
+        assert!(log.contains("nothing to do") || log.contains("up to date"), "{stage} did work on a rerun:\n{log}");
+    }
+    assert_same_files(&bytes, &snapshot(&out));
+}

@@ -15,7 +15,7 @@ pub mod training;
 use clap::Parser;
 use common::artifacts::RunLayout;
 use common::cli::StageArgs;
-use common::config::{Pipeline, RunConfig};
+use common::config::{Pipeline, RunInstance};
 use common::stage::{run_stage, Outcomes, RunOptions, Stage, StageReport, Status};
 
 use training::{run_status, train_run, TrainOutcome, TrainPlan};
@@ -35,15 +35,12 @@ pub struct Cli {
     pub stage: StageArgs,
 }
 
-/// A run to train.
-pub struct RunUnit<'a> {
-    pub name: &'a str,
-    pub config: &'a RunConfig,
-}
+/// A run instance to train (a run, or one seed of a run with `seeds`).
+pub struct RunUnit<'a>(pub &'a RunInstance);
 
 impl std::fmt::Display for RunUnit<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "run `{}`", self.name)
+        write!(f, "run `{}`", self.0)
     }
 }
 
@@ -60,12 +57,12 @@ impl<'a> Stage for Trainer<'a> {
     const VERB: &'static str = "train";
 
     fn units(&mut self) -> anyhow::Result<Vec<RunUnit<'a>>> {
-        let runs = self.pipeline.select_runs(self.runs).map_err(anyhow::Error::msg)?;
-        Ok(runs.into_iter().map(|(name, config)| RunUnit { name, config }).collect())
+        let instances = self.pipeline.instances(self.runs).map_err(anyhow::Error::msg)?;
+        Ok(instances.into_iter().map(RunUnit).collect())
     }
 
     fn status(&mut self, unit: &RunUnit<'a>) -> anyhow::Result<Status<TrainPlan>> {
-        run_status(self.pipeline, unit.name, unit.config, &RunLayout::new(self.pipeline.output_dir(), unit.name))
+        run_status(self.pipeline, unit.0, &RunLayout::new(self.pipeline.output_dir(), &unit.0.path))
     }
 
     fn forced(&mut self, _: &RunUnit<'a>) -> TrainPlan {
@@ -75,7 +72,7 @@ impl<'a> Stage for Trainer<'a> {
     fn run(&mut self, pending: Vec<(RunUnit<'a>, TrainPlan)>, outcomes: &mut Outcomes) {
         for (unit, plan) in pending {
             tracing::info!("{unit}: train ({plan})");
-            match train_run(self.pipeline, unit.name, unit.config, plan) {
+            match train_run(self.pipeline, unit.0, plan) {
                 Ok(TrainOutcome::Finished(steps)) => outcomes.done(&unit, format!("trained to step {steps}")),
                 Ok(TrainOutcome::Diverged(d)) => outcomes.failed(
                     &unit,

@@ -9,7 +9,7 @@ use common::artifacts::{
     read_checkpoint_header, read_verified_metadata, remove_if_present, remove_stale_temporaries, verify_stamp,
     write_parquet_stamped, CheckpointInfo, Divergence, ExpectedCheckpoint, RunLayout, Stamp,
 };
-use common::config::{Pipeline, RunConfig};
+use common::config::{Pipeline, RunConfig, RunInstance};
 use common::data::{load_dataset, Dataset, ImageSet, Normalization};
 use common::provenance::{checkpoint_fingerprint, checkpoint_model, run_fingerprint};
 use common::rng::Rng;
@@ -83,14 +83,15 @@ impl std::fmt::Display for TrainPlan {
 }
 
 /// The training images a run uses: all, or the first `train_subset` of a
-/// seeded shuffle.
-pub fn training_indices(run: &RunConfig, train_len: usize) -> anyhow::Result<Vec<usize>> {
+/// shuffle seeded by `subset_seed` (the run's first seed: every replicate
+/// of a run trains on the same images).
+pub fn training_indices(run: &RunConfig, subset_seed: u64, train_len: usize) -> anyhow::Result<Vec<usize>> {
     let mut indices: Vec<usize> = (0..train_len).collect();
     if let Some(n) = run.train_subset {
         if n > train_len {
             bail!("train_subset = {n} but the training set has only {train_len} images");
         }
-        Rng::for_purpose(run.seed, "train-subset").shuffle(&mut indices);
+        Rng::for_purpose(subset_seed, "train-subset").shuffle(&mut indices);
         indices.truncate(n);
     }
     Ok(indices)
@@ -103,8 +104,9 @@ pub fn training_indices(run: &RunConfig, train_len: usize) -> anyhow::Result<Vec
 /// checkpoint of that run and step under this configuration, and its data
 /// matches its content hash. A run that diverged is an error (training it
 /// again would diverge again).
-pub fn run_status(pipeline: &Pipeline, name: &str, run: &RunConfig, layout: &RunLayout) -> anyhow::Result<Status<TrainPlan>> {
-    let fingerprint = run_fingerprint(&pipeline.config, run);
+pub fn run_status(pipeline: &Pipeline, instance: &RunInstance, layout: &RunLayout) -> anyhow::Result<Status<TrainPlan>> {
+    let (run, name) = (&instance.config, instance.path.as_str());
+    let fingerprint = run_fingerprint(&pipeline.config, instance);
     let expected = |step: u64| checkpoint_fingerprint(&fingerprint, step);
     let model = checkpoint_model(pipeline, run);
     let check_checkpoint = |step: u64| -> Result<(), String> {
@@ -183,7 +185,8 @@ pub enum TrainOutcome {
 }
 
 /// Trains one run, or finishes it from where `plan` says it stopped.
-pub fn train_run(pipeline: &Pipeline, name: &str, run: &RunConfig, status: TrainPlan) -> anyhow::Result<TrainOutcome> {
+pub fn train_run(pipeline: &Pipeline, instance: &RunInstance, status: TrainPlan) -> anyhow::Result<TrainOutcome> {
+    let (name, run) = (instance.path.as_str(), &instance.config);
     let layout = RunLayout::new(pipeline.output_dir(), name);
     let dataset_spec = pipeline.dataset_of(run);
     let dataset = load_dataset(&dataset_spec.config).with_context(|| format!("data set `{}`", run.dataset))?;
@@ -196,9 +199,9 @@ pub fn train_run(pipeline: &Pipeline, name: &str, run: &RunConfig, status: Train
         }
     }
     let normalization = dataset_spec.normalization.clone();
-    let train_indices = training_indices(run, dataset.train.len())?;
+    let train_indices = training_indices(run, instance.subset_seed, dataset.train.len())?;
     let plan = Plan::new(run, train_indices.len());
-    let fingerprint = run_fingerprint(&pipeline.config, run);
+    let fingerprint = run_fingerprint(&pipeline.config, instance);
     let probe = select_probe(&pipeline.config.probe, &dataset.train, &train_indices, &dataset.test, dataset.classes)
         .map_err(|e| anyhow::anyhow!("data set `{}`: {e}", run.dataset))?;
     for dir in [layout.dir.clone(), layout.checkpoints_dir()] {

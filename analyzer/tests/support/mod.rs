@@ -12,7 +12,7 @@ use common::artifacts::{
     write_attributions, write_checkpoint_file, write_parquet_stamped, Attributions, CheckpointInfo, CheckpointModel, Probe,
     ProbeEntry, RunLayout, Split, Stamp,
 };
-use common::config::PipelineConfig;
+use common::config::Pipeline;
 use common::image::ImageShape;
 use common::provenance::{expected_attributions, run_fingerprint};
 
@@ -59,9 +59,8 @@ pub const STEPS: [u64; 10] = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90];
 
 /// The fingerprint the trainer gives the test run's tables.
 fn run_stamp(config: &Path) -> Stamp {
-    let config = PipelineConfig::load(config).unwrap();
-    let (_, run) = config.runs.iter().next().unwrap();
-    Stamp::new(run_fingerprint(&config, run))
+    let pipeline = Pipeline::load(config).unwrap();
+    Stamp::new(run_fingerprint(&pipeline.config, pipeline.instances(&[]).unwrap()[0]))
 }
 
 /// The run's metrics, as the trainer would stamp them; `variant` 2 has a
@@ -96,9 +95,9 @@ pub fn write_metrics(layout: &RunLayout, config: &Path, variant: u32) {
 /// Maps of a blob that sharpens and grows over training: norm rises,
 /// entropy falls. No negative values: entropy_neg is null everywhere.
 pub fn write_maps(layout: &RunLayout, probe: &Probe, config: &Path) {
-    let pipeline = PipelineConfig::load(config).unwrap();
-    let (_, run) = pipeline.runs.iter().next().unwrap();
-    let fingerprints = expected_attributions(&pipeline, run, &pipeline.methods["lrp"], &STEPS);
+    let pipeline = Pipeline::load(config).unwrap();
+    let run = pipeline.instances(&[]).unwrap()[0];
+    let fingerprints = expected_attributions(&pipeline.config, run, &pipeline.config.methods["lrp"], &STEPS);
     for (k, &step) in STEPS.iter().enumerate() {
         // The analyzer reads only which checkpoints exist: no parameters needed.
         let model = CheckpointModel { kind: ModelKind::Simple, input: ImageShape::GRAY_28, classes: 10 };

@@ -163,6 +163,17 @@ impl PipelineConfig {
                 let known: Vec<&str> = self.datasets.keys().map(|s| s.as_str()).collect();
                 return fail(key("dataset"), format!("no data set `{}`; defined: {}", r.dataset, known.join(", ")));
             }
+            if let Some(seeds) = &r.seeds {
+                if seeds.is_empty() {
+                    return fail(key("seeds"), "name at least one seed (or give `seed` instead)");
+                }
+                if let Some(i) = (1..seeds.len()).find(|&i| seeds[..i].contains(&seeds[i])) {
+                    return fail(format!("runs.{name}.seeds[{i}]"), format!("seed {} is listed twice", seeds[i]));
+                }
+                if r.seed != 0 {
+                    return fail(key("seed"), "give `seed` or `seeds`, not both");
+                }
+            }
             if r.epochs == 0 {
                 return fail(key("epochs"), "must be at least 1");
             }

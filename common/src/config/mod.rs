@@ -41,6 +41,32 @@ pub struct DatasetSpec {
     pub classes: usize,
 }
 
+/// One training of a run: the run itself, or one seed of a run with
+/// `seeds` (docs/DESIGN.md, "Trend statistics").
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunInstance {
+    /// The run's name in the config.
+    pub run: String,
+    /// This instance's seed: initialisation and batch order.
+    pub seed: u64,
+    /// The run's section with `seed` set to this instance's and no `seeds`.
+    pub config: RunConfig,
+    /// The seed of the training subset, and so of the probe set: the run's
+    /// first seed, the same for every instance of the run.
+    pub subset_seed: u64,
+    /// The run lists `seeds`: its instances live in `<run>/seed-<s>/`.
+    pub replicated: bool,
+    /// The instance's folder under `[output].dir` (`<run>` or
+    /// `<run>/seed-<s>`), and its name in logs.
+    pub path: String,
+}
+
+impl std::fmt::Display for RunInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
 /// The checked, resolved config every stage takes.
 #[derive(Clone, Debug)]
 pub struct Pipeline {
@@ -49,6 +75,8 @@ pub struct Pipeline {
     /// The sections as written and checked.
     pub config: PipelineConfig,
     datasets: BTreeMap<String, DatasetSpec>,
+    /// Every run's instances, by run and seed.
+    instances: Vec<RunInstance>,
 }
 
 impl PipelineConfig {
@@ -94,7 +122,8 @@ impl Pipeline {
                 (name.clone(), spec)
             })
             .collect();
-        Pipeline { file: path.to_path_buf(), config, datasets }
+        let instances = run_instances(&config);
+        Pipeline { file: path.to_path_buf(), config, datasets, instances }
     }
 
     /// The folder of all artifacts.
@@ -121,10 +150,50 @@ impl Pipeline {
         select(&self.config.runs, filter, "run")
     }
 
+    /// The instances of the runs named in `filter` (all when empty), by
+    /// run and seed; unknown names are errors.
+    pub fn instances(&self, filter: &[String]) -> Result<Vec<&RunInstance>, String> {
+        let runs = self.select_runs(filter)?;
+        Ok(self.instances.iter().filter(|i| runs.iter().any(|(name, _)| *name == i.run)).collect())
+    }
+
     /// The methods named in `filter` (all when empty); unknown names are errors.
     pub fn select_methods(&self, filter: &[String]) -> Result<Vec<(&str, &MethodConfig)>, String> {
         select(&self.config.methods, filter, "method")
     }
+}
+
+/// The instances of every run: the run itself, or one per seed of
+/// `seeds` (ascending), all sharing the first seed's training subset.
+fn run_instances(config: &PipelineConfig) -> Vec<RunInstance> {
+    let mut instances = Vec::new();
+    for (run, section) in &config.runs {
+        match &section.seeds {
+            None => instances.push(RunInstance {
+                run: run.clone(),
+                seed: section.seed,
+                config: section.clone(),
+                subset_seed: section.seed,
+                replicated: false,
+                path: run.clone(),
+            }),
+            Some(seeds) => {
+                let mut sorted = seeds.clone();
+                sorted.sort_unstable();
+                for seed in sorted {
+                    instances.push(RunInstance {
+                        run: run.clone(),
+                        seed,
+                        config: RunConfig { seed, seeds: None, ..section.clone() },
+                        subset_seed: seeds[0],
+                        replicated: true,
+                        path: format!("{run}/seed-{seed}"),
+                    });
+                }
+            }
+        }
+    }
+    instances
 }
 
 fn select<'a, T>(all: &'a BTreeMap<String, T>, filter: &[String], what: &str) -> Result<Vec<(&'a str, &'a T)>, String> {
@@ -231,6 +300,9 @@ mod tests {
             ("unknown gradcam layer", MINIMAL.replace(gradcam, "upsample = true\nlayer = \"features_conv.2\""), "`methods.cam.layer`: `features_conv.2` is not a conv layer of model `simple`; its conv layers: features_conv.0, features_conv.3 (run `a`)"),
             ("NaN mean", MINIMAL.replace("shape = \"3x32x32\"", "shape = \"3x32x32\"\nmean = [nan, 0.5, 0.5]"), "datasets.synth.mean"),
             ("infinite std", MINIMAL.replace("shape = \"3x32x32\"", "shape = \"3x32x32\"\nstd = [inf, 0.5, 0.5]"), "datasets.synth.std"),
+            ("no seeds", MINIMAL.replace("epochs = 1", "epochs = 1\nseeds = []"), "`runs.a.seeds`: name at least one seed"),
+            ("a seed twice", MINIMAL.replace("epochs = 1", "epochs = 1\nseeds = [3, 1, 3]"), "`runs.a.seeds[2]`: seed 3 is listed twice"),
+            ("seed and seeds", MINIMAL.replace("epochs = 1", "epochs = 1\nseed = 2\nseeds = [3]"), "give `seed` or `seeds`, not both"),
         ];
         for (name, text, expected) in cases {
             let err = match parse(&text) {
@@ -248,5 +320,17 @@ mod tests {
         assert_eq!(p.select_runs(&[]).unwrap().len(), 1);
         assert!(p.select_runs(&["b".into()]).unwrap_err().contains("no run `b`"));
         assert_eq!(p.select_methods(&["cam".into()]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn seeds_make_one_instance_each_with_the_first_seed_s_subset() {
+        let p = parse(&MINIMAL.replace("epochs = 1", "epochs = 1\nseeds = [7, 2]")).unwrap();
+        let instances = p.instances(&[]).unwrap();
+        let paths: Vec<&str> = instances.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["a/seed-2", "a/seed-7"]);
+        assert!(instances.iter().all(|i| i.subset_seed == 7 && i.config.seeds.is_none() && i.config.seed == i.seed));
+        let single = parse(MINIMAL).unwrap();
+        let instance = &single.instances(&[]).unwrap()[0];
+        assert_eq!((instance.path.as_str(), instance.replicated, &instance.config), ("a", false, &single.config.runs["a"]));
     }
 }

@@ -143,7 +143,7 @@ impl CheckpointSchedule {
 }
 
 /// One training run.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// Name of an entry in `[datasets]`.
@@ -156,6 +156,11 @@ pub struct RunConfig {
     pub learning_rate: f64,
     #[serde(default)]
     pub seed: u64,
+    /// Replicates: one training per seed (initialisation and batch order),
+    /// each in `<run>/seed-<s>/`, all with the training subset and probe
+    /// set of the first seed. Instead of `seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<Vec<u64>>,
     /// Train on the first N images of a seeded shuffle of the training set.
     pub train_subset: Option<usize>,
     /// Test loss and accuracy on the first N test images (default: all).

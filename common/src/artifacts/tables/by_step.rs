@@ -15,6 +15,7 @@ use crate::artifacts::ArtifactError;
 use crate::measures::Measure;
 
 pub const RUN: &str = "run";
+pub const SEED: &str = "seed";
 pub const METHOD: &str = "method";
 pub const SPLIT: &str = "split";
 pub const STEP: &str = "step";
@@ -79,6 +80,7 @@ pub struct MeasureStats {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ByStepRow {
     pub run: String,
+    pub seed: i64,
     pub method: String,
     pub split: SplitSelection,
     pub step: i64,
@@ -110,6 +112,7 @@ impl ByStepTable {
         let text = |f: fn(&ByStepRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
         let mut columns = vec![
             Column::new(RUN.into(), text(|r| &r.run)),
+            Column::new(SEED.into(), rows.iter().map(|r| r.seed).collect::<Vec<i64>>()),
             Column::new(METHOD.into(), text(|r| &r.method)),
             Column::new(SPLIT.into(), text(|r| r.split.name())),
             Column::new(STEP.into(), rows.iter().map(|r| r.step).collect::<Vec<i64>>()),
@@ -150,6 +153,7 @@ fn count(table: &TableReader, name: &str) -> Result<Vec<usize>, ArtifactError> {
 pub fn read_by_step(path: &Path, measures: &[Measure]) -> Result<ByStepTable, ArtifactError> {
     let table = TableReader::open(path, "a by-step table")?;
     let runs = table.strings(RUN)?;
+    let seeds = table.i64(SEED)?;
     let methods = table.strings(METHOD)?;
     let splits = table.parsed(SPLIT, "\"seen\", \"unseen\" or \"all\"", SplitSelection::parse)?;
     let steps = table.i64(STEP)?;
@@ -166,6 +170,7 @@ pub fn read_by_step(path: &Path, measures: &[Measure]) -> Result<ByStepTable, Ar
     let rows = (0..table.rows())
         .map(|i| ByStepRow {
             run: runs[i].clone(),
+            seed: seeds[i],
             method: methods[i].clone(),
             split: splits[i],
             step: steps[i],
@@ -199,6 +204,7 @@ mod tests {
             MeasureStats { n: 3, n_null: 1, mean: Some(2.0), median: Some(2.0), std: None, q25: Some(1.5), q75: Some(2.5) };
         let row = |split, step| ByStepRow {
             run: "r".into(),
+            seed: 4,
             method: "lrp".into(),
             split,
             step,
@@ -211,9 +217,10 @@ mod tests {
         let mut frame = table.to_frame();
         let names: Vec<String> = frame.get_column_names().iter().map(|s| s.to_string()).collect();
         assert_eq!(
-            names[..12],
+            names[..13],
             [
                 "run",
+                "seed",
                 "method",
                 "split",
                 "step",
@@ -227,7 +234,7 @@ mod tests {
                 "gini_n_null"
             ]
         );
-        assert_eq!(names[12..], Metric::ALL.map(|m| m.name()));
+        assert_eq!(names[13..], Metric::ALL.map(|m| m.name()));
         let path = std::env::temp_dir().join(format!("by-step-{}/by_step.parquet", std::process::id()));
         write_parquet(&path, &mut frame).unwrap();
         assert_eq!(read_by_step(&path, &[Measure::Gini]).unwrap(), table);

@@ -5,6 +5,7 @@
 //! casting) and names the file and the column when one is missing, has
 //! the wrong type or holds a null where none is allowed.
 
+pub mod across_seeds;
 pub mod by_step;
 pub mod correlations;
 pub mod metrics;
