@@ -5,8 +5,9 @@
 //!
 //! Per (run, method, split, measure, metric, aggregate, grid, statistic),
 //! over the k seeds with a defined rho: `rho_mean = tanh(mean atanh(rho))`
-//! (Fisher's z); `rho_sd`, the sample standard deviation of rho; the 95%
-//! interval `tanh(z̄ ± t_{k-1, 0.975} sd(z) / sqrt(k))`; `same_sign`, the
+//! (Fisher's z, rho clamped to [`RHO_LIMIT`]); `rho_sd`, the sample
+//! standard deviation of rho; the 95% interval
+//! `tanh(z̄ ± t_{k-1, 0.975} sd(z) / sqrt(k))`; `same_sign`, the
 //! seeds with the majority sign; `p_sign`, the two-sided sign test of the
 //! positive against the negative rhos (exact binomial, zeros left out).
 
@@ -17,6 +18,11 @@ use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use crate::by_step::run_name;
 use crate::correlations::Correlation;
+
+/// A rho of +-1 (common with few checkpoints) has an infinite Fisher z;
+/// it enters the mean as +-0.999 (z = 3.80), so one perfect seed cannot
+/// outweigh the others without bound.
+pub const RHO_LIMIT: f64 = 0.999;
 
 /// Two-sided exact sign test: P(at least as unbalanced as `positive` of
 /// `n` under p = 1/2), capped at 1.
@@ -76,7 +82,7 @@ pub fn across_seeds(correlations: &[Correlation]) -> Vec<AcrossSeedsRow> {
 
 fn summarise(first: &Correlation, rhos: &[f64]) -> AcrossSeedsRow {
     let k = rhos.len();
-    let z: Vec<f64> = rhos.iter().map(|r| r.clamp(-0.999_999_999, 0.999_999_999).atanh()).collect();
+    let z: Vec<f64> = rhos.iter().map(|r| r.clamp(-RHO_LIMIT, RHO_LIMIT).atanh()).collect();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let sd = |v: &[f64]| {
         let m = mean(v);
@@ -171,5 +177,13 @@ mod tests {
         assert!((row.rho_ci_low.unwrap() - (zm - half).tanh()).abs() < 1e-9);
         assert!((row.rho_ci_high.unwrap() - (zm + half).tanh()).abs() < 1e-9);
         assert!((row.p_sign.unwrap() - 0.25).abs() < 1e-15);
+    }
+
+    #[test]
+    fn a_perfect_rho_enters_as_the_limit() {
+        // tanh((atanh(0.999) + atanh(0.6)) / 2), by Python's math module
+        let rows = across_seeds(&[correlation("r/seed-1", Some(1.0)), correlation("r/seed-2", Some(0.6))]);
+        assert!((rows[0].rho_mean.unwrap() - 0.977881086773125).abs() < 1e-12, "{:?}", rows[0].rho_mean);
+        assert!(rows[0].rho_ci_low.unwrap().is_finite() && rows[0].rho_ci_high.unwrap() <= 1.0);
     }
 }

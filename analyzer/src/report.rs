@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use common::artifacts::tables::across_seeds::AcrossSeedsRow;
 use common::artifacts::tables::by_step::{MeasureStats, SplitSelection};
 use common::artifacts::tables::correlations::Against;
 use common::artifacts::tables::metrics::Metric;
@@ -50,6 +51,8 @@ pub struct ReportInput<'a> {
     pub measures: &'a [Measure],
     pub tables: &'a [StepTable],
     pub correlations: &'a [Correlation],
+    /// The correlations over each run's seeds.
+    pub across_seeds: &'a [AcrossSeedsRow],
     pub figures: &'a [FigureLinks],
     /// Why figures are missing, if they are.
     pub figure_error: Option<String>,
@@ -129,6 +132,73 @@ fn cell(all: &[Correlation], run: &str, method: &str, measure: Measure, metric: 
         (Against::Step, Some(Correlation { result: Some(r), .. })) => format!("{:.3} (p_r={})", r.rho, p_text(r.p_robust)),
         _ => rho_cell(levels, find(all, run, method, MAIN_SPLIT, measure, metric, PRIMARY)),
     }
+}
+
+/// The rows of the paper's table: the loss each rho is taken against.
+const PAPER_ROWS: [(&str, Metric); 2] = [("test loss", Metric::TestLoss), ("train loss (fixed weights)", Metric::TrainEvalLoss)];
+
+/// A cell of the across-seeds table: `-0.61 ± 0.08 [-0.75, -0.43], 3/3 negative`.
+fn across_seeds_cell(row: Option<&AcrossSeedsRow>) -> String {
+    let Some(row) = row else { return "not computed".into() };
+    let (Some(mean), Some(sd), Some(low), Some(high)) = (row.rho_mean, row.rho_sd, row.rho_ci_low, row.rho_ci_high) else {
+        return format!("n/a ({} seed(s) with a rho)", row.seeds);
+    };
+    let sign = if mean < 0.0 { "negative" } else { "positive" };
+    format!("{mean:.3} ± {sd:.3} [{low:.3}, {high:.3}], {}/{} {sign}", row.same_sign, row.seeds)
+}
+
+/// The paper's table over the seeds of each replicated run: rho of the
+/// levels (uniform grid, mean over images, split `all`) as mean ± sd over
+/// the seeds with its t interval. Nothing when no run has two seeds.
+fn render_across_seeds(w: &mut String, rows: &[AcrossSeedsRow], method: &str, measures: &[Measure]) {
+    let table_row = |run: &str, measure: Measure, metric: Metric| {
+        rows.iter().find(|r| {
+            r.run == run
+                && r.method == method
+                && r.split == MAIN_SPLIT
+                && r.measure == measure
+                && r.metric == Against::Metric(metric)
+                && r.aggregate == TABLE_AGGREGATE
+                && r.grid == TABLE_GRID
+                && r.statistic == Statistic::Spearman
+        })
+    };
+    let mut runs: Vec<&str> = Vec::new();
+    for row in rows.iter().filter(|r| r.method == method && r.seeds >= 2) {
+        if !runs.contains(&row.run.as_str()) {
+            runs.push(&row.run);
+        }
+    }
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "### Across seeds
+"
+    );
+    let _ = writeln!(w, "| run | loss | norm | entropy |\n|---|---|---|---|");
+    for run in runs {
+        for (label, metric) in PAPER_ROWS {
+            let mut line = format!("| {run} | {label} |");
+            for measure in [NORM, ENTROPY] {
+                let text = if measures.contains(&measure) {
+                    across_seeds_cell(table_row(run, measure, metric))
+                } else {
+                    "not configured".into()
+                };
+                let _ = write!(line, " {text} |");
+            }
+            let _ = writeln!(w, "{line}");
+        }
+    }
+    let _ = writeln!(
+        w,
+        "\nSpearman's rho of the levels per seed, as `tanh` of the mean Fisher z ± the sd of rho over the seeds, \
+         the 95% t interval over seeds, and how many seeds share the majority sign (`across_seeds.parquet`). \
+         The interval treats seeds as independent replicates of the run's regime; it cannot speak for \
+         regimes or architectures not trained.\n"
+    );
 }
 
 /// The paper's table (Terzieva et al., LRP, rho over training steps): per
@@ -273,9 +343,7 @@ pub fn render(input: &ReportInput) -> String {
             rule.push_str("---|---|");
         }
         let _ = writeln!(w, "{header}\n{rule}\n{sub}");
-        for (row, (label, metric)) in
-            [("test loss", Metric::TestLoss), ("train loss (fixed weights)", Metric::TrainEvalLoss)].into_iter().enumerate()
-        {
+        for (row, (label, metric)) in PAPER_ROWS.into_iter().enumerate() {
             let mut line = format!("| {label} |");
             for r in &runs {
                 for measure in [NORM, ENTROPY] {
@@ -299,6 +367,7 @@ pub fn render(input: &ReportInput) -> String {
              fixed training subset; the paper's was the batch loss (`train_loss`, in `correlations.parquet`)."
         );
         let _ = writeln!(w);
+        render_across_seeds(w, input.across_seeds, method, input.measures);
 
         // Descriptive statistics.
         let _ = writeln!(w, "### Descriptive statistics (split `{MAIN_SPLIT}`)\n");

@@ -434,8 +434,8 @@ impl Analyzer<'_> {
         assign_q_values(&mut correlations);
         let correlation_rows: Vec<_> = correlations.iter().map(Correlation::row).collect();
         let correlation_bytes = encode_parquet(&correlations_path, &mut correlations_frame(&correlation_rows))?;
-        let across_seeds_bytes =
-            encode_parquet(&across_seeds_path, &mut across_seeds_frame(&crate::across_seeds::across_seeds(&correlations)))?;
+        let across_seeds = crate::across_seeds::across_seeds(&correlations);
+        let across_seeds_bytes = encode_parquet(&across_seeds_path, &mut across_seeds_frame(&across_seeds))?;
         tracing::info!(
             "wrote {} and {} ({} correlations)",
             by_step_path.display(),
@@ -476,6 +476,7 @@ impl Analyzer<'_> {
             measures: &measures,
             tables: &tables,
             correlations: &correlations,
+            across_seeds: &across_seeds,
             figures: &links,
             figure_error,
             left_out: &inputs.refused,

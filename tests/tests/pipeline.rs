@@ -318,11 +318,15 @@ fn a_run_with_seeds_gives_one_instance_per_seed_and_a_summary_across_them() {
     let row = matching(&across);
     assert_eq!(row.len(), 1);
     let f = |name: &str| across.column(name).unwrap().f64().unwrap().get(row[0]);
-    // (a rho of exactly +-1 has an infinite z; the table clamps it just short)
-    let z = |rho: f64| rho.clamp(-0.999_999_999, 0.999_999_999).atanh();
+    // (a rho of exactly +-1 has an infinite z; the table clamps rho to +-0.999)
+    let z = |rho: f64| rho.clamp(-0.999, 0.999).atanh();
     let expected = ((z(rhos[0]) + z(rhos[1])) / 2.0).tanh();
     assert!((f("rho_mean").unwrap() - expected).abs() < 1e-12, "rho_mean {:?} vs {expected}", f("rho_mean"));
     assert_eq!(across.column("seeds").unwrap().i64().unwrap().get(row[0]), Some(2));
+    let report = std::fs::read_to_string(out.join("analysis/report.md")).unwrap();
+    let section = report.split("### Across seeds").nth(1).expect("the report has an across-seeds table");
+    assert!(section.contains("| simple | test loss |"), "{section}");
+    assert!(!section.split("###").next().unwrap().contains("| complex |"), "a one-seed run in the across-seeds table");
 
     let bytes = snapshot(&out);
     for stage in STAGES {
