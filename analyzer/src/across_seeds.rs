@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use common::artifacts::tables::across_seeds::AcrossSeedsRow;
+use common::artifacts::tables::correlations::CorrelationKey;
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use crate::by_step::run_name;
@@ -46,41 +47,21 @@ pub fn sign_test(positive: usize, n: usize) -> f64 {
 /// The rows of `across_seeds.parquet`, in the order of the first seed's
 /// correlations.
 pub fn across_seeds(correlations: &[Correlation]) -> Vec<AcrossSeedsRow> {
-    type Key = (String, String, String, String, String, String, String, String);
-    let key = |c: &Correlation| -> Key {
-        (
-            run_name(&c.run).to_string(),
-            c.method.clone(),
-            c.split.name().into(),
-            c.measure.name().into(),
-            c.metric.name().into(),
-            c.aggregate.name().into(),
-            c.grid.name().into(),
-            c.statistic.name().into(),
-        )
-    };
-    let mut order: Vec<Key> = Vec::new();
-    let mut groups: BTreeMap<Key, Vec<&Correlation>> = BTreeMap::new();
+    // (run name, key) -> the rhos of its seeds, in first-seen order
+    let mut order: Vec<(&str, &CorrelationKey)> = Vec::new();
+    let mut rhos: BTreeMap<(&str, &CorrelationKey), Vec<f64>> = BTreeMap::new();
     for c in correlations {
-        let k = key(c);
-        let group = groups.entry(k.clone()).or_default();
-        if group.is_empty() {
-            order.push(k);
-        }
-        group.push(c);
+        let group = (run_name(&c.run), &c.key);
+        let seeds = rhos.entry(group).or_insert_with(|| {
+            order.push(group);
+            Vec::new()
+        });
+        seeds.extend(c.result.map(|r| r.rho));
     }
-    order
-        .into_iter()
-        .map(|k| {
-            let group = &groups[&k];
-            let first = group[0];
-            let rhos: Vec<f64> = group.iter().filter_map(|c| c.result.map(|r| r.rho)).collect();
-            summarise(first, &rhos)
-        })
-        .collect()
+    order.into_iter().map(|group| summarise(group.0, group.1, &rhos[&group])).collect()
 }
 
-fn summarise(first: &Correlation, rhos: &[f64]) -> AcrossSeedsRow {
+fn summarise(run: &str, key: &CorrelationKey, rhos: &[f64]) -> AcrossSeedsRow {
     let k = rhos.len();
     let z: Vec<f64> = rhos.iter().map(|r| r.clamp(-RHO_LIMIT, RHO_LIMIT).atanh()).collect();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
@@ -100,14 +81,8 @@ fn summarise(first: &Correlation, rhos: &[f64]) -> AcrossSeedsRow {
     let positive = rhos.iter().filter(|&&r| r > 0.0).count();
     let negative = rhos.iter().filter(|&&r| r < 0.0).count();
     AcrossSeedsRow {
-        run: run_name(&first.run).to_string(),
-        method: first.method.clone(),
-        split: first.split,
-        measure: first.measure,
-        metric: first.metric,
-        aggregate: first.aggregate,
-        grid: first.grid,
-        statistic: first.statistic,
+        run: run.to_string(),
+        key: key.clone(),
         seeds: k,
         rho_mean: z_mean.map(f64::tanh),
         rho_sd: (k >= 2).then(|| sd(rhos)),
@@ -131,13 +106,15 @@ mod tests {
         Correlation {
             run: run.into(),
             seed: 0,
-            method: "lrp".into(),
-            split: SplitSelection::All,
-            measure: Measure::Frobenius,
-            metric: Against::Step,
-            aggregate: Aggregate::Mean,
-            grid: Grid::Uniform,
-            statistic: Statistic::Spearman,
+            key: CorrelationKey {
+                method: "lrp".into(),
+                split: SplitSelection::All,
+                measure: Measure::Frobenius,
+                metric: Against::Step,
+                aggregate: Aggregate::Mean,
+                grid: Grid::Uniform,
+                statistic: Statistic::Spearman,
+            },
             result,
             n: 10,
             dropped_null_measure: 0,

@@ -14,10 +14,8 @@
 //! q-values are Benjamini-Hochberg over `p_robust`, per method and
 //! statistic.
 
-use common::artifacts::tables::by_step::SplitSelection;
-use common::artifacts::tables::correlations::{Against, Aggregate, CorrelationRow, Grid, Statistic};
+use common::artifacts::tables::correlations::{Against, Aggregate, CorrelationKey, CorrelationRow, Grid, Statistic};
 use common::artifacts::tables::metrics::Metric;
-use common::measures::Measure;
 
 use crate::by_step::StepTable;
 use crate::inputs::Metrics;
@@ -41,13 +39,7 @@ pub const PARTIAL_GIVEN: Metric = Metric::TrainEvalLoss;
 pub struct Correlation {
     pub run: String,
     pub seed: i64,
-    pub method: String,
-    pub split: SplitSelection,
-    pub measure: Measure,
-    pub metric: Against,
-    pub aggregate: Aggregate,
-    pub grid: Grid,
-    pub statistic: Statistic,
+    pub key: CorrelationKey,
     /// None when there are too few pairs or a side is constant.
     pub result: Option<Inference>,
     /// Pairs used.
@@ -67,13 +59,7 @@ impl Correlation {
         CorrelationRow {
             run: crate::by_step::run_name(&self.run).to_string(),
             seed: self.seed,
-            method: self.method.clone(),
-            split: self.split,
-            measure: self.measure,
-            metric: self.metric,
-            aggregate: self.aggregate,
-            grid: self.grid,
-            statistic: self.statistic,
+            key: self.key.clone(),
             rho: value(|r| r.rho),
             p_value: value(|r| r.p_value),
             p_robust: value(|r| r.p_robust),
@@ -171,13 +157,15 @@ pub fn correlate(table: &StepTable, run: &RunSeries) -> Vec<Correlation> {
                         out.push(Correlation {
                             run: table.run.clone(),
                             seed: run.seed,
-                            method: table.method.clone(),
-                            split: table.split,
-                            measure,
-                            metric: against,
-                            aggregate,
-                            grid,
-                            statistic,
+                            key: CorrelationKey {
+                                method: table.method.clone(),
+                                split: table.split,
+                                measure,
+                                metric: against,
+                                aggregate,
+                                grid,
+                                statistic,
+                            },
                             n: result.map_or(x.len(), |r| r.n),
                             result,
                             dropped_null_measure: null_measure,
@@ -197,12 +185,12 @@ pub fn correlate(table: &StepTable, run: &RunSeries) -> Vec<Correlation> {
 /// method's maps alone, so that changing one method's settings leaves the
 /// other methods' analysis rows as they were.
 pub fn assign_q_values(correlations: &mut [Correlation]) {
-    let mut families: Vec<(String, Statistic)> = correlations.iter().map(|c| (c.method.clone(), c.statistic)).collect();
+    let mut families: Vec<(String, Statistic)> = correlations.iter().map(|c| (c.key.method.clone(), c.key.statistic)).collect();
     families.sort();
     families.dedup();
     for (method, statistic) in families {
         let members: Vec<usize> = (0..correlations.len())
-            .filter(|&i| correlations[i].statistic == statistic && correlations[i].method == method)
+            .filter(|&i| correlations[i].key.statistic == statistic && correlations[i].key.method == method)
             .collect();
         let p: Vec<Option<f64>> = members.iter().map(|&i| correlations[i].result.map(|r| r.p_robust)).collect();
         for (&i, q) in members.iter().zip(benjamini_hochberg(&p)) {
@@ -215,12 +203,15 @@ pub fn assign_q_values(correlations: &mut [Correlation]) {
 mod tests {
     use super::*;
     use crate::by_step::tests::metrics_row;
-    use common::artifacts::tables::by_step::MeasureStats;
+    use common::artifacts::tables::by_step::{MeasureStats, SplitSelection};
     use common::artifacts::tables::correlations::correlations_frame;
+    use common::measures::Measure;
 
     fn find(rows: &[Correlation], metric: Against, grid: Grid, statistic: Statistic) -> &Correlation {
         rows.iter()
-            .find(|c| c.metric == metric && c.grid == grid && c.statistic == statistic && c.aggregate == Aggregate::Mean)
+            .find(|c| {
+                c.key.metric == metric && c.key.grid == grid && c.key.statistic == statistic && c.key.aggregate == Aggregate::Mean
+            })
             .unwrap()
     }
 

@@ -10,7 +10,7 @@ use common::artifacts::tables::correlations::Against;
 use common::artifacts::tables::metrics::Metric;
 use common::measures::Measure;
 
-use common::artifacts::tables::correlations::{Aggregate, Grid, Statistic};
+use common::artifacts::tables::correlations::{Aggregate, CorrelationKey, Grid, Statistic};
 
 use crate::by_step::StepTable;
 use crate::calibration::PRIMARY;
@@ -102,35 +102,32 @@ pub fn rho_cell(c: Option<&Correlation>, primary: Option<&Correlation>) -> Strin
     }
 }
 
+/// The key of a cell of the report's tables: on [`TABLE_GRID`], of the
+/// [`TABLE_AGGREGATE`] over the [`MAIN_SPLIT`]'s images.
+fn table_key(method: &str, measure: Measure, metric: Against, statistic: Statistic) -> CorrelationKey {
+    CorrelationKey {
+        method: method.to_string(),
+        split: MAIN_SPLIT,
+        measure,
+        metric,
+        aggregate: TABLE_AGGREGATE,
+        grid: TABLE_GRID,
+        statistic,
+    }
+}
+
 /// The table's correlation of one cell.
-fn find<'a>(
-    all: &'a [Correlation],
-    run: &str,
-    method: &str,
-    split: SplitSelection,
-    measure: Measure,
-    metric: Against,
-    statistic: Statistic,
-) -> Option<&'a Correlation> {
-    all.iter().find(|c| {
-        c.run == run
-            && c.method == method
-            && c.split == split
-            && c.measure == measure
-            && c.metric == metric
-            && c.statistic == statistic
-            && c.grid == TABLE_GRID
-            && c.aggregate == TABLE_AGGREGATE
-    })
+fn find<'a>(all: &'a [Correlation], run: &str, key: &CorrelationKey) -> Option<&'a Correlation> {
+    all.iter().find(|c| c.run == run && &c.key == key)
 }
 
 /// The cell of the report's tables: the rho of the levels with the
 /// primary statistic beside it.
 fn cell(all: &[Correlation], run: &str, method: &str, measure: Measure, metric: Against) -> String {
-    let levels = find(all, run, method, MAIN_SPLIT, measure, metric, Statistic::Spearman);
+    let levels = find(all, run, &table_key(method, measure, metric, Statistic::Spearman));
     match (metric, levels) {
         (Against::Step, Some(Correlation { result: Some(r), .. })) => format!("{:.3} (p_r={})", r.rho, p_text(r.p_robust)),
-        _ => rho_cell(levels, find(all, run, method, MAIN_SPLIT, measure, metric, PRIMARY)),
+        _ => rho_cell(levels, find(all, run, &table_key(method, measure, metric, PRIMARY))),
     }
 }
 
@@ -152,19 +149,11 @@ fn across_seeds_cell(row: Option<&AcrossSeedsRow>) -> String {
 /// the seeds with its t interval. Nothing when no run has two seeds.
 fn render_across_seeds(w: &mut String, rows: &[AcrossSeedsRow], method: &str, measures: &[Measure]) {
     let table_row = |run: &str, measure: Measure, metric: Metric| {
-        rows.iter().find(|r| {
-            r.run == run
-                && r.method == method
-                && r.split == MAIN_SPLIT
-                && r.measure == measure
-                && r.metric == Against::Metric(metric)
-                && r.aggregate == TABLE_AGGREGATE
-                && r.grid == TABLE_GRID
-                && r.statistic == Statistic::Spearman
-        })
+        let key = table_key(method, measure, Against::Metric(metric), Statistic::Spearman);
+        rows.iter().find(|r| r.run == run && r.key == key)
     };
     let mut runs: Vec<&str> = Vec::new();
-    for row in rows.iter().filter(|r| r.method == method && r.seeds >= 2) {
+    for row in rows.iter().filter(|r| r.key.method == method && r.seeds >= 2) {
         if !runs.contains(&row.run.as_str()) {
             runs.push(&row.run);
         }
@@ -428,17 +417,8 @@ pub fn render(input: &ReportInput) -> String {
             for &measure in input.measures {
                 let cells: Vec<String> =
                     CORRELATED.iter().map(|&metric| cell(input.correlations, &r.name, method, measure, metric)).collect();
-                let n = find(
-                    input.correlations,
-                    &r.name,
-                    method,
-                    MAIN_SPLIT,
-                    measure,
-                    Against::Metric(Metric::TestLoss),
-                    Statistic::Spearman,
-                )
-                .map(|c| c.n)
-                .unwrap_or(0);
+                let key = table_key(method, measure, Against::Metric(Metric::TestLoss), Statistic::Spearman);
+                let n = find(input.correlations, &r.name, &key).map(|c| c.n).unwrap_or(0);
                 let _ = writeln!(w, "| {} | {measure} | {} | {n} |", r.name, cells.join(" | "));
             }
         }
@@ -446,12 +426,15 @@ pub fn render(input: &ReportInput) -> String {
         // Steps left out of correlations, one row per (run, split, measure).
         let mut dropped: Vec<(String, SplitSelection, Measure, usize, Vec<String>)> = Vec::new();
         for c in input.correlations.iter().filter(|c| {
-            &c.method == method && c.grid == TABLE_GRID && c.aggregate == TABLE_AGGREGATE && c.statistic == Statistic::Spearman
+            c.key.method == *method
+                && c.key.grid == TABLE_GRID
+                && c.key.aggregate == TABLE_AGGREGATE
+                && c.key.statistic == Statistic::Spearman
         }) {
             if c.dropped_null_measure == 0 && c.dropped_missing_metric == 0 {
                 continue;
             }
-            let key = (c.run.clone(), c.split, c.measure);
+            let key = (c.run.clone(), c.key.split, c.key.measure);
             let i = match dropped.iter().position(|d| (&d.0, &d.1, &d.2) == (&key.0, &key.1, &key.2)) {
                 Some(i) => i,
                 None => {
@@ -460,7 +443,7 @@ pub fn render(input: &ReportInput) -> String {
                 }
             };
             if c.dropped_missing_metric > 0 {
-                dropped[i].4.push(format!("{}: {}", c.metric, c.dropped_missing_metric));
+                dropped[i].4.push(format!("{}: {}", c.key.metric, c.dropped_missing_metric));
             }
         }
         if !dropped.is_empty() {

@@ -55,6 +55,18 @@ pub struct Inference {
     pub ci_high: f64,
 }
 
+impl Inference {
+    /// The inference of a rho over `n` pairs with effective size `n_eff`,
+    /// conditioned on `controls` further series: t with n - 2 - controls
+    /// (robust: n_eff - 2 - controls) df, the interval on n_eff - controls.
+    fn new(rho: f64, n: usize, n_eff: f64, controls: usize) -> Self {
+        let controls = controls as f64;
+        let lost = 2.0 + controls;
+        let (ci_low, ci_high) = interval(rho, n_eff - controls);
+        Self { rho, p_value: t_p_value(rho, n as f64 - lost), p_robust: t_p_value(rho, n_eff - lost), n, n_eff, ci_low, ci_high }
+    }
+}
+
 /// Lag-`j` sample autocorrelation of `x` (mean removed, biased
 /// denominator, as in the Pyper-Peterman estimator).
 pub fn autocorrelation(x: &[f64], j: usize) -> f64 {
@@ -116,16 +128,7 @@ pub fn spearman_levels(x: &[f64], y: &[f64]) -> Option<Inference> {
     let (rx, ry) = (average_ranks(x), average_ranks(y));
     let rho = pearson(&rx, &ry)?;
     let n_eff = effective_size(&rx, &ry);
-    let (ci_low, ci_high) = interval(rho, n_eff);
-    Some(Inference {
-        rho,
-        p_value: t_p_value(rho, n as f64 - 2.0),
-        p_robust: t_p_value(rho, n_eff - 2.0),
-        n,
-        n_eff,
-        ci_low,
-        ci_high,
-    })
+    Some(Inference::new(rho, n, n_eff, 0))
 }
 
 /// Spearman's rho of the first differences (n - 1 pairs of increments).
@@ -157,16 +160,7 @@ pub fn partial_spearman(x: &[f64], y: &[f64], z: &[f64]) -> Option<Inference> {
     }
     let rho = ((rxy - rxz * ryz) / denominator).clamp(-1.0, 1.0);
     let n_eff = effective_size(&rx, &ry).max(MIN_PAIRS as f64 + 0.5);
-    let (ci_low, ci_high) = interval(rho, n_eff - 1.0);
-    Some(Inference {
-        rho,
-        p_value: t_p_value(rho, n as f64 - 3.0),
-        p_robust: t_p_value(rho, n_eff - 3.0),
-        n,
-        n_eff,
-        ci_low,
-        ci_high,
-    })
+    Some(Inference::new(rho, n, n_eff, 1))
 }
 
 /// Benjamini-Hochberg adjusted p-values (q-values), in the order given;

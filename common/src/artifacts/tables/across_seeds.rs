@@ -5,19 +5,9 @@
 
 use polars::prelude::{Column, DataFrame};
 
-use super::by_step::SplitSelection;
-use super::correlations::{Against, Aggregate, Grid, Statistic};
+use super::correlations::{key_columns, CorrelationKey, RUN};
 use super::frame;
-use crate::measures::Measure;
 
-pub const RUN: &str = "run";
-pub const METHOD: &str = "method";
-pub const SPLIT: &str = "split";
-pub const MEASURE: &str = "measure";
-pub const METRIC: &str = "metric";
-pub const AGGREGATE: &str = "aggregate";
-pub const GRID: &str = "grid";
-pub const STATISTIC: &str = "statistic";
 pub const SEEDS: &str = "seeds";
 pub const RHO_MEAN: &str = "rho_mean";
 pub const RHO_SD: &str = "rho_sd";
@@ -30,13 +20,7 @@ pub const P_SIGN: &str = "p_sign";
 #[derive(Clone, Debug, PartialEq)]
 pub struct AcrossSeedsRow {
     pub run: String,
-    pub method: String,
-    pub split: SplitSelection,
-    pub measure: Measure,
-    pub metric: Against,
-    pub aggregate: Aggregate,
-    pub grid: Grid,
-    pub statistic: Statistic,
+    pub key: CorrelationKey,
     /// Seeds with a defined rho.
     pub seeds: usize,
     /// `tanh` of the mean Fisher z over the seeds.
@@ -54,17 +38,10 @@ pub struct AcrossSeedsRow {
 }
 
 pub fn across_seeds_frame(rows: &[AcrossSeedsRow]) -> DataFrame {
-    let text = |f: fn(&AcrossSeedsRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
     let value = |f: fn(&AcrossSeedsRow) -> Option<f64>| rows.iter().map(f).collect::<Vec<Option<f64>>>();
-    frame(vec![
-        Column::new(RUN.into(), text(|r| &r.run)),
-        Column::new(METHOD.into(), text(|r| &r.method)),
-        Column::new(SPLIT.into(), text(|r| r.split.name())),
-        Column::new(MEASURE.into(), text(|r| r.measure.name())),
-        Column::new(METRIC.into(), text(|r| r.metric.name())),
-        Column::new(AGGREGATE.into(), text(|r| r.aggregate.name())),
-        Column::new(GRID.into(), text(|r| r.grid.name())),
-        Column::new(STATISTIC.into(), text(|r| r.statistic.name())),
+    let mut columns = vec![Column::new(RUN.into(), rows.iter().map(|r| r.run.as_str()).collect::<Vec<&str>>())];
+    columns.extend(key_columns(rows.iter().map(|r| &r.key)));
+    columns.extend([
         Column::new(SEEDS.into(), rows.iter().map(|r| r.seeds as i64).collect::<Vec<i64>>()),
         Column::new(RHO_MEAN.into(), value(|r| r.rho_mean)),
         Column::new(RHO_SD.into(), value(|r| r.rho_sd)),
@@ -72,5 +49,6 @@ pub fn across_seeds_frame(rows: &[AcrossSeedsRow]) -> DataFrame {
         Column::new(RHO_CI_HIGH.into(), value(|r| r.rho_ci_high)),
         Column::new(SAME_SIGN.into(), rows.iter().map(|r| r.same_sign as i64).collect::<Vec<i64>>()),
         Column::new(P_SIGN.into(), value(|r| r.p_sign)),
-    ])
+    ]);
+    frame(columns)
 }

@@ -128,11 +128,11 @@ named! {
     }
 }
 
-/// One row: the correlation and its inference, null where undefined.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CorrelationRow {
-    pub run: String,
-    pub seed: i64,
+/// What a correlation is of, within one run: the key columns of
+/// `correlations.parquet` after `run` and `seed`, shared with
+/// `across_seeds.parquet`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CorrelationKey {
     pub method: String,
     pub split: SplitSelection,
     pub measure: Measure,
@@ -140,6 +140,28 @@ pub struct CorrelationRow {
     pub aggregate: Aggregate,
     pub grid: Grid,
     pub statistic: Statistic,
+}
+
+/// The key columns of the rows' keys, in table order.
+pub(crate) fn key_columns<'a>(keys: impl Iterator<Item = &'a CorrelationKey> + Clone) -> Vec<Column> {
+    let text = |f: fn(&'a CorrelationKey) -> &'a str| keys.clone().map(f).collect::<Vec<&str>>();
+    vec![
+        Column::new(METHOD.into(), text(|k| &k.method)),
+        Column::new(SPLIT.into(), text(|k| k.split.name())),
+        Column::new(MEASURE.into(), text(|k| k.measure.name())),
+        Column::new(METRIC.into(), text(|k| k.metric.name())),
+        Column::new(AGGREGATE.into(), text(|k| k.aggregate.name())),
+        Column::new(GRID.into(), text(|k| k.grid.name())),
+        Column::new(STATISTIC.into(), text(|k| k.statistic.name())),
+    ]
+}
+
+/// One row: the correlation and its inference, null where undefined.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CorrelationRow {
+    pub run: String,
+    pub seed: i64,
+    pub key: CorrelationKey,
     pub rho: Option<f64>,
     /// Nominal: valid for independent pairs only.
     pub p_value: Option<f64>,
@@ -158,16 +180,12 @@ pub struct CorrelationRow {
 pub fn correlations_frame(rows: &[CorrelationRow]) -> DataFrame {
     let text = |f: fn(&CorrelationRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
     let value = |f: fn(&CorrelationRow) -> Option<f64>| rows.iter().map(f).collect::<Vec<Option<f64>>>();
-    frame(vec![
+    let mut columns = vec![
         Column::new(RUN.into(), text(|r| &r.run)),
         Column::new(SEED.into(), rows.iter().map(|r| r.seed).collect::<Vec<i64>>()),
-        Column::new(METHOD.into(), text(|r| &r.method)),
-        Column::new(SPLIT.into(), text(|r| r.split.name())),
-        Column::new(MEASURE.into(), text(|r| r.measure.name())),
-        Column::new(METRIC.into(), text(|r| r.metric.name())),
-        Column::new(AGGREGATE.into(), text(|r| r.aggregate.name())),
-        Column::new(GRID.into(), text(|r| r.grid.name())),
-        Column::new(STATISTIC.into(), text(|r| r.statistic.name())),
+    ];
+    columns.extend(key_columns(rows.iter().map(|r| &r.key)));
+    columns.extend([
         Column::new(RHO.into(), value(|r| r.rho)),
         Column::new(P_VALUE.into(), value(|r| r.p_value)),
         Column::new(P_ROBUST.into(), value(|r| r.p_robust)),
@@ -176,7 +194,8 @@ pub fn correlations_frame(rows: &[CorrelationRow]) -> DataFrame {
         Column::new(CI_LOW.into(), value(|r| r.ci_low)),
         Column::new(CI_HIGH.into(), value(|r| r.ci_high)),
         Column::new(Q_VALUE.into(), value(|r| r.q_value)),
-    ])
+    ]);
+    frame(columns)
 }
 
 pub fn read_correlations(path: &Path) -> Result<Vec<CorrelationRow>, ArtifactError> {
@@ -200,13 +219,15 @@ pub fn read_correlations(path: &Path) -> Result<Vec<CorrelationRow>, ArtifactErr
             Ok(CorrelationRow {
                 run: runs[i].clone(),
                 seed: seeds[i],
-                method: methods[i].clone(),
-                split: splits[i],
-                measure: measures[i],
-                metric: metrics[i],
-                aggregate: aggregates[i],
-                grid: grids[i],
-                statistic: statistics[i],
+                key: CorrelationKey {
+                    method: methods[i].clone(),
+                    split: splits[i],
+                    measure: measures[i],
+                    metric: metrics[i],
+                    aggregate: aggregates[i],
+                    grid: grids[i],
+                    statistic: statistics[i],
+                },
                 rho: rho[i],
                 p_value: p_value[i],
                 p_robust: p_robust[i],
@@ -230,13 +251,15 @@ mod tests {
         let row = CorrelationRow {
             run: "r".into(),
             seed: 1,
-            method: "lrp".into(),
-            split: SplitSelection::All,
-            measure: Measure::Frobenius,
-            metric: Against::Metric(Metric::TestLoss),
-            aggregate: Aggregate::Median,
-            grid: Grid::BeforeMin,
-            statistic: Statistic::SpearmanDiff,
+            key: CorrelationKey {
+                method: "lrp".into(),
+                split: SplitSelection::All,
+                measure: Measure::Frobenius,
+                metric: Against::Metric(Metric::TestLoss),
+                aggregate: Aggregate::Median,
+                grid: Grid::BeforeMin,
+                statistic: Statistic::SpearmanDiff,
+            },
             rho: Some(-0.5),
             p_value: Some(0.01),
             p_robust: Some(0.04),
@@ -247,7 +270,7 @@ mod tests {
             q_value: Some(0.2),
         };
         let undefined = CorrelationRow {
-            metric: Against::Step,
+            key: CorrelationKey { metric: Against::Step, ..row.key.clone() },
             rho: None,
             p_value: None,
             p_robust: None,
