@@ -117,8 +117,7 @@ struct Inputs {
 /// checkpoints and method settings, as they are on disk now.
 /// The run instance at `path` (`<run>` or `<run>/seed-<s>`).
 fn instance_of<'p>(pipeline: &'p Pipeline, path: &str) -> &'p RunInstance {
-    let all = pipeline.instances(&[]).expect("no filter");
-    all.into_iter().find(|i| i.path == path).expect("analysed runs come from the instances")
+    pipeline.instance(path).expect("analysed runs come from the instances")
 }
 
 fn find_inputs(pipeline: &Pipeline, runs: &[&str], methods: &[&str]) -> Inputs {

@@ -142,8 +142,7 @@ impl<'a> Summarizer<'a> {
 
     /// The instance a unit summarises (units come from the instances).
     fn instance(&self, unit: &Unit) -> &'a RunInstance {
-        let all = self.pipeline.instances(&[]).expect("no filter");
-        all.into_iter().find(|i| i.path == unit.run).expect("units come from the instances")
+        self.pipeline.instance(&unit.run).expect("units come from the instances")
     }
 
     fn inputs(&self, unit: &Unit) -> anyhow::Result<Inputs> {

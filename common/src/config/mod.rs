@@ -157,6 +157,12 @@ impl Pipeline {
         Ok(self.instances.iter().filter(|i| runs.iter().any(|(name, _)| *name == i.run)).collect())
     }
 
+    /// The instance whose outputs live in `<output>/<path>` (`<run>` or
+    /// `<run>/seed-<s>`).
+    pub fn instance(&self, path: &str) -> Option<&RunInstance> {
+        self.instances.iter().find(|i| i.path == path)
+    }
+
     /// The methods named in `filter` (all when empty); unknown names are errors.
     pub fn select_methods(&self, filter: &[String]) -> Result<Vec<(&str, &MethodConfig)>, String> {
         select(&self.config.methods, filter, "method")
