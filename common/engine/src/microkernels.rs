@@ -176,6 +176,158 @@ pub(crate) mod x86 {
         }
     }
 
+    /// The mask of AVX's masked loads that reads the first `n` of eight
+    /// floats (all of them from 8 on).
+    ///
+    /// # Safety
+    /// AVX2 must run on this CPU: these helpers inline into AVX2 kernels,
+    /// whose callers hold the `Isa` token that proves it.
+    #[inline(always)]
+    pub(crate) unsafe fn floats_below(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    }
+
+    /// The even (`ODD = false`) or odd lanes of `lo` then of `hi`: the
+    /// in-lane shuffle leaves them as `lo lo hi hi | lo lo hi hi` by 64-bit
+    /// quarters, and a cross-lane permute puts the quarters in order.
+    ///
+    /// # Safety
+    /// As for [`floats_below`].
+    #[inline(always)]
+    pub(crate) unsafe fn deinterleave<const ODD: bool>(lo: __m256, hi: __m256) -> __m256 {
+        let shuffled = if ODD { _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi) } else { _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi) };
+        _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(shuffled)))
+    }
+
+    /// The inverse of [`deinterleave`]: `(e0 o0 e1 o1 ... e3 o3)` and
+    /// `(e4 o4 ... e7 o7)`.
+    ///
+    /// # Safety
+    /// As for [`floats_below`].
+    #[inline(always)]
+    pub(crate) unsafe fn interleave(even: __m256, odd: __m256) -> (__m256, __m256) {
+        // (e0 o0 e1 o1 | e4 o4 e5 o5) and (e2 o2 e3 o3 | e6 o6 e7 o7).
+        let (low, high) = (_mm256_unpacklo_ps(even, odd), _mm256_unpackhi_ps(even, odd));
+        (_mm256_permute2f128_ps::<0x20>(low, high), _mm256_permute2f128_ps::<0x31>(low, high))
+    }
+
+    /// Stores the first `n` lanes of `v` at `at`: whole when `n` is 8 or
+    /// more, through a copy otherwise (AVX2's masked store is slow on some
+    /// AMD cores, and tails are rare).
+    ///
+    /// # Safety
+    /// `at..at + min(n, 8)` must be writable; AVX2 as for [`floats_below`].
+    #[inline(always)]
+    pub(crate) unsafe fn store_first(at: *mut f32, n: usize, v: __m256) {
+        if n >= 8 {
+            _mm256_storeu_ps(at, v)
+        } else {
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(lanes.as_ptr(), at, n);
+        }
+    }
+
+    /// See [`super::pool_row`]: eight windows per step, the even and odd
+    /// columns of both rows split apart with shuffles; the same selection
+    /// as the AVX-512 variant.
+    ///
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does; the caller checks the lengths.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn pool_row_avx2(
+        top: &[f32],
+        bottom: &[f32],
+        row_width: u32,
+        first: u32,
+        out: &mut [f32],
+        arg: &mut [u32],
+    ) {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let windows = out.len();
+        for start in (0..windows).step_by(8) {
+            let n = (windows - start).min(8);
+            let (low, high) = (floats_below(2 * n), floats_below((2 * n).saturating_sub(8)));
+            let split = |row: &[f32]| {
+                // Masked-off lanes are not read: the second pointer may
+                // run past the row (wrapping, never dereferenced there).
+                let p = row.as_ptr().add(2 * start);
+                let (lo, hi) = (_mm256_maskload_ps(p, low), _mm256_maskload_ps(p.wrapping_add(8), high));
+                (deinterleave::<false>(lo, hi), deinterleave::<true>(lo, hi))
+            };
+            let ((a, b), (c, d)) = (split(top), split(bottom));
+            let largest = _mm256_max_ps(_mm256_max_ps(a, b), _mm256_max_ps(c, d));
+            let pick = |best: __m256i, mask: __m256, index: i32| {
+                _mm256_blendv_epi8(best, _mm256_set1_epi32(index), _mm256_castps_si256(mask))
+            };
+            // The first corner equal to the maximum: later corners first, so
+            // earlier ones overwrite them.
+            let mut best = _mm256_set1_epi32(3);
+            for (corner, index) in [(c, 2), (b, 1), (a, 0)] {
+                best = pick(best, _mm256_cmp_ps::<_CMP_EQ_OQ>(corner, largest), index);
+            }
+            // The last NaN corner where there is one.
+            let mut value = largest;
+            for (corner, index) in [(a, 0), (b, 1), (c, 2), (d, 3)] {
+                let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(corner, corner);
+                value = _mm256_blendv_ps(value, corner, nan);
+                best = pick(best, nan, index);
+            }
+            let column = _mm256_add_epi32(_mm256_set1_epi32((first + 2 * start as u32) as i32), _mm256_add_epi32(lane, lane));
+            let dx = _mm256_and_si256(best, _mm256_set1_epi32(1));
+            let dy = _mm256_and_si256(_mm256_cmpgt_epi32(best, _mm256_set1_epi32(1)), _mm256_set1_epi32(row_width as i32));
+            let index = _mm256_add_epi32(column, _mm256_add_epi32(dx, dy));
+            store_first(out.as_mut_ptr().add(start), n, value);
+            store_first(arg.as_mut_ptr().add(start).cast(), n, _mm256_castsi256_ps(index));
+        }
+    }
+
+    /// See [`super::unpool_row`]: eight windows per step, the corners of
+    /// both rows interleaved back with unpacks; the same values as the
+    /// AVX-512 variant.
+    ///
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does; the caller checks the lengths.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn unpool_row_avx2(
+        dout: &[f32],
+        activated: Option<&[f32]>,
+        arg: &[u32],
+        (first, row_width): (u32, u32),
+        top: &mut [f32],
+        bottom: &mut [f32],
+    ) {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let windows = dout.len();
+        for start in (0..windows).step_by(8) {
+            let n = (windows - start).min(8);
+            let load = floats_below(n);
+            // `+ 0` as in the scatter it replaces, which adds to zero: a
+            // -0 gradient becomes +0.
+            let d = _mm256_add_ps(_mm256_maskload_ps(dout.as_ptr().add(start), load), _mm256_setzero_ps());
+            let kept = match activated {
+                Some(y) => _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_maskload_ps(y.as_ptr().add(start), load), _mm256_setzero_ps()),
+                None => _mm256_castsi256_ps(load),
+            };
+            let window = _mm256_add_epi32(_mm256_set1_epi32((first + 2 * start as u32) as i32), _mm256_add_epi32(lane, lane));
+            let corner = _mm256_sub_epi32(_mm256_maskload_epi32(arg.as_ptr().add(start).cast(), load), window);
+            let at = |offset: u32| {
+                let here = _mm256_castsi256_ps(_mm256_cmpeq_epi32(corner, _mm256_set1_epi32(offset as i32)));
+                _mm256_and_ps(d, _mm256_and_ps(kept, here))
+            };
+            for (row, even, odd) in [(&mut *top, at(0), at(1)), (&mut *bottom, at(row_width), at(row_width + 1))] {
+                let p = row.as_mut_ptr().add(2 * start);
+                let (first_half, second_half) = interleave(even, odd);
+                store_first(p, 2 * n, first_half);
+                if n > 4 {
+                    store_first(p.add(8), 2 * n - 8, second_half);
+                }
+            }
+        }
+    }
+
     /// See [`super::relu_gradient`]: sixteen values per step, masked to
     /// the row.
     ///
@@ -727,6 +879,12 @@ pub(crate) fn unpool_row(
             x86::unpool_row_avx512(dout, activated, arg, (first, row_width), top, bottom);
             true
         },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `pool_row`.
+        Isa::Avx2(_) => unsafe {
+            x86::unpool_row_avx2(dout, activated, arg, (first, row_width), top, bottom);
+            true
+        },
         _ => false,
     }
 }
@@ -777,6 +935,14 @@ pub(crate) fn pool_row(
         // is masked to them.
         Isa::Avx512(_) => unsafe {
             x86::pool_row_avx512(top, bottom, row_width as u32, first, out, arg);
+            true
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` holds a token that only detection of AVX2 and
+        // FMA makes; the lengths are checked above, every load is masked to
+        // them and every store is cut to them.
+        Isa::Avx2(_) => unsafe {
+            x86::pool_row_avx2(top, bottom, row_width as u32, first, out, arg);
             true
         },
         _ => false,

@@ -97,7 +97,7 @@ impl Tiling {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512(_) => x86::transform_input(self, padded, layout, transformed),
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2(_) => transform_input_avx2(self, padded, layout, transformed, rows),
+                Isa::Avx2(_) => x86::transform_input_avx2(self, padded, layout, transformed),
                 Isa::Portable => transform_input_body(self, padded, layout, transformed, rows),
             }
         }
@@ -430,9 +430,10 @@ unsafe fn transform_gradient_avx2(
     transform_gradient_body(t, transposed, channels, sums, out, bias)
 }
 
-/// The body of [`Tiling::transform_input`], compiled per instruction set
-/// so that its loops (contiguous but for one even/odd split) vectorise.
-#[inline(always)]
+/// The portable [`Tiling::transform_input`]: `Bᵀ d` on whole padded rows,
+/// split into even and odd columns, then `(Bᵀ d) B` along the tiles. The
+/// vector variants do the same arithmetic in the same order, so all give
+/// the same bytes.
 fn transform_input_body(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32], rows: &mut Vec<f32>) {
     let (cin, tiles_x) = (w.g.in_channels, w.tiles_x);
     let (plane_rows, cols) = w.padded_shape();
@@ -483,28 +484,21 @@ fn transform_input_body(w: &Tiling, padded: &[f32], layout: TileLayout, transfor
     }
 }
 
-/// # Safety
-/// The CPU must run the features enabled here: callers hold the `Isa` token
-/// that detection makes only where it does.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn transform_input_avx2(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32], rows: &mut Vec<f32>) {
-    transform_input_body(w, padded, layout, transformed, rows)
-}
-
 /// The two output rows of a row of tiles from its 16 product rows.
 fn output_rows<'a>(isa: Isa, m: &[&[f32]; ELEMENTS], rows: &'a mut [f32]) -> (&'a [f32], &'a [f32]) {
     // SAFETY: as in `transform_input`.
     unsafe {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2(_) | Isa::Avx512(_) => output_rows_avx2(m, rows),
+            Isa::Avx2(_) | Isa::Avx512(_) => x86::output_rows_avx2(m, rows),
             Isa::Portable => output_rows_body(m, rows),
         }
     }
 }
 
-#[inline(always)]
+/// The portable [`output_rows`]: the column sums `Aᵀ M` for whole rows of
+/// tiles, then `(Aᵀ M) A` into interleaved pairs of outputs. The AVX2
+/// variant does the same arithmetic in the same order.
 fn output_rows_body<'a>(m: &[&[f32]; ELEMENTS], rows: &'a mut [f32]) -> (&'a [f32], &'a [f32]) {
     let tiles = m[0].len();
     let (s, out) = rows.split_at_mut(8 * tiles);
@@ -529,15 +523,6 @@ fn output_rows_body<'a>(m: &[&[f32]; ELEMENTS], rows: &'a mut [f32]) -> (&'a [f3
     }
     let (top, bottom) = out.split_at(2 * tiles);
     (top, &bottom[..2 * tiles])
-}
-
-/// # Safety
-/// The CPU must run the features enabled here: callers hold the `Isa` token
-/// that detection makes only where it does.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn output_rows_avx2<'a>(m: &[&[f32]; ELEMENTS], rows: &'a mut [f32]) -> (&'a [f32], &'a [f32]) {
-    output_rows_body(m, rows)
 }
 
 /// Floats from one transformed element's plane to the next: its length
@@ -663,7 +648,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{TileLayout, Tiling, Winograd, ELEMENTS};
-    use crate::microkernels::x86::lanes_below;
+    use crate::microkernels::x86::{deinterleave, floats_below, lanes_below, store_first};
 
     /// Per tile of a 16-tile chunk: (first output, lanes that are real
     /// tiles, lanes whose second output row exists, lanes whose second
@@ -783,6 +768,146 @@ mod x86 {
                             _mm512_mask_storeu_ps(out.add(at), store, v);
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// `Bᵀ` on four rows (or columns) with eight lanes, as
+    /// [`input_combination`].
+    ///
+    /// # Safety
+    /// AVX2 must run on this CPU: these helpers inline into the AVX2
+    /// transforms below, whose callers hold the `Isa` token that proves it.
+    #[inline(always)]
+    unsafe fn input_combination8(d0: __m256, d1: __m256, d2: __m256, d3: __m256) -> [__m256; 4] {
+        [_mm256_sub_ps(d0, d2), _mm256_add_ps(d1, d2), _mm256_sub_ps(d2, d1), _mm256_sub_ps(d1, d3)]
+    }
+
+    /// `Bᵀ d B` of eight tiles. `load(k, h)` gives eight floats of padded
+    /// row `k` of the patches: `h = 0, 1` the columns `2t` and `2t + 1` of
+    /// tiles 0-3 and 4-7 (columns 0-7 of each half), `h = 2, 3` the same
+    /// two columns further on. `store(ξ, v)` takes element `ξ` of the eight
+    /// tiles.
+    ///
+    /// # Safety
+    /// As for [`input_combination8`].
+    #[inline(always)]
+    unsafe fn transform_eight_tiles(load: impl Fn(usize, usize) -> __m256, mut store: impl FnMut(usize, __m256)) {
+        let mut r = [[_mm256_setzero_ps(); 4]; 4];
+        for h in 0..4 {
+            let combined = input_combination8(load(0, h), load(1, h), load(2, h), load(3, h));
+            for (r, value) in r.iter_mut().zip(combined) {
+                r[h] = value;
+            }
+        }
+        for (i, r) in r.iter().enumerate() {
+            let (e0, o0) = (deinterleave::<false>(r[0], r[1]), deinterleave::<true>(r[0], r[1]));
+            let (e1, o1) = (deinterleave::<false>(r[2], r[3]), deinterleave::<true>(r[2], r[3]));
+            for (j, v) in input_combination8(e0, o0, e1, o1).into_iter().enumerate() {
+                store(4 * i + j, v);
+            }
+        }
+    }
+
+    /// [`super::output_rows`] with AVX2, eight tiles per pass: `Aᵀ M A` of
+    /// each tile in registers, its two outputs per row interleaved with
+    /// unpacks and a lane swap; the tail of fewer than eight tiles one at a
+    /// time. Only the first `4 · tiles` floats of `rows` are used.
+    ///
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn output_rows_avx2<'a>(m: &[&[f32]; ELEMENTS], rows: &'a mut [f32]) -> (&'a [f32], &'a [f32]) {
+        let tiles = m[0].len();
+        assert!(m.iter().all(|row| row.len() == tiles) && rows.len() >= 4 * tiles, "Winograd output rows");
+        let (top, bottom) = rows[..4 * tiles].split_at_mut(2 * tiles);
+        let whole = tiles - tiles % 8;
+        for t in (0..whole).step_by(8) {
+            let load = |xi: usize| _mm256_loadu_ps(m[xi].as_ptr().add(t));
+            let (mut s0, mut s1) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+            for j in 0..4 {
+                s0[j] = _mm256_add_ps(_mm256_add_ps(load(j), load(4 + j)), load(8 + j));
+                s1[j] = _mm256_sub_ps(_mm256_sub_ps(load(4 + j), load(8 + j)), load(12 + j));
+            }
+            for (s, row) in [(&s0, top.as_mut_ptr()), (&s1, bottom.as_mut_ptr())] {
+                let left = _mm256_add_ps(_mm256_add_ps(s[0], s[1]), s[2]);
+                let right = _mm256_sub_ps(_mm256_sub_ps(s[1], s[2]), s[3]);
+                // (l0 r0 l1 r1 | l4 r4 l5 r5) and (l2 r2 l3 r3 | l6 r6 l7 r7).
+                let (low, high) = (_mm256_unpacklo_ps(left, right), _mm256_unpackhi_ps(left, right));
+                _mm256_storeu_ps(row.add(2 * t), _mm256_permute2f128_ps::<0x20>(low, high));
+                _mm256_storeu_ps(row.add(2 * t + 8), _mm256_permute2f128_ps::<0x31>(low, high));
+            }
+        }
+        for t in whole..tiles {
+            let mut s = [[0.0f32; 4]; 2];
+            for j in 0..4 {
+                s[0][j] = m[j][t] + m[4 + j][t] + m[8 + j][t];
+                s[1][j] = m[4 + j][t] - m[8 + j][t] - m[12 + j][t];
+            }
+            for (s, row) in s.iter().zip([&mut *top, &mut *bottom]) {
+                row[2 * t] = s[0] + s[1] + s[2];
+                row[2 * t + 1] = s[1] - s[2] - s[3];
+            }
+        }
+        (&*top, &*bottom)
+    }
+
+    /// `Bᵀ d B` with AVX2, eight tiles per pass: on planes 4 tiles wide
+    /// (7 and 8 pixels) two rows of tiles, each of whose padded rows is 10
+    /// floats; otherwise up to eight tiles of one row, read with masked
+    /// loads so that the last pass stops at the row's end. The even and
+    /// odd columns are split with shuffles, not gathers. Writes the real
+    /// tiles only, in the portable body's arithmetic order. The caller
+    /// checks the buffers' lengths against `layout`.
+    ///
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transform_input_avx2(w: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32]) {
+        let (cin, tiles_x, tiles_y) = (w.g.in_channels, w.tiles_x, w.tiles_y);
+        let (plane_rows, cols) = w.padded_shape();
+        let plane = plane_rows * cols;
+        let (input, out) = (padded.as_ptr(), transformed.as_mut_ptr());
+        let at = |xi: usize, c: usize, tile: usize| out.add(xi * layout.element + c * layout.channel + layout.first + tile);
+        if tiles_x == 4 {
+            for c in 0..cin {
+                for ty in (0..tiles_y).step_by(2) {
+                    let pair = ty + 1 < tiles_y;
+                    // Padded rows `2ty + k` (lanes of tiles 0-3) and
+                    // `2ty + 2 + k` (tiles 4-7): columns 0-7, then 2-9.
+                    let load = |k: usize, h: usize| {
+                        let row = 2 * ty + k + if h % 2 == 1 { 2 } else { 0 };
+                        if h % 2 == 1 && !pair {
+                            return _mm256_setzero_ps();
+                        }
+                        _mm256_loadu_ps(input.add(c * plane + row * cols + if h >= 2 { 2 } else { 0 }))
+                    };
+                    let tiles = if pair { 8 } else { 4 };
+                    transform_eight_tiles(load, |xi, v| store_first(at(xi, c, ty * tiles_x), tiles, v));
+                }
+            }
+            return;
+        }
+        for c in 0..cin {
+            for ty in 0..tiles_y {
+                let row = |k: usize| input.add(c * plane + (2 * ty + k) * cols);
+                for first_tile in (0..tiles_x).step_by(8) {
+                    let tiles = (tiles_x - first_tile).min(8);
+                    // Columns from `2·first_tile` to the row's end.
+                    let remaining = cols - 2 * first_tile;
+                    let starts = [0, 8, 2, 10];
+                    let mask = |h: usize| floats_below(remaining.saturating_sub(starts[h]));
+                    let masks = [mask(0), mask(1), mask(2), mask(3)];
+                    let load = |k: usize, h: usize| {
+                        // Masked-off lanes are not read, so the pointer
+                        // may run past the buffer (wrapping, never
+                        // dereferenced there).
+                        _mm256_maskload_ps(row(k).wrapping_add(2 * first_tile + starts[h]), masks[h])
+                    };
+                    transform_eight_tiles(load, |xi, v| store_first(at(xi, c, ty * tiles_x + first_tile), tiles, v));
                 }
             }
         }
@@ -937,6 +1062,65 @@ mod x86 {
 mod tests {
     use super::*;
     use common::rng::Rng;
+
+    /// Every variant of the input transform writes the portable body's
+    /// bytes, into an offset layout, and leaves the padding tiles and the
+    /// gaps between planes as they were: on planes 4 tiles wide with an
+    /// even and an odd number of tile rows, rows of one and several passes
+    /// with a tail, and rows of one or two tiles.
+    #[test]
+    fn every_input_transform_variant_writes_the_portable_bytes() {
+        let isas = crate::isa::TestedIsas::new("winograd: input transform variants against the portable one");
+        let cases = [(7, 7), (8, 8), (5, 8), (28, 28), (14, 14), (3, 34), (9, 3), (4, 1), (13, 17)];
+        for (height, width) in cases {
+            let g = ConvGeometry { in_channels: MIN_INPUT_CHANNELS, out_channels: 1, kernel: 3, padding: 1, height, width };
+            let mut rng = Rng::new(height as u64 * 100 + width as u64);
+            let image: Vec<f32> = (0..g.in_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let transformed_on = |isa: Isa| {
+                let tiling = Tiling::new(isa, &g);
+                let mut padded = Vec::new();
+                tiling.pad(&image, &mut padded);
+                // A layout with room before the tiles and between channels,
+                // filled with a sentinel that must survive.
+                let (channel, first) = (tiling.positions + 3, 5);
+                let layout = TileLayout { element: first + g.in_channels * channel + 7, channel, first };
+                let mut out = vec![f32::MAX; ELEMENTS * layout.element];
+                tiling.transform_input(&padded, layout, &mut out, &mut Vec::new());
+                out
+            };
+            let expected = transformed_on(Isa::Portable);
+            assert!(expected.iter().any(|&v| v != f32::MAX && v != 0.0), "{height}x{width}: the transform wrote values");
+            isas.each(|isa| {
+                let got = transformed_on(isa);
+                let same = got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{height}x{width} on {}: the input transform differs from the portable one", isa.name());
+            });
+        }
+    }
+
+    /// Every variant of the output transform's rows gives the portable
+    /// body's bytes, for rows of tiles shorter than, as long as and longer
+    /// than a vector.
+    #[test]
+    fn every_output_rows_variant_gives_the_portable_bytes() {
+        let isas = crate::isa::TestedIsas::new("winograd: output-row variants against the portable one");
+        for tiles in [1, 4, 7, 8, 9, 14, 16, 17] {
+            let mut rng = Rng::new(tiles as u64);
+            let products: Vec<Vec<f32>> = (0..ELEMENTS).map(|_| (0..tiles).map(|_| rng.uniform(-1.0, 1.0)).collect()).collect();
+            let m: [&[f32]; ELEMENTS] = std::array::from_fn(|xi| products[xi].as_slice());
+            let rows_on = |isa: Isa| {
+                let mut rows = vec![0.0; 12 * tiles];
+                let (top, bottom) = output_rows(isa, &m, &mut rows);
+                [top, bottom].concat()
+            };
+            let expected = rows_on(Isa::Portable);
+            isas.each(|isa| {
+                let got = rows_on(isa);
+                let same = got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same && got.len() == expected.len(), "{tiles} tiles on {}: output rows differ", isa.name());
+            });
+        }
+    }
 
     /// `Gᵀ dU G` is the adjoint of `g ↦ G g Gᵀ`: `⟨G g Gᵀ, dU⟩ = ⟨g, Gᵀ dU G⟩`
     /// for any kernel and any gradient, in every lane.
