@@ -55,15 +55,14 @@ for r in range(1, rounds + 1):
         if m:
             keep(ours, f"{m.group(1)}_train_step_s", float(m.group(2)))
     for line in open(f"{out}/explain-{r}.txt"):
-        m = re.match(r"^(simple|complex) (\dx\d+x\d+)\s+([0-9.]+)s \([0-9.]+s\)\s+([0-9.]+)s \([0-9.]+s\)\s+([0-9.]+)s", line)
+        m = re.match(r"^(\w+_\w+)\s+(\w+)\s+([0-9.]+)s\s", line)
         if m:
-            case = cases[(m.group(1), m.group(2))]
-            keep(ours, f"{case}_lrp200_s", float(m.group(4)))
-            keep(ours, f"{case}_gradcam200_s", float(m.group(5)))
-targets = {"train_step": 1.0, "lrp200": 0.25, "gradcam200": 0.5}
+            keep(ours, f"{m.group(1)}_{m.group(2)}_s", float(m.group(3)))
+targets = {"train_step": 1.0, "lrp200": 0.25, "gradcam200": 0.5, "saliency200": 0.3, "ixg200": 0.3, "ig32_200": 0.3,
+           "smoothgrad16_200": 0.3, "guidedbp200": 0.3, "occlusion200": 0.3}
 print(f"best of {rounds} interleaved rounds (median per round)")
 print(f"{'case':<28} {'ours (s)':>10} {'peer (s)':>10} {'ratio':>7} {'target':>7}  peer NCHW / channels_last")
-for what in ["train_step", "lrp200", "gradcam200"]:
+for what in targets:
     for case in cases.values():
         key = f"{case}_{what}_s"
         if key in ours and key in peer:

@@ -1,17 +1,21 @@
 //! Wall time of explaining 200 probe images, forward pass included (as the
 //! peers' numbers are; Grad-CAM's forward pass keeps only the layers it
-//! reads): LRP with the epsilon-gamma-box composite (Zennit's
-//! `EpsilonGammaBox`) and Grad-CAM on the last conv layer (Captum's
-//! `LayerGradCam`), on both architectures at 1x28x28 and 3x32x32.
+//! reads), on both architectures at 1x28x28 and 3x32x32: LRP with the
+//! epsilon-gamma-box composite (Zennit's `EpsilonGammaBox`), Grad-CAM on
+//! the last conv layer (Captum's `LayerGradCam`) and the gradient family
+//! with the peer's settings (Captum's `Saliency`, `InputXGradient`,
+//! `IntegratedGradients` with 32 steps, `NoiseTunnel` SmoothGrad with 16
+//! samples, `GuidedBackprop`, `Occlusion` with 4x4 windows at stride 4). Each row is named by the peer's key.
 //!
 //! `cargo bench -p explainer --bench explain`; `BENCH_REPS` sets the
 //! repetitions per case (default 9), `BENCH_IMAGES` the batch (default 200),
-//! `BENCH_ONLY` a part of the case names to run (e.g. `simple 1x28x28`).
+//! `BENCH_ONLY` a part of the case names to run (e.g. `fmnist_simple`),
+//! `BENCH_METHOD` a part of the method keys (e.g. `ig32`).
 
 use std::time::Instant;
 
 use common::architecture::ModelKind;
-use common::config::{CompositeSpec, ExplainedClass, MethodConfig, NamedComposite};
+use common::config::{Baseline, CompositeSpec, ExplainedClass, MethodConfig, NamedComposite};
 use common::data::{ImageShape, Normalization};
 use common::rng::Rng;
 use engine::Model;
@@ -35,22 +39,35 @@ fn time(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
     (seconds[seconds.len() / 2], seconds[0])
 }
 
+/// Each timed method: the peer's key for it and its settings (those of
+/// `torch_peer.py`).
+fn methods() -> Vec<(&'static str, MethodConfig)> {
+    let target = ExplainedClass::Predicted;
+    vec![
+        ("lrp200", MethodConfig::Lrp { composite: CompositeSpec::Named(NamedComposite::EpsilonGammaBox), target }),
+        ("gradcam200", MethodConfig::Gradcam { layer: None, relu: false, upsample: false, target }),
+        ("saliency200", MethodConfig::Gradient { abs: false, target }),
+        ("ixg200", MethodConfig::GradientXInput { target }),
+        ("ig32_200", MethodConfig::IntegratedGradients { steps: 32, baseline: Baseline::Zero, target }),
+        // 0.075 of the [-1, 1] range: the peer's standard deviation 0.15.
+        ("smoothgrad16_200", MethodConfig::Smoothgrad { samples: 16, noise: 0.075, seed: 0, target }),
+        ("guidedbp200", MethodConfig::GuidedBackprop { target }),
+        ("occlusion200", MethodConfig::Occlusion { window: 4, stride: 4, baseline: Baseline::Zero, target }),
+    ]
+}
+
 fn main() {
     engine::allocator::keep_freed_memory();
     let reps = env_or("BENCH_REPS", 9);
     let images = env_or("BENCH_IMAGES", 200);
     println!("{images} images, median (min) of {reps} runs, {} rayon threads", rayon::current_num_threads());
-    println!("{:<24} {:>18} {:>18} {:>18}", "case", "forward only", "LRP eps-gamma-box", "Grad-CAM last conv");
-    let lrp_config =
-        MethodConfig::Lrp { composite: CompositeSpec::Named(NamedComposite::EpsilonGammaBox), target: ExplainedClass::Predicted };
-    let cam_config = MethodConfig::Gradcam { layer: None, relu: false, upsample: false, target: ExplainedClass::Predicted };
-    for (kind, shape) in [
-        (ModelKind::Simple, ImageShape::GRAY_28),
-        (ModelKind::Simple, ImageShape::RGB_32),
-        (ModelKind::Complex, ImageShape::GRAY_28),
-        (ModelKind::Complex, ImageShape::RGB_32),
+    println!("{:<16} {:<18} {:>10} {:>10}", "case", "work", "median", "min");
+    for (case, kind, shape) in [
+        ("fmnist_simple", ModelKind::Simple, ImageShape::GRAY_28),
+        ("cifar_simple", ModelKind::Simple, ImageShape::RGB_32),
+        ("fmnist_complex", ModelKind::Complex, ImageShape::GRAY_28),
+        ("cifar_complex", ModelKind::Complex, ImageShape::RGB_32),
     ] {
-        let case = format!("{} {shape}", kind.name());
         if std::env::var("BENCH_ONLY").is_ok_and(|only| !case.contains(&only)) {
             continue;
         }
@@ -59,28 +76,27 @@ fn main() {
         let mut rng = Rng::new(7);
         let x: Vec<f32> = (0..images * shape.len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
         let labels: Vec<u8> = (0..images).map(|i| (i % 10) as u8).collect();
-        let lrp = Method::from_config(&lrp_config, &normalization).expect("named composite");
-        let cam = Method::from_config(&cam_config, &normalization).expect("default Grad-CAM");
-        // Each method's forward pass keeps what that method reads, as the
-        // stage does when it explains with that method alone.
-        let explain = |method: &Method| {
-            let first_kept = method.first_traced_layer(&model).expect("the model has the method's layer");
-            let trace = model.forward_trace_from(&x, first_kept).expect("input of the model's shape");
-            let explanation = method.explain(&model, &trace, &labels).expect("explainable");
-            std::hint::black_box(explanation);
-        };
-        let forward = time(reps, || {
-            std::hint::black_box(model.forward_trace(&x).expect("input of the model's shape"));
-        });
-        let lrp_time = time(reps, || explain(&lrp));
-        let cam_time = time(reps, || explain(&cam));
-        let cell = |(median, min): (f64, f64)| format!("{median:.4}s ({min:.4}s)");
-        println!(
-            "{:<24} {:>18} {:>18} {:>18}",
-            format!("{} {shape}", kind.name()),
-            cell(forward),
-            cell(lrp_time),
-            cell(cam_time)
+        let ids: Vec<i64> = (0..images as i64).collect();
+        let print = |work: &str, (median, min): (f64, f64)| println!("{case:<16} {work:<18} {median:>9.4}s {min:>9.4}s");
+        print(
+            "forward",
+            time(reps, || {
+                std::hint::black_box(model.forward_trace(&x).expect("input of the model's shape"));
+            }),
         );
+        for (work, config) in methods() {
+            if std::env::var("BENCH_METHOD").is_ok_and(|only| !work.contains(&only)) {
+                continue;
+            }
+            let method = Method::from_config(&config, &normalization).expect("a valid method");
+            // Each method's forward pass keeps what that method reads, as the
+            // stage does when it explains with that method alone.
+            let seconds = time(reps, || {
+                let first_kept = method.first_traced_layer(&model).expect("the model has the method's layer");
+                let trace = model.forward_trace_from(&x, first_kept).expect("input of the model's shape");
+                std::hint::black_box(method.explain(&model, &trace, &labels, &ids).expect("explainable"));
+            });
+            print(work, seconds);
+        }
     }
 }

@@ -8,11 +8,11 @@
 //! to). The gradient only needs the layers after `A`, so only those are
 //! back-propagated.
 
-use engine::kernels::{conv2d_backward_input, dense_backward_input, maxpool2x2_backward};
 use engine::{ActivationShape, Layer, Model, Trace};
 use rayon::prelude::*;
 
 use crate::error::ExplainError;
+use crate::gradient::{backpropagate, logit_seed, ReluBackward};
 use crate::lrp::check_trace;
 
 /// Grad-CAM's settings.
@@ -106,50 +106,16 @@ pub fn gradcam(model: &Model, trace: &Trace, targets: &[usize], settings: &GradC
 /// `α` (N·K): per image and channel of the site's activations, the spatial
 /// mean of the gradient of that image's explained logit.
 pub fn channel_weights(model: &Model, trace: &Trace, targets: &[usize], site: &ActivationSite) -> Result<Vec<f32>, ExplainError> {
-    if targets.len() != trace.batch {
-        return Err(ExplainError::Shape(format!("{} target(s) for a batch of {} images", targets.len(), trace.batch)));
-    }
-    let classes = model.classes;
-    let mut seed = vec![0.0f32; trace.batch * classes];
-    for (image, &target) in targets.iter().enumerate() {
-        if target >= classes {
-            return Err(ExplainError::LabelOutOfRange { image, label: target, classes });
-        }
-        seed[image * classes + target] = 1.0;
-    }
+    let seed = logit_seed(targets, trace.batch, model.classes)?;
     let gradient = gradient_at(model, trace, site.activation, seed)?;
     let plane = site.height * site.width;
     Ok(gradient.chunks_exact(plane).map(|g| g.iter().sum::<f32>() / plane as f32).collect())
 }
 
 /// Back-propagates `output_gradient` (the gradient at the logits) to the
-/// output of layer `layer`, through the layers after it only; the ReLU and
-/// max-pool derivatives come from the trace.
+/// output of layer `layer`, through the layers after it only.
 pub fn gradient_at(model: &Model, trace: &Trace, layer: usize, output_gradient: Vec<f32>) -> Result<Vec<f32>, ExplainError> {
-    let mut gradient = output_gradient;
-    for index in (layer + 1..model.layers.len()).rev() {
-        gradient = match &model.layers[index] {
-            Layer::Relu => {
-                let input = trace.layer_input(index);
-                gradient.par_iter_mut().zip(input.par_iter()).for_each(|(g, &x)| {
-                    if x <= 0.0 {
-                        *g = 0.0
-                    }
-                });
-                gradient
-            }
-            Layer::Flatten => gradient,
-            Layer::MaxPool(geometry) => {
-                let argmax = trace.argmax[index]
-                    .as_deref()
-                    .ok_or_else(|| ExplainError::Shape(format!("the forward trace has no max-pool winners for layer {index}")))?;
-                maxpool2x2_backward(&gradient, argmax, geometry)
-            }
-            Layer::Conv(conv) => conv2d_backward_input(&gradient, &conv.geometry, &conv.weight),
-            Layer::Dense(dense) => dense_backward_input(&gradient, dense.inputs, &dense.weight),
-        };
-    }
-    Ok(gradient)
+    backpropagate(model, trace, layer + 1, output_gradient, ReluBackward::Gradient)
 }
 
 /// Resizes one `in_h x in_w` map to `out_h x out_w` by bilinear

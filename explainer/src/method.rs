@@ -11,13 +11,31 @@ use engine::{argmax, Model, Trace};
 use crate::composite::Composite;
 use crate::error::ExplainError;
 use crate::gradcam::{gradcam, ActivationSite, GradCamSettings};
+use crate::gradient::{baseline_values, GradientMethod};
 use crate::lrp::{relevance, sum_over_channels};
+use crate::occlusion::Occlusion;
 
 /// A method ready to run.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Method {
-    Lrp { composite: Composite, target: ExplainedClass },
-    GradCam { settings: GradCamSettings, target: ExplainedClass },
+    Lrp {
+        composite: Composite,
+        target: ExplainedClass,
+    },
+    GradCam {
+        settings: GradCamSettings,
+        target: ExplainedClass,
+    },
+    /// A method of the gradient family (`gradient`, `gradient-x-input`,
+    /// `integrated-gradients`, `smoothgrad`, `guided-backprop`).
+    Gradient {
+        method: GradientMethod,
+        target: ExplainedClass,
+    },
+    Occlusion {
+        occlusion: Occlusion,
+        target: ExplainedClass,
+    },
 }
 
 /// The maps of a batch and what they explain.
@@ -25,7 +43,8 @@ pub enum Method {
 pub struct Explanation {
     pub height: usize,
     pub width: usize,
-    /// N·height·width; LRP maps are summed over the input channels.
+    /// N·height·width; LRP and gradient maps are summed over the input
+    /// channels.
     pub maps: Vec<f32>,
     /// The explained class of each image.
     pub targets: Vec<usize>,
@@ -47,12 +66,35 @@ impl Method {
                 settings: GradCamSettings { layer: layer.clone(), relu: *relu, upsample: *upsample },
                 target: *target,
             },
+            MethodConfig::Gradient { abs, target } => {
+                Method::Gradient { method: GradientMethod::Gradient { abs: *abs }, target: *target }
+            }
+            MethodConfig::GradientXInput { target } => {
+                Method::Gradient { method: GradientMethod::GradientXInput, target: *target }
+            }
+            MethodConfig::IntegratedGradients { steps, baseline, target } => Method::Gradient {
+                method: GradientMethod::integrated_gradients(*steps, *baseline, normalization),
+                target: *target,
+            },
+            MethodConfig::Smoothgrad { samples, noise, seed, target } => {
+                Method::Gradient { method: GradientMethod::smoothgrad(*samples, *noise, *seed, normalization), target: *target }
+            }
+            MethodConfig::GuidedBackprop { target } => {
+                Method::Gradient { method: GradientMethod::GuidedBackprop, target: *target }
+            }
+            MethodConfig::Occlusion { window, stride, baseline, target } => Method::Occlusion {
+                occlusion: Occlusion { window: *window, stride: *stride, baseline: baseline_values(*baseline, normalization) },
+                target: *target,
+            },
         })
     }
 
     pub fn target(&self) -> ExplainedClass {
         match self {
-            Method::Lrp { target, .. } | Method::GradCam { target, .. } => *target,
+            Method::Lrp { target, .. }
+            | Method::GradCam { target, .. }
+            | Method::Gradient { target, .. }
+            | Method::Occlusion { target, .. } => *target,
         }
     }
 
@@ -60,14 +102,16 @@ impl Method {
     /// the layers from there on is enough (see `Model::forward_trace_from`).
     pub fn first_traced_layer(&self, model: &Model) -> Result<usize, ExplainError> {
         match self {
-            Method::Lrp { .. } => Ok(0),
+            Method::Lrp { .. } | Method::Gradient { .. } | Method::Occlusion { .. } => Ok(0),
             Method::GradCam { settings, .. } => Ok(ActivationSite::find(model, settings.layer.as_deref())?.activation),
         }
     }
 
     /// Explains the images of `trace` (a forward trace of `model`); `labels`
-    /// are their true classes, used when the method explains the label.
-    pub fn explain(&self, model: &Model, trace: &Trace, labels: &[u8]) -> Result<Explanation, ExplainError> {
+    /// are their true classes, used when the method explains the label, and
+    /// `probe_ids` their names in the probe set (which seed SmoothGrad's
+    /// noise per image).
+    pub fn explain(&self, model: &Model, trace: &Trace, labels: &[u8], probe_ids: &[i64]) -> Result<Explanation, ExplainError> {
         let classes = model.classes;
         let logits = trace.logits();
         if logits.len() != trace.batch * classes || labels.len() != trace.batch {
@@ -100,6 +144,12 @@ impl Method {
                 let cam = gradcam(model, trace, &targets, settings)?;
                 (cam.height, cam.width, cam.maps)
             }
+            Method::Gradient { method, .. } => {
+                (model.input.height, model.input.width, method.maps(model, trace, &targets, probe_ids)?)
+            }
+            Method::Occlusion { occlusion, .. } => {
+                (model.input.height, model.input.width, occlusion.maps(model, &trace.input, logits, &targets)?)
+            }
         };
         Ok(Explanation { height, width, maps, targets, predictions, logits: explained })
     }
@@ -110,7 +160,7 @@ mod tests {
     use super::*;
     use crate::test_support::random;
     use common::architecture::ModelKind;
-    use common::config::{CompositeSpec, NamedComposite};
+    use common::config::{Baseline, CompositeSpec, NamedComposite};
     use common::image::ImageShape;
 
     fn methods(channels: usize) -> Vec<Method> {
@@ -125,6 +175,12 @@ mod tests {
                 upsample: true,
                 target: ExplainedClass::Label,
             },
+            MethodConfig::Gradient { abs: true, target: ExplainedClass::Predicted },
+            MethodConfig::GradientXInput { target: ExplainedClass::Label },
+            MethodConfig::IntegratedGradients { steps: 5, baseline: Baseline::Black, target: ExplainedClass::Predicted },
+            MethodConfig::Smoothgrad { samples: 3, noise: 0.1, seed: 7, target: ExplainedClass::Predicted },
+            MethodConfig::GuidedBackprop { target: ExplainedClass::Predicted },
+            MethodConfig::Occlusion { window: 3, stride: 2, baseline: Baseline::Zero, target: ExplainedClass::Label },
         ];
         configs.iter().map(|c| Method::from_config(c, &normalization).unwrap()).collect()
     }
@@ -139,9 +195,10 @@ mod tests {
         let labels = [3u8, 1, 4, 1, 5];
         let batch = model.forward_trace(&x).unwrap();
         let alone = model.forward_trace(&x[2 * shape.len()..3 * shape.len()]).unwrap();
+        let ids = [10, 11, 12, 13, 14];
         for method in methods(3) {
-            let all = method.explain(&model, &batch, &labels).unwrap();
-            let one = method.explain(&model, &alone, &labels[2..3]).unwrap();
+            let all = method.explain(&model, &batch, &labels, &ids).unwrap();
+            let one = method.explain(&model, &alone, &labels[2..3], &ids[2..3]).unwrap();
             let plane = all.height * all.width;
             assert_eq!(&all.maps[2 * plane..3 * plane], &one.maps[..], "{method:?}");
             assert_eq!((all.targets[2], all.predictions[2], all.logits[2]), (one.targets[0], one.predictions[0], one.logits[0]));
@@ -150,24 +207,25 @@ mod tests {
 
     #[test]
     fn explanations_report_targets_predictions_and_logits() {
+        const IDS: [i64; 3] = [0, 1, 2];
         let shape = ImageShape { channels: 1, height: 8, width: 8 };
         let model = Model::initialized(ModelKind::Simple, shape, 10, 4);
         let x = random(3 * shape.len(), 5, -1.0, 1.0);
         let labels = [7u8, 0, 2];
         let trace = model.forward_trace(&x).unwrap();
         let all = methods(1);
-        let predicted = all[0].explain(&model, &trace, &labels).unwrap();
+        let predicted = all[0].explain(&model, &trace, &labels, &IDS).unwrap();
         assert_eq!((predicted.height, predicted.width, predicted.maps.len()), (8, 8, 192));
         assert_eq!(predicted.targets, predicted.predictions);
-        let by_label = all[1].explain(&model, &trace, &labels).unwrap();
+        let by_label = all[1].explain(&model, &trace, &labels, &IDS).unwrap();
         assert_eq!(by_label.targets, vec![7, 0, 2]);
         for (i, &t) in by_label.targets.iter().enumerate() {
             assert_eq!(by_label.logits[i], trace.logits()[i * 10 + t]);
         }
-        let cam = all[2].explain(&model, &trace, &labels).unwrap();
+        let cam = all[2].explain(&model, &trace, &labels, &IDS).unwrap();
         assert_eq!((cam.height, cam.width), (4, 4));
-        let err = all[3].explain(&model, &trace, &labels).unwrap_err().to_string();
+        let err = all[3].explain(&model, &trace, &labels, &IDS).unwrap_err().to_string();
         assert!(err.contains("features_conv.2") && err.contains("features_conv.3"), "{err}");
-        assert!(matches!(all[1].explain(&model, &trace, &[1, 2, 10]), Err(ExplainError::LabelOutOfRange { image: 2, .. })));
+        assert!(matches!(all[1].explain(&model, &trace, &[1, 2, 10], &IDS), Err(ExplainError::LabelOutOfRange { image: 2, .. })));
     }
 }

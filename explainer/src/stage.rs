@@ -35,8 +35,9 @@ use crate::method::Method;
 #[command(
     name = "explainer",
     version,
-    about = "Explain the probe set at every checkpoint with LRP and Grad-CAM",
-    long_about = "Explain the probe set at every checkpoint with LRP and Grad-CAM.\n\n\
+    about = "Explain the probe set at every checkpoint with LRP, Grad-CAM and the gradient family",
+    long_about = "Explain the probe set at every checkpoint with the configured methods (LRP, Grad-CAM, \
+        gradient, gradient-x-input, integrated-gradients, smoothgrad, guided-backprop).\n\n\
         One unit of work is one (run, method, checkpoint): it writes \
         <output>/<run>/attributions/<method>/step-NNNNNN.safetensors with the maps of all probe images. \
         Units whose stored fingerprint matches the checkpoint and the method's settings are skipped, so \
@@ -229,7 +230,7 @@ impl<'a> Explainer<'a> {
             }
             let result = planned
                 .method
-                .explain(model, &trace, &probe.labels)
+                .explain(model, &trace, &probe.labels, &probe.probe_ids)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))
                 .and_then(|explanation| {
                     let attributions = Attributions {

@@ -335,3 +335,58 @@ fn a_run_with_seeds_gives_one_instance_per_seed_and_a_summary_across_them() {
     }
     assert_same_files(&bytes, &snapshot(&out));
 }
+
+/// `configs/methods.toml` end to end, on synthetic data of its shape
+/// instead of Fashion-MNIST and with a shorter run: every method writes a
+/// map per probe image at every checkpoint, the summaries and the report
+/// cover every method, and a second pass does nothing.
+#[test]
+fn the_methods_config_explains_with_every_method_end_to_end() {
+    let root = pipeline_tests::workspace_root();
+    let text = std::fs::read_to_string(root.join("configs/methods.toml")).expect("configs/methods.toml");
+    let replacements = [
+        ("dir = \"runs/methods\"", "dir = \"@OUT@\""),
+        (
+            "kind = \"idx\"\npath = \"data/fashion-mnist\"",
+            "kind = \"synthetic\"\nshape = \"1x28x28\"\ntrain_size = 300\ntest_size = 100\nseed = 7",
+        ),
+        ("seen_per_class = 5\nunseen_per_class = 5", "seen_per_class = 1\nunseen_per_class = 1"),
+        ("epochs = 1\n", "epochs = 1\nbatch_size = 50\n"),
+        ("checkpoints = { every = 50, dense_every = 10, dense_until = 50 }", "checkpoints = { every = 3 }"),
+    ];
+    let mut config = text.clone();
+    for (from, to) in replacements {
+        assert!(config.contains(from), "configs/methods.toml has no `{from}`");
+        config = config.replacen(from, to, 1);
+    }
+    let methods: Vec<String> =
+        text.lines().filter_map(|l| l.strip_prefix("[methods.").and_then(|m| m.strip_suffix(']')).map(str::to_string)).collect();
+    assert_eq!(methods.len(), 8, "{methods:?}");
+    let s = Scratch::with_config("methods", &config);
+    run_pipeline(&s);
+    let run = s.out().join("good-fit");
+    // 300 images in batches of 50: steps 0, 3, 6 and the last, 6.
+    let steps = [0, 3, 6];
+    for method in &methods {
+        for step in steps {
+            let file = run.join(format!("attributions/{method}/step-{step:06}.safetensors"));
+            let attributions = common::artifacts::read_attributions(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert_eq!(attributions.probe_id.len(), 20, "{method} at step {step}: one map per probe image");
+            let expected_plane = if method == "gradcam" { 14 * 14 } else { 28 * 28 };
+            assert_eq!(attributions.height * attributions.width, expected_plane, "{method}");
+            assert!(attributions.maps.iter().all(|v| v.is_finite()), "{method} at step {step}: finite maps");
+            assert!(attributions.maps.iter().any(|&v| v != 0.0), "{method} at step {step}: a map that is not all zero");
+        }
+        assert!(run.join(format!("summaries/{method}.parquet")).is_file(), "{method}: summaries");
+    }
+    let report = std::fs::read_to_string(s.out().join("analysis/report.md")).unwrap();
+    for method in &methods {
+        assert!(report.contains(&format!("## Method `{method}`")), "the report has no section for {method}");
+    }
+    let before = snapshot(&s.out());
+    for stage in STAGES {
+        let log = s.ok(stage, &[]);
+        assert!(log.contains("nothing to do") || log.contains("up to date"), "{stage} did work on a rerun:\n{log}");
+    }
+    assert_same_files(&before, &snapshot(&s.out()));
+}

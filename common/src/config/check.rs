@@ -3,7 +3,7 @@
 //! these checks on the whole file at start-up, so a bad method setting
 //! stops the trainer as it stops the explainer.
 
-use super::schema::{CompositeRules, CompositeSpec, DatasetKind, MethodConfig, PipelineConfig, RuleSpec};
+use super::schema::{Baseline, CompositeRules, CompositeSpec, DatasetKind, MethodConfig, PipelineConfig, RuleSpec};
 use crate::architecture::ModelKind;
 
 /// The folder under `[output].dir` that holds the analysis, beside the run
@@ -218,9 +218,39 @@ impl PipelineConfig {
                     }
                 }
                 MethodConfig::Gradcam { layer: None, .. } => {}
+                MethodConfig::IntegratedGradients { steps, baseline, .. } => {
+                    if *steps == 0 {
+                        return fail(key("steps"), "must be at least 1");
+                    }
+                    check_baseline(baseline).map_err(|message| (key("baseline"), message))?;
+                }
+                MethodConfig::Smoothgrad { samples, noise, .. } => {
+                    if *samples == 0 {
+                        return fail(key("samples"), "must be at least 1");
+                    }
+                    if !(noise.is_finite() && *noise >= 0.0) {
+                        return fail(key("noise"), "must be a finite number of at least 0 (a fraction of the input range)");
+                    }
+                }
+                MethodConfig::Occlusion { window, stride, baseline, .. } => {
+                    for (name, value) in [("window", window), ("stride", stride)] {
+                        if *value == 0 {
+                            return fail(key(name), "must be at least 1");
+                        }
+                    }
+                    check_baseline(baseline).map_err(|message| (key("baseline"), message))?;
+                }
+                MethodConfig::Gradient { .. } | MethodConfig::GradientXInput { .. } | MethodConfig::GuidedBackprop { .. } => {}
             }
         }
         Ok(())
+    }
+}
+
+fn check_baseline(baseline: &Baseline) -> Result<(), String> {
+    match baseline {
+        Baseline::Value(v) if !v.is_finite() => Err("must be \"zero\", \"black\" or a finite number".into()),
+        _ => Ok(()),
     }
 }
 

@@ -191,7 +191,9 @@ pub enum ExplainedClass {
     Label,
 }
 
-/// An explanation method: `kind = "lrp"` or `kind = "gradcam"` and its settings.
+/// An explanation method: its `kind` (`lrp`, `gradcam`, `gradient`,
+/// `gradient-x-input`, `integrated-gradients`, `smoothgrad`,
+/// `guided-backprop`, `occlusion`) and its settings.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum MethodConfig {
@@ -213,6 +215,131 @@ pub enum MethodConfig {
         #[serde(default)]
         target: ExplainedClass,
     },
+    /// The gradient of the explained logit with respect to the input
+    /// (Simonyan et al.), summed over the input channels; with `abs`, the
+    /// sum of the absolute values.
+    Gradient {
+        #[serde(default)]
+        abs: bool,
+        #[serde(default)]
+        target: ExplainedClass,
+    },
+    /// Input times gradient (Shrikumar et al.), summed over the channels.
+    GradientXInput {
+        #[serde(default)]
+        target: ExplainedClass,
+    },
+    /// Integrated gradients (Sundararajan et al.) from `baseline` to the
+    /// input, by Gauss-Legendre quadrature with `steps` nodes.
+    IntegratedGradients {
+        #[serde(default = "default_integration_steps")]
+        steps: usize,
+        #[serde(default)]
+        baseline: Baseline,
+        #[serde(default)]
+        target: ExplainedClass,
+    },
+    /// SmoothGrad (Smilkov et al.): the mean gradient over `samples` noisy
+    /// copies of the input, Gaussian noise of standard deviation `noise`
+    /// times the normalised input range, drawn per probe image from `seed`.
+    Smoothgrad {
+        #[serde(default = "default_smoothgrad_samples")]
+        samples: usize,
+        #[serde(default = "default_smoothgrad_noise")]
+        noise: f64,
+        #[serde(default)]
+        seed: u64,
+        #[serde(default)]
+        target: ExplainedClass,
+    },
+    /// Guided backpropagation (Springenberg et al.): the gradient with only
+    /// positive gradients passed back through each ReLU.
+    GuidedBackprop {
+        #[serde(default)]
+        target: ExplainedClass,
+    },
+    /// Occlusion (Zeiler and Fergus): the mean fall of the explained logit
+    /// when a `window x window` patch of every channel, at positions
+    /// `stride` apart, is set to `baseline`.
+    Occlusion {
+        #[serde(default = "default_occlusion_window")]
+        window: usize,
+        #[serde(default = "default_occlusion_window")]
+        stride: usize,
+        #[serde(default)]
+        baseline: Baseline,
+        #[serde(default)]
+        target: ExplainedClass,
+    },
+}
+
+fn default_occlusion_window() -> usize {
+    4
+}
+
+fn default_integration_steps() -> usize {
+    32
+}
+
+fn default_smoothgrad_samples() -> usize {
+    16
+}
+
+/// 0.075 of the range: a standard deviation of 0.15 for inputs normalised
+/// to [-1, 1] (mean 0.5, std 0.5), the peer benchmark's setting.
+fn default_smoothgrad_noise() -> f64 {
+    0.075
+}
+
+/// Where integrated gradients start, and what occludes: `"zero"` (every normalised input 0,
+/// the data set's mean image for mean/std normalisation), `"black"` (the
+/// normalised value of a 0 pixel, per channel) or a number (one normalised
+/// value for every input).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Baseline {
+    #[default]
+    Zero,
+    Black,
+    Value(f32),
+}
+
+impl Serialize for Baseline {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Baseline::Zero => s.serialize_str("zero"),
+            Baseline::Black => s.serialize_str("black"),
+            Baseline::Value(v) => s.serialize_f32(*v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Baseline {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct BaselineVisitor;
+        impl serde::de::Visitor<'_> for BaselineVisitor {
+            type Value = Baseline;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"zero\", \"black\" or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Baseline, E> {
+                match v {
+                    "zero" => Ok(Baseline::Zero),
+                    "black" => Ok(Baseline::Black),
+                    _ => Err(E::custom(format!("unknown baseline `{v}`: expected \"zero\", \"black\" or a number"))),
+                }
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Baseline, E> {
+                Ok(Baseline::Value(v as f32))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Baseline, E> {
+                Ok(Baseline::Value(v as f32))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Baseline, E> {
+                Ok(Baseline::Value(v as f32))
+            }
+        }
+        d.deserialize_any(BaselineVisitor)
+    }
 }
 
 fn default_composite() -> CompositeSpec {
