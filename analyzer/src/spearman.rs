@@ -25,47 +25,7 @@ pub struct Spearman {
     pub n: usize,
 }
 
-/// Ranks 1..n, ties given the mean of the ranks they span. NaNs must have
-/// been removed by the caller.
-pub fn average_ranks(values: &[f64]) -> Vec<f64> {
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
-    let mut ranks = vec![0.0; values.len()];
-    let mut start = 0;
-    while start < order.len() {
-        let mut end = start + 1;
-        while end < order.len() && values[order[end]] == values[order[start]] {
-            end += 1;
-        }
-        // positions start..end (0-based) hold ranks start+1..=end; their mean:
-        let rank = (start + 1 + end) as f64 / 2.0;
-        for &i in &order[start..end] {
-            ranks[i] = rank;
-        }
-        start = end;
-    }
-    ranks
-}
-
-/// Pearson's correlation; None when a side has no variance.
-pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
-    let n = x.len() as f64;
-    if x.len() != y.len() || x.len() < 2 {
-        return None;
-    }
-    let mx = x.iter().sum::<f64>() / n;
-    let my = y.iter().sum::<f64>() / n;
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for (a, b) in x.iter().zip(y) {
-        sxy += (a - mx) * (b - my);
-        sxx += (a - mx) * (a - mx);
-        syy += (b - my) * (b - my);
-    }
-    if !(sxx > 0.0 && syy > 0.0) {
-        return None;
-    }
-    Some((sxy / (sxx * syy).sqrt()).clamp(-1.0, 1.0))
-}
+pub use common::ranks::{average_ranks, pearson};
 
 /// Spearman's rho of paired samples (the caller drops pairs with a missing
 /// side); None when n < 4 or either side is constant.
@@ -99,12 +59,6 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) {
         assert!((a - b).abs() <= tol * b.abs().max(1e-300), "expected {b:e}, got {a:e}");
-    }
-
-    #[test]
-    fn average_ranks_share_ties() {
-        assert_eq!(average_ranks(&[10.0, 20.0, 20.0, 5.0, 20.0]), [2.0, 4.0, 4.0, 1.0, 4.0]);
-        assert_eq!(average_ranks(&[1.0, 1.0]), [1.5, 1.5]);
     }
 
     // Reference values: scipy 1.17.1, `scipy.stats.spearmanr(x, y)` (statistic,

@@ -534,11 +534,19 @@ fn draw_figures(
             continue;
         }
         let measures = &mine[0].measures;
-        let mut panels: Vec<(Measure, String)> = [(report::NORM, "norm (frobenius)"), (report::ENTROPY, "entropy (entropy_abs)")]
-            .iter()
-            .filter(|(m, _)| measures.contains(m))
-            .map(|(m, t)| (*m, t.to_string()))
-            .collect();
+        // The paper's two measures, then map stability: how much each map
+        // still changes from one checkpoint to the next, and how close it
+        // is to the final map.
+        let mut panels: Vec<(Measure, String)> = [
+            (report::NORM, "norm (frobenius)"),
+            (report::ENTROPY, "entropy (entropy_abs)"),
+            (Measure::RankSimPrev, "rank similarity to the previous checkpoint"),
+            (Measure::RankSimFinal, "rank similarity to the final checkpoint"),
+        ]
+        .iter()
+        .filter(|(m, _)| measures.contains(m))
+        .map(|(m, t)| (*m, t.to_string()))
+        .collect();
         if panels.is_empty() {
             panels.push((measures[0], measures[0].to_string()));
         }

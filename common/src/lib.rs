@@ -16,5 +16,6 @@ pub mod data;
 pub mod image;
 pub mod measures;
 pub mod provenance;
+pub mod ranks;
 pub mod rng;
 pub mod stage;

@@ -40,11 +40,43 @@ pub enum Measure {
     FrobeniusPerLogit,
     /// `L1 / |logit|`, likewise.
     L1PerLogit,
+    /// Pixels with `|x| > 1e-5 · max |x|` (Quantus's `EffectiveComplexity`
+    /// on the map normalised by its largest magnitude); null for an
+    /// all-zero map.
+    EffectiveComplexity,
+    /// Spearman's rho between the map and the same image's map at the
+    /// previous checkpoint of the run; null at the first.
+    RankSimPrev,
+    /// Spearman's rho with the same image's map at the run's last
+    /// checkpoint (1 there).
+    RankSimFinal,
+    /// Spearman's rho with the same image's map at step 0, the untrained
+    /// model (a randomisation baseline in the spirit of Adebayo et al.'s
+    /// parameter-randomisation test); null when the run has no step 0.
+    RankSimInit,
+}
+
+/// How a measure is computed: from one map alone, or by comparing the map
+/// with the same image's map at another checkpoint of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeasureKind {
+    OneMap,
+    /// Against the map at the previous, the final or the first (step 0)
+    /// checkpoint.
+    Stability(Partner),
+}
+
+/// The checkpoint a stability measure compares with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Partner {
+    Previous,
+    Final,
+    Initial,
 }
 
 impl Measure {
     /// Every measure, in the default column order.
-    pub const ALL: [Measure; 15] = [
+    pub const ALL: [Measure; 19] = [
         Measure::Frobenius,
         Measure::L1,
         Measure::EntropyPos,
@@ -60,6 +92,10 @@ impl Measure {
         Measure::Gini,
         Measure::FrobeniusPerLogit,
         Measure::L1PerLogit,
+        Measure::EffectiveComplexity,
+        Measure::RankSimPrev,
+        Measure::RankSimFinal,
+        Measure::RankSimInit,
     ];
 
     /// The paper's "norm".
@@ -85,6 +121,19 @@ impl Measure {
             Measure::Gini => "gini",
             Measure::FrobeniusPerLogit => "frobenius_per_logit",
             Measure::L1PerLogit => "l1_per_logit",
+            Measure::EffectiveComplexity => "effective_complexity",
+            Measure::RankSimPrev => "rank_sim_prev",
+            Measure::RankSimFinal => "rank_sim_final",
+            Measure::RankSimInit => "rank_sim_init",
+        }
+    }
+
+    pub fn kind(&self) -> MeasureKind {
+        match self {
+            Measure::RankSimPrev => MeasureKind::Stability(Partner::Previous),
+            Measure::RankSimFinal => MeasureKind::Stability(Partner::Final),
+            Measure::RankSimInit => MeasureKind::Stability(Partner::Initial),
+            _ => MeasureKind::OneMap,
         }
     }
 

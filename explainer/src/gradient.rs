@@ -292,7 +292,7 @@ fn smoothgrad(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{forward_from, random, tiny_model};
+    use crate::test_support::{dense_model, forward_from, random, tiny_model};
     use common::architecture::ModelKind;
     use common::image::ImageShape;
     use engine::argmax;
@@ -384,21 +384,8 @@ mod tests {
     /// one node suffices.
     #[test]
     fn integrated_gradients_of_a_linear_model_are_input_minus_baseline_times_weight() {
-        let model = Model {
-            kind: ModelKind::Simple,
-            input: ImageShape { channels: 1, height: 2, width: 2 },
-            classes: 2,
-            layers: vec![
-                Layer::Flatten,
-                Layer::Dense(engine::Dense {
-                    name: "fc".into(),
-                    inputs: 4,
-                    outputs: 2,
-                    weight: vec![1.0, -2.0, 0.5, 3.0, 0.0, 1.0, 1.0, 1.0],
-                    bias: vec![0.2, 0.0],
-                }),
-            ],
-        };
+        let weights = vec![1.0, -2.0, 0.5, 3.0, 0.0, 1.0, 1.0, 1.0];
+        let model = dense_model(ImageShape { channels: 1, height: 2, width: 2 }, &[("fc", 2, weights)]);
         let x = [1.0f32, 2.0, -1.0, 0.5];
         let ig = integrated_gradients(&model, &x, &[0], 1, &[0.5]).unwrap();
         let expected: Vec<f32> = [1.0f32, -2.0, 0.5, 3.0].iter().zip(&x).map(|(w, x)| (x - 0.5) * w).collect();
@@ -453,29 +440,9 @@ mod tests {
     fn guided_backprop_passes_only_positive_gradients_through_relus() {
         // x (1x1x3) -> dense 3->3 (identity) -> ReLU -> dense 3->1 with
         // weights (2, -1, 3).
-        let model = Model {
-            kind: ModelKind::Simple,
-            input: ImageShape { channels: 1, height: 1, width: 3 },
-            classes: 1,
-            layers: vec![
-                Layer::Flatten,
-                Layer::Dense(engine::Dense {
-                    name: "hidden".into(),
-                    inputs: 3,
-                    outputs: 3,
-                    weight: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-                    bias: vec![0.0; 3],
-                }),
-                Layer::Relu,
-                Layer::Dense(engine::Dense {
-                    name: "out".into(),
-                    inputs: 3,
-                    outputs: 1,
-                    weight: vec![2.0, -1.0, 3.0],
-                    bias: vec![0.0],
-                }),
-            ],
-        };
+        let identity = vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+        let shape = ImageShape { channels: 1, height: 1, width: 3 };
+        let model = dense_model(shape, &[("hidden", 3, identity), ("out", 1, vec![2.0, -1.0, 3.0])]);
         // Unit 0: input 1 > 0, gradient 2 > 0: passes. Unit 1: input 1,
         // gradient -1: guided cuts it, the gradient keeps it. Unit 2: input
         // -1: both cut it.

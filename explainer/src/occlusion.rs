@@ -101,22 +101,13 @@ impl Occlusion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::architecture::ModelKind;
+    use crate::test_support::dense_model;
     use common::image::ImageShape;
-    use engine::{Dense, Layer};
 
     /// A linear model on 1x4x4 images: the logit is `Σ w_i x_i`, so
     /// occluding a window with 0 drops the logit by the window's `Σ w_i x_i`.
     fn linear(weights: Vec<f32>) -> Model {
-        Model {
-            kind: ModelKind::Simple,
-            input: ImageShape { channels: 1, height: 4, width: 4 },
-            classes: 1,
-            layers: vec![
-                Layer::Flatten,
-                Layer::Dense(Dense { name: "fc".into(), inputs: 16, outputs: 1, weight: weights, bias: vec![0.5] }),
-            ],
-        }
+        dense_model(ImageShape { channels: 1, height: 4, width: 4 }, &[("fc", 1, weights)])
     }
 
     #[test]

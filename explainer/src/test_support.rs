@@ -60,6 +60,29 @@ pub fn tiny_model(seed: u64, with_biases: bool) -> Model {
     }
 }
 
+/// A model of dense layers on `input` images: flatten, then for each
+/// `(name, outputs, weights)` a dense layer without bias, with a ReLU
+/// between consecutive ones.
+pub fn dense_model(input: ImageShape, layers: &[(&str, usize, Vec<f32>)]) -> Model {
+    let mut inputs = input.len();
+    let mut built = vec![Layer::Flatten];
+    for (k, (name, outputs, weight)) in layers.iter().enumerate() {
+        if k > 0 {
+            built.push(Layer::Relu);
+        }
+        assert_eq!(weight.len(), inputs * outputs, "dense layer `{name}` weights");
+        built.push(Layer::Dense(Dense {
+            name: name.to_string(),
+            inputs,
+            outputs: *outputs,
+            weight: weight.clone(),
+            bias: vec![0.0; *outputs],
+        }));
+        inputs = *outputs;
+    }
+    Model { kind: ModelKind::Simple, input, classes: inputs, layers: built }
+}
+
 /// Runs `layers[from..]` of `model` on `x` with the kernels directly
 /// (independent of the trace): the network's tail as a function.
 pub fn forward_from(model: &Model, from: usize, x: &[f32]) -> Vec<f32> {

@@ -12,14 +12,28 @@
 //! - `gini` of an all-zero map;
 //! - every measure of an empty map, and every measure whose value is not
 //!   finite (a map holding NaN or infinity);
-//! - the per-logit norms when the explained logit is 0.
+//! - the per-logit norms when the explained logit is 0;
+//! - `effective_complexity` of an all-zero map;
+//! - the rank similarities (`rank_sim_*`) where the other checkpoint's map
+//!   does not exist (`rank_sim_prev` at the first checkpoint,
+//!   `rank_sim_init` in a run without step 0) or either map is constant.
+//!
+//! The rank similarities compare two maps of one image
+//! ([`rank_similarity`] on their [`map_ranks`]); the stage pairs the maps.
 
-pub use common::measures::Measure;
+pub use common::measures::{Measure, MeasureKind, Partner};
+use common::ranks::{average_ranks, pearson};
+
+/// Pixels whose magnitude exceeds this fraction of the map's largest count
+/// towards `effective_complexity` (Quantus's default `eps` on a map
+/// normalised by its largest magnitude).
+pub const EFFECTIVE_COMPLEXITY_THRESHOLD: f64 = 1e-5;
 
 /// A measure's value on one map.
 pub trait Compute {
     /// The measure of one map that explains `logit`; `None` where
-    /// undefined (see the module docs).
+    /// undefined (see the module docs), and for the measures that compare
+    /// two maps (`MeasureKind::Stability`), which this cannot compute.
     fn compute(&self, map: &[f32], logit: f32) -> Option<f64>;
 }
 
@@ -45,6 +59,8 @@ impl Compute for Measure {
             Measure::Gini => gini(map),
             Measure::FrobeniusPerLogit => per_logit(frobenius(map)),
             Measure::L1PerLogit => per_logit(l1(map)),
+            Measure::EffectiveComplexity => effective_complexity(map),
+            Measure::RankSimPrev | Measure::RankSimFinal | Measure::RankSimInit => None,
         };
         value.filter(|v| v.is_finite())
     }
@@ -113,6 +129,29 @@ pub fn gini(map: &[f32]) -> Option<f64> {
     Some(1.0 - 2.0 * weighted)
 }
 
+/// Pixels with `|x| > EFFECTIVE_COMPLEXITY_THRESHOLD · max |x|`; `None`
+/// for an all-zero map.
+pub fn effective_complexity(map: &[f32]) -> Option<f64> {
+    let largest = map.iter().map(|&x| (x as f64).abs()).fold(0.0, f64::max);
+    if !(largest > 0.0) {
+        return None;
+    }
+    let threshold = EFFECTIVE_COMPLEXITY_THRESHOLD * largest;
+    Some(map.iter().filter(|&&x| (x as f64).abs() > threshold).count() as f64)
+}
+
+/// A map's pixels ranked (ties sharing their mean rank), for
+/// [`rank_similarity`]; `None` when a pixel is not finite.
+pub fn map_ranks(map: &[f32]) -> Option<Vec<f64>> {
+    map.iter().all(|x| x.is_finite()).then(|| average_ranks(&map.iter().map(|&x| x as f64).collect::<Vec<_>>()))
+}
+
+/// Spearman's rho between two maps of one image from their ranks; `None`
+/// when either is constant or the maps differ in size.
+pub fn rank_similarity(ranks: &[f64], other: &[f64]) -> Option<f64> {
+    pearson(ranks, other)
+}
+
 /// Shannon entropy in nats of non-negative weights normalised to sum 1
 /// (`0 ln 0 = 0`); `None` when the weights sum to 0.
 fn entropy(weights: impl Iterator<Item = f64> + Clone) -> Option<f64> {
@@ -157,7 +196,7 @@ mod tests {
     }
 
     fn all(map: &[f32]) -> Vec<(&'static str, Option<f64>)> {
-        Measure::ALL.iter().map(|m| (m.name(), m.compute(map, 1.0))).collect()
+        Measure::ALL.iter().filter(|m| m.kind() == MeasureKind::OneMap).map(|m| (m.name(), m.compute(map, 1.0))).collect()
     }
 
     #[test]
@@ -242,7 +281,7 @@ mod tests {
         // entropy_pos undefined (no positive pixel); normalised entropies
         // undefined (ln 1 = 0); gini: 1 - 2 * 1 * (1 - 1 + 1/2)/1 = 0.
         let map = [-2.5f32];
-        let expected: [(&str, Option<f64>); 15] = [
+        let expected: [(&str, Option<f64>); 16] = [
             ("frobenius", Some(2.5)),
             ("l1", Some(2.5)),
             ("entropy_pos", None),
@@ -258,8 +297,36 @@ mod tests {
             ("gini", Some(0.0)),
             ("frobenius_per_logit", Some(2.5)),
             ("l1_per_logit", Some(2.5)),
+            ("effective_complexity", Some(1.0)),
         ];
         assert_eq!(all(&map), expected);
+    }
+
+    #[test]
+    fn effective_complexity_counts_pixels_above_a_fraction_of_the_largest() {
+        // largest magnitude 2: the threshold is 2e-5; 1e-5 and 0 are below it,
+        // -2e-5 is not above it, 3e-5 is.
+        let map = [2.0f32, -1.0, 1e-5, 0.0, -2e-5, 3e-5];
+        close(Measure::EffectiveComplexity.compute(&map, 1.0), 3.0);
+        assert_eq!(Measure::EffectiveComplexity.compute(&[0.0f32; 4], 1.0), None);
+        assert_eq!(Measure::RankSimFinal.compute(&map, 1.0), None, "stability measures need two maps");
+    }
+
+    /// Rank similarity is Spearman's rho with average ranks for ties:
+    /// scipy 1.17.1, `scipy.stats.spearmanr([0, 1, 1, 3, -2, 5], [0, 2, 2, 1,
+    /// -1, 4]).statistic` = 0.823529411764706 (ranks [2, 3.5, 3.5, 5, 1, 6]
+    /// and [2, 4.5, 4.5, 3, 1, 6]).
+    #[test]
+    fn rank_similarity_is_spearman_between_the_maps() {
+        let a = map_ranks(&[0.0, 1.0, 1.0, 3.0, -2.0, 5.0]).unwrap();
+        let b = map_ranks(&[0.0, 2.0, 2.0, 1.0, -1.0, 4.0]).unwrap();
+        assert_eq!(a, [2.0, 3.5, 3.5, 5.0, 1.0, 6.0]);
+        let rho = rank_similarity(&a, &b).unwrap();
+        assert!((rho - 0.823529411764706).abs() < 1e-12, "{rho}");
+        assert!((rank_similarity(&a, &a).unwrap() - 1.0).abs() < 1e-12);
+        // A constant map (an all-zero Grad-CAM) has no rank order.
+        assert_eq!(rank_similarity(&a, &map_ranks(&[0.0; 6]).unwrap()), None);
+        assert_eq!(map_ranks(&[0.0, f32::NAN]), None);
     }
 
     #[test]

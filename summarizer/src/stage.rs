@@ -17,7 +17,7 @@ use clap::Parser;
 use common::artifacts::tables::summaries::SummaryTable;
 use common::artifacts::{
     read_attributions, read_metadata, read_probe, remove_stale_temporaries, step_name, verify_stamp, write_parquet_stamped,
-    Probe, RunLayout, Stamp, CONTENT_KEY,
+    Attributions, Probe, RunLayout, Stamp, CONTENT_KEY,
 };
 use common::cli::{MethodFilter, StageArgs};
 use common::config::{Pipeline, RunInstance};
@@ -25,7 +25,7 @@ use common::provenance::{expected_attributions, summary_fingerprint, trained_run
 use common::stage::{run_stage, Outcomes, RunOptions, Stage, StageReport, Status};
 use rayon::prelude::*;
 
-use crate::measures::{Compute, Measure};
+use crate::measures::{map_ranks, rank_similarity, Compute, Measure, MeasureKind, Partner};
 
 /// Summarise every attribution map by the measures of `[summaries]`.
 #[derive(Parser, Debug, Clone)]
@@ -236,9 +236,11 @@ pub struct ReadAttribution {
     pub content: String,
 }
 
-/// Reads the attribution files of `steps` (each checked against the probe
-/// set and `classes`) and builds the summary table; returns it with what
-/// was read of each file.
+/// Reads the attribution files of `steps` (ascending; each checked against
+/// the probe set and `classes`) and builds the summary table; returns it
+/// with what was read of each file. All of the unit's maps are read first:
+/// the stability measures compare each map with the same image's map at
+/// the previous, the final and the step-0 checkpoint.
 pub fn summarize(
     layout: &RunLayout,
     method: &str,
@@ -247,32 +249,67 @@ pub fn summarize(
     classes: usize,
     measures: &[Measure],
 ) -> anyhow::Result<(SummaryTable, Vec<ReadAttribution>)> {
-    let per_step: Vec<(SummaryTable, ReadAttribution)> = steps
-        .par_iter()
-        .map(|&step| summarize_step(&layout.attribution(method, step), step, probe, classes, measures))
-        .collect::<anyhow::Result<_>>()?;
-    let mut table = SummaryTable::new(measures);
-    let mut read = Vec::with_capacity(per_step.len());
-    for (rows, file) in per_step {
-        table.append(rows);
-        read.push(file);
+    if !steps.windows(2).all(|w| w[0] < w[1]) {
+        bail!("{}: the checkpoints to summarise are not in ascending order of step", layout.metrics().display());
     }
-    Ok((table, read))
+    let files: Vec<(Attributions, ReadAttribution)> = steps
+        .par_iter()
+        .map(|&step| read_step(&layout.attribution(method, step), step, probe, classes))
+        .collect::<anyhow::Result<_>>()?;
+    let maps: Vec<&Attributions> = files.iter().map(|(a, _)| a).collect();
+    let partners = Partners::new(&maps, steps, probe.entries.len(), measures);
+    let per_step: Vec<SummaryTable> =
+        (0..maps.len()).into_par_iter().map(|k| summarize_step(&maps, k, probe, measures, &partners)).collect();
+    let mut table = SummaryTable::new(measures);
+    for rows in per_step {
+        table.append(rows);
+    }
+    Ok((table, files.into_iter().map(|(_, read)| read).collect()))
 }
 
-fn summarize_step(
-    path: &Path,
-    step: u64,
-    probe: &Probe,
-    classes: usize,
-    measures: &[Measure],
-) -> anyhow::Result<(SummaryTable, ReadAttribution)> {
+/// Reads and checks one attribution file.
+fn read_step(path: &Path, step: u64, probe: &Probe, classes: usize) -> anyhow::Result<(Attributions, ReadAttribution)> {
     let a = read_attributions(path)?;
     if a.step != step {
         bail!("{}: metadata says step {} but the file name says {step}", path.display(), a.step);
     }
     a.check_against(probe, classes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let content = a.content.clone().with_context(|| format!("{}: no content hash; run the explainer", path.display()))?;
+    let read = ReadAttribution { step, fingerprint: a.fingerprint.clone(), content };
+    Ok((a, read))
+}
+
+/// The ranked maps that every checkpoint's stability measures compare
+/// with: the final checkpoint's and the step-0 checkpoint's, per image,
+/// where a requested measure needs them.
+struct Partners {
+    any: bool,
+    final_ranks: Vec<Option<Vec<f64>>>,
+    /// Empty when the unit has no step 0 (or no measure needs it).
+    initial_ranks: Vec<Option<Vec<f64>>>,
+}
+
+impl Partners {
+    fn new(maps: &[&Attributions], steps: &[u64], images: usize, measures: &[Measure]) -> Self {
+        let needs = |p: Partner| measures.iter().any(|m| m.kind() == MeasureKind::Stability(p));
+        let ranks_of = |a: &Attributions| (0..images).into_par_iter().map(|i| map_ranks(a.map(i))).collect();
+        let final_ranks = match maps.last() {
+            Some(last) if needs(Partner::Final) => ranks_of(last),
+            _ => Vec::new(),
+        };
+        let initial_ranks = match (maps.first(), steps.first()) {
+            (Some(first), Some(0)) if needs(Partner::Initial) => ranks_of(first),
+            _ => Vec::new(),
+        };
+        let any = measures.iter().any(|m| matches!(m.kind(), MeasureKind::Stability(_)));
+        Partners { any, final_ranks, initial_ranks }
+    }
+}
+
+/// The rows of checkpoint `k` of `maps`.
+fn summarize_step(maps: &[&Attributions], k: usize, probe: &Probe, measures: &[Measure], partners: &Partners) -> SummaryTable {
+    let a = maps[k];
+    let step = a.step;
     let mut rows = SummaryTable::new(measures);
     for (i, entry) in probe.entries.iter().enumerate() {
         let map = a.map(i);
@@ -284,9 +321,25 @@ fn summarize_step(
         rows.target.push(a.target[i]);
         rows.correct.push(a.prediction[i] == entry.label as i64);
         rows.logit.push(a.logit[i] as f64);
+        let ranks = if partners.any { map_ranks(map) } else { None };
+        let previous = match (k.checked_sub(1), &ranks) {
+            (Some(before), Some(_)) if measures.contains(&Measure::RankSimPrev) => map_ranks(maps[before].map(i)),
+            _ => None,
+        };
         for (column, m) in rows.values.iter_mut().zip(measures) {
-            column.push(m.compute(map, a.logit[i]));
+            let value = match m.kind() {
+                MeasureKind::OneMap => m.compute(map, a.logit[i]),
+                MeasureKind::Stability(partner) => {
+                    let other = match partner {
+                        Partner::Previous => previous.as_deref(),
+                        Partner::Final => partners.final_ranks.get(i).and_then(|r| r.as_deref()),
+                        Partner::Initial => partners.initial_ranks.get(i).and_then(|r| r.as_deref()),
+                    };
+                    ranks.as_deref().zip(other).and_then(|(r, o)| rank_similarity(r, o))
+                }
+            };
+            column.push(value);
         }
     }
-    Ok((rows, ReadAttribution { step, fingerprint: a.fingerprint, content }))
+    rows
 }

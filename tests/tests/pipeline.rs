@@ -379,6 +379,37 @@ fn the_methods_config_explains_with_every_method_end_to_end() {
         }
         assert!(run.join(format!("summaries/{method}.parquet")).is_file(), "{method}: summaries");
     }
+    // The stability measures pair each map with the same image's map at the
+    // previous, the last and the step-0 checkpoint.
+    let summary = read_parquet(&run.join("summaries/gradient.parquet")).unwrap();
+    let column = |name: &str| summary.column(name).unwrap().f64().unwrap().into_iter().collect::<Vec<Option<f64>>>();
+    let (previous, last, initial) = (column("rank_sim_prev"), column("rank_sim_final"), column("rank_sim_init"));
+    let row_steps: Vec<i64> = summary.column("step").unwrap().i64().unwrap().into_iter().map(Option::unwrap).collect();
+    let maps: Vec<common::artifacts::Attributions> = steps
+        .iter()
+        .map(|step| {
+            common::artifacts::read_attributions(&run.join(format!("attributions/gradient/step-{step:06}.safetensors"))).unwrap()
+        })
+        .collect();
+    let similarity = |a: &common::artifacts::Attributions, b: &common::artifacts::Attributions, image: usize| {
+        let ranks = |m: &common::artifacts::Attributions| {
+            common::ranks::average_ranks(&m.map(image).iter().map(|&v| v as f64).collect::<Vec<_>>())
+        };
+        common::ranks::pearson(&ranks(a), &ranks(b))
+    };
+    for (row, &step) in row_steps.iter().enumerate() {
+        let k = steps.iter().position(|&s| s == step).unwrap();
+        let image = row % 20;
+        let close = |got: Option<f64>, want: Option<f64>, what: &str| match (got, want) {
+            (Some(g), Some(w)) => assert!((g - w).abs() < 1e-12, "{what} at step {step}, image {image}: {g} vs {w}"),
+            _ => assert_eq!(got, want, "{what} at step {step}, image {image}"),
+        };
+        close(previous[row], if k == 0 { None } else { similarity(&maps[k], &maps[k - 1], image) }, "rank_sim_prev");
+        close(last[row], similarity(&maps[k], &maps[steps.len() - 1], image), "rank_sim_final");
+        close(initial[row], similarity(&maps[k], &maps[0], image), "rank_sim_init");
+    }
+    assert!(previous[20..].iter().all(Option::is_some), "every map after the first has a previous one");
+
     let report = std::fs::read_to_string(s.out().join("analysis/report.md")).unwrap();
     for method in &methods {
         assert!(report.contains(&format!("## Method `{method}`")), "the report has no section for {method}");
