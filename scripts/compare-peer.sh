@@ -21,6 +21,12 @@ rounds=${ROUNDS:-3}
 python=${PEER_PYTHON:-/tmp/peer/bin/python}
 peer_script=${PEER_SCRIPT:-../shared/bench/torch_peer.py}
 peer_args=${PEER_ARGS:-}
+# With the peer's core methods only, time ours alike (the gradient family
+# takes minutes a round).
+case " $peer_args " in
+    *" core "*) bench_methods=lrp,gradcam ;;
+    *) bench_methods=${BENCH_METHOD:-} ;;
+esac
 out=${OUT:-target/peer-compare}
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.txt
@@ -35,7 +41,7 @@ for round in $(seq 1 "$rounds"); do
     # shellcheck disable=SC2086 # PEER_ARGS is a list of words
     "$python" "$peer_script" 2 $peer_args > "$out/peer-$round.json"
     cargo bench -q -p trainer --bench train_step > "$out/train-$round.txt"
-    BENCH_REPS=7 cargo bench -q -p explainer --bench explain > "$out/explain-$round.txt"
+    BENCH_REPS=7 BENCH_METHOD="$bench_methods" cargo bench -q -p explainer --bench explain > "$out/explain-$round.txt"
 done
 
 python3 - "$out" "$rounds" <<'EOF'

@@ -10,7 +10,8 @@
 //! `cargo bench -p explainer --bench explain`; `BENCH_REPS` sets the
 //! repetitions per case (default 9), `BENCH_IMAGES` the batch (default 200),
 //! `BENCH_ONLY` a part of the case names to run (e.g. `fmnist_simple`),
-//! `BENCH_METHOD` a part of the method keys (e.g. `ig32`).
+//! `BENCH_METHOD` parts of the method keys, comma-separated (e.g.
+//! `lrp,gradcam`).
 
 use std::time::Instant;
 
@@ -85,7 +86,7 @@ fn main() {
             }),
         );
         for (work, config) in methods() {
-            if std::env::var("BENCH_METHOD").is_ok_and(|only| !work.contains(&only)) {
+            if std::env::var("BENCH_METHOD").is_ok_and(|only| !only.split(',').any(|part| work.contains(part))) {
                 continue;
             }
             let method = Method::from_config(&config, &normalization).expect("a valid method");
