@@ -35,8 +35,10 @@ impl RuleSpec {
             RuleSpec::AlphaBeta { alpha, beta } => {
                 non_negative("alpha", alpha)?;
                 non_negative("beta", beta)?;
-                if alpha == 0.0 && beta == 0.0 {
-                    return Err("`alpha` and `beta` are both 0: the rule would pass no relevance".into());
+                // Zennit's condition: with alpha - beta = 1 the rule
+                // conserves relevance wherever a layer's contributions do.
+                if alpha - beta != 1.0 {
+                    return Err(format!("`alpha - beta` must be 1 (Zennit's condition), got alpha {alpha}, beta {beta}"));
                 }
                 Ok(())
             }
