@@ -62,6 +62,13 @@ pub enum Rule {
     /// `l, h` the input's value range per channel (the normalised pixel range),
     /// bias ignored (as in Zennit, where the three bias terms cancel).
     ZBox { bounds: Vec<(f32, f32)> },
+    /// Flat: `z_ij = 1` for every input in output `j`'s receptive field
+    /// (zero padding is outside it), bias ignored: an equal share of `R_j`
+    /// to each, whatever the input and the weights (Zennit's `Flat`).
+    Flat,
+    /// w²: `z_ij = w_ij²`, bias `b_j²` (Zennit's `WSquare`, which squares
+    /// every parameter): shares by squared weight, whatever the input.
+    WSquare,
 }
 
 impl Rule {
@@ -84,6 +91,8 @@ impl Rule {
                 }
                 Rule::ZBox { bounds: bounds.to_vec() }
             }
+            RuleSpec::Flat => Rule::Flat,
+            RuleSpec::WSquare => Rule::WSquare,
         })
     }
 
@@ -95,6 +104,8 @@ impl Rule {
             Rule::ZPlus => "z-plus",
             Rule::AlphaBeta { .. } => "alpha-beta",
             Rule::ZBox { .. } => "z-box",
+            Rule::Flat => "flat",
+            Rule::WSquare => "w-square",
         }
     }
 
@@ -142,6 +153,18 @@ impl Rule {
                 bias: BiasPart::Zero,
                 stabiliser: RULE_STABILISER,
             }],
+            Rule::Flat => vec![Redistribution {
+                coefficient: 1.0,
+                terms: vec![Term::plus(X::Ones, W::Ones)],
+                bias: BiasPart::Zero,
+                stabiliser: RULE_STABILISER,
+            }],
+            Rule::WSquare => vec![Redistribution {
+                coefficient: 1.0,
+                terms: vec![Term::plus(X::Ones, W::Squared)],
+                bias: BiasPart::Squared,
+                stabiliser: RULE_STABILISER,
+            }],
         }
     }
 
@@ -166,13 +189,16 @@ impl Rule {
                 relevance.len()
             )));
         }
-        let bounds = match self {
-            Rule::ZBox { bounds } => Some(bound_images(bounds, in_len)?),
-            _ => None,
+        let shared = SharedImages {
+            bounds: match self {
+                Rule::ZBox { bounds } => Some(bound_images(bounds, in_len)?),
+                _ => None,
+            },
+            ones: matches!(self, Rule::Flat | Rule::WSquare).then(|| vec![1.0; in_len]),
         };
         let mut result: Option<Vec<f32>> = None;
         for redistribution in self.redistributions() {
-            let part = redistribution.apply(layer, input, output, relevance, bounds.as_ref());
+            let part = redistribution.apply(layer, input, output, relevance, &shared);
             match &mut result {
                 None => {
                     let mut part = part;
@@ -198,6 +224,8 @@ enum InputPart {
     LowBound,
     /// The upper bound of the input range (z^B), the same for every image.
     HighBound,
+    /// All ones (flat, w²), the same for every image.
+    Ones,
 }
 
 /// Which weights a term pushes through the layer.
@@ -208,6 +236,10 @@ enum WeightPart {
     Negative,
     /// `w + γ w⁺`.
     GammaBoosted(f32),
+    /// All ones (flat).
+    Ones,
+    /// `w²` (w²).
+    Squared,
 }
 
 /// Which bias joins the denominator.
@@ -216,6 +248,8 @@ enum BiasPart {
     Whole,
     /// `b + γ b⁺`.
     GammaBoosted(f32),
+    /// `b²` (w²).
+    Squared,
     Zero,
 }
 
@@ -241,6 +275,13 @@ struct Redistribution {
     terms: Vec<Term>,
     bias: BiasPart,
     stabiliser: f32,
+}
+
+/// The modified inputs that are the same for every image: z^B's bounds and
+/// the ones of flat and w², where the rule uses them.
+struct SharedImages {
+    bounds: Option<BoundImages>,
+    ones: Option<Vec<f32>>,
 }
 
 /// The z^B bound images of one input (`low`, `high`), per channel constant.
@@ -273,14 +314,7 @@ impl Redistribution {
         self.bias == BiasPart::Whole && self.terms == [Term::plus(InputPart::Whole, WeightPart::Whole)]
     }
 
-    fn apply(
-        &self,
-        layer: LinearLayer,
-        input: &[f32],
-        output: &[f32],
-        relevance: &[f32],
-        bounds: Option<&BoundImages>,
-    ) -> Vec<f32> {
+    fn apply(&self, layer: LinearLayer, input: &[f32], output: &[f32], relevance: &[f32], shared: &SharedImages) -> Vec<f32> {
         let in_len = layer.input_len();
         let batch = input.len() / in_len;
         // Modified inputs and weights of the terms; terms whose input is all
@@ -289,7 +323,7 @@ impl Redistribution {
             .terms
             .iter()
             .filter_map(|term| {
-                let x = modified_input(term.input, input, bounds)?;
+                let x = modified_input(term.input, input, shared)?;
                 Some((x, modified_weight(term.weight, layer.weight()), term.sign))
             })
             .collect();
@@ -367,7 +401,7 @@ fn forward_term(layer: LinearLayer, x: &ModifiedInput, weight: &[f32], batch: us
     }
 }
 
-fn modified_input<'a>(part: InputPart, input: &'a [f32], bounds: Option<&'a BoundImages>) -> Option<ModifiedInput<'a>> {
+fn modified_input<'a>(part: InputPart, input: &'a [f32], shared: &'a SharedImages) -> Option<ModifiedInput<'a>> {
     let clamped = |keep: fn(f32) -> f32| -> Option<ModifiedInput<'a>> {
         let x: Vec<f32> = input.par_iter().with_min_len(PARALLEL_MIN_LEN).map(|&v| keep(v)).collect();
         if x.par_iter().with_min_len(PARALLEL_MIN_LEN).all(|&v| v == 0.0) {
@@ -380,8 +414,9 @@ fn modified_input<'a>(part: InputPart, input: &'a [f32], bounds: Option<&'a Boun
         InputPart::Whole => Some(ModifiedInput::PerImage(Cow::Borrowed(input))),
         InputPart::Positive => clamped(|v| v.max(0.0)),
         InputPart::Negative => clamped(|v| v.min(0.0)),
-        InputPart::LowBound => bounds.map(|b| ModifiedInput::Shared(&b.low)),
-        InputPart::HighBound => bounds.map(|b| ModifiedInput::Shared(&b.high)),
+        InputPart::LowBound => shared.bounds.as_ref().map(|b| ModifiedInput::Shared(&b.low)),
+        InputPart::HighBound => shared.bounds.as_ref().map(|b| ModifiedInput::Shared(&b.high)),
+        InputPart::Ones => shared.ones.as_deref().map(ModifiedInput::Shared),
     }
 }
 
@@ -391,6 +426,8 @@ fn modified_weight(part: WeightPart, weight: &[f32]) -> Cow<'_, [f32]> {
         WeightPart::Positive => Cow::Owned(weight.iter().map(|&w| w.max(0.0)).collect()),
         WeightPart::Negative => Cow::Owned(weight.iter().map(|&w| w.min(0.0)).collect()),
         WeightPart::GammaBoosted(gamma) => Cow::Owned(weight.iter().map(|&w| w + gamma * w.max(0.0)).collect()),
+        WeightPart::Ones => Cow::Owned(vec![1.0; weight.len()]),
+        WeightPart::Squared => Cow::Owned(weight.iter().map(|&w| w * w).collect()),
     }
 }
 
@@ -398,6 +435,7 @@ fn modified_bias(part: BiasPart, bias: &[f32]) -> Option<Vec<f32>> {
     match part {
         BiasPart::Whole => Some(bias.to_vec()),
         BiasPart::GammaBoosted(gamma) => Some(bias.iter().map(|&b| b + gamma * b.max(0.0)).collect()),
+        BiasPart::Squared => Some(bias.iter().map(|&b| b * b).collect()),
         BiasPart::Zero => None,
     }
 }
@@ -482,6 +520,42 @@ mod tests {
         let layer = dense(vec![1.0, -1.0], vec![1.0]);
         let r = through(&Rule::Gamma { gamma: 0.5 }, LinearLayer::Dense(&layer), &[2.0, 1.0], &[7.0]);
         assert_close(&r, &[6.0, -2.0], 1e-5, "gamma");
+    }
+
+    /// Flat by hand: two outputs of a dense layer share their relevance
+    /// equally among the three inputs, whatever the inputs, weights and
+    /// bias. On a conv with zero padding an output's share goes to the
+    /// inputs of its receptive field that exist: a corner output of a 3x3
+    /// kernel on one channel reaches 4 inputs.
+    #[test]
+    fn flat_shares_equally_over_the_receptive_field() {
+        let layer = dense(vec![2.0, -1.0, 0.5, 0.0, 3.0, -4.0], vec![0.7, -0.2]);
+        let r = through(&Rule::Flat, LinearLayer::Dense(&layer), &[1.0, -2.0, 3.0], &[6.0, 3.0]);
+        assert_close(&r, &[3.0, 3.0, 3.0], 1e-5, "flat on a dense layer");
+
+        let geometry = ConvGeometry { in_channels: 1, out_channels: 1, kernel: 3, padding: 1, height: 3, width: 3 };
+        let conv = Conv2d { name: "c".into(), geometry, weight: random(9, 5, -1.0, 1.0), bias: vec![0.3] };
+        let mut relevance = vec![0.0f32; 9];
+        relevance[0] = 8.0; // the top-left output: inputs (0,0), (0,1), (1,0), (1,1)
+        let x = random(9, 6, -1.0, 1.0);
+        let r = through(&Rule::Flat, LinearLayer::Conv(&conv), &x, &relevance);
+        assert_close(&r, &[2.0, 2.0, 0.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0], 1e-5, "flat on a padded conv");
+    }
+
+    /// w² by hand: weights [2, -1, 1] and bias 1 give squares [4, 1, 1] and
+    /// 1, denominator 7; relevance 14 splits as [8, 2, 2] (the bias's share,
+    /// 2, is absorbed), whatever the input.
+    #[test]
+    fn w_square_shares_by_squared_weight_with_the_squared_bias() {
+        let layer = dense(vec![2.0, -1.0, 1.0], vec![1.0]);
+        for x in [[1.0, 2.0, 3.0], [-5.0, 0.0, 0.25]] {
+            let r = through(&Rule::WSquare, LinearLayer::Dense(&layer), &x, &[14.0]);
+            assert_close(&r, &[8.0, 2.0, 2.0], 1e-5, "w-square");
+        }
+        // Without a bias it conserves.
+        let layer = dense(vec![2.0, -1.0, 1.0], vec![0.0]);
+        let r = through(&Rule::WSquare, LinearLayer::Dense(&layer), &[1.0, 2.0, 3.0], &[12.0]);
+        assert_close(&r, &[8.0, 2.0, 2.0], 1e-5, "w-square without bias");
     }
 
     #[test]

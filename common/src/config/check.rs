@@ -42,7 +42,7 @@ impl RuleSpec {
                 }
                 Ok(())
             }
-            RuleSpec::Zero | RuleSpec::ZPlus | RuleSpec::ZBox => Ok(()),
+            RuleSpec::Zero | RuleSpec::ZPlus | RuleSpec::ZBox | RuleSpec::Flat | RuleSpec::WSquare => Ok(()),
         }
     }
 
@@ -54,6 +54,8 @@ impl RuleSpec {
             RuleSpec::ZPlus => "z-plus",
             RuleSpec::AlphaBeta { .. } => "alpha-beta",
             RuleSpec::ZBox => "z-box",
+            RuleSpec::Flat => "flat",
+            RuleSpec::WSquare => "w-square",
         }
     }
 }

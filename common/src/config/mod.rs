@@ -265,6 +265,31 @@ mod tests {
         assert_eq!(p.measures(), Measure::ALL);
     }
 
+    #[test]
+    fn rules_and_methods_parse_by_their_names() {
+        let rule = |text: &str| {
+            toml::from_str::<CompositeRules>(&format!(
+                "first = {text}\nconv = {{ rule = \"zero\" }}\ndense = {{ rule = \"zero\" }}"
+            ))
+            .map(|r| r.first)
+        };
+        assert_eq!(rule("{ rule = \"flat\" }").unwrap(), RuleSpec::Flat);
+        assert_eq!(rule("{ rule = \"w-square\" }").unwrap(), RuleSpec::WSquare);
+        let method = |text: &str| toml::from_str::<MethodConfig>(text).unwrap();
+        assert_eq!(
+            method("kind = \"integrated-gradients\"\nbaseline = 0"),
+            MethodConfig::IntegratedGradients { steps: 32, baseline: Baseline::Value(0.0), target: ExplainedClass::Predicted }
+        );
+        assert_eq!(
+            method("kind = \"occlusion\"\nbaseline = \"black\"\nwindow = 2"),
+            MethodConfig::Occlusion { window: 2, stride: 4, baseline: Baseline::Black, target: ExplainedClass::Predicted }
+        );
+        assert_eq!(
+            method("kind = \"gradient-x-input\"\ntarget = \"label\""),
+            MethodConfig::GradientXInput { target: ExplainedClass::Label }
+        );
+    }
+
     /// Fingerprints hash the serde form: a named composite must serialise
     /// as its name, a measure as its column name, as before they were enums.
     #[test]

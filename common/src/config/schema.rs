@@ -451,6 +451,13 @@ pub enum RuleSpec {
     },
     /// z^B with bounds from the data normalisation.
     ZBox,
+    /// Flat: every input of an output's receptive field gets an equal
+    /// share, whatever the input and the weights (Zennit's `Flat`: unit
+    /// inputs and weights, bias zero).
+    Flat,
+    /// w²: shares in proportion to the squared weights (Zennit's
+    /// `WSquare`: unit inputs, squared weights and bias).
+    WSquare,
 }
 
 fn default_epsilon() -> f32 {
