@@ -288,3 +288,137 @@ mod tests {
         assert!(matches!(relevance(&model, &trace, &composite, &[0]), Err(ExplainError::Shape(_))));
     }
 }
+
+/// The named Zennit composites against Zennit itself.
+#[cfg(test)]
+mod zennit_reference {
+    use super::*;
+    use common::architecture::ModelKind;
+    use common::config::{CompositeSpec, NamedComposite};
+    use common::image::ImageShape;
+    use engine::kernels::{ConvGeometry, PoolGeometry};
+    use engine::{argmax, Conv2d, Dense};
+
+    /// conv(1→2, 3x3, padding 1) + ReLU + 2x2 max-pool + flatten +
+    /// dense(8→3) on one 1x4x4 image, with weights `0.5 sin(k + 1)` (conv),
+    /// `0.5 cos(2k + 1)` (dense), biases [0.1, -0.2] and [0.05, -0.1, 0.2],
+    /// input `0.8 cos(i)`: the network of the reference script.
+    fn network() -> (Model, Vec<f32>) {
+        let geometry = ConvGeometry { in_channels: 1, out_channels: 2, kernel: 3, padding: 1, height: 4, width: 4 };
+        let model = Model {
+            kind: ModelKind::Simple,
+            input: ImageShape { channels: 1, height: 4, width: 4 },
+            classes: 3,
+            layers: vec![
+                Layer::Conv(Conv2d {
+                    name: "c".into(),
+                    geometry,
+                    weight: (0..18).map(|k| 0.5 * ((k + 1) as f32).sin()).collect(),
+                    bias: vec![0.1, -0.2],
+                }),
+                Layer::Relu,
+                Layer::MaxPool(PoolGeometry { channels: 2, height: 4, width: 4 }),
+                Layer::Flatten,
+                Layer::Dense(Dense {
+                    name: "fc".into(),
+                    inputs: 8,
+                    outputs: 3,
+                    weight: (0..24).map(|k| 0.5 * ((2 * k + 1) as f32).cos()).collect(),
+                    bias: vec![0.05, -0.1, 0.2],
+                }),
+            ],
+        };
+        (model, (0..16).map(|i| 0.8 * (i as f32).cos()).collect())
+    }
+
+    /// Reference maps: Zennit (the peer environment's release), float64,
+    /// `zennit.attribution.Gradient(model, Composite())(x, one_hot)` for the
+    /// predicted class (2, logit 0.4165536824798979), on the network above
+    /// built in PyTorch with the same weights. Zennit starts from relevance
+    /// 1 at the class, ours from the logit: ours / logit is compared.
+    #[test]
+    fn named_composites_match_zennit() {
+        let flat = [
+            -0.150353546026,
+            -0.0680362300856,
+            -0.23127223215,
+            -0.23127223215,
+            -0.0351952592529,
+            0.0951941345894,
+            -0.0680418674746,
+            -0.183200154248,
+            0.209782197793,
+            0.272271335766,
+            0.273613853076,
+            0.0624891379724,
+            0.211124715104,
+            0.191296537136,
+            0.191296537136,
+            -0.019828177968,
+        ];
+        let references: [(NamedComposite, [f64; 16]); 4] = [
+            (
+                NamedComposite::EpsilonPlus,
+                [
+                    -0.303594869639,
+                    -0.106614911003,
+                    -0.0504577072386,
+                    -0.301879544759,
+                    -0.192807507534,
+                    0.131963773093,
+                    0.0672295632853,
+                    -0.209625690053,
+                    0.0502403478175,
+                    0.483227469839,
+                    0.241945556396,
+                    0.0,
+                    0.243850772075,
+                    0.44801500421,
+                    0.0217673350466,
+                    -0.0,
+                ],
+            ),
+            (NamedComposite::EpsilonPlusFlat, flat),
+            (
+                NamedComposite::EpsilonAlpha2Beta1,
+                [
+                    -0.607189739278,
+                    -0.486369797618,
+                    -0.100915414477,
+                    -0.603759089519,
+                    -1.42203500037,
+                    0.443069844686,
+                    0.134459126571,
+                    -0.419251380106,
+                    0.102417444315,
+                    0.971506891063,
+                    0.483891112792,
+                    -0.003819671857,
+                    0.487701544151,
+                    0.896030008419,
+                    0.0435346700932,
+                    -0.228951756881,
+                ],
+            ),
+            (NamedComposite::EpsilonAlpha2Beta1Flat, flat),
+        ];
+        let (model, x) = network();
+        let trace = model.forward_trace(&x).unwrap();
+        let target = argmax(trace.logits());
+        assert_eq!(target, 2);
+        let logit = trace.logits()[target];
+        assert!((logit as f64 - 0.4165536824798979).abs() < 1e-6, "{logit}");
+        for (name, reference) in references {
+            let composite = Composite::resolve(&CompositeSpec::Named(name), &[(-1.0, 1.0)]).unwrap();
+            let map = relevance(&model, &trace, &composite, &[target]).unwrap();
+            for (i, (&ours, &theirs)) in map.iter().zip(&reference).enumerate() {
+                let ours = ours as f64 / logit as f64;
+                assert!(
+                    (ours - theirs).abs() < 2e-5 * (1.0 + theirs.abs()),
+                    "{} pixel {i}: {ours} vs Zennit {theirs}",
+                    name.name()
+                );
+            }
+        }
+    }
+}

@@ -51,12 +51,13 @@ pub enum Rule {
     /// contributions, which gives less noisy maps for hidden convolutions.
     Gamma { gamma: f32 },
     /// z⁺: `z_ij = x_i⁺ w_ij⁺ + x_i⁻ w_ij⁻` (only contributions that push the
-    /// output up), bias ignored; conservative wherever an output has any
-    /// positive contribution.
+    /// output up), with the bias's positive part `b⁺` in the denominator as
+    /// in Zennit (it absorbs its share); conservative without biases
+    /// wherever an output has any positive contribution.
     ZPlus,
     /// LRP-αβ: `α` times the z⁺ redistribution minus `β` times the
-    /// redistribution of the negative contributions `x_i⁺ w_ij⁻ + x_i⁻ w_ij⁺`;
-    /// bias ignored. `α = 1, β = 0` is z⁺.
+    /// redistribution of the negative contributions `x_i⁺ w_ij⁻ + x_i⁻ w_ij⁺`,
+    /// whose denominator takes `b⁻` (Zennit's). `α = 1, β = 0` is z⁺.
     AlphaBeta { alpha: f32, beta: f32 },
     /// z^B for the first layer: `z_ij = x_i w_ij - l_i w_ij⁺ - h_i w_ij⁻` with
     /// `l, h` the input's value range per channel (the normalised pixel range),
@@ -129,17 +130,17 @@ impl Rule {
                 vec![Redistribution {
                     coefficient: 1.0,
                     terms: positive.to_vec(),
-                    bias: BiasPart::Zero,
+                    bias: BiasPart::Positive,
                     stabiliser: RULE_STABILISER,
                 }]
             }
-            Rule::AlphaBeta { alpha, beta } => [(alpha, positive), (-beta, negative)]
+            Rule::AlphaBeta { alpha, beta } => [(alpha, positive, BiasPart::Positive), (-beta, negative, BiasPart::Negative)]
                 .into_iter()
-                .filter(|(coefficient, _)| *coefficient != 0.0)
-                .map(|(coefficient, terms)| Redistribution {
+                .filter(|(coefficient, _, _)| *coefficient != 0.0)
+                .map(|(coefficient, terms, bias)| Redistribution {
                     coefficient,
                     terms: terms.to_vec(),
-                    bias: BiasPart::Zero,
+                    bias,
                     stabiliser: RULE_STABILISER,
                 })
                 .collect(),
@@ -250,6 +251,10 @@ enum BiasPart {
     GammaBoosted(f32),
     /// `b²` (w²).
     Squared,
+    /// `b⁺` (z⁺ and the positive part of alpha-beta, as in Zennit).
+    Positive,
+    /// `b⁻` (the negative part of alpha-beta, as in Zennit).
+    Negative,
     Zero,
 }
 
@@ -436,6 +441,8 @@ fn modified_bias(part: BiasPart, bias: &[f32]) -> Option<Vec<f32>> {
         BiasPart::Whole => Some(bias.to_vec()),
         BiasPart::GammaBoosted(gamma) => Some(bias.iter().map(|&b| b + gamma * b.max(0.0)).collect()),
         BiasPart::Squared => Some(bias.iter().map(|&b| b * b).collect()),
+        BiasPart::Positive => Some(bias.iter().map(|&b| b.max(0.0)).collect()),
+        BiasPart::Negative => Some(bias.iter().map(|&b| b.min(0.0)).collect()),
         BiasPart::Zero => None,
     }
 }
@@ -472,12 +479,31 @@ mod tests {
 
     /// x = [1, -2, 3], w = [2, -1, 0.5]: the positive contributions are
     /// x⁺w⁺ = 2 (i0), x⁻w⁻ = 2 (i1), x⁺w⁺ = 1.5 (i2), total 5.5; relevance
-    /// 11 splits as [4, 4, 3]. The bias is ignored.
+    /// 11 splits as [4, 4, 3]. A bias joins the denominator with its
+    /// positive part only (Zennit's z⁺): b = 0.5 gives 6, so 12 splits as
+    /// [4, 4, 3] and the bias keeps 1; b = -0.7 changes nothing.
     #[test]
     fn z_plus_by_hand() {
-        let layer = dense(vec![2.0, -1.0, 0.5], vec![0.7]);
-        let r = through(&Rule::ZPlus, LinearLayer::Dense(&layer), &[1.0, -2.0, 3.0], &[11.0]);
-        assert_close(&r, &[4.0, 4.0, 3.0], 1e-5, "z-plus");
+        let x = [1.0, -2.0, 3.0];
+        for bias in [0.0, -0.7] {
+            let layer = dense(vec![2.0, -1.0, 0.5], vec![bias]);
+            let r = through(&Rule::ZPlus, LinearLayer::Dense(&layer), &x, &[11.0]);
+            assert_close(&r, &[4.0, 4.0, 3.0], 1e-5, "z-plus");
+        }
+        let layer = dense(vec![2.0, -1.0, 0.5], vec![0.5]);
+        let r = through(&Rule::ZPlus, LinearLayer::Dense(&layer), &x, &[12.0]);
+        assert_close(&r, &[4.0, 4.0, 3.0], 1e-5, "z-plus with a positive bias");
+    }
+
+    /// Alpha-beta's negative part takes the bias's negative part: x = [1, 2],
+    /// w = [1, -1], b = -1, R = 6. Positive: z = 1 (b⁺ = 0), P = [6, 0];
+    /// negative: z = -2 - 1 = -3, N = [0, 6 · -2 / -3] = [0, 4]; α = 2,
+    /// β = 1: 2P - N = [12, -4].
+    #[test]
+    fn alpha_beta_puts_each_bias_part_in_its_denominator() {
+        let layer = dense(vec![1.0, -1.0], vec![-1.0]);
+        let r = through(&Rule::AlphaBeta { alpha: 2.0, beta: 1.0 }, LinearLayer::Dense(&layer), &[1.0, 2.0], &[6.0]);
+        assert_close(&r, &[12.0, -4.0], 1e-5, "alpha-beta with a negative bias");
     }
 
     /// x = [1, 2, 3], w = [2, -1, 0.5], R = 7: positive contributions
@@ -495,7 +521,9 @@ mod tests {
             name: "c".into(),
             geometry,
             weight: random(geometry.weight_len(), 1, -1.0, 1.0),
-            bias: random(3, 2, -0.5, 0.5),
+            // No bias: z⁺ and alpha-beta conserve only where no bias
+            // absorbs a share.
+            bias: vec![0.0; 3],
         };
         let linear = LinearLayer::Conv(&conv);
         let x = random(3 * geometry.in_len(), 3, -1.0, 1.0);

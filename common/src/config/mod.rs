@@ -316,7 +316,7 @@ mod tests {
             (
                 "misspelt composite",
                 MINIMAL.replacen("kind = \"lrp\"\n", "kind = \"lrp\"\ncomposite = \"fancy\"\n", 1),
-                "unknown composite `fancy`; use \"paper\", \"epsilon-gamma-box\" or a table of rules",
+                "unknown composite `fancy`; use \"paper\", \"epsilon-gamma-box\", \"epsilon-plus\", \"epsilon-plus-flat\", \"epsilon-alpha2-beta1\", \"epsilon-alpha2-beta1-flat\" or a table of rules",
             ),
             ("zero checkpoint interval", MINIMAL.replace("every = 10", "every = 0"), "runs.a.checkpoints.every"),
             ("bad run name", MINIMAL.replace("[runs.a]", "[runs.\"a b\"]"), "may only use letters"),

@@ -356,15 +356,38 @@ pub enum NamedComposite {
     /// z^B first layer, gamma 0.25 convolutions, epsilon 1e-6 dense layers,
     /// winner-take-all max-pools (Zennit's `EpsilonGammaBox`).
     EpsilonGammaBox,
+    /// z+ on every convolution (the first too), epsilon 1e-6 dense layers,
+    /// winner-take-all max-pools (Zennit's `EpsilonPlus`).
+    EpsilonPlus,
+    /// `EpsilonPlus` with the flat rule on the first layer (Zennit's
+    /// `EpsilonPlusFlat`).
+    EpsilonPlusFlat,
+    /// alpha 2, beta 1 on every convolution, epsilon 1e-6 dense layers
+    /// (Zennit's `EpsilonAlpha2Beta1`).
+    EpsilonAlpha2Beta1,
+    /// `EpsilonAlpha2Beta1` with the flat rule on the first layer (Zennit's
+    /// `EpsilonAlpha2Beta1Flat`).
+    EpsilonAlpha2Beta1Flat,
 }
 
 impl NamedComposite {
-    pub const ALL: [NamedComposite; 2] = [NamedComposite::Paper, NamedComposite::EpsilonGammaBox];
+    pub const ALL: [NamedComposite; 6] = [
+        NamedComposite::Paper,
+        NamedComposite::EpsilonGammaBox,
+        NamedComposite::EpsilonPlus,
+        NamedComposite::EpsilonPlusFlat,
+        NamedComposite::EpsilonAlpha2Beta1,
+        NamedComposite::EpsilonAlpha2Beta1Flat,
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             NamedComposite::Paper => "paper",
             NamedComposite::EpsilonGammaBox => "epsilon-gamma-box",
+            NamedComposite::EpsilonPlus => "epsilon-plus",
+            NamedComposite::EpsilonPlusFlat => "epsilon-plus-flat",
+            NamedComposite::EpsilonAlpha2Beta1 => "epsilon-alpha2-beta1",
+            NamedComposite::EpsilonAlpha2Beta1Flat => "epsilon-alpha2-beta1-flat",
         }
     }
 
@@ -374,11 +397,19 @@ impl NamedComposite {
 
     /// The rules of the composite.
     pub fn rules(&self) -> CompositeRules {
-        let (dense, max_pool) = match self {
-            NamedComposite::Paper => (RuleSpec::Zero, MaxPoolRule::Average),
-            NamedComposite::EpsilonGammaBox => (RuleSpec::Epsilon { epsilon: 1e-6 }, MaxPoolRule::WinnerTakeAll),
+        let epsilon = RuleSpec::Epsilon { epsilon: 1e-6 };
+        let alpha_beta = RuleSpec::AlphaBeta { alpha: 2.0, beta: 1.0 };
+        let (first, conv, dense, max_pool) = match self {
+            NamedComposite::Paper => (RuleSpec::ZBox, RuleSpec::Gamma { gamma: 0.25 }, RuleSpec::Zero, MaxPoolRule::Average),
+            NamedComposite::EpsilonGammaBox => {
+                (RuleSpec::ZBox, RuleSpec::Gamma { gamma: 0.25 }, epsilon, MaxPoolRule::WinnerTakeAll)
+            }
+            NamedComposite::EpsilonPlus => (RuleSpec::ZPlus, RuleSpec::ZPlus, epsilon, MaxPoolRule::WinnerTakeAll),
+            NamedComposite::EpsilonPlusFlat => (RuleSpec::Flat, RuleSpec::ZPlus, epsilon, MaxPoolRule::WinnerTakeAll),
+            NamedComposite::EpsilonAlpha2Beta1 => (alpha_beta.clone(), alpha_beta, epsilon, MaxPoolRule::WinnerTakeAll),
+            NamedComposite::EpsilonAlpha2Beta1Flat => (RuleSpec::Flat, alpha_beta, epsilon, MaxPoolRule::WinnerTakeAll),
         };
-        CompositeRules { first: RuleSpec::ZBox, conv: RuleSpec::Gamma { gamma: 0.25 }, dense, max_pool }
+        CompositeRules { first, conv, dense, max_pool }
     }
 }
 
