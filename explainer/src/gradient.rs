@@ -220,36 +220,23 @@ fn integrated_gradients(
     let image_len = model.input.len();
     let plane = model.input.height * model.input.width;
     let nodes = gauss_legendre(steps);
-    let difference: Vec<f32> = x.iter().enumerate().map(|(i, &v)| v - baseline[(i % image_len) / plane]).collect();
-    let mut attributions = vec![0.0f32; x.len()];
-    let per_pass = (INPUTS_PER_PASS / steps).max(1);
-    for (chunk, differences) in difference.chunks(per_pass * image_len).enumerate() {
-        let count = differences.len() / image_len;
-        let mut inputs = Vec::with_capacity(count * steps * image_len);
-        let mut chunk_targets = Vec::with_capacity(count * steps);
-        for diff in differences.chunks_exact(image_len) {
-            for &(alpha, _) in &nodes {
-                let alpha = alpha as f32;
-                inputs.extend(diff.iter().enumerate().map(|(i, &d)| baseline[i / plane] + alpha * d));
-            }
+    let path = |image: &[f32], inputs: &mut Vec<f32>| {
+        for &(alpha, _) in &nodes {
+            let alpha = alpha as f32;
+            inputs.extend(image.iter().enumerate().map(|(i, &v)| {
+                let b = baseline[i / plane];
+                b + alpha * (v - b)
+            }));
         }
-        for i in 0..count {
-            chunk_targets.extend(std::iter::repeat_n(targets[chunk * per_pass + i], steps));
+    };
+    let integrate = |image: usize, gradients: &[f32], out: &mut [f32]| {
+        for (&(_, weight), gradient) in nodes.iter().zip(gradients.chunks_exact(image_len)) {
+            out.iter_mut().zip(gradient).for_each(|(o, g)| *o += weight as f32 * g);
         }
-        let trace = model.forward_trace(&inputs).map_err(|e| ExplainError::Shape(e.to_string()))?;
-        let gradients = input_gradient(model, &trace, &chunk_targets, ReluBackward::Gradient)?;
-        let out = &mut attributions[chunk * per_pass * image_len..][..count * image_len];
-        out.par_chunks_mut(image_len)
-            .zip(gradients.par_chunks(steps * image_len))
-            .zip(differences.par_chunks(image_len))
-            .for_each(|((out, gradients), diff)| {
-                for (&(_, weight), gradient) in nodes.iter().zip(gradients.chunks_exact(image_len)) {
-                    out.iter_mut().zip(gradient).for_each(|(o, g)| *o += weight as f32 * g);
-                }
-                out.iter_mut().zip(diff).for_each(|(o, d)| *o *= d);
-            });
-    }
-    Ok(attributions)
+        let original = &x[image * image_len..][..image_len];
+        out.iter_mut().zip(original).enumerate().for_each(|(i, (o, &v))| *o *= v - baseline[i / plane]);
+    };
+    gradients_of_copies(model, x, targets, steps, |_, image, inputs| path(image, inputs), integrate)
 }
 
 /// The mean gradient of each image's explained logit over `samples` copies
@@ -262,31 +249,55 @@ fn smoothgrad(
     probe_ids: &[i64],
     (samples, sigma, seed): (usize, f32, u64),
 ) -> Result<Vec<f32>, ExplainError> {
-    let image_len = model.input.len();
-    let mut mean = vec![0.0f32; x.len()];
-    let per_pass = (INPUTS_PER_PASS / samples).max(1);
-    for (chunk, images) in x.chunks(per_pass * image_len).enumerate() {
-        let count = images.len() / image_len;
-        let first = chunk * per_pass;
-        let mut inputs = Vec::with_capacity(count * samples * image_len);
-        for (i, image) in images.chunks_exact(image_len).enumerate() {
-            let mut rng = Rng::for_purpose(seed, &format!("smoothgrad-probe-{}", probe_ids[first + i]));
-            for _ in 0..samples {
-                inputs.extend(image.iter().map(|&v| v + sigma * rng.normal()));
-            }
+    let noisy = |image: usize, pixels: &[f32], inputs: &mut Vec<f32>| {
+        let mut rng = Rng::for_purpose(seed, &format!("smoothgrad-probe-{}", probe_ids[image]));
+        for _ in 0..samples {
+            inputs.extend(pixels.iter().map(|&v| v + sigma * rng.normal()));
         }
-        let chunk_targets: Vec<usize> = (0..count).flat_map(|i| std::iter::repeat_n(targets[first + i], samples)).collect();
+    };
+    let image_len = model.input.len();
+    let mean = |_: usize, gradients: &[f32], out: &mut [f32]| {
+        for gradient in gradients.chunks_exact(image_len) {
+            out.iter_mut().zip(gradient).for_each(|(o, g)| *o += g);
+        }
+        out.iter_mut().for_each(|o| *o /= samples as f32);
+    };
+    gradients_of_copies(model, x, targets, samples, noisy, mean)
+}
+
+/// What integrated gradients and SmoothGrad share: `copies` perturbed
+/// copies of each image of `x` (`perturb(image, pixels, inputs)` appends
+/// those of image `image`) run forward and back for the image's target,
+/// whole images' copies at a time (about [`INPUTS_PER_PASS`] inputs per
+/// pass), and `reduce(image, gradients, out)` turning an image's copies'
+/// gradients into its attributions (`out` starts at 0).
+fn gradients_of_copies(
+    model: &Model,
+    x: &[f32],
+    targets: &[usize],
+    copies: usize,
+    perturb: impl Fn(usize, &[f32], &mut Vec<f32>),
+    reduce: impl Fn(usize, &[f32], &mut [f32]) + Sync,
+) -> Result<Vec<f32>, ExplainError> {
+    let image_len = model.input.len();
+    let mut attributions = vec![0.0f32; x.len()];
+    let per_pass = (INPUTS_PER_PASS / copies).max(1);
+    for (chunk, images) in x.chunks(per_pass * image_len).enumerate() {
+        let (first, count) = (chunk * per_pass, images.len() / image_len);
+        let mut inputs = Vec::with_capacity(count * copies * image_len);
+        for (i, pixels) in images.chunks_exact(image_len).enumerate() {
+            perturb(first + i, pixels, &mut inputs);
+        }
+        let chunk_targets: Vec<usize> = (0..count).flat_map(|i| std::iter::repeat_n(targets[first + i], copies)).collect();
         let trace = model.forward_trace(&inputs).map_err(|e| ExplainError::Shape(e.to_string()))?;
         let gradients = input_gradient(model, &trace, &chunk_targets, ReluBackward::Gradient)?;
-        let out = &mut mean[first * image_len..][..count * image_len];
-        out.par_chunks_mut(image_len).zip(gradients.par_chunks(samples * image_len)).for_each(|(out, gradients)| {
-            for gradient in gradients.chunks_exact(image_len) {
-                out.iter_mut().zip(gradient).for_each(|(o, g)| *o += g);
-            }
-            out.iter_mut().for_each(|o| *o /= samples as f32);
-        });
+        let out = &mut attributions[first * image_len..][..count * image_len];
+        out.par_chunks_mut(image_len)
+            .zip(gradients.par_chunks(copies * image_len))
+            .enumerate()
+            .for_each(|(i, (out, gradients))| reduce(first + i, gradients, out));
     }
-    Ok(mean)
+    Ok(attributions)
 }
 
 #[cfg(test)]
