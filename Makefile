@@ -8,7 +8,7 @@ CARGO ?= cargo
 BIN := target/release
 STAGE = --config $(CONFIG) $(ARGS)
 
-.PHONY: run build data data-cifar10 train explain summarize analyze status test bench bench-peer smoke clean-runs
+.PHONY: run build data data-cifar10 data-cifar100 data-mnist data-kmnist train explain summarize analyze status test bench bench-peer smoke clean-runs
 
 run: data train explain summarize analyze
 
@@ -20,6 +20,15 @@ data:
 
 data-cifar10:
 	scripts/fetch-data.sh cifar10
+
+data-cifar100:
+	scripts/fetch-data.sh cifar100
+
+data-mnist:
+	scripts/fetch-data.sh mnist
+
+data-kmnist:
+	scripts/fetch-data.sh kmnist
 
 train: build
 	$(BIN)/trainer $(STAGE)

@@ -15,6 +15,15 @@ data:
 data-cifar10:
     scripts/fetch-data.sh cifar10
 
+data-cifar100:
+    scripts/fetch-data.sh cifar100
+
+data-mnist:
+    scripts/fetch-data.sh mnist
+
+data-kmnist:
+    scripts/fetch-data.sh kmnist
+
 train: build
     {{bin}}/trainer --config {{config}} {{args}}
 

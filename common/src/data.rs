@@ -1,5 +1,6 @@
-//! Image data sets: Fashion-MNIST/MNIST IDX files, CIFAR-10 binary batches and
-//! a deterministic synthetic set.
+//! Image data sets: MNIST, Fashion-MNIST and KMNIST IDX files, CIFAR-10 and
+//! CIFAR-100 binary files, folders of PNG or JPEG images and a
+//! deterministic synthetic set.
 //!
 //! Images stay as bytes (one `u8` per channel and pixel, C·H·W order) and are
 //! normalised per batch: the whole CIFAR-10 training set is 150 MB as bytes
@@ -8,6 +9,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::config::CifarLabels;
 pub use crate::image::{ImageShape, Normalization};
 use crate::rng::Rng;
 
@@ -215,15 +217,172 @@ pub fn load_cifar_dir(dir: &Path) -> Result<Dataset, DataError> {
     Ok(Dataset { train: load_cifar_batches(&train)?, test: load_cifar_batches(&[test])?, classes: 10 })
 }
 
+const CIFAR100_RECORD: usize = 2 + 3 * 32 * 32;
+
+/// Reads a CIFAR-100 binary file (coarse label byte, fine label byte, 3072
+/// bytes R, G, B planes), keeping the `labels` asked for.
+pub fn load_cifar100_file(path: &Path, labels: CifarLabels) -> Result<ImageSet, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| data_error(path, format!("cannot read: {e}; run `make data-cifar100`")))?;
+    if bytes.is_empty() || bytes.len() % CIFAR100_RECORD != 0 {
+        return Err(data_error(
+            path,
+            format!("wrong size: {} bytes is not a whole number of {CIFAR100_RECORD}-byte records", bytes.len()),
+        ));
+    }
+    let (at, classes) = match labels {
+        CifarLabels::Coarse => (0, 20),
+        CifarLabels::Fine => (1, 100),
+    };
+    let mut set = ImageSet { shape: ImageShape::RGB_32, pixels: Vec::with_capacity(bytes.len()), labels: Vec::new() };
+    for (i, record) in bytes.chunks_exact(CIFAR100_RECORD).enumerate() {
+        if record[at] as usize >= classes {
+            return Err(data_error(path, format!("label {} of record {i} is out of range 0..{classes}", record[at])));
+        }
+        set.labels.push(record[at]);
+        set.pixels.extend_from_slice(&record[2..]);
+    }
+    Ok(set)
+}
+
+/// CIFAR-100: `train.bin` and `test.bin` in `dir`.
+pub fn load_cifar100_dir(dir: &Path, labels: CifarLabels) -> Result<Dataset, DataError> {
+    let classes = if labels == CifarLabels::Fine { 100 } else { 20 };
+    let train = load_cifar100_file(&dir.join("train.bin"), labels)?;
+    let test = load_cifar100_file(&dir.join("test.bin"), labels)?;
+    Ok(Dataset { train, test, classes })
+}
+
+/// File name endings read as images in an image folder.
+const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// The entries of `dir`, sorted by name: its folders, or its image files.
+fn sorted_entries(dir: &Path, folders: bool) -> Result<Vec<PathBuf>, DataError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| data_error(dir, format!("cannot list: {e}")))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            if folders {
+                p.is_dir()
+            } else {
+                let extension = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+                p.is_file() && extension.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
+            }
+        })
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+/// One image file as bytes in C·H·W order, of exactly `shape`: 1 channel
+/// from a grey image, 3 from a colour one (an alpha channel is dropped).
+fn read_image_file(path: &Path, shape: ImageShape) -> Result<Vec<u8>, DataError> {
+    let image = image::open(path).map_err(|e| data_error(path, format!("cannot decode: {e}")))?;
+    let channels = if image.color().has_color() { 3 } else { 1 };
+    let found = ImageShape { channels, height: image.height() as usize, width: image.width() as usize };
+    if found != shape {
+        return Err(data_error(path, format!("image is {found}, the data set declares {shape}")));
+    }
+    let plane = shape.height * shape.width;
+    Ok(match channels {
+        1 => image.to_luma8().into_raw(),
+        _ => {
+            let interleaved = image.to_rgb8().into_raw();
+            let mut planes = vec![0u8; 3 * plane];
+            for (i, pixel) in interleaved.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    planes[c * plane + i] = pixel[c];
+                }
+            }
+            planes
+        }
+    })
+}
+
+/// An image folder's split: one folder per class (named as in `classes`),
+/// each image labelled by its folder's position.
+fn load_image_split(dir: &Path, classes: &[String], shape: ImageShape) -> Result<ImageSet, DataError> {
+    let mut set = ImageSet { shape, pixels: Vec::new(), labels: Vec::new() };
+    for (label, class) in classes.iter().enumerate() {
+        let folder = dir.join(class);
+        if !folder.is_dir() {
+            return Err(data_error(&folder, "missing: every class of train/ needs a folder in test/ too"));
+        }
+        for file in sorted_entries(&folder, false)? {
+            set.pixels.extend(read_image_file(&file, shape)?);
+            set.labels.push(label as u8);
+        }
+    }
+    if set.is_empty() {
+        return Err(data_error(dir, "no PNG or JPEG images in its class folders"));
+    }
+    Ok(set)
+}
+
+/// An image folder: `dir/train/<class>/*.png|jpg` and `dir/test/<class>/...`,
+/// the classes being train/'s folders in name order (`classes` of them).
+pub fn load_image_folder(dir: &Path, shape: ImageShape, classes: usize) -> Result<Dataset, DataError> {
+    let train_dir = dir.join("train");
+    let names: Vec<String> = sorted_entries(&train_dir, true)?
+        .iter()
+        .map(|p| p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string())
+        .collect();
+    if names.len() != classes {
+        return Err(data_error(
+            &train_dir,
+            format!("has {} class folders, the config declares `classes = {classes}`", names.len()),
+        ));
+    }
+    let train = load_image_split(&train_dir, &names, shape)?;
+    let test = load_image_split(&dir.join("test"), &names, shape)?;
+    Ok(Dataset { train, test, classes })
+}
+
+/// Writes `dataset` as an image folder (the layout
+/// [`load_image_folder`] reads): PNG files `<dir>/<split>/class-<k>/<i>.png`.
+pub fn write_image_folder(dir: &Path, dataset: &Dataset) -> Result<(), DataError> {
+    for (split, set) in [("train", &dataset.train), ("test", &dataset.test)] {
+        let shape = set.shape;
+        let plane = shape.height * shape.width;
+        for class in 0..dataset.classes {
+            let folder = dir.join(split).join(format!("class-{class:02}"));
+            std::fs::create_dir_all(&folder).map_err(|e| data_error(&folder, format!("cannot create: {e}")))?;
+        }
+        for i in 0..set.len() {
+            let path = dir.join(split).join(format!("class-{:02}", set.labels[i])).join(format!("{i:05}.png"));
+            let pixels = set.image(i);
+            let (w, h) = (shape.width as u32, shape.height as u32);
+            let written = match shape.channels {
+                1 => image::GrayImage::from_raw(w, h, pixels.to_vec()).map(|img| img.save(&path)),
+                _ => {
+                    let interleaved: Vec<u8> = (0..plane).flat_map(|p| (0..3).map(move |c| pixels[c * plane + p])).collect();
+                    image::RgbImage::from_raw(w, h, interleaved).map(|img| img.save(&path))
+                }
+            };
+            match written {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(data_error(&path, format!("cannot write: {e}"))),
+                None => return Err(data_error(&path, "image buffer of the wrong size")),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Loads the data set a config entry describes, checking that its images
 /// have the shape the config declares (the models are built for it).
 pub fn load_dataset(config: &crate::config::DatasetConfig) -> Result<Dataset, DataError> {
     use crate::config::DatasetKind;
     let declared = config.image_shape().map_err(|m| data_error(Path::new("<config>"), m))?;
+    let dir = || config.path.as_deref().ok_or_else(|| data_error(Path::new("<config>"), "data set has no `path`"));
     let dataset = match config.kind {
-        DatasetKind::Idx | DatasetKind::Cifar10 => {
-            let dir = config.path.as_deref().ok_or_else(|| data_error(Path::new("<config>"), "data set has no `path`"))?;
-            let dataset = if config.kind == DatasetKind::Idx { load_idx_dir(dir)? } else { load_cifar_dir(dir)? };
+        DatasetKind::ImageFolder => load_image_folder(dir()?, declared, config.classes())?,
+        DatasetKind::Idx | DatasetKind::Cifar10 | DatasetKind::Cifar100 => {
+            let dir = dir()?;
+            let dataset = match config.kind {
+                DatasetKind::Idx => load_idx_dir(dir)?,
+                DatasetKind::Cifar10 => load_cifar_dir(dir)?,
+                _ => load_cifar100_dir(dir, config.labels.unwrap_or_default())?,
+            };
             for (split, set) in [("training", &dataset.train), ("test", &dataset.test)] {
                 if set.shape != declared {
                     return Err(data_error(dir, format!("{split} images are {}, expected {declared}", set.shape)));
@@ -364,6 +523,92 @@ mod tests {
         std::fs::write(&path, &two).unwrap();
         let err = load_cifar_batches(&[path]).unwrap_err().to_string();
         assert!(err.contains("label 10 of record 0"), "{err}");
+    }
+
+    #[test]
+    fn reads_cifar100_with_fine_or_coarse_labels() {
+        let dir = temp_dir("cifar100");
+        let record = |coarse: u8, fine: u8| {
+            let mut r = vec![coarse, fine];
+            r.extend((0..3072).map(|i| ((i + fine as usize) % 251) as u8));
+            r
+        };
+        let mut bytes = record(3, 77);
+        bytes.extend(record(19, 99));
+        std::fs::write(dir.join("train.bin"), &bytes).unwrap();
+        std::fs::write(dir.join("test.bin"), record(0, 5)).unwrap();
+        let fine = load_cifar100_dir(&dir, CifarLabels::Fine).unwrap();
+        assert_eq!((fine.classes, fine.train.labels.clone(), fine.test.labels.clone()), (100, vec![77, 99], vec![5]));
+        assert_eq!(fine.train.image(1), &record(19, 99)[2..]);
+        let coarse = load_cifar100_dir(&dir, CifarLabels::Coarse).unwrap();
+        assert_eq!((coarse.classes, coarse.train.labels), (20, vec![3, 19]));
+        bytes[0] = 20;
+        std::fs::write(dir.join("train.bin"), &bytes[..CIFAR100_RECORD]).unwrap();
+        let err = load_cifar100_dir(&dir, CifarLabels::Coarse).unwrap_err().to_string();
+        assert!(err.contains("train.bin") && err.contains("label 20 of record 0 is out of range 0..20"), "{err}");
+        std::fs::write(dir.join("train.bin"), &bytes[..100]).unwrap();
+        assert!(load_cifar100_dir(&dir, CifarLabels::Fine).unwrap_err().to_string().contains("wrong size"));
+    }
+
+    #[test]
+    fn reads_image_folders_of_png_and_jpeg_and_names_a_bad_file() {
+        let dir = temp_dir("folder");
+        let _ = std::fs::remove_dir_all(&dir);
+        let shape = ImageShape { channels: 3, height: 4, width: 5 };
+        let rgb = |seed: u8| image::RgbImage::from_fn(5, 4, |x, y| image::Rgb([seed, x as u8 * 10, y as u8 * 20]));
+        for (split, class, name, seed) in [
+            ("train", "cat", "b.png", 1),
+            ("train", "cat", "a.png", 2),
+            ("train", "dog", "x.png", 3),
+            ("test", "cat", "t.png", 4),
+            ("test", "dog", "u.png", 5),
+        ] {
+            std::fs::create_dir_all(dir.join(split).join(class)).unwrap();
+            rgb(seed).save(dir.join(split).join(class).join(name)).unwrap();
+        }
+        let set = load_image_folder(&dir, shape, 2).unwrap();
+        // Classes in name order, files in name order: a.png (seed 2) first.
+        assert_eq!(set.train.labels, vec![0, 0, 1]);
+        assert_eq!(set.test.labels, vec![0, 1]);
+        let first = set.train.image(0);
+        assert_eq!(&first[..5], &[2; 5], "red plane first");
+        assert_eq!(&first[20..25], &[0, 10, 20, 30, 40], "then green");
+        assert_eq!(first[40 + 5], 20, "then blue, row 1");
+
+        // A grey JPEG in a grey data set reads (lossy, so only its size is checked).
+        let grey = temp_dir("folder-grey");
+        for split in ["train", "test"] {
+            for class in ["a", "b"] {
+                std::fs::create_dir_all(grey.join(split).join(class)).unwrap();
+                image::GrayImage::from_pixel(8, 8, image::Luma([128])).save(grey.join(split).join(class).join("i.jpg")).unwrap();
+            }
+        }
+        let grey_set = load_image_folder(&grey, ImageShape { channels: 1, height: 8, width: 8 }, 2).unwrap();
+        assert_eq!(grey_set.train.pixels.len(), 2 * 64);
+
+        let err = load_image_folder(&dir, shape, 3).unwrap_err().to_string();
+        assert!(err.contains("has 2 class folders, the config declares `classes = 3`"), "{err}");
+        image::RgbImage::new(6, 4).save(dir.join("test/dog/wide.png")).unwrap();
+        let err = load_image_folder(&dir, shape, 2).unwrap_err().to_string();
+        assert!(err.contains("wide.png") && err.contains("image is 3x4x6, the data set declares 3x4x5"), "{err}");
+        std::fs::write(dir.join("test/dog/wide.png"), b"not a png").unwrap();
+        let err = load_image_folder(&dir, shape, 2).unwrap_err().to_string();
+        assert!(err.contains("wide.png") && err.contains("cannot decode"), "{err}");
+        std::fs::remove_dir_all(dir.join("test/dog")).unwrap();
+        let written = temp_dir("folder-written");
+        let synthetic =
+            Dataset { train: synthetic(ImageShape::RGB_32, 30, 1), test: synthetic(ImageShape::RGB_32, 20, 2), classes: 10 };
+        write_image_folder(&written, &synthetic).unwrap();
+        let back = load_image_folder(&written, ImageShape::RGB_32, 10).unwrap();
+        let sorted = |set: &ImageSet| {
+            let mut images: Vec<(u8, Vec<u8>)> = (0..set.len()).map(|i| (set.labels[i], set.image(i).to_vec())).collect();
+            images.sort();
+            images
+        };
+        assert_eq!(sorted(&back.train), sorted(&synthetic.train), "PNG round trip, grouped by class");
+        assert_eq!(sorted(&back.test), sorted(&synthetic.test));
+        let err = load_image_folder(&dir, shape, 2).unwrap_err().to_string();
+        assert!(err.contains("test/dog") && err.contains("missing"), "{err}");
     }
 
     #[test]

@@ -16,13 +16,18 @@ use crate::measures::Measure;
 /// records) and, for a replicate, the seed of the training subset it
 /// shares with the run's other seeds. `intended_fit` is only a label for
 /// reports and is left out, so relabelling retrains nothing. A run without
-/// `seeds` has the fingerprint it had before replicates existed.
+/// `seeds` has the fingerprint it had before replicates existed. A model of
+/// `[models]` adds its layers (a preset's name says them all, so a preset
+/// run has the fingerprint it had before models were data).
 pub fn run_fingerprint(config: &PipelineConfig, instance: &RunInstance) -> String {
     let training = RunConfig { intended_fit: None, ..instance.config.clone() };
-    let fingerprint = Fingerprinter::new()
+    let mut fingerprint = Fingerprinter::new()
         .add("dataset", &config.datasets.get(&training.dataset))
         .add("run", &training)
         .add("probe", &config.probe);
+    if let Some(model) = config.models.get(&training.model) {
+        fingerprint = fingerprint.add("model", model);
+    }
     if instance.replicated {
         fingerprint.add("subset_seed", &instance.subset_seed).finish()
     } else {
@@ -56,8 +61,7 @@ pub fn trained_run(config: &PipelineConfig, run: &RunInstance, layout: &RunLayou
 /// The architecture every checkpoint of `run` has: its model on its data
 /// set's images.
 pub fn checkpoint_model(pipeline: &Pipeline, run: &RunConfig) -> CheckpointModel {
-    let dataset = pipeline.dataset_of(run);
-    CheckpointModel { kind: run.model, input: dataset.shape, classes: dataset.classes }
+    CheckpointModel { architecture: pipeline.architecture_of(run), input: pipeline.dataset_of(run).shape }
 }
 
 /// Fingerprint of the model checkpoint at `step` of a run.
@@ -128,6 +132,12 @@ mod tests {
         assert_ne!(checkpoint_fingerprint(&base[0], 0), checkpoint_fingerprint(&base[0], 1));
         let p = Pipeline::parse(CONFIG, Path::new("t")).unwrap();
         assert_ne!(method_fingerprint(&p.config.methods["lrp"]), method_fingerprint(&p.config.methods["cam"]));
+        // A model of the config: its layers count; a preset's name alone.
+        let custom =
+            CONFIG.replace("model = \"simple\"", "model = \"m\"") + "\n[models.m]\nlayers = [\"flatten\", { dense = 10 }]\n";
+        let with_custom = fingerprints(&custom);
+        assert_ne!(with_custom, base);
+        assert_ne!(with_custom, fingerprints(&custom.replace("layers = [\"flatten\"", "layers = [\"relu\", \"flatten\"")));
         // Replicates: one fingerprint per seed, and the subset seed counts.
         let replicated = fingerprints(&CONFIG.replace("epochs = 1", "epochs = 1\nseeds = [1, 2]"));
         assert_eq!(replicated.len(), 2);

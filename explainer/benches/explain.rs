@@ -72,7 +72,7 @@ fn main() {
         if std::env::var("BENCH_ONLY").is_ok_and(|only| !case.contains(&only)) {
             continue;
         }
-        let model = Model::initialized(kind, shape, 10, 1);
+        let model = Model::initialized(&kind.architecture(10), shape, 1).unwrap();
         let normalization = Normalization { mean: vec![0.5; shape.channels], std: vec![0.5; shape.channels] };
         let mut rng = Rng::new(7);
         let x: Vec<f32> = (0..images * shape.len()).map(|_| rng.uniform(-1.0, 1.0)).collect();

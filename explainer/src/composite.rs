@@ -141,7 +141,9 @@ mod tests {
 
     #[test]
     fn the_first_linear_layer_gets_the_first_rule() {
-        let model = engine::Model::zeros(common::architecture::ModelKind::Simple, common::image::ImageShape::GRAY_28, 10);
+        let model =
+            engine::Model::zeros(&common::architecture::ModelKind::Simple.architecture(10), common::image::ImageShape::GRAY_28)
+                .unwrap();
         let c = Composite::named(NamedComposite::EpsilonGammaBox, &[(-1.0, 1.0)]).unwrap();
         assert_eq!(first_linear_layer(&model.layers), Some(0));
         let rule = |i: usize| c.rule_for(LinearLayer::of(&model.layers[i]).unwrap(), i == 0).name();

@@ -18,7 +18,7 @@ pub enum ExplainError {
     BoundsChannels { bounds: usize, channels: usize },
 
     /// Grad-CAM was asked for a layer the model does not have.
-    #[error("Grad-CAM layer `{name}` is not a conv layer of this model; its conv layers are: {known}")]
+    #[error("Grad-CAM layer `{name}` is not a conv or ReLU layer before the flatten of this model; those are: {known}")]
     UnknownLayer { name: String, known: String },
 
     /// The model has no layer a method needs (no conv layer for Grad-CAM, no

@@ -38,7 +38,7 @@ pub struct GradCamMaps {
 /// Where Grad-CAM reads its activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ActivationSite {
-    /// Index of the conv layer.
+    /// Index of the layer named (a conv, or a ReLU before the flatten).
     pub conv: usize,
     /// Index of the layer whose output is `A`: the ReLU right after the conv
     /// when there is one, else the conv itself.
@@ -49,25 +49,23 @@ pub struct ActivationSite {
 }
 
 impl ActivationSite {
-    /// The site of the conv layer called `name`, or of the last conv layer.
+    /// The site of the layer called `name` (a convolution, read after the
+    /// ReLU right after it where there is one, or a ReLU before the
+    /// flatten), or of the last conv layer.
     pub fn find(model: &Model, name: Option<&str>) -> Result<ActivationSite, ExplainError> {
-        let convs: Vec<(usize, &str)> = model
-            .layers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, l)| match l {
-                Layer::Conv(c) => Some((i, c.name.as_str())),
-                _ => None,
-            })
-            .collect();
+        let readable = model.architecture.gradcam_layers();
+        let index_of = |wanted: &str| model.architecture.layers.iter().position(|l| l.name.as_deref() == Some(wanted));
         let conv = match name {
-            None => convs.last().map(|(i, _)| *i).ok_or(ExplainError::MissingLayer("conv layer for Grad-CAM"))?,
-            Some(name) => convs.iter().find(|(_, n)| *n == name).map(|(i, _)| *i).ok_or_else(|| ExplainError::UnknownLayer {
-                name: name.to_string(),
-                known: convs.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", "),
-            })?,
-        };
-        let activation = if matches!(model.layers.get(conv + 1), Some(Layer::Relu)) { conv + 1 } else { conv };
+            None => model.layers.iter().rposition(|l| matches!(l, Layer::Conv(_))),
+            Some(name) if readable.contains(&name) => index_of(name),
+            Some(name) => {
+                return Err(ExplainError::UnknownLayer { name: name.to_string(), known: readable.join(", ") });
+            }
+        }
+        .ok_or(ExplainError::MissingLayer("conv layer for Grad-CAM"))?;
+        let follows_conv =
+            matches!(model.layers[conv], Layer::Conv(_)) && matches!(model.layers.get(conv + 1), Some(Layer::Relu));
+        let activation = if follows_conv { conv + 1 } else { conv };
         let ActivationShape::Planes { channels, height, width } = model.activation_shapes()[activation] else {
             return Err(ExplainError::Shape(format!("layer {activation} of the model is not a stack of planes")));
         };
@@ -191,31 +189,42 @@ mod tests {
 
     #[test]
     fn alphas_match_finite_differences() {
-        let simple = Model::initialized(ModelKind::Simple, ImageShape { channels: 1, height: 12, width: 12 }, 10, 3);
+        let simple =
+            Model::initialized(&ModelKind::Simple.architecture(10), ImageShape { channels: 1, height: 12, width: 12 }, 3)
+                .unwrap();
         check_alphas_against_finite_differences(&simple, None, 3, 4);
         check_alphas_against_finite_differences(&simple, Some("features_conv.0"), 2, 5);
-        let complex = Model::initialized(ModelKind::Complex, ImageShape { channels: 2, height: 8, width: 8 }, 10, 6);
+        let complex =
+            Model::initialized(&ModelKind::Complex.architecture(10), ImageShape { channels: 2, height: 8, width: 8 }, 6).unwrap();
         check_alphas_against_finite_differences(&complex, Some("features_conv.7"), 2, 7);
         check_alphas_against_finite_differences(&tiny_model(8, true), None, 2, 9);
     }
 
     #[test]
     fn the_default_layer_is_the_last_conv_after_its_relu() {
-        let model = Model::zeros(ModelKind::Simple, ImageShape::GRAY_28, 10);
+        let model = Model::zeros(&ModelKind::Simple.architecture(10), ImageShape::GRAY_28).unwrap();
         let site = ActivationSite::find(&model, None).unwrap();
         assert_eq!(site, ActivationSite { conv: 3, activation: 4, channels: 32, height: 14, width: 14 });
-        let complex = Model::zeros(ModelKind::Complex, ImageShape::RGB_32, 10);
+        let complex = Model::zeros(&ModelKind::Complex.architecture(10), ImageShape::RGB_32).unwrap();
         let site = ActivationSite::find(&complex, None).unwrap();
         assert_eq!((site.conv, site.activation, site.channels, site.height), (12, 13, 128, 8));
         let err = ActivationSite::find(&model, Some("fc1")).unwrap_err().to_string();
-        assert!(err.contains("`fc1`") && err.contains("features_conv.0, features_conv.3"), "{err}");
+        assert!(
+            err.contains("`fc1`") && err.contains("features_conv.0, features_conv.1, features_conv.3, features_conv.4"),
+            "{err}"
+        );
+        let relu = ActivationSite::find(&model, Some("features_conv.4")).unwrap();
+        assert_eq!((relu.conv, relu.activation), (4, 4), "a ReLU is read where it is");
+        let conv = ActivationSite::find(&model, Some("features_conv.3")).unwrap();
+        assert_eq!((conv.activation, conv.channels), (4, 32), "a conv is read after its ReLU");
     }
 
     /// The map is Σ_k α_k A_k with each image's own α (not batch-averaged);
     /// ReLU and upsampling apply on top.
     #[test]
     fn maps_combine_activations_with_per_image_weights() {
-        let model = Model::initialized(ModelKind::Simple, ImageShape { channels: 1, height: 8, width: 8 }, 10, 12);
+        let model =
+            Model::initialized(&ModelKind::Simple.architecture(10), ImageShape { channels: 1, height: 8, width: 8 }, 12).unwrap();
         let x = random(3 * 64, 13, -1.0, 1.0);
         let trace = model.forward_trace(&x).unwrap();
         let targets = vec![0, 5, 9];

@@ -14,7 +14,7 @@
 use common::config::Baseline;
 use common::image::Normalization;
 use common::rng::Rng;
-use engine::kernels::{conv2d_backward_input, dense_backward_input, maxpool2x2_backward};
+use engine::kernels::{avgpool2x2_backward, conv2d_backward_input, dense_backward_input, maxpool2x2_backward};
 use engine::{Layer, Model, Trace};
 use rayon::prelude::*;
 
@@ -161,7 +161,8 @@ pub fn backpropagate(
                 });
                 gradient
             }
-            Layer::Flatten => gradient,
+            Layer::Flatten | Layer::Dropout { .. } => gradient,
+            Layer::AvgPool(geometry) => avgpool2x2_backward(&gradient, geometry),
             Layer::MaxPool(geometry) => {
                 let argmax = trace.argmax[index]
                     .as_deref()
@@ -322,7 +323,8 @@ mod tests {
     /// model and a few inputs of the complex model with two channels.
     #[test]
     fn the_input_gradient_matches_finite_differences() {
-        let complex = Model::initialized(ModelKind::Complex, ImageShape { channels: 2, height: 8, width: 8 }, 10, 6);
+        let complex =
+            Model::initialized(&ModelKind::Complex.architecture(10), ImageShape { channels: 2, height: 8, width: 8 }, 6).unwrap();
         for (model, probes) in [(tiny_model(3, true), 36), (complex, 12)] {
             let images = 2;
             let x = random(images * model.input.len(), 11, -1.0, 1.0);
@@ -367,7 +369,8 @@ mod tests {
     /// so the integrand is piecewise constant and the error falls slowly).
     #[test]
     fn integrated_gradients_are_complete_up_to_a_shrinking_quadrature_error() {
-        let model = Model::initialized(ModelKind::Simple, ImageShape { channels: 1, height: 8, width: 8 }, 10, 2);
+        let model =
+            Model::initialized(&ModelKind::Simple.architecture(10), ImageShape { channels: 1, height: 8, width: 8 }, 2).unwrap();
         let x = random(3 * model.input.len(), 4, -1.0, 1.0);
         let targets = predicted(&model, &x);
         let baseline = vec![-1.0f32];
@@ -467,7 +470,8 @@ mod tests {
     /// gradient, |gradient|, input x gradient by hand on two channels.
     #[test]
     fn maps_sum_the_attributions_over_the_channels() {
-        let model = Model::initialized(ModelKind::Simple, ImageShape { channels: 2, height: 4, width: 4 }, 10, 9);
+        let model =
+            Model::initialized(&ModelKind::Simple.architecture(10), ImageShape { channels: 2, height: 4, width: 4 }, 9).unwrap();
         let x = random(2 * model.input.len(), 10, -1.0, 1.0);
         let targets = predicted(&model, &x);
         let trace = model.forward_trace(&x).unwrap();

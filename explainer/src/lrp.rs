@@ -4,7 +4,8 @@
 //! class times that logit) and flows from the output to the input, layer by
 //! layer: conv and dense layers apply their composite rule (see `rules`),
 //! max-pools pass it to the winner or redistribute it like average pooling,
-//! ReLU and flatten pass it unchanged. The whole batch moves through each
+//! average pools redistribute it in proportion to their inputs (Zennit's
+//! `Norm` rule for them), ReLU, flatten and dropout pass it unchanged. The whole batch moves through each
 //! layer at once, so every step is one batched kernel call.
 
 use engine::kernels::{maxpool2x2_backward, pool2x2_redistribute};
@@ -35,7 +36,8 @@ pub fn relevance(model: &Model, trace: &Trace, composite: &Composite, targets: &
     let mut relevance = explained_logit_only(trace.logits(), model.classes, targets)?;
     for (index, layer) in model.layers.iter().enumerate().rev() {
         relevance = match layer {
-            Layer::Relu | Layer::Flatten => relevance,
+            Layer::Relu | Layer::Flatten | Layer::Dropout { .. } => relevance,
+            Layer::AvgPool(geometry) => pool2x2_redistribute(&relevance, trace.layer_input(index), geometry),
             Layer::MaxPool(geometry) => match composite.max_pool {
                 PoolTreatment::WinnerTakeAll => {
                     let argmax = trace.argmax[index].as_deref().ok_or_else(|| missing_argmax(index))?;
@@ -177,15 +179,34 @@ mod tests {
     }
 
     /// With zero biases nothing absorbs relevance: the input relevance sums
-    /// to the explained logit, for both max-pool treatments and both models.
+    /// to the explained logit, for both max-pool treatments, both presets
+    /// and a model of the layers the presets lack (a stride-2 convolution,
+    /// padding 0, an average pool, dropout).
     #[test]
     fn conservation_without_biases() {
+        use common::architecture::{Architecture, LayerKind::*};
+        let strided = Architecture::new(
+            "strided",
+            vec![
+                Conv { channels: 4, kernel: 3, padding: 1, stride: 2 },
+                Relu,
+                Conv { channels: 6, kernel: 2, padding: 0, stride: 1 },
+                Relu,
+                Dropout { rate: 0.5 },
+                AvgPool,
+                MaxPool,
+                Flatten,
+                Dense { outputs: 10 },
+            ],
+        );
         let cases = [
-            (ModelKind::Simple, ImageShape { channels: 2, height: 12, width: 12 }),
-            (ModelKind::Complex, ImageShape { channels: 1, height: 8, width: 8 }),
+            (ModelKind::Simple.architecture(10), ImageShape { channels: 2, height: 12, width: 12 }),
+            (ModelKind::Complex.architecture(10), ImageShape { channels: 1, height: 8, width: 8 }),
+            (strided, ImageShape { channels: 3, height: 18, width: 18 }),
         ];
-        for (kind, shape) in cases {
-            let model = without_biases(Model::initialized(kind, shape, 10, 5));
+        for (architecture, shape) in cases {
+            let kind = &architecture.name;
+            let model = without_biases(Model::initialized(&architecture, shape, 5).unwrap());
             let x = random(4 * shape.len(), 6, -1.0, 1.0);
             let x_non_negative: Vec<f32> = x.iter().map(|v| v.abs()).collect();
             for pool in [PoolTreatment::WinnerTakeAll, PoolTreatment::Average] {
@@ -242,17 +263,15 @@ mod tests {
     /// 10.25), so R = 3.75 / 10.25 · [1.5, 4, 1, 3.75].
     #[test]
     fn z_box_by_hand() {
-        let geometry = ConvGeometry { in_channels: 1, out_channels: 1, kernel: 2, padding: 0, height: 2, width: 2 };
-        let model = Model {
-            kind: ModelKind::Simple,
-            input: ImageShape { channels: 1, height: 2, width: 2 },
-            classes: 2,
-            layers: vec![
+        let geometry = ConvGeometry { in_channels: 1, out_channels: 1, kernel: 2, padding: 0, height: 2, width: 2, stride: 1 };
+        let model = Model::from_layers(
+            ImageShape { channels: 1, height: 2, width: 2 },
+            vec![
                 Layer::Conv(Conv2d { name: "c".into(), geometry, weight: vec![1.0, -2.0, 0.5, 3.0], bias: vec![0.0] }),
                 Layer::Flatten,
                 Layer::Dense(Dense { name: "fc".into(), inputs: 1, outputs: 2, weight: vec![1.0, -1.0], bias: vec![0.0, 0.0] }),
             ],
-        };
+        );
         let trace = model.forward_trace(&[0.5, -1.0, 1.0, 0.25]).unwrap();
         assert_eq!(trace.logits(), &[3.75, -3.75]);
         let composite = Composite {
@@ -282,7 +301,7 @@ mod tests {
     #[test]
     fn a_trace_of_another_model_is_an_error() {
         let model = tiny_model(1, true);
-        let other = Model::initialized(ModelKind::Simple, ImageShape::GRAY_28, 10, 1);
+        let other = Model::initialized(&ModelKind::Simple.architecture(10), ImageShape::GRAY_28, 1).unwrap();
         let trace = other.forward_trace(&random(784, 2, -1.0, 1.0)).unwrap();
         let composite = uniform_composite(Rule::Zero, PoolTreatment::Average);
         assert!(matches!(relevance(&model, &trace, &composite, &[0]), Err(ExplainError::Shape(_))));
@@ -293,7 +312,6 @@ mod tests {
 #[cfg(test)]
 mod zennit_reference {
     use super::*;
-    use common::architecture::ModelKind;
     use common::config::{CompositeSpec, NamedComposite};
     use common::image::ImageShape;
     use engine::kernels::{ConvGeometry, PoolGeometry};
@@ -304,12 +322,10 @@ mod zennit_reference {
     /// `0.5 cos(2k + 1)` (dense), biases [0.1, -0.2] and [0.05, -0.1, 0.2],
     /// input `0.8 cos(i)`: the network of the reference script.
     fn network() -> (Model, Vec<f32>) {
-        let geometry = ConvGeometry { in_channels: 1, out_channels: 2, kernel: 3, padding: 1, height: 4, width: 4 };
-        let model = Model {
-            kind: ModelKind::Simple,
-            input: ImageShape { channels: 1, height: 4, width: 4 },
-            classes: 3,
-            layers: vec![
+        let geometry = ConvGeometry { in_channels: 1, out_channels: 2, kernel: 3, padding: 1, height: 4, width: 4, stride: 1 };
+        let model = Model::from_layers(
+            ImageShape { channels: 1, height: 4, width: 4 },
+            vec![
                 Layer::Conv(Conv2d {
                     name: "c".into(),
                     geometry,
@@ -327,7 +343,7 @@ mod zennit_reference {
                     bias: vec![0.05, -0.1, 0.2],
                 }),
             ],
-        };
+        );
         (model, (0..16).map(|i| 0.8 * (i as f32).cos()).collect())
     }
 

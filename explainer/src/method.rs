@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn a_map_is_the_same_alone_or_in_a_batch() {
         let shape = ImageShape { channels: 3, height: 8, width: 8 };
-        let model = Model::initialized(ModelKind::Complex, shape, 10, 2);
+        let model = Model::initialized(&ModelKind::Complex.architecture(10), shape, 2).unwrap();
         let x = random(5 * shape.len(), 3, -1.0, 1.0);
         let labels = [3u8, 1, 4, 1, 5];
         let batch = model.forward_trace(&x).unwrap();
@@ -209,7 +209,7 @@ mod tests {
     fn explanations_report_targets_predictions_and_logits() {
         const IDS: [i64; 3] = [0, 1, 2];
         let shape = ImageShape { channels: 1, height: 8, width: 8 };
-        let model = Model::initialized(ModelKind::Simple, shape, 10, 4);
+        let model = Model::initialized(&ModelKind::Simple.architecture(10), shape, 4).unwrap();
         let x = random(3 * shape.len(), 5, -1.0, 1.0);
         let labels = [7u8, 0, 2];
         let trace = model.forward_trace(&x).unwrap();

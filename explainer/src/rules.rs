@@ -516,7 +516,7 @@ mod tests {
         let r = through(&Rule::AlphaBeta { alpha: 2.0, beta: 1.0 }, linear, &[1.0, 2.0, 3.0], &[7.0]);
         assert_close(&r, &[8.0, -7.0, 6.0], 1e-5, "alpha-beta");
 
-        let geometry = ConvGeometry { in_channels: 2, out_channels: 3, kernel: 3, padding: 1, height: 5, width: 4 };
+        let geometry = ConvGeometry { in_channels: 2, out_channels: 3, kernel: 3, padding: 1, height: 5, width: 4, stride: 1 };
         let conv = Conv2d {
             name: "c".into(),
             geometry,
@@ -561,7 +561,7 @@ mod tests {
         let r = through(&Rule::Flat, LinearLayer::Dense(&layer), &[1.0, -2.0, 3.0], &[6.0, 3.0]);
         assert_close(&r, &[3.0, 3.0, 3.0], 1e-5, "flat on a dense layer");
 
-        let geometry = ConvGeometry { in_channels: 1, out_channels: 1, kernel: 3, padding: 1, height: 3, width: 3 };
+        let geometry = ConvGeometry { in_channels: 1, out_channels: 1, kernel: 3, padding: 1, height: 3, width: 3, stride: 1 };
         let conv = Conv2d { name: "c".into(), geometry, weight: random(9, 5, -1.0, 1.0), bias: vec![0.3] };
         let mut relevance = vec![0.0f32; 9];
         relevance[0] = 8.0; // the top-left output: inputs (0,0), (0,1), (1,0), (1,1)

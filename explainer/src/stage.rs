@@ -210,7 +210,7 @@ impl<'a> Explainer<'a> {
         let started = Instant::now();
         let methods: Vec<&Method> = group.iter().map(|(u, _)| &plan.method(u.method).method).collect();
         let fingerprint = plan.expected_fingerprint(step);
-        let expected = ExpectedCheckpoint { run, step, fingerprint: &fingerprint, model: plan.model };
+        let expected = ExpectedCheckpoint { run, step, fingerprint: &fingerprint, model: &plan.model };
         let (loaded, trace) = match load_and_trace(&checkpoint, &expected, &probe, &methods) {
             Ok(loaded) => loaded,
             Err(e) => return outcomes.fail_all(units(), &e),
@@ -307,7 +307,7 @@ impl<'a> Stage for Explainer<'a> {
                     run: unit.run,
                     step: unit.step,
                     fingerprint: &checkpoint_fingerprint,
-                    model: plan.model,
+                    model: &plan.model,
                 };
                 header.check(&expected).map_err(|e| format!("{}: {e}; run the trainer", path.display()))?;
                 Ok(header.content)

@@ -1,10 +1,9 @@
 //! Small synthetic models and independent reference computations for the
 //! unit tests.
 
-use common::architecture::ModelKind;
 use common::image::ImageShape;
 use common::rng::Rng;
-use engine::kernels::{conv2d_forward, dense_forward, maxpool2x2_forward, ConvGeometry, PoolGeometry};
+use engine::kernels::{avgpool2x2_forward, conv2d_forward, dense_forward, maxpool2x2_forward, ConvGeometry, PoolGeometry};
 use engine::{Conv2d, Dense, Layer, Model};
 
 pub fn random(len: usize, seed: u64, low: f32, high: f32) -> Vec<f32> {
@@ -27,14 +26,12 @@ pub fn without_biases(mut model: Model) -> Model {
 /// conv(1→3, 3x3, same) + ReLU + 2x2 max-pool + flatten + dense(27→4) on
 /// 1x6x6 images, random weights.
 pub fn tiny_model(seed: u64, with_biases: bool) -> Model {
-    let geometry = ConvGeometry { in_channels: 1, out_channels: 3, kernel: 3, padding: 1, height: 6, width: 6 };
+    let geometry = ConvGeometry { in_channels: 1, out_channels: 3, kernel: 3, padding: 1, height: 6, width: 6, stride: 1 };
     let pool = PoolGeometry { channels: 3, height: 6, width: 6 };
     let bias_range = if with_biases { 0.3 } else { 0.0 };
-    let model = Model {
-        kind: ModelKind::Simple,
-        input: ImageShape { channels: 1, height: 6, width: 6 },
-        classes: 4,
-        layers: vec![
+    let model = Model::from_layers(
+        ImageShape { channels: 1, height: 6, width: 6 },
+        vec![
             Layer::Conv(Conv2d {
                 name: "conv".into(),
                 geometry,
@@ -52,7 +49,7 @@ pub fn tiny_model(seed: u64, with_biases: bool) -> Model {
                 bias: random(4, seed + 3, -bias_range, bias_range),
             }),
         ],
-    };
+    );
     if with_biases {
         model
     } else {
@@ -80,7 +77,7 @@ pub fn dense_model(input: ImageShape, layers: &[(&str, usize, Vec<f32>)]) -> Mod
         }));
         inputs = *outputs;
     }
-    Model { kind: ModelKind::Simple, input, classes: inputs, layers: built }
+    Model::from_layers(input, built)
 }
 
 /// Runs `layers[from..]` of `model` on `x` with the kernels directly
@@ -92,7 +89,8 @@ pub fn forward_from(model: &Model, from: usize, x: &[f32]) -> Vec<f32> {
             Layer::Conv(c) => conv2d_forward(&current, &c.geometry, &c.weight, Some(&c.bias)),
             Layer::Relu => current.iter().map(|v| v.max(0.0)).collect(),
             Layer::MaxPool(g) => maxpool2x2_forward(&current, g).0,
-            Layer::Flatten => current,
+            Layer::AvgPool(g) => avgpool2x2_forward(&current, g),
+            Layer::Flatten | Layer::Dropout { .. } => current,
             Layer::Dense(d) => dense_forward(&current, d.inputs, &d.weight, Some(&d.bias)),
         };
     }

@@ -49,7 +49,12 @@ kind = "lrp"
 
 /// The model the fixture's checkpoint of `step` holds.
 fn checkpoint_model(step: u64) -> Model {
-    Model::initialized(ModelKind::Simple, common::image::ImageShape { channels: 1, height: 16, width: 16 }, 10, step + 1)
+    Model::initialized(
+        &ModelKind::Simple.architecture(10),
+        common::image::ImageShape { channels: 1, height: 16, width: 16 },
+        step + 1,
+    )
+    .unwrap()
 }
 
 struct Fixture {
@@ -226,7 +231,7 @@ fn bad_settings_and_missing_inputs_are_clear_errors() {
     f.write_config(&CONFIG.replace("[methods.cam]\nkind = \"gradcam\"", "[methods.cam]\nkind = \"gradcam\"\nlayer = \"fc1\""));
     // A layer the model lacks stops the stage at start-up, before any unit.
     let err = run(&f.cli(&["--method", "cam"])).unwrap_err().to_string();
-    assert!(err.contains("`methods.cam.layer`: `fc1` is not a conv layer") && err.contains("features_conv.3"), "{err}");
+    assert!(err.contains("`methods.cam.layer`: `fc1` is not a conv or ReLU layer") && err.contains("features_conv.3"), "{err}");
 
     f.write_config(CONFIG);
     std::fs::remove_file(f.layout.probe()).unwrap();

@@ -50,7 +50,7 @@ fn main() {
         if std::env::var("BENCH_ONLY").is_ok_and(|only| only != case) {
             continue;
         }
-        let mut model = Model::initialized(kind, shape, 10, 0);
+        let mut model = Model::initialized(&kind.architecture(10), shape, 0).unwrap();
         let lengths: Vec<usize> = model.parameters().iter().map(|p| p.data.len()).collect();
         let mut adam = Adam::new(1e-3, &lengths);
         let mut rng = Rng::new(1);
@@ -58,7 +58,7 @@ fn main() {
         let labels: Vec<u8> = (0..100).map(|_| rng.below(10) as u8).collect();
         let seconds = median_seconds(
             || {
-                let step = loss_and_gradients(&dev, &model, x.clone(), &labels).expect("valid batch");
+                let step = loss_and_gradients(&dev, &model, x.clone(), &labels, 0).expect("valid batch");
                 adam.step(model.parameters_mut(), &step.gradients);
             },
             2,

@@ -28,11 +28,41 @@ use training::{run_status, train_run, TrainOutcome, TrainPlan};
 /// Runs are the units of work, in name order; runs that are done and
 /// unchanged are skipped, interrupted runs resume where they stopped, and a
 /// run that fails is reported while the others still train (exit code 1).
+///
+/// With `--torch-module MODEL` it trains nothing and prints the PyTorch
+/// module of that model instead.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "trainer", version, about, long_about)]
 pub struct Cli {
     #[command(flatten)]
     pub stage: StageArgs,
+
+    /// Print Python code defining the `torch.nn.Module` of model MODEL (a
+    /// preset or a `[models]` entry) on the images of the runs that train
+    /// it, whose `load_state_dict(..., strict=True)` takes every checkpoint
+    /// of those runs, and exit. With `--run`, of that run's images.
+    #[arg(long, value_name = "MODEL")]
+    pub torch_module: Option<String>,
+}
+
+/// The PyTorch module of `model` on the images of the (selected) runs that
+/// train it: they must agree on the image shape and the classes.
+pub fn torch_module(pipeline: &Pipeline, model: &str, runs: &[String]) -> anyhow::Result<String> {
+    let selected = pipeline.select_runs(runs).map_err(anyhow::Error::msg)?;
+    let mut users = selected.iter().filter(|(_, run)| run.model == model).peekable();
+    let Some((first, run)) = users.peek().copied() else {
+        anyhow::bail!("no selected run trains model `{model}`: the module's first dense layer depends on the images");
+    };
+    let (architecture, shape) = (pipeline.architecture_of(run), pipeline.dataset_of(run).shape);
+    for (name, other) in users {
+        let other_shape = pipeline.dataset_of(other).shape;
+        if other_shape != shape || pipeline.architecture_of(other) != architecture {
+            anyhow::bail!(
+                "runs `{first}` ({shape} images) and `{name}` ({other_shape} images) train model `{model}` on different data; pick one with --run"
+            );
+        }
+    }
+    Ok(architecture.torch_module(shape)?)
 }
 
 /// A run instance to train (a run, or one seed of a run with `seeds`).
@@ -91,6 +121,12 @@ impl<'a> Stage for Trainer<'a> {
     fn unit_progress(&self) -> bool {
         false
     }
+}
+
+/// The code `--torch-module` asks for, if it does.
+pub fn requested_torch_module(cli: &Cli) -> Option<anyhow::Result<String>> {
+    let model = cli.torch_module.as_ref()?;
+    Some(Pipeline::load(&cli.stage.config).map_err(anyhow::Error::from).and_then(|p| torch_module(&p, model, &cli.stage.runs)))
 }
 
 /// Trains the selected runs of this shard, one after another.

@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn resume_state_round_trips_bit_exactly() {
-        let model = Model::initialized(ModelKind::Simple, ImageShape::GRAY_28, 10, 1);
+        let model = Model::initialized(&ModelKind::Simple.architecture(10), ImageShape::GRAY_28, 1).unwrap();
         let lengths: Vec<usize> = model.parameters().iter().map(|p| p.data.len()).collect();
         let mut adam = Adam::new(1e-3, &lengths);
         let grads: Vec<Vec<f32>> = lengths.iter().map(|&n| (0..n).map(|i| (i as f32 * 0.37).sin() / 3.0).collect()).collect();
@@ -138,7 +138,7 @@ mod tests {
         let err = read_resume_state(&path, &model).unwrap_err().to_string();
         assert!(err.contains("tensor `adam.v.features_conv.3.weight` holds NaN"), "{err}");
         write_resume_state(&path, &model, &state).unwrap();
-        let other = Model::initialized(ModelKind::Complex, ImageShape::GRAY_28, 10, 1);
+        let other = Model::initialized(&ModelKind::Complex.architecture(10), ImageShape::GRAY_28, 1).unwrap();
         assert!(read_resume_state(&path, &other).unwrap_err().to_string().contains("adam.m.features_conv.0.weight"));
     }
 }

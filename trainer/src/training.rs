@@ -114,7 +114,7 @@ pub fn run_status(pipeline: &Pipeline, instance: &RunInstance, layout: &RunLayou
         let header = read_checkpoint_header(&path).map_err(|e| e.to_string())?;
         let fingerprint = expected(step);
         header
-            .check(&ExpectedCheckpoint { run: name, step, fingerprint: &fingerprint, model })
+            .check(&ExpectedCheckpoint { run: name, step, fingerprint: &fingerprint, model: &model })
             .map_err(|e| format!("{}: {e}", path.display()))?;
         read_verified_metadata(&path).map(|_| ()).map_err(|e| e.to_string())
     };
@@ -278,7 +278,7 @@ fn remove_checkpoints(layout: &RunLayout) -> anyhow::Result<()> {
 
 fn start(setup: &Setup) -> anyhow::Result<(Model, ResumeState)> {
     let shape = setup.dataset.train.shape;
-    let model = Model::initialized(setup.run.model, shape, setup.dataset.classes, setup.run.seed);
+    let model = Model::initialized(&setup.model.architecture, shape, setup.run.seed)?;
     let lengths: Vec<usize> = model.parameters().iter().map(|p| p.data.len()).collect();
     let state = ResumeState {
         step: 0,
@@ -304,7 +304,7 @@ fn start(setup: &Setup) -> anyhow::Result<(Model, ResumeState)> {
 
 fn resume(setup: &Setup, step: u64) -> anyhow::Result<(Model, ResumeState)> {
     let fingerprint = checkpoint_fingerprint(&setup.fingerprint, step);
-    let expected = ExpectedCheckpoint { run: setup.name, step, fingerprint: &fingerprint, model: setup.model };
+    let expected = ExpectedCheckpoint { run: setup.name, step, fingerprint: &fingerprint, model: &setup.model };
     let model = read_checkpoint(&setup.layout.checkpoint(step), &expected)?.model;
     let state = read_resume_state(&setup.layout.resume_state(step), &model)?;
     if state.fingerprint != setup.fingerprint || state.step != step {
@@ -343,7 +343,9 @@ fn train_from(setup: &Setup, mut model: Model, mut state: ResumeState) -> anyhow
         let chosen = batch_indices(setup, &order.as_ref().expect("set above").1, step);
         setup.normalization.batch_into(&setup.dataset.train, chosen, &mut x);
         let labels: Vec<u8> = chosen.iter().map(|&i| setup.dataset.train.labels[i]).collect();
-        let result = loss_and_gradients(&dev, &model, std::mem::take(&mut x), &labels)?;
+        // Dropout masks are drawn per step, so a resumed run draws the same.
+        let dropout_seed = Rng::for_purpose(setup.run.seed, &format!("dropout-{step}")).next_u64();
+        let result = loss_and_gradients(&dev, &model, std::mem::take(&mut x), &labels, dropout_seed)?;
         let loss = result.loss as f64;
         if !(loss.is_finite() && loss <= DIVERGED_LOSS) {
             bar.finish_and_clear();

@@ -9,7 +9,7 @@ use clap::Parser;
 use common::architecture::ModelKind;
 use common::artifacts::tables::metrics::{metrics_frame, MetricsRow};
 use common::artifacts::{
-    write_attributions, write_checkpoint_file, write_parquet_stamped, Attributions, CheckpointInfo, CheckpointModel, Probe,
+    write_attributions, write_checkpoint_file, write_parquet_stamped, Attributions, CheckpointInfo, ModelLabel, Probe,
     ProbeEntry, RunLayout, Split, Stamp,
 };
 use common::config::Pipeline;
@@ -100,10 +100,10 @@ pub fn write_maps(layout: &RunLayout, probe: &Probe, config: &Path) {
     let fingerprints = expected_attributions(&pipeline.config, run, &pipeline.config.methods["lrp"], &STEPS);
     for (k, &step) in STEPS.iter().enumerate() {
         // The analyzer reads only which checkpoints exist: no parameters needed.
-        let model = CheckpointModel { kind: ModelKind::Simple, input: ImageShape::GRAY_28, classes: 10 };
+        let model = ModelLabel { name: ModelKind::Simple.name().into(), input: ImageShape::GRAY_28, classes: 10 };
         let info =
             CheckpointInfo { run: "tiny".into(), step, epoch: 0.0, dataset: "synth".into(), fingerprint: format!("c{step}") };
-        write_checkpoint_file(&layout.checkpoint(step), &info, model, []).unwrap();
+        write_checkpoint_file(&layout.checkpoint(step), &info, &model, []).unwrap();
         let width = 8.0 - 0.6 * k as f32;
         let amplitude = 2f32.powi(k as i32);
         let mut maps = Vec::new();

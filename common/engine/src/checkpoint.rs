@@ -5,15 +5,15 @@
 use std::path::Path;
 
 use common::artifacts::{
-    read_checkpoint_file, write_checkpoint_file, ArtifactError, CheckpointInfo, CheckpointModel, ExpectedCheckpoint,
+    read_checkpoint_file, write_checkpoint_file, ArtifactError, CheckpointInfo, ExpectedCheckpoint, ModelLabel,
 };
 
 use crate::network::Model;
 
 /// Writes `model` and `info` to `path` atomically.
 pub fn write_checkpoint(path: &Path, model: &Model, info: &CheckpointInfo) -> Result<(), ArtifactError> {
-    let architecture = CheckpointModel { kind: model.kind, input: model.input, classes: model.classes };
-    write_checkpoint_file(path, info, architecture, model.parameters().into_iter().map(|p| (p.name, p.shape, p.data)))
+    let label = ModelLabel { name: model.architecture.name.clone(), input: model.input, classes: model.classes };
+    write_checkpoint_file(path, info, &label, model.parameters().into_iter().map(|p| (p.name, p.shape, p.data)))
 }
 
 /// Reads the checkpoint `expected` describes back into a model; a missing,
@@ -23,7 +23,7 @@ pub fn write_checkpoint(path: &Path, model: &Model, info: &CheckpointInfo) -> Re
 /// config names.
 pub fn read_checkpoint(path: &Path, expected: &ExpectedCheckpoint) -> Result<Checkpoint, ArtifactError> {
     let file = read_checkpoint_file(path, expected)?;
-    let mut model = Model::zeros(file.model.kind, file.model.input, file.model.classes);
+    let mut model = Model::zeros(&expected.model.architecture, expected.model.input).map_err(|e| ArtifactError::new(path, e))?;
     model.load_parameters(&file.parameters).map_err(|e| ArtifactError::new(path, e))?;
     Ok(Checkpoint { model, info: file.info, content: file.content })
 }
@@ -41,18 +41,18 @@ pub struct Checkpoint {
 mod tests {
     use super::*;
     use common::architecture::ModelKind;
-    use common::artifacts::{read_checkpoint_fingerprint, read_tensors};
+    use common::artifacts::{read_checkpoint_fingerprint, read_tensors, CheckpointModel};
     use common::image::ImageShape;
 
     #[test]
     fn checkpoints_reload_to_the_same_logits() {
         let dir = std::env::temp_dir().join(format!("ckpt-{}", std::process::id()));
         let path = dir.join("step-000003.safetensors");
-        let model = Model::initialized(ModelKind::Simple, ImageShape::RGB_32, 10, 9);
+        let model = Model::initialized(&ModelKind::Simple.architecture(10), ImageShape::RGB_32, 9).unwrap();
         let info = CheckpointInfo { run: "r".into(), step: 3, epoch: 0.25, dataset: "d".into(), fingerprint: "f".into() };
         write_checkpoint(&path, &model, &info).unwrap();
-        let architecture = CheckpointModel { kind: ModelKind::Simple, input: ImageShape::RGB_32, classes: 10 };
-        let expected = ExpectedCheckpoint { run: "r", step: 3, fingerprint: "f", model: architecture };
+        let architecture = CheckpointModel { architecture: ModelKind::Simple.architecture(10), input: ImageShape::RGB_32 };
+        let expected = ExpectedCheckpoint { run: "r", step: 3, fingerprint: "f", model: &architecture };
         let back = read_checkpoint(&path, &expected).unwrap();
         let (back, back_info) = (back.model, back.info);
         assert_eq!(back_info, info);
@@ -73,7 +73,10 @@ mod tests {
             ("step", ExpectedCheckpoint { step: 4, ..expected.clone() }, "says step 3 but it is the checkpoint of step 4"),
             (
                 "model",
-                ExpectedCheckpoint { model: CheckpointModel { input: ImageShape::GRAY_28, ..architecture }, ..expected.clone() },
+                ExpectedCheckpoint {
+                    model: &CheckpointModel { input: ImageShape::GRAY_28, ..architecture.clone() },
+                    ..expected.clone()
+                },
                 "the config asks for model `simple` on 1x28x28 images",
             ),
             ("fingerprint", ExpectedCheckpoint { fingerprint: "g", ..expected.clone() }, "another configuration"),

@@ -430,10 +430,10 @@ mod tests {
         // 64 channels between the first two blocks: the second block's
         // forward pass and the first one's input gradient use Winograd's
         // method.
-        let ga = ConvGeometry { in_channels: 2, out_channels: 64, kernel: 3, padding: 1, height: 8, width: 8 };
-        let gb = ConvGeometry { in_channels: 64, out_channels: 3, kernel: 3, padding: 1, height: 8, width: 8 };
+        let ga = ConvGeometry { in_channels: 2, out_channels: 64, kernel: 3, padding: 1, height: 8, width: 8, stride: 1 };
+        let gb = ConvGeometry { in_channels: 64, out_channels: 3, kernel: 3, padding: 1, height: 8, width: 8, stride: 1 };
         let pool = PoolGeometry { channels: 3, height: 8, width: 8 };
-        let gc = ConvGeometry { in_channels: 3, out_channels: 5, kernel: 5, padding: 2, height: 4, width: 4 };
+        let gc = ConvGeometry { in_channels: 3, out_channels: 5, kernel: 5, padding: 2, height: 4, width: 4, stride: 1 };
         let (a, b, c) = (layer("a", ga, &mut rng), layer("b", gb, &mut rng), layer("c", gc, &mut rng));
         let blocks = [
             (ConvBlock { geometry: ga, relu: true, pool: None }, &a),

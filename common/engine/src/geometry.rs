@@ -1,12 +1,15 @@
-//! The shapes of the layers the kernels compute: a stride-1 convolution
-//! with symmetric zero padding and a 2x2 max-pool, and where their images
+//! The shapes of the layers the kernels compute: a convolution with
+//! symmetric zero padding and stride 1 or 2 and a 2x2 pool, and where their images
 //! lie in padded buffers. Kept apart from the kernels so that the direct
 //! convolution and Winograd's method both build on them without depending
 //! on each other.
 
 use crate::microkernels::POSITION_BLOCK;
 
-/// Shape of a convolution with stride 1 and `padding` zeros on every side.
+/// Shape of a convolution with `padding` zeros on every side and a
+/// `stride` (1 or 2). The layouts below (padded images, virtual positions,
+/// taps) are those of the stride-1 kernels; a strided convolution is
+/// computed through its [`ConvGeometry::unit_stride`] geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeometry {
     pub in_channels: usize,
@@ -15,15 +18,22 @@ pub struct ConvGeometry {
     pub padding: usize,
     pub height: usize,
     pub width: usize,
+    pub stride: usize,
 }
 
 impl ConvGeometry {
     pub fn out_height(&self) -> usize {
-        self.height + 2 * self.padding + 1 - self.kernel
+        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
     }
 
     pub fn out_width(&self) -> usize {
-        self.width + 2 * self.padding + 1 - self.kernel
+        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// The same convolution with stride 1: its output holds the strided
+    /// one's at every `stride`-th row and column.
+    pub fn unit_stride(&self) -> ConvGeometry {
+        ConvGeometry { stride: 1, ..*self }
     }
 
     /// Floats of one input image.
@@ -119,6 +129,7 @@ impl ConvGeometry {
     /// channels swapped, kernel flipped, padding `k - 1 - p`, on the output's
     /// plane.
     pub(crate) fn transposed(&self, weight: &[f32]) -> (ConvGeometry, Vec<f32>) {
+        debug_assert_eq!(self.stride, 1, "the transposed layout is that of a stride-1 convolution");
         let k = self.kernel;
         let transposed = ConvGeometry {
             in_channels: self.out_channels,
@@ -127,6 +138,7 @@ impl ConvGeometry {
             padding: k - 1 - self.padding,
             height: self.out_height(),
             width: self.out_width(),
+            stride: 1,
         };
         let mut flipped = vec![0.0f32; weight.len()];
         for o in 0..self.out_channels {
@@ -159,7 +171,7 @@ pub(crate) fn copy_rows(image: &[f32], (height, width): (usize, usize), layout: 
     }
 }
 
-/// Shape of a 2x2, stride-2 max-pool over `channels` planes of `height x
+/// Shape of a 2x2, stride-2 pool (max or average) over `channels` planes of `height x
 /// width` (odd trailing rows and columns are dropped, as in PyTorch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolGeometry {

@@ -1,6 +1,7 @@
-//! Plain-slice kernels of the network: 2-D convolution (stride 1, symmetric
-//! zero padding) as a direct convolution over a padded image (see
-//! `microkernels`), 2x2 max-pooling, and dense layers through `gemm`.
+//! Plain-slice kernels of the network: 2-D convolution (symmetric zero
+//! padding; stride 1, or 2 through stride 1) as a direct convolution over a
+//! padded image (see `microkernels`) or by Winograd's method, 2x2 max- and
+//! average pooling, and dense layers through `gemm`.
 //!
 //! They serve three callers: the training tape (see `tape_ops`), plain
 //! inference, and LRP's relevance passes, which run the same layers with
@@ -130,19 +131,61 @@ pub(crate) const IMAGES_PER_PARTIAL_GRADIENT: usize = 4;
 /// `y = conv(x, weight) + bias` for a batch of images (N·C·H·W), each image
 /// computed alone by one thread.
 pub fn conv2d_forward(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    forward_on(Isa::detected(), x, g, weight, bias, false, false).0
+    conv2d_forward_with(x, g, weight, bias, false)
 }
 
 /// [`conv2d_forward`], followed by a ReLU when `relu` is set (one pass over
 /// the output instead of two).
 pub fn conv2d_forward_with(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
-    forward_on(Isa::detected(), x, g, weight, bias, relu, false).0
+    let (y, _) = forward_on(Isa::detected(), x, &g.unit_stride(), weight, bias, relu, false);
+    strided_output(y, g)
 }
 
 /// The convolution's output and its ReLU, written in one pass.
 pub fn conv2d_forward_and_relu(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
-    let (activated, output) = forward_on(Isa::detected(), x, g, weight, bias, true, true);
-    (output.expect("kept on request"), activated)
+    let (activated, output) = forward_on(Isa::detected(), x, &g.unit_stride(), weight, bias, true, true);
+    (strided_output(output.expect("kept on request"), g), strided_output(activated, g))
+}
+
+/// A strided convolution runs as its stride-1 convolution, of which it
+/// keeps every `stride`-th row and column: `stride²` times the arithmetic
+/// a strided kernel would do, but through the tuned stride-1 kernels
+/// (Winograd's method included), and every pass (forward, both gradients)
+/// stays one algorithm. `unit` is the output of [`ConvGeometry::unit_stride`];
+/// for stride 1 it is returned as it is.
+fn strided_output(unit: Vec<f32>, g: &ConvGeometry) -> Vec<f32> {
+    if g.stride == 1 {
+        return unit;
+    }
+    let full = g.unit_stride();
+    let (full_w, full_plane, ow) = (full.out_width(), full.out_plane(), g.out_width());
+    let mut out = vec![0.0f32; unit.len() / full_plane * g.out_plane()];
+    out.par_chunks_mut(g.out_plane()).zip(unit.par_chunks(full_plane)).for_each(|(plane, full)| {
+        for (y, row) in plane.chunks_exact_mut(ow).enumerate() {
+            let source = &full[y * g.stride * full_w..];
+            row.iter_mut().enumerate().for_each(|(x, v)| *v = source[x * g.stride]);
+        }
+    });
+    out
+}
+
+/// The gradient of a strided convolution's output as the gradient of its
+/// stride-1 convolution's output: zero where the stride skips a position.
+/// For stride 1, `dy` as it is.
+fn unit_stride_gradient<'a>(dy: &'a [f32], g: &ConvGeometry) -> std::borrow::Cow<'a, [f32]> {
+    if g.stride == 1 {
+        return std::borrow::Cow::Borrowed(dy);
+    }
+    let full = g.unit_stride();
+    let (full_w, full_plane, ow) = (full.out_width(), full.out_plane(), g.out_width());
+    let mut out = vec![0.0f32; dy.len() / g.out_plane() * full_plane];
+    out.par_chunks_mut(full_plane).zip(dy.par_chunks(g.out_plane())).for_each(|(full, plane)| {
+        for (y, row) in plane.chunks_exact(ow).enumerate() {
+            let target = &mut full[y * g.stride * full_w..];
+            row.iter().enumerate().for_each(|(x, &v)| target[x * g.stride] = v);
+        }
+    });
+    std::borrow::Cow::Owned(out)
 }
 
 /// A convolution prepared for a batch: its weights laid out for the
@@ -176,6 +219,7 @@ pub(crate) struct PassBuffers {
 
 impl ConvPass {
     pub(crate) fn new(isa: Isa, g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
+        assert_eq!(g.stride, 1, "a pass computes a stride-1 convolution (see `strided_output`)");
         assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
         if let Some(bias) = bias {
             assert_eq!(bias.len(), g.out_channels, "conv2d bias length");
@@ -314,13 +358,15 @@ fn run_pass(pass: &ConvPass, x: &[f32], keep_pre_activation: bool) -> (Vec<f32>,
 /// forward pass of the transposed convolution of `dy` with `weight`.
 pub fn conv2d_backward_input(dy: &[f32], g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
     assert_eq!(dy.len() % g.out_len(), 0, "conv2d output gradient is not a whole number of images");
-    run_pass(&ConvPass::input_gradient(Isa::detected(), g, weight), dy, false).0
+    let unit = g.unit_stride();
+    run_pass(&ConvPass::input_gradient(Isa::detected(), &unit, weight), &unit_stride_gradient(dy, g), false).0
 }
 
 /// Gradients of a convolution's weight and bias, summed over the batch in a
 /// fixed order (the result does not depend on the thread count).
 pub fn conv2d_backward_params(x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Vec<f32>) {
-    params_on(Isa::detected(), x, dy, g)
+    assert_eq!(dy.len() % g.out_len(), 0, "conv2d output gradient is not a whole number of images");
+    params_on(Isa::detected(), x, &unit_stride_gradient(dy, g), &g.unit_stride())
 }
 
 fn params_on(isa: Isa, x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Vec<f32>) {
@@ -377,6 +423,7 @@ pub(crate) struct GradientBuffers {
 
 impl ParamGradient {
     pub(crate) fn new(isa: Isa, g: &ConvGeometry) -> Self {
+        assert_eq!(g.stride, 1, "the weight gradient of a stride-1 convolution (see `unit_stride_gradient`)");
         let channels = g.out_channels.next_multiple_of(isa.gradient_channel_width(g.out_channels));
         let method = if Winograd::applies(g) {
             GradientMethod::Winograd(WinogradGradient::new(isa, g, channels))
@@ -599,6 +646,47 @@ pub(crate) fn unpool_image(dout: &[f32], arg: &[u32], dimage: &mut [f32]) {
     }
 }
 
+/// Mean of each 2x2 window (odd trailing rows and columns dropped, as in
+/// PyTorch's `AvgPool2d(2)`).
+pub fn avgpool2x2_forward(x: &[f32], g: &PoolGeometry) -> Vec<f32> {
+    assert_eq!(x.len() % g.in_len(), 0, "average-pool input is not a whole number of images");
+    let mut y = vec![0.0f32; x.len() / g.in_len() * g.out_len()];
+    y.par_chunks_mut(g.out_len()).zip(x.par_chunks(g.in_len())).for_each(|(out, image)| {
+        let mut o = 0;
+        for c in 0..g.channels {
+            for oy in 0..g.out_height() {
+                for ox in 0..g.out_width() {
+                    let corner = |dy, dx| image[g.window(c, oy, ox, dy, dx)];
+                    out[o] = (corner(0, 0) + corner(0, 1) + corner(1, 0) + corner(1, 1)) * 0.25;
+                    o += 1;
+                }
+            }
+        }
+    });
+    y
+}
+
+/// The gradient before a 2x2 average pool: a quarter of each window's
+/// gradient to each of its inputs, zero outside every window.
+pub fn avgpool2x2_backward(dy: &[f32], g: &PoolGeometry) -> Vec<f32> {
+    assert_eq!(dy.len() % g.out_len(), 0, "average-pool gradient is not a whole number of images");
+    let mut dx = vec![0.0f32; dy.len() / g.out_len() * g.in_len()];
+    dx.par_chunks_mut(g.in_len()).zip(dy.par_chunks(g.out_len())).for_each(|(dimage, dout)| {
+        let mut o = 0;
+        for c in 0..g.channels {
+            for oy in 0..g.out_height() {
+                for ox in 0..g.out_width() {
+                    for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        dimage[g.window(c, oy, ox, dy, dx)] = dout[o] * 0.25;
+                    }
+                    o += 1;
+                }
+            }
+        }
+    });
+    dx
+}
+
 /// Spreads each output's value over its 2x2 window in proportion to
 /// `weights` (the layer's inputs, or any other positive contribution);
 /// windows whose weights sum to zero spread evenly. This is how LRP
@@ -748,8 +836,8 @@ mod tests {
                         for c in 0..g.in_channels {
                             for ky in 0..k {
                                 for kx in 0..k {
-                                    let iy = oy as isize + ky as isize - g.padding as isize;
-                                    let ix = ox as isize + kx as isize - g.padding as isize;
+                                    let iy = (oy * g.stride) as isize + ky as isize - g.padding as isize;
+                                    let ix = (ox * g.stride) as isize + kx as isize - g.padding as isize;
                                     if iy >= 0 && ix >= 0 && (iy as usize) < g.height && (ix as usize) < g.width {
                                         let xv = x[n * g.in_len() + (c * g.height + iy as usize) * g.width + ix as usize];
                                         acc += (xv * w[((o * g.in_channels + c) * k + ky) * k + kx]) as f64;
@@ -779,7 +867,7 @@ mod tests {
                     for (c, ky, kx) in
                         (0..g.in_channels).flat_map(|c| (0..k).flat_map(move |ky| (0..k).map(move |kx| (c, ky, kx))))
                     {
-                        let (iy, ix) = (oy as isize + ky as isize - p, ox as isize + kx as isize - p);
+                        let (iy, ix) = ((oy * g.stride) as isize + ky as isize - p, (ox * g.stride) as isize + kx as isize - p);
                         if iy >= 0 && ix >= 0 && (iy as usize) < g.height && (ix as usize) < g.width {
                             let xv = x[(c * g.height + iy as usize) * g.width + ix as usize] as f64;
                             dw[((o * g.in_channels + c) * k + ky) * k + kx] += d * xv;
@@ -792,7 +880,7 @@ mod tests {
     }
 
     fn geometry() -> ConvGeometry {
-        ConvGeometry { in_channels: 3, out_channels: 4, kernel: 3, padding: 1, height: 5, width: 6 }
+        ConvGeometry { in_channels: 3, out_channels: 4, kernel: 3, padding: 1, height: 5, width: 6, stride: 1 }
     }
 
     fn assert_close(a: &[f32], b: &[f32], tol: f32) {
@@ -808,7 +896,9 @@ mod tests {
 
     #[test]
     fn conv_forward_matches_naive_reference() {
-        for g in [geometry(), ConvGeometry { in_channels: 2, out_channels: 3, kernel: 5, padding: 2, height: 7, width: 7 }] {
+        for g in
+            [geometry(), ConvGeometry { in_channels: 2, out_channels: 3, kernel: 5, padding: 2, height: 7, width: 7, stride: 1 }]
+        {
             let x = random(5 * g.in_len(), 1);
             let w = random(g.weight_len(), 2);
             let b = random(g.out_channels, 3);
@@ -816,6 +906,60 @@ mod tests {
             let zero = vec![0.0; g.out_channels];
             assert_close(&conv2d_forward(&x, &g, &w, None), &naive_conv(&x, &g, &w, &zero), 1e-5);
         }
+    }
+
+    /// Stride 2 (odd and even sides, with and without padding, Winograd's
+    /// 3x3 and a direct 5x5) against the naive strided convolution and its
+    /// weight gradient; the input gradient by the adjoint identity
+    /// `<conv(x), dy> = <x, conv_input_gradient(dy)>` (bias zero).
+    #[test]
+    fn strided_convolutions_match_the_naive_reference() {
+        let strided = |in_channels, out_channels, kernel, padding, height, width| ConvGeometry {
+            in_channels,
+            out_channels,
+            kernel,
+            padding,
+            height,
+            width,
+            stride: 2,
+        };
+        for g in [
+            strided(MIN_INPUT_CHANNELS, 5, 3, 1, 9, 8),
+            strided(2, 3, 5, 2, 8, 8),
+            strided(3, 4, 3, 0, 7, 6),
+            strided(1, 2, 2, 0, 5, 5),
+        ] {
+            assert_eq!(g.out_height(), (g.height + 2 * g.padding - g.kernel) / 2 + 1);
+            let (x, w, b) = (random(3 * g.in_len(), 40), random(g.weight_len(), 41), random(g.out_channels, 42));
+            let dy = random(3 * g.out_len(), 43);
+            let y = conv2d_forward(&x, &g, &w, Some(&b));
+            assert_close_named(&y, &naive_conv(&x, &g, &w, &b), 1e-5, &format!("{g:?}: forward"));
+            let (activated_pre, activated) = conv2d_forward_and_relu(&x, &g, &w, Some(&b));
+            assert_eq!(activated_pre, y, "{g:?}: the output kept beside its ReLU");
+            assert!(activated.iter().zip(&y).all(|(a, v)| *a == v.max(0.0)), "{g:?}: ReLU");
+            let (dw, db) = conv2d_backward_params(&x, &dy, &g);
+            let (naive_dw, naive_db) = naive_params(&x, &dy, &g);
+            assert_close_named(&dw, &naive_dw, 1e-4, &format!("{g:?}: weight gradient"));
+            assert_close_named(&db, &naive_db, 1e-4, &format!("{g:?}: bias gradient"));
+            let dx = conv2d_backward_input(&dy, &g, &w);
+            assert_eq!(dx.len(), x.len());
+            let zero = vec![0.0; g.out_channels];
+            let forward_side: f64 = naive_conv(&x, &g, &w, &zero).iter().zip(&dy).map(|(a, b)| (a * b) as f64).sum();
+            let backward_side: f64 = x.iter().zip(&dx).map(|(a, b)| (a * b) as f64).sum();
+            assert!(
+                (forward_side - backward_side).abs() < 1e-4 * (1.0 + forward_side.abs()),
+                "{g:?}: {forward_side} vs {backward_side}"
+            );
+        }
+    }
+
+    #[test]
+    fn average_pool_by_hand() {
+        let g = PoolGeometry { channels: 1, height: 3, width: 4 };
+        let x: Vec<f32> = (1..=12).map(|v| v as f32).collect();
+        // Windows (1, 2, 5, 6) and (3, 4, 7, 8); the third row lies outside both.
+        assert_eq!(avgpool2x2_forward(&x, &g), [3.5, 5.5]);
+        assert_eq!(avgpool2x2_backward(&[4.0, -8.0], &g), [1.0, 1.0, -2.0, -2.0, 1.0, 1.0, -2.0, -2.0, 0.0, 0.0, 0.0, 0.0]);
     }
 
     /// Every instruction-set variant of the microkernels this CPU runs (the
@@ -827,7 +971,7 @@ mod tests {
     fn every_microkernel_variant_matches_the_reference() {
         let isas = TestedIsas::new("kernels: every microkernel variant against the naive convolution");
         let case = |name: &'static str, in_channels, out_channels, kernel, height, width| {
-            (name, ConvGeometry { in_channels, out_channels, kernel, padding: kernel / 2, height, width })
+            (name, ConvGeometry { in_channels, out_channels, kernel, padding: kernel / 2, height, width, stride: 1 })
         };
         let cases = [
             case("3 to 4 channels, 3x3 on 5x6", 3, 4, 3, 5, 6),
@@ -889,7 +1033,7 @@ mod tests {
             ("12x11, tail of 4", MIN_INPUT_CHANNELS, 12, 12, 11),
         ];
         for (name, in_channels, out_channels, height, width) in cases {
-            let g = ConvGeometry { in_channels, out_channels, kernel: 3, padding: 1, height, width };
+            let g = ConvGeometry { in_channels, out_channels, kernel: 3, padding: 1, height, width, stride: 1 };
             assert!(Winograd::applies(&g), "{name}");
             let batch = IMAGES_PER_PARTIAL_GRADIENT + 1;
             let x = random(batch * g.in_len(), 24);
@@ -922,8 +1066,8 @@ mod tests {
     fn conv_backward_matches_finite_differences() {
         let geometries = [
             geometry(),
-            ConvGeometry { in_channels: 5, out_channels: 3, kernel: 3, padding: 1, height: 6, width: 5 },
-            ConvGeometry { in_channels: 4, out_channels: 2, kernel: 3, padding: 0, height: 5, width: 6 },
+            ConvGeometry { in_channels: 5, out_channels: 3, kernel: 3, padding: 1, height: 6, width: 5, stride: 1 },
+            ConvGeometry { in_channels: 4, out_channels: 2, kernel: 3, padding: 0, height: 5, width: 6, stride: 1 },
         ];
         for g in geometries {
             check_conv_gradients(g);
@@ -977,9 +1121,9 @@ mod tests {
     fn every_kernel_is_independent_of_the_batch() {
         let geometries = [
             geometry(),
-            ConvGeometry { in_channels: 16, out_channels: 32, kernel: 5, padding: 2, height: 14, width: 14 },
-            ConvGeometry { in_channels: 1, out_channels: 16, kernel: 5, padding: 2, height: 28, width: 28 },
-            ConvGeometry { in_channels: 6, out_channels: 5, kernel: 3, padding: 0, height: 7, width: 5 },
+            ConvGeometry { in_channels: 16, out_channels: 32, kernel: 5, padding: 2, height: 14, width: 14, stride: 1 },
+            ConvGeometry { in_channels: 1, out_channels: 16, kernel: 5, padding: 2, height: 28, width: 28, stride: 1 },
+            ConvGeometry { in_channels: 6, out_channels: 5, kernel: 3, padding: 0, height: 7, width: 5, stride: 1 },
         ];
         for (i, g) in geometries.into_iter().enumerate() {
             let batch = 2 * IMAGES_PER_PARTIAL_GRADIENT + 3;

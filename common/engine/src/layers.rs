@@ -3,31 +3,12 @@
 //! (docs/DESIGN.md, "Checkpoints"), and no knowledge of the kernels that
 //! compute them.
 
+pub use common::architecture::ActivationShape;
 use common::image::ImageShape;
 
 use crate::geometry::{ConvGeometry, PoolGeometry};
 
-/// Shape of an activation of one image: a stack of planes or a flat vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ActivationShape {
-    Planes { channels: usize, height: usize, width: usize },
-    Flat(usize),
-}
-
-impl ActivationShape {
-    pub fn len(&self) -> usize {
-        match *self {
-            ActivationShape::Planes { channels, height, width } => channels * height * width,
-            ActivationShape::Flat(n) => n,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// A convolution with stride 1 and symmetric zero padding; weight
+/// A convolution with symmetric zero padding and stride 1 or 2; weight
 /// `[out, in, k, k]`, bias `[out]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conv2d {
@@ -53,8 +34,14 @@ pub enum Layer {
     Conv(Conv2d),
     Relu,
     MaxPool(PoolGeometry),
+    AvgPool(PoolGeometry),
     Flatten,
     Dense(Dense),
+    /// Zeroes each input with probability `rate` in training (scaling the
+    /// others by `1 / (1 - rate)`); the identity otherwise.
+    Dropout {
+        rate: f32,
+    },
 }
 
 impl Layer {
@@ -63,8 +50,10 @@ impl Layer {
             Layer::Conv(_) => "conv",
             Layer::Relu => "relu",
             Layer::MaxPool(_) => "max-pool",
+            Layer::AvgPool(_) => "avg-pool",
             Layer::Flatten => "flatten",
             Layer::Dense(_) => "dense",
+            Layer::Dropout { .. } => "dropout",
         }
     }
 }
@@ -84,7 +73,9 @@ pub enum ModelError {
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
     Shape { name: String, found: Vec<usize>, expected: Vec<usize> },
     #[error("unexpected tensor `{name}` (not a parameter of the {model} model)")]
-    Unexpected { name: String, model: &'static str },
+    Unexpected { name: String, model: String },
+    #[error(transparent)]
+    Architecture(#[from] common::architecture::ShapeError),
     #[error("input of {found} floats is not a whole number of {shape} images")]
     Input { found: usize, shape: ImageShape },
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use common::architecture::{LayerSpec, ModelKind};
+use common::architecture::{Architecture, LayerKind};
 use common::image::ImageShape;
 use common::rng::Rng;
 use rayon::prelude::*;
@@ -44,10 +44,11 @@ impl Trace {
     }
 }
 
-/// A sequential CNN for one input shape and ten classes.
+/// A sequential CNN for one input shape: an architecture's layers with
+/// their parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
-    pub kind: ModelKind,
+    pub architecture: Architecture,
     pub input: ImageShape,
     pub classes: usize,
     pub layers: Vec<Layer>,
@@ -61,20 +62,27 @@ struct Builder {
 }
 
 impl Builder {
-    fn conv(&mut self, name: &str, out_channels: usize, kernel: usize) {
-        let ActivationShape::Planes { channels, height, width } = self.shape else { unreachable!("conv after flatten") };
-        let geometry = ConvGeometry { in_channels: channels, out_channels, kernel, padding: kernel / 2, height, width };
+    fn planes(&self) -> (usize, usize, usize) {
+        match self.shape {
+            ActivationShape::Planes { channels, height, width } => (channels, height, width),
+            ActivationShape::Flat(_) => unreachable!("checked: planes before the flatten"),
+        }
+    }
+
+    fn conv(&mut self, name: &str, out_channels: usize, kernel: usize, padding: usize, stride: usize) {
+        let (channels, height, width) = self.planes();
+        let geometry = ConvGeometry { in_channels: channels, out_channels, kernel, padding, height, width, stride };
         self.shape =
             ActivationShape::Planes { channels: out_channels, height: geometry.out_height(), width: geometry.out_width() };
         let weight = vec![0.0; geometry.weight_len()];
         self.layers.push(Layer::Conv(Conv2d { name: name.to_string(), geometry, weight, bias: vec![0.0; out_channels] }));
     }
 
-    fn pool(&mut self) {
-        let ActivationShape::Planes { channels, height, width } = self.shape else { unreachable!("pool after flatten") };
+    fn pool(&mut self) -> PoolGeometry {
+        let (channels, height, width) = self.planes();
         let geometry = PoolGeometry { channels, height, width };
         self.shape = ActivationShape::Planes { channels, height: geometry.out_height(), width: geometry.out_width() };
-        self.layers.push(Layer::MaxPool(geometry));
+        geometry
     }
 
     fn dense(&mut self, name: &str, outputs: usize) {
@@ -84,35 +92,90 @@ impl Builder {
         self.layers.push(Layer::Dense(Dense { name: name.to_string(), inputs, outputs, weight, bias }));
     }
 
-    fn add(&mut self, spec: &LayerSpec) {
-        match spec {
-            LayerSpec::Conv { name, channels, kernel } => self.conv(name, *channels, *kernel),
-            LayerSpec::Relu => self.layers.push(Layer::Relu),
-            LayerSpec::MaxPool => self.pool(),
-            LayerSpec::Flatten => {
+    fn add(&mut self, kind: LayerKind, name: Option<&str>) {
+        let name = || name.expect("every conv and dense layer is named");
+        match kind {
+            LayerKind::Conv { channels, kernel, padding, stride } => self.conv(name(), channels, kernel, padding, stride),
+            LayerKind::Relu => self.layers.push(Layer::Relu),
+            LayerKind::MaxPool => {
+                let pool = self.pool();
+                self.layers.push(Layer::MaxPool(pool));
+            }
+            LayerKind::AvgPool => {
+                let pool = self.pool();
+                self.layers.push(Layer::AvgPool(pool));
+            }
+            LayerKind::Flatten => {
                 self.shape = ActivationShape::Flat(self.shape.len());
                 self.layers.push(Layer::Flatten);
             }
-            LayerSpec::Dense { name, outputs } => self.dense(name, *outputs),
+            LayerKind::Dense { outputs } => self.dense(name(), outputs),
+            LayerKind::Dropout { rate } => self.layers.push(Layer::Dropout { rate }),
         }
     }
 }
 
 impl Model {
-    /// The architecture with all parameters zero; see [`Model::initialized`].
-    pub fn zeros(kind: ModelKind, input: ImageShape, classes: usize) -> Self {
-        let shape = ActivationShape::Planes { channels: input.channels, height: input.height, width: input.width };
-        let mut builder = Builder { layers: Vec::new(), shape };
-        for spec in kind.layers(classes) {
-            builder.add(&spec);
+    /// The architecture on `input` images with all parameters zero (see
+    /// [`Model::initialized`]); an architecture that does not fit the
+    /// images is an error naming the layer.
+    pub fn zeros(architecture: &Architecture, input: ImageShape) -> Result<Self, ModelError> {
+        architecture.shapes(input)?;
+        let mut builder = Builder { layers: Vec::new(), shape: ActivationShape::of_image(input) };
+        for spec in &architecture.layers {
+            builder.add(spec.kind, spec.name.as_deref());
         }
-        Model { kind, input, classes, layers: builder.layers }
+        Ok(Model { architecture: architecture.clone(), input, classes: architecture.classes(), layers: builder.layers })
+    }
+
+    /// A model of layers built by hand (tests, small tools): its
+    /// architecture is read off the layers, whose conv and dense layers are
+    /// renamed as the architecture names them. Panics if the layers do not
+    /// chain on `input` images.
+    pub fn from_layers(input: ImageShape, mut layers: Vec<Layer>) -> Self {
+        let kinds = layers
+            .iter()
+            .map(|layer| match layer {
+                Layer::Conv(c) => LayerKind::Conv {
+                    channels: c.geometry.out_channels,
+                    kernel: c.geometry.kernel,
+                    padding: c.geometry.padding,
+                    stride: c.geometry.stride,
+                },
+                Layer::Relu => LayerKind::Relu,
+                Layer::MaxPool(_) => LayerKind::MaxPool,
+                Layer::AvgPool(_) => LayerKind::AvgPool,
+                Layer::Flatten => LayerKind::Flatten,
+                Layer::Dense(d) => LayerKind::Dense { outputs: d.outputs },
+                Layer::Dropout { rate } => LayerKind::Dropout { rate: *rate },
+            })
+            .collect();
+        let architecture = Architecture::new("hand-built", kinds);
+        let built = Self::zeros(&architecture, input).unwrap_or_else(|e| panic!("hand-built layers: {e}"));
+        for ((layer, spec), zero) in layers.iter_mut().zip(&architecture.layers).zip(&built.layers) {
+            assert_eq!(std::mem::discriminant(layer), std::mem::discriminant(zero));
+            match (layer, zero) {
+                (Layer::Conv(c), Layer::Conv(z)) => {
+                    assert_eq!(c.geometry, z.geometry, "hand-built conv geometry");
+                    c.name = spec.name.clone().expect("named");
+                }
+                (Layer::Dense(d), Layer::Dense(z)) => {
+                    assert_eq!(d.inputs, z.inputs, "hand-built dense inputs");
+                    d.name = spec.name.clone().expect("named");
+                }
+                (Layer::MaxPool(g), Layer::MaxPool(z)) | (Layer::AvgPool(g), Layer::AvgPool(z)) => {
+                    assert_eq!(g, z, "hand-built pool geometry")
+                }
+                _ => {}
+            }
+        }
+        Model { layers, ..built }
     }
 
     /// PyTorch's default initialisation: weights and biases uniform in
     /// ±1/sqrt(fan_in), drawn in parameter order from `seed`.
-    pub fn initialized(kind: ModelKind, input: ImageShape, classes: usize, seed: u64) -> Self {
-        let mut model = Self::zeros(kind, input, classes);
+    pub fn initialized(architecture: &Architecture, input: ImageShape, seed: u64) -> Result<Self, ModelError> {
+        let mut model = Self::zeros(architecture, input)?;
         let mut rng = Rng::for_purpose(seed, "init");
         for layer in &mut model.layers {
             let (fan_in, weight, bias) = match layer {
@@ -125,32 +188,12 @@ impl Model {
                 *v = rng.uniform(-bound, bound);
             }
         }
-        model
+        Ok(model)
     }
 
     /// The shape of each layer's output for one image.
     pub fn activation_shapes(&self) -> Vec<ActivationShape> {
-        let mut shape =
-            ActivationShape::Planes { channels: self.input.channels, height: self.input.height, width: self.input.width };
-        self.layers
-            .iter()
-            .map(|layer| {
-                shape = match (layer, shape) {
-                    (Layer::Conv(c), _) => ActivationShape::Planes {
-                        channels: c.geometry.out_channels,
-                        height: c.geometry.out_height(),
-                        width: c.geometry.out_width(),
-                    },
-                    (Layer::MaxPool(p), _) => {
-                        ActivationShape::Planes { channels: p.channels, height: p.out_height(), width: p.out_width() }
-                    }
-                    (Layer::Flatten, s) => ActivationShape::Flat(s.len()),
-                    (Layer::Dense(d), _) => ActivationShape::Flat(d.outputs),
-                    (Layer::Relu, s) => s,
-                };
-                shape
-            })
-            .collect()
+        self.architecture.shapes(self.input).expect("checked when the model was built")
     }
 
     /// Parameters in checkpoint order with their PyTorch names and shapes.
@@ -199,7 +242,7 @@ impl Model {
     pub fn load_parameters(&mut self, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<(), ModelError> {
         let expected: Vec<(String, Vec<usize>)> = self.parameters().into_iter().map(|p| (p.name, p.shape)).collect();
         if let Some(name) = tensors.keys().find(|k| !expected.iter().any(|(n, _)| n == *k)) {
-            return Err(ModelError::Unexpected { name: name.clone(), model: self.kind.name() });
+            return Err(ModelError::Unexpected { name: name.clone(), model: self.architecture.name.clone() });
         }
         for ((name, shape), buffer) in expected.into_iter().zip(self.parameters_mut()) {
             let (found, data) = tensors.get(&name).ok_or_else(|| ModelError::Missing { name: name.clone() })?;
@@ -291,9 +334,14 @@ impl Model {
     /// The conv blocks (a conv with the ReLU and max-pool after it) that
     /// follow each other from layer `index` on, among the layers before
     /// `limit`, and the index after them.
+    /// A strided convolution is no block: it runs alone (see
+    /// `kernels::conv2d_forward`).
     pub(crate) fn conv_blocks(&self, mut index: usize, limit: usize) -> (Vec<(ConvBlock, &Conv2d)>, usize) {
         let mut blocks = Vec::new();
         while let (true, Some(Layer::Conv(c))) = (index < limit, self.layers.get(index)) {
+            if c.geometry.stride != 1 {
+                break;
+            }
             let (relu, pool) = self.conv_followers(index, limit);
             blocks.push((ConvBlock { geometry: c.geometry, relu, pool }, c));
             index += 1 + relu as usize + pool.is_some() as usize;
@@ -320,7 +368,9 @@ fn apply_layer(layer: &Layer, input: &[f32]) -> (Vec<f32>, Option<Vec<u32>>) {
             let (y, arg) = kernels::maxpool2x2_forward(input, g);
             (y, Some(arg))
         }
-        Layer::Flatten => (input.to_vec(), None),
+        Layer::AvgPool(g) => (kernels::avgpool2x2_forward(input, g), None),
+        // Dropout acts in training only (see `training`).
+        Layer::Flatten | Layer::Dropout { .. } => (input.to_vec(), None),
         Layer::Dense(d) => (kernels::dense_forward(input, d.inputs, &d.weight, Some(&d.bias)), None),
     }
 }
@@ -354,10 +404,11 @@ pub fn argmax(row: &[f32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::architecture::ModelKind;
 
     #[test]
     fn layer_names_and_shapes_follow_the_reference_modules() {
-        let simple = Model::zeros(ModelKind::Simple, ImageShape::GRAY_28, 10);
+        let simple = Model::zeros(&ModelKind::Simple.architecture(10), ImageShape::GRAY_28).unwrap();
         let names: Vec<(String, Vec<usize>)> = simple.parameters().into_iter().map(|p| (p.name, p.shape)).collect();
         assert_eq!(
             names,
@@ -370,7 +421,7 @@ mod tests {
                 ("fc1.bias".into(), vec![10]),
             ]
         );
-        let complex = Model::zeros(ModelKind::Complex, ImageShape::RGB_32, 10);
+        let complex = Model::zeros(&ModelKind::Complex.architecture(10), ImageShape::RGB_32).unwrap();
         let names: Vec<(String, Vec<usize>)> = complex.parameters().into_iter().map(|p| (p.name, p.shape)).collect();
         let convs: Vec<&str> = names.iter().filter(|(n, _)| n.ends_with("weight")).map(|(n, _)| n.as_str()).collect();
         assert_eq!(
@@ -388,17 +439,17 @@ mod tests {
         );
         assert!(names.contains(&("fc1.weight".into(), vec![1024, 128 * 4 * 4])));
         assert!(names.contains(&("features_conv.12.weight".into(), vec![128, 128, 3, 3])));
-        let fmnist_complex = Model::zeros(ModelKind::Complex, ImageShape::GRAY_28, 10);
+        let fmnist_complex = Model::zeros(&ModelKind::Complex.architecture(10), ImageShape::GRAY_28).unwrap();
         assert_eq!(fmnist_complex.activation_shapes().last(), Some(&ActivationShape::Flat(10)));
         assert!(fmnist_complex.parameters().iter().any(|p| p.name == "fc1.weight" && p.shape == vec![1024, 128 * 3 * 3]));
     }
 
     #[test]
     fn loading_checks_names_and_shapes() {
-        let source = Model::initialized(ModelKind::Simple, ImageShape::GRAY_28, 10, 3);
+        let source = Model::initialized(&ModelKind::Simple.architecture(10), ImageShape::GRAY_28, 3).unwrap();
         let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> =
             source.parameters().into_iter().map(|p| (p.name, (p.shape, p.data.to_vec()))).collect();
-        let mut target = Model::zeros(ModelKind::Simple, ImageShape::GRAY_28, 10);
+        let mut target = Model::zeros(&ModelKind::Simple.architecture(10), ImageShape::GRAY_28).unwrap();
         target.load_parameters(&tensors).unwrap();
         assert_eq!(target, source);
         tensors.get_mut("fc1.bias").unwrap().0 = vec![11];
@@ -410,7 +461,7 @@ mod tests {
 
     #[test]
     fn forward_and_trace_agree_and_reject_bad_input() {
-        let model = Model::initialized(ModelKind::Complex, ImageShape::GRAY_28, 10, 1);
+        let model = Model::initialized(&ModelKind::Complex.architecture(10), ImageShape::GRAY_28, 1).unwrap();
         let mut rng = Rng::new(2);
         let x: Vec<f32> = (0..3 * 784).map(|_| rng.uniform(-1.0, 1.0)).collect();
         let trace = model.forward_trace(&x).unwrap();

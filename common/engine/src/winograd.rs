@@ -1073,7 +1073,15 @@ mod tests {
         let isas = crate::isa::TestedIsas::new("winograd: input transform variants against the portable one");
         let cases = [(7, 7), (8, 8), (5, 8), (28, 28), (14, 14), (3, 34), (9, 3), (4, 1), (13, 17)];
         for (height, width) in cases {
-            let g = ConvGeometry { in_channels: MIN_INPUT_CHANNELS, out_channels: 1, kernel: 3, padding: 1, height, width };
+            let g = ConvGeometry {
+                in_channels: MIN_INPUT_CHANNELS,
+                out_channels: 1,
+                kernel: 3,
+                padding: 1,
+                height,
+                width,
+                stride: 1,
+            };
             let mut rng = Rng::new(height as u64 * 100 + width as u64);
             let image: Vec<f32> = (0..g.in_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
             let transformed_on = |isa: Isa| {

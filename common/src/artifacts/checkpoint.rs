@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{read_tensors, write_tensors, ArtifactError, TensorData, TensorFile};
-use crate::architecture::ModelKind;
+use crate::architecture::Architecture;
 use crate::image::ImageShape;
 
 /// What a checkpoint says about itself (its `__metadata__`).
@@ -21,10 +21,26 @@ pub struct CheckpointInfo {
     pub fingerprint: String,
 }
 
-/// The architecture a checkpoint's parameters belong to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The network a checkpoint holds: an architecture on images of one shape.
+#[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointModel {
-    pub kind: ModelKind,
+    pub architecture: Architecture,
+    pub input: ImageShape,
+}
+
+impl CheckpointModel {
+    /// What a checkpoint of this network says of it in its header.
+    pub fn label(&self) -> ModelLabel {
+        ModelLabel { name: self.architecture.name.clone(), input: self.input, classes: self.architecture.classes() }
+    }
+}
+
+/// What a checkpoint's header says of its network: the model's name, the
+/// image shape and the number of classes. (The model's layers are part of
+/// the run's fingerprint, which the header holds too.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelLabel {
+    pub name: String,
     pub input: ImageShape,
     pub classes: usize,
 }
@@ -33,7 +49,7 @@ pub struct CheckpointModel {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointHeader {
     pub info: CheckpointInfo,
-    pub model: CheckpointModel,
+    pub model: ModelLabel,
     /// The content hash of its tensor data.
     pub content: String,
 }
@@ -44,7 +60,7 @@ pub struct ExpectedCheckpoint<'a> {
     pub run: &'a str,
     pub step: u64,
     pub fingerprint: &'a str,
-    pub model: CheckpointModel,
+    pub model: &'a CheckpointModel,
 }
 
 impl CheckpointHeader {
@@ -58,10 +74,10 @@ impl CheckpointHeader {
         if info.run != expected.run {
             return Err(format!("its metadata says run `{}`, not `{}`", info.run, expected.run));
         }
-        if self.model != expected.model {
-            let describe =
-                |m: &CheckpointModel| format!("model `{}` on {} images, {} classes", m.kind.name(), m.input, m.classes);
-            return Err(format!("it holds {}, the config asks for {}", describe(&self.model), describe(&expected.model)));
+        let wanted = expected.model.label();
+        if self.model != wanted {
+            let describe = |m: &ModelLabel| format!("model `{}` on {} images, {} classes", m.name, m.input, m.classes);
+            return Err(format!("it holds {}, the config asks for {}", describe(&self.model), describe(&wanted)));
         }
         if info.fingerprint != expected.fingerprint {
             return Err("it comes from another configuration of the run".into());
@@ -75,7 +91,7 @@ impl CheckpointHeader {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointFile {
     pub info: CheckpointInfo,
-    pub model: CheckpointModel,
+    pub model: ModelLabel,
     pub parameters: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     /// The content hash of its tensor data (checked on reading).
     pub content: String,
@@ -86,7 +102,7 @@ pub struct CheckpointFile {
 pub fn write_checkpoint_file<'a>(
     path: &Path,
     info: &CheckpointInfo,
-    model: CheckpointModel,
+    model: &ModelLabel,
     parameters: impl IntoIterator<Item = (String, Vec<usize>, &'a [f32])>,
 ) -> Result<(), ArtifactError> {
     let mut file = TensorFile::default();
@@ -94,7 +110,7 @@ pub fn write_checkpoint_file<'a>(
         ("run", info.run.clone()),
         ("step", info.step.to_string()),
         ("epoch", format_epoch(info.epoch)),
-        ("model", model.kind.name().to_string()),
+        ("model", model.name.clone()),
         ("dataset", info.dataset.clone()),
         ("fingerprint", info.fingerprint.clone()),
         ("input_shape", model.input.to_string()),
@@ -124,19 +140,13 @@ pub fn read_checkpoint_header(path: &Path) -> Result<CheckpointHeader, ArtifactE
     Ok(CheckpointHeader { info, model, content })
 }
 
-fn parse_metadata(path: &Path, metadata: &BTreeMap<String, String>) -> Result<(CheckpointInfo, CheckpointModel), ArtifactError> {
+fn parse_metadata(path: &Path, metadata: &BTreeMap<String, String>) -> Result<(CheckpointInfo, ModelLabel), ArtifactError> {
     let meta = |key: &str| {
         metadata.get(key).map(String::as_str).ok_or_else(|| ArtifactError::new(path, format!("metadata `{key}` is missing")))
     };
     let parse_err =
         |key: &str| ArtifactError::new(path, format!("metadata `{key}` = `{}` is not valid", meta(key).unwrap_or("")));
-    let kind = ModelKind::parse(meta("model")?).ok_or_else(|| {
-        let names: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
-        ArtifactError::new(
-            path,
-            format!("metadata `model` = `{}`; expected one of {}", meta("model").unwrap_or(""), names.join(", ")),
-        )
-    })?;
+    let name = meta("model")?.to_string();
     let input =
         ImageShape::parse(meta("input_shape")?).map_err(|e| ArtifactError::new(path, format!("metadata `input_shape`: {e}")))?;
     let classes: usize = meta("classes")?.parse().map_err(|_| parse_err("classes"))?;
@@ -152,7 +162,7 @@ fn parse_metadata(path: &Path, metadata: &BTreeMap<String, String>) -> Result<(C
         dataset: meta("dataset")?.to_string(),
         fingerprint: meta("fingerprint")?.to_string(),
     };
-    Ok((info, CheckpointModel { kind, input, classes }))
+    Ok((info, ModelLabel { name, input, classes }))
 }
 
 /// Reads a checkpoint file whose header is what `expected` describes

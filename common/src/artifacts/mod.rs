@@ -16,7 +16,7 @@ pub use atomic::{process_is_running, remove_if_present, remove_stale_temporaries
 pub use attribution::{read_attributions, write_attributions, Attributions};
 pub use checkpoint::{
     format_epoch, read_checkpoint_file, read_checkpoint_fingerprint, read_checkpoint_header, write_checkpoint_file,
-    CheckpointFile, CheckpointHeader, CheckpointInfo, CheckpointModel, ExpectedCheckpoint,
+    CheckpointFile, CheckpointHeader, CheckpointInfo, CheckpointModel, ExpectedCheckpoint, ModelLabel,
 };
 pub use fingerprint::{
     content_hash, fingerprint, read_stamp, stamp_path, verify_stamp, write_stamped, Divergence, Fingerprinter, Stamp,

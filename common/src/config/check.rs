@@ -4,7 +4,7 @@
 //! stops the trainer as it stops the explainer.
 
 use super::schema::{Baseline, CompositeRules, CompositeSpec, DatasetKind, MethodConfig, PipelineConfig, RuleSpec};
-use crate::architecture::ModelKind;
+use crate::architecture::{Architecture, ModelKind};
 
 /// The folder under `[output].dir` that holds the analysis, beside the run
 /// folders (docs/DESIGN.md, "Stages and files").
@@ -89,6 +89,7 @@ impl PipelineConfig {
             return fail("runs", "define at least one run, e.g. [runs.good-fit]");
         }
         self.check_datasets()?;
+        self.check_models()?;
         self.check_runs()?;
         self.check_methods()?;
         if self.summaries.measures.is_empty() {
@@ -111,19 +112,37 @@ impl PipelineConfig {
             let key = |k: &str| format!("datasets.{name}.{k}");
             check_name(name).map_err(|m| (format!("datasets.{name}"), m))?;
             let shape = d.image_shape().map_err(|m| (key("shape"), m))?;
+            if d.labels.is_some() && d.kind != DatasetKind::Cifar100 {
+                return fail(key("labels"), "only allowed for kind = \"cifar100\"");
+            }
+            if d.classes.is_some() != (d.kind == DatasetKind::ImageFolder) {
+                return fail(
+                    key("classes"),
+                    "required for kind = \"image-folder\" (the number of class folders), and only allowed there",
+                );
+            }
             match d.kind {
-                DatasetKind::Idx | DatasetKind::Cifar10 => {
+                DatasetKind::Idx | DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::ImageFolder => {
                     if d.path.is_none() {
-                        return fail(key("path"), "required for kinds \"idx\" and \"cifar10\": the folder of the data files");
+                        return fail(key("path"), "required for this kind: the folder of the data files");
                     }
                     let synthetic_only = [
-                        ("shape", d.shape.is_some()),
+                        ("shape", d.shape.is_some() && d.kind != DatasetKind::ImageFolder),
                         ("train_size", d.train_size.is_some()),
                         ("test_size", d.test_size.is_some()),
                         ("seed", d.seed.is_some()),
                     ];
                     if let Some((k, _)) = synthetic_only.iter().find(|(_, set)| *set) {
-                        return fail(key(k), "only allowed for kind = \"synthetic\"");
+                        let kinds = if *k == "shape" { "\"synthetic\" and \"image-folder\"" } else { "\"synthetic\"" };
+                        return fail(key(k), format!("only allowed for kind = {kinds}"));
+                    }
+                    if d.kind == DatasetKind::ImageFolder {
+                        if ![1, 3].contains(&shape.channels) {
+                            return fail(key("shape"), "images have 1 (grey) or 3 (RGB) channels");
+                        }
+                        if !(2..=256).contains(&d.classes.unwrap_or(0)) {
+                            return fail(key("classes"), "must be between 2 and 256");
+                        }
                     }
                 }
                 DatasetKind::Synthetic => {
@@ -153,6 +172,47 @@ impl PipelineConfig {
         Ok(())
     }
 
+    fn check_models(&self) -> Result<(), Failure> {
+        for (name, model) in &self.models {
+            check_name(name).map_err(|m| (format!("models.{name}"), m))?;
+            if ModelKind::parse(name).is_some() {
+                return fail(format!("models.{name}"), format!("`{name}` is a built-in model; give yours another name"));
+            }
+            if model.layers.is_empty() {
+                return fail(format!("models.{name}.layers"), "list the model's layers");
+            }
+        }
+        Ok(())
+    }
+
+    /// The architecture of run `name`, checked against its data set's
+    /// images and classes.
+    fn check_run_model(&self, name: &str, run: &super::RunConfig) -> Result<Architecture, Failure> {
+        let key = format!("runs.{name}.model");
+        let dataset = &self.datasets[&run.dataset];
+        let classes = dataset.classes();
+        let Some(architecture) = self.architecture(&run.model, classes) else {
+            let mut known: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
+            known.extend(self.models.keys().map(String::as_str));
+            return fail(key, format!("no model `{}`; known: {}", run.model, known.join(", ")));
+        };
+        let shape = dataset.image_shape().expect("checked with the data sets");
+        let layers_key = if self.models.contains_key(&run.model) { format!("models.{}.layers", run.model) } else { key };
+        architecture.shapes(shape).map_err(|e| (layers_key.clone(), format!("{e} (on the {shape} images of run `{name}`)")))?;
+        if architecture.classes() != classes {
+            return fail(
+                layers_key,
+                format!(
+                    "model `{}` ends in {} outputs, but data set `{}` of run `{name}` has {classes} classes",
+                    run.model,
+                    architecture.classes(),
+                    run.dataset
+                ),
+            );
+        }
+        Ok(architecture)
+    }
+
     fn check_runs(&self) -> Result<(), Failure> {
         for (name, r) in &self.runs {
             let key = |k: &str| format!("runs.{name}.{k}");
@@ -167,6 +227,7 @@ impl PipelineConfig {
                 let known: Vec<&str> = self.datasets.keys().map(|s| s.as_str()).collect();
                 return fail(key("dataset"), format!("no data set `{}`; defined: {}", r.dataset, known.join(", ")));
             }
+            self.check_run_model(name, r)?;
             if let Some(seeds) = &r.seeds {
                 if seeds.is_empty() {
                     return fail(key("seeds"), "name at least one seed (or give `seed` instead)");
@@ -217,7 +278,8 @@ impl PipelineConfig {
                 MethodConfig::Lrp { composite: CompositeSpec::Named(_), .. } => {}
                 MethodConfig::Gradcam { layer: Some(layer), .. } => {
                     for (run_name, run) in &self.runs {
-                        check_conv_layer(run.model, layer)
+                        let architecture = self.check_run_model(run_name, run)?;
+                        check_gradcam_layer(&architecture, layer)
                             .map_err(|message| (key("layer"), format!("{message} (run `{run_name}`)")))?;
                     }
                 }
@@ -258,13 +320,17 @@ fn check_baseline(baseline: &Baseline) -> Result<(), String> {
     }
 }
 
-/// `layer` names a convolution of `model`.
-fn check_conv_layer(model: ModelKind, layer: &str) -> Result<(), String> {
-    let convs = model.conv_names();
-    if convs.iter().any(|c| c == layer) {
+/// `layer` names a convolution or a ReLU before the flatten of the model.
+fn check_gradcam_layer(architecture: &Architecture, layer: &str) -> Result<(), String> {
+    let layers = architecture.gradcam_layers();
+    if layers.contains(&layer) {
         Ok(())
     } else {
-        Err(format!("`{layer}` is not a conv layer of model `{}`; its conv layers: {}", model.name(), convs.join(", ")))
+        Err(format!(
+            "`{layer}` is not a conv or ReLU layer before the flatten of model `{}`; those are: {}",
+            architecture.name,
+            layers.join(", ")
+        ))
     }
 }
 

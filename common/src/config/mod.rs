@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 pub use check::ANALYSIS_FOLDER;
 pub use schema::*;
 
+use crate::architecture::Architecture;
 use crate::image::{ImageShape, Normalization};
 use crate::measures::Measure;
 
@@ -37,7 +38,6 @@ pub struct DatasetSpec {
     pub config: DatasetConfig,
     pub shape: ImageShape,
     pub normalization: Normalization,
-    /// Every supported data set has ten classes.
     pub classes: usize,
 }
 
@@ -117,7 +117,7 @@ impl Pipeline {
                     config: d.clone(),
                     shape,
                     normalization: d.normalization(shape.channels),
-                    classes: 10,
+                    classes: d.classes(),
                 };
                 (name.clone(), spec)
             })
@@ -139,6 +139,12 @@ impl Pipeline {
     /// The data set a run trains on (checked to exist).
     pub fn dataset_of(&self, run: &RunConfig) -> &DatasetSpec {
         &self.datasets[&run.dataset]
+    }
+
+    /// The architecture a run trains: its model for its data set's classes
+    /// (checked to exist and to fit the data set's images).
+    pub fn architecture_of(&self, run: &RunConfig) -> Architecture {
+        self.config.architecture(&run.model, self.dataset_of(run).classes).expect("checked: the run's model exists")
     }
 
     pub fn measures(&self) -> &[Measure] {
@@ -215,6 +221,7 @@ fn select<'a, T>(all: &'a BTreeMap<String, T>, filter: &[String], what: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::architecture::ModelKind;
 
     const MINIMAL: &str = r#"
         [datasets.synth]
@@ -241,6 +248,45 @@ mod tests {
 
     fn parse(text: &str) -> Result<Pipeline, ConfigError> {
         Pipeline::parse(text, Path::new("test.toml"))
+    }
+
+    /// Six 2x2 pools: too many for 32x32 images.
+    const DEEP: &str = r#"
+        [models.deep]
+        layers = [{ conv = 4, kernel = 3, padding = 1 }, "relu", "max_pool", "max_pool", "max_pool", "max_pool", "max_pool", "max_pool", "flatten", { dense = 10 }]
+    "#;
+
+    const WIDE: &str = r#"
+        [models.wide]
+        layers = [{ conv = 4, kernel = 3, stride = 2 }, "relu", "avg_pool", "flatten", { dropout = 0.5 }, { dense = 7 }]
+    "#;
+
+    #[test]
+    fn data_sets_give_their_classes_to_the_presets() {
+        let coarse = MINIMAL
+            .replace("kind = \"synthetic\"", "kind = \"cifar100\"\npath = \"d\"\nlabels = \"coarse\"")
+            .replace("shape = \"3x32x32\"", "");
+        let p = parse(&coarse).unwrap();
+        assert_eq!(p.dataset_of(&p.config.runs["a"]).classes, 20);
+        assert_eq!(p.architecture_of(&p.config.runs["a"]).classes(), 20);
+        let folder = MINIMAL.replace("kind = \"synthetic\"", "kind = \"image-folder\"\npath = \"d\"\nclasses = 3");
+        let p = parse(&folder).unwrap();
+        assert_eq!(p.architecture_of(&p.config.runs["a"]).classes(), 3);
+        // Keys a data set does not set stay out of its fingerprint.
+        let json = serde_json::to_string(&parse(MINIMAL).unwrap().config.datasets["synth"]).unwrap();
+        assert!(!json.contains("labels") && !json.contains("classes"), "{json}");
+    }
+
+    #[test]
+    fn models_of_the_config_resolve_with_their_names() {
+        let text = MINIMAL.replace("model = \"simple\"", "model = \"wide\"") + &WIDE.replace("dense = 7", "dense = 10");
+        let p = parse(&text).unwrap();
+        let architecture = p.architecture_of(&p.config.runs["a"]);
+        assert_eq!(architecture.name, "wide");
+        assert_eq!(architecture.classes(), 10);
+        assert_eq!(architecture.layers[0].name.as_deref(), Some("features_conv.0"));
+        assert_eq!(architecture.layers[5].name.as_deref(), Some("fc1"));
+        assert_eq!(p.architecture_of(&parse(MINIMAL).unwrap().config.runs["a"]), ModelKind::Simple.architecture(10));
     }
 
     #[test]
@@ -309,7 +355,11 @@ mod tests {
         let cases = [
             ("misspelt key", MINIMAL.replace("epochs = 1", "epochs = 1\nepoch = 2"), "unknown field `epoch`"),
             ("zero epochs", MINIMAL.replace("epochs = 1", "epochs = 0"), "runs.a.epochs"),
-            ("unknown model", MINIMAL.replace("model = \"simple\"", "model = \"huge\""), "unknown variant `huge`"),
+            ("unknown model", MINIMAL.replace("model = \"simple\"", "model = \"huge\""), "`runs.a.model`: no model `huge`; known: simple, complex"),
+            ("model too deep", MINIMAL.replace("model = \"simple\"", "model = \"deep\"") + DEEP, "`models.deep.layers`: model `deep`, layer 7 (`max_pool`): gets 4x1x1: a 2x2 pool needs planes of at least 2x2 (on the 3x32x32 images of run `a`)"),
+            ("model of other classes", MINIMAL.replace("model = \"simple\"", "model = \"wide\"") + WIDE, "model `wide` ends in 7 outputs, but data set `synth` of run `a` has 10 classes"),
+            ("preset redefined", format!("{MINIMAL}\n[models.simple]\nlayers = [\"flatten\", {{ dense = 10 }}]"), "`models.simple`: `simple` is a built-in model"),
+            ("unknown layer", format!("{MINIMAL}\n[models.m]\nlayers = [\"flaten\"]"), "unknown layer `flaten`"),
             ("unknown data set", MINIMAL.replace("dataset = \"synth\"", "dataset = \"cifar\""), "no data set `cifar`"),
             ("bad shape", MINIMAL.replace("shape = \"3x32x32\"", "shape = \"3x32\""), "datasets.synth.shape"),
             ("unknown gradcam key", MINIMAL.replace("upsample = true", "upsample = true\nlayers = 3"), "unknown field `layers`"),
@@ -335,7 +385,10 @@ mod tests {
             ("zero occlusion window", format!("{MINIMAL}\n[methods.occ]\nkind = \"occlusion\"\nwindow = 0"), "`methods.occ.window`: must be at least 1"),
             ("unknown gradient key", format!("{MINIMAL}\n[methods.g]\nkind = \"gradient\"\nabsolute = true"), "unknown field `absolute`"),
             ("unknown rule", MINIMAL.replace(custom, "conv = { rule = \"gama\" }"), "unknown variant `gama`"),
-            ("unknown gradcam layer", MINIMAL.replace(gradcam, "upsample = true\nlayer = \"features_conv.2\""), "`methods.cam.layer`: `features_conv.2` is not a conv layer of model `simple`; its conv layers: features_conv.0, features_conv.3 (run `a`)"),
+            ("unknown gradcam layer", MINIMAL.replace(gradcam, "upsample = true\nlayer = \"features_conv.2\""), "`methods.cam.layer`: `features_conv.2` is not a conv or ReLU layer before the flatten of model `simple`; those are: features_conv.0, features_conv.1, features_conv.3, features_conv.4 (run `a`)"),
+            ("image folder without classes", MINIMAL.replace("kind = \"synthetic\"", "kind = \"image-folder\"\npath = \"d\""), "`datasets.synth.classes`: required for kind = \"image-folder\""),
+            ("labels outside CIFAR-100", MINIMAL.replace("kind = \"synthetic\"", "kind = \"synthetic\"\nlabels = \"coarse\""), "`datasets.synth.labels`: only allowed for kind = \"cifar100\""),
+            ("image folder of 2 channels", MINIMAL.replace("kind = \"synthetic\"", "kind = \"image-folder\"\npath = \"d\"\nclasses = 10").replace("3x32x32", "2x32x32"), "images have 1 (grey) or 3 (RGB) channels"),
             ("NaN mean", MINIMAL.replace("shape = \"3x32x32\"", "shape = \"3x32x32\"\nmean = [nan, 0.5, 0.5]"), "datasets.synth.mean"),
             ("infinite std", MINIMAL.replace("shape = \"3x32x32\"", "shape = \"3x32x32\"\nstd = [inf, 0.5, 0.5]"), "datasets.synth.std"),
             ("no seeds", MINIMAL.replace("epochs = 1", "epochs = 1\nseeds = []"), "`runs.a.seeds`: name at least one seed"),

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::architecture::ModelKind;
+use crate::architecture::{Architecture, LayerKind, ModelKind};
 use crate::image::{ImageShape, Normalization};
 use crate::measures::Measure;
 
@@ -25,6 +25,9 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub probe: ProbeConfig,
     pub runs: BTreeMap<String, RunConfig>,
+    /// Architectures beside the presets `simple` and `complex`.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
     pub methods: BTreeMap<String, MethodConfig>,
     #[serde(default)]
@@ -56,21 +59,48 @@ pub enum DatasetKind {
     Idx,
     /// CIFAR-10 binary batches (`data_batch_*.bin`, `test_batch.bin`) in `path`.
     Cifar10,
+    /// CIFAR-100 binary version (`train.bin`, `test.bin`) in `path`, with
+    /// its `labels` fine (100 classes) or coarse (20).
+    Cifar100,
+    /// PNG or JPEG images in `path/train/<class>/` and `path/test/<class>/`,
+    /// classes in name order, every image of the declared `shape`.
+    ImageFolder,
     /// Generated images (see `data::synthetic`).
     Synthetic,
+}
+
+/// Which of CIFAR-100's two labels a data set uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CifarLabels {
+    /// The 100 classes.
+    #[default]
+    Fine,
+    /// The 20 superclasses.
+    Coarse,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
     pub kind: DatasetKind,
-    /// Folder of the files (kinds `idx`, `cifar10`).
+    /// Folder of the files (every kind but `synthetic`).
     pub path: Option<PathBuf>,
     /// Per-channel mean and std of the normalisation; default 0.5 / 0.5.
     pub mean: Option<Vec<f32>>,
     pub std: Option<Vec<f32>>,
-    /// Synthetic only: `"1x28x28"` or `"3x32x32"` (any CxHxW with H, W >= 8).
+    /// Synthetic and image folders: `"1x28x28"` or `"3x32x32"` (any CxHxW
+    /// with C 1 or 3 for images, H, W >= 8).
     pub shape: Option<String>,
+    /// CIFAR-100 only: `"fine"` (default) or `"coarse"`. (New keys are left
+    /// out of the serialised form when unset, so the fingerprints of data
+    /// sets without them stay as they were.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<CifarLabels>,
+    /// Image folders only: the number of class folders (which the models'
+    /// last layer must match before any file is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
     pub train_size: Option<usize>,
     pub test_size: Option<usize>,
     pub seed: Option<u64>,
@@ -82,8 +112,24 @@ impl DatasetConfig {
     pub fn image_shape(&self) -> Result<ImageShape, String> {
         match self.kind {
             DatasetKind::Idx => Ok(ImageShape::GRAY_28),
-            DatasetKind::Cifar10 => Ok(ImageShape::RGB_32),
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 => Ok(ImageShape::RGB_32),
             DatasetKind::Synthetic => ImageShape::parse(self.shape.as_deref().unwrap_or("1x28x28")),
+            DatasetKind::ImageFolder => match self.shape.as_deref() {
+                Some(shape) => ImageShape::parse(shape),
+                None => Err("required for kind = \"image-folder\": the shape of every image, e.g. \"3x64x64\"".into()),
+            },
+        }
+    }
+
+    /// The number of classes of the data set.
+    pub fn classes(&self) -> usize {
+        match self.kind {
+            DatasetKind::Cifar100 => match self.labels.unwrap_or_default() {
+                CifarLabels::Fine => 100,
+                CifarLabels::Coarse => 20,
+            },
+            DatasetKind::ImageFolder => self.classes.unwrap_or(0),
+            DatasetKind::Idx | DatasetKind::Cifar10 | DatasetKind::Synthetic => 10,
         }
     }
 
@@ -142,13 +188,34 @@ impl CheckpointSchedule {
     }
 }
 
+/// A model defined in the config: its layers, in order (docs/DESIGN.md,
+/// "Models as data").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub layers: Vec<LayerKind>,
+}
+
+impl PipelineConfig {
+    /// The architecture a run's `model` names, for a data set of `classes`
+    /// classes: a preset, or a model of `[models]`. `None` when it names
+    /// neither (the config check refuses that).
+    pub fn architecture(&self, model: &str, classes: usize) -> Option<Architecture> {
+        match ModelKind::parse(model) {
+            Some(preset) => Some(preset.architecture(classes)),
+            None => self.models.get(model).map(|m| Architecture::new(model, m.layers.clone())),
+        }
+    }
+}
+
 /// One training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// Name of an entry in `[datasets]`.
     pub dataset: String,
-    pub model: ModelKind,
+    /// A preset (`simple`, `complex`) or a model of `[models]`.
+    pub model: String,
     pub epochs: u32,
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -206,7 +273,8 @@ pub enum MethodConfig {
         target: ExplainedClass,
     },
     Gradcam {
-        /// Name of the conv layer (e.g. `features_conv.3`); default the last.
+        /// Name of a conv or ReLU layer before the flatten (e.g.
+        /// `features_conv.3`); default the last conv.
         layer: Option<String>,
         #[serde(default)]
         relu: bool,
