@@ -14,7 +14,7 @@ use engine::{Layer, Model, Trace};
 use crate::composite::{first_linear_layer, Composite, PoolTreatment};
 use crate::error::ExplainError;
 use crate::linear::LinearLayer;
-use crate::rules::Rule;
+use crate::rules::{InputRange, Rule};
 
 /// The relevance of every input value (N·C·H·W) for the classes `targets`
 /// (one per image of the trace), under `composite`.
@@ -31,7 +31,7 @@ pub fn relevance(model: &Model, trace: &Trace, composite: &Composite, targets: &
     }
     let through_linear = |linear: LinearLayer, index: usize, relevance: &[f32]| {
         let rule = composite.rule_for(linear, index == first);
-        rule.relevance(linear, trace.layer_input(index), &trace.outputs[index], relevance)
+        rule.relevance(linear, trace.layer_input(index), input_range(model, index), &trace.outputs[index], relevance)
     };
     let mut relevance = explained_logit_only(trace.logits(), model.classes, targets)?;
     for (index, layer) in model.layers.iter().enumerate().rev() {
@@ -50,6 +50,21 @@ pub fn relevance(model: &Model, trace: &Trace, composite: &Composite, targets: &
         };
     }
     Ok(relevance)
+}
+
+/// What the layers before layer `index` guarantee of its input: never
+/// negative when the nearest layer before it that changes values (past
+/// pools, flattens and dropouts, which keep a non-negative input so) is a
+/// ReLU.
+fn input_range(model: &Model, index: usize) -> InputRange {
+    let before = model.layers[..index]
+        .iter()
+        .rev()
+        .find(|l| !matches!(l, Layer::MaxPool(_) | Layer::AvgPool(_) | Layer::Flatten | Layer::Dropout { .. }));
+    match before {
+        Some(Layer::Relu) => InputRange::NonNegative,
+        _ => InputRange::Any,
+    }
 }
 
 /// One-hot of each image's target class times its logit: the relevance the
@@ -312,7 +327,7 @@ mod tests {
 #[cfg(test)]
 mod zennit_reference {
     use super::*;
-    use common::config::{CompositeSpec, NamedComposite};
+    use common::config::{CompositeRules, CompositeSpec, MaxPoolRule, NamedComposite, RuleSpec};
     use common::image::ImageShape;
     use engine::kernels::{ConvGeometry, PoolGeometry};
     use engine::{argmax, Conv2d, Dense};
@@ -418,23 +433,60 @@ mod zennit_reference {
             ),
             (NamedComposite::EpsilonAlpha2Beta1Flat, flat),
         ];
+        for (name, reference) in references {
+            assert_matches_zennit(&CompositeSpec::Named(name), &reference, name.name());
+        }
+    }
+
+    /// Our map of the network above, divided by the explained logit,
+    /// against Zennit's.
+    fn assert_matches_zennit(spec: &CompositeSpec, reference: &[f64; 16], what: &str) {
         let (model, x) = network();
         let trace = model.forward_trace(&x).unwrap();
         let target = argmax(trace.logits());
         assert_eq!(target, 2);
         let logit = trace.logits()[target];
         assert!((logit as f64 - 0.4165536824798979).abs() < 1e-6, "{logit}");
-        for (name, reference) in references {
-            let composite = Composite::resolve(&CompositeSpec::Named(name), &[(-1.0, 1.0)]).unwrap();
-            let map = relevance(&model, &trace, &composite, &[target]).unwrap();
-            for (i, (&ours, &theirs)) in map.iter().zip(&reference).enumerate() {
-                let ours = ours as f64 / logit as f64;
-                assert!(
-                    (ours - theirs).abs() < 2e-5 * (1.0 + theirs.abs()),
-                    "{} pixel {i}: {ours} vs Zennit {theirs}",
-                    name.name()
-                );
-            }
+        let composite = Composite::resolve(spec, &[(-1.0, 1.0)]).unwrap();
+        let map = relevance(&model, &trace, &composite, &[target]).unwrap();
+        for (i, (&ours, &theirs)) in map.iter().zip(reference).enumerate() {
+            let ours = ours as f64 / logit as f64;
+            assert!((ours - theirs).abs() < 2e-5 * (1.0 + theirs.abs()), "{what} pixel {i}: {ours} vs Zennit {theirs}");
         }
+    }
+
+    /// Gamma 0.25 on the convolution, whose inputs (`0.8 cos(i)`) are of
+    /// both signs and whose outputs too: Zennit's generalised `Gamma`
+    /// (`LayerMapComposite` of `ReLU: Pass()`, `Conv2d: Gamma(0.25)`,
+    /// `Linear: Epsilon(1e-6)`, the max-pool by its gradient), float64, in
+    /// the peer environment this session.
+    #[test]
+    fn gamma_on_inputs_of_both_signs_matches_zennit_s_generalised_rule() {
+        let reference = [
+            -0.427056313959,
+            -0.209308941138,
+            -0.0317536664963,
+            -0.278004015887,
+            -0.426837218263,
+            0.224202024574,
+            0.123707570105,
+            -0.186680399693,
+            0.0587450997928,
+            0.492200225919,
+            0.171968099165,
+            -6.04962226003e-05,
+            0.281766956225,
+            0.462368374595,
+            0.00608207074409,
+            0.121229424872,
+        ];
+        let gamma = RuleSpec::Gamma { gamma: 0.25 };
+        let spec = CompositeSpec::Rules(CompositeRules {
+            first: gamma.clone(),
+            conv: gamma,
+            dense: RuleSpec::Epsilon { epsilon: 1e-6 },
+            max_pool: MaxPoolRule::WinnerTakeAll,
+        });
+        assert_matches_zennit(&spec, &reference, "gamma");
     }
 }

@@ -15,7 +15,9 @@
 //! per term: `Σ_i x'_i w'_ij` is the layer's forward pass on `x'` with
 //! weights `w'`, and `Σ_j w'_ij s_j` is its backward-to-input pass on
 //! `s = R / stab(z)`. Alpha-beta is two such redistributions (the positive
-//! and the negative contributions), weighted `α` and `-β`.
+//! and the negative contributions), weighted `α` and `-β`; Zennit's
+//! generalised gamma is two redistributions too, each taking the outputs
+//! of one sign.
 //!
 //! The stabiliser follows Zennit: `stab(z) = z + ε·sign(z)` with
 //! `sign(0) = +1`, so a denominator is never zero while ε > 0.
@@ -47,8 +49,14 @@ pub enum Rule {
     /// LRP-ε: like LRP-0 with stabiliser `epsilon`, which absorbs relevance of
     /// weak, noisy activations.
     Epsilon { epsilon: f32 },
-    /// LRP-γ: `z_ij = x_i (w_ij + γ w_ij⁺)`, bias `b + γ b⁺`: favours positive
-    /// contributions, which gives less noisy maps for hidden convolutions.
+    /// LRP-γ, generalised as Zennit's `Gamma` for inputs of either sign:
+    /// where the layer's output is positive, `z_ij = x_i⁺ (w_ij + γ w_ij⁺) +
+    /// x_i⁻ (w_ij + γ w_ij⁻)` with bias `b + γ b⁺`; where it is negative,
+    /// `z_ij = x_i⁺ (w_ij + γ w_ij⁻) + x_i⁻ (w_ij + γ w_ij⁺)` with bias `b + γ
+    /// b⁻`; where it is zero, no relevance. On non-negative inputs and
+    /// positive outputs this is the original `x_i (w_ij + γ w_ij⁺)`: it
+    /// favours contributions of the output's sign, which gives less noisy
+    /// maps for hidden convolutions.
     Gamma { gamma: f32 },
     /// z⁺: `z_ij = x_i⁺ w_ij⁺ + x_i⁻ w_ij⁻` (only contributions that push the
     /// output up), with the bias's positive part `b⁺` in the denominator as
@@ -121,62 +129,66 @@ impl Rule {
             terms: vec![Term::plus(X::Whole, weight)],
             bias,
             stabiliser,
+            outputs: OutputSign::Any,
+        };
+        let whole = |terms: Vec<Term>, bias| Redistribution {
+            coefficient: 1.0,
+            terms,
+            bias,
+            stabiliser: RULE_STABILISER,
+            outputs: OutputSign::Any,
         };
         match *self {
             Rule::Zero => vec![single(W::Whole, BiasPart::Whole, LRP0_STABILISER)],
             Rule::Epsilon { epsilon } => vec![single(W::Whole, BiasPart::Whole, epsilon)],
-            Rule::Gamma { gamma } => vec![single(W::GammaBoosted(gamma), BiasPart::GammaBoosted(gamma), RULE_STABILISER)],
-            Rule::ZPlus => {
-                vec![Redistribution {
-                    coefficient: 1.0,
-                    terms: positive.to_vec(),
-                    bias: BiasPart::Positive,
-                    stabiliser: RULE_STABILISER,
-                }]
+            Rule::Gamma { gamma } => {
+                let (up, down) = (W::GammaBoosted(gamma), W::GammaBoostedNegative(gamma));
+                [
+                    (
+                        OutputSign::Positive,
+                        [Term::plus(X::Positive, up), Term::plus(X::Negative, down)],
+                        BiasPart::GammaBoosted(gamma),
+                    ),
+                    (
+                        OutputSign::Negative,
+                        [Term::plus(X::Positive, down), Term::plus(X::Negative, up)],
+                        BiasPart::GammaBoostedNegative(gamma),
+                    ),
+                ]
+                .into_iter()
+                .map(|(outputs, terms, bias)| Redistribution { outputs, ..whole(terms.to_vec(), bias) })
+                .collect()
             }
+            Rule::ZPlus => vec![whole(positive.to_vec(), BiasPart::Positive)],
             Rule::AlphaBeta { alpha, beta } => [(alpha, positive, BiasPart::Positive), (-beta, negative, BiasPart::Negative)]
                 .into_iter()
                 .filter(|(coefficient, _, _)| *coefficient != 0.0)
-                .map(|(coefficient, terms, bias)| Redistribution {
-                    coefficient,
-                    terms: terms.to_vec(),
-                    bias,
-                    stabiliser: RULE_STABILISER,
-                })
+                .map(|(coefficient, terms, bias)| Redistribution { coefficient, ..whole(terms.to_vec(), bias) })
                 .collect(),
-            Rule::ZBox { .. } => vec![Redistribution {
-                coefficient: 1.0,
-                terms: vec![
+            Rule::ZBox { .. } => vec![whole(
+                vec![
                     Term::plus(X::Whole, W::Whole),
                     Term { input: X::LowBound, weight: W::Positive, sign: -1.0 },
                     Term { input: X::HighBound, weight: W::Negative, sign: -1.0 },
                 ],
-                bias: BiasPart::Zero,
-                stabiliser: RULE_STABILISER,
-            }],
-            Rule::Flat => vec![Redistribution {
-                coefficient: 1.0,
-                terms: vec![Term::plus(X::Ones, W::Ones)],
-                bias: BiasPart::Zero,
-                stabiliser: RULE_STABILISER,
-            }],
-            Rule::WSquare => vec![Redistribution {
-                coefficient: 1.0,
-                terms: vec![Term::plus(X::Ones, W::Squared)],
-                bias: BiasPart::Squared,
-                stabiliser: RULE_STABILISER,
-            }],
+                BiasPart::Zero,
+            )],
+            Rule::Flat => vec![whole(vec![Term::plus(X::Ones, W::Ones)], BiasPart::Zero)],
+            Rule::WSquare => vec![whole(vec![Term::plus(X::Ones, W::Squared)], BiasPart::Squared)],
         }
     }
 
     /// Redistributes `relevance` (the layer's output relevance, N·out) onto
     /// the layer's `input` (N·in). `output` is the layer's own output on
     /// `input` (from the forward trace); rules that use the plain
-    /// contributions reuse it instead of recomputing it.
+    /// contributions reuse it instead of recomputing it. `range` says what
+    /// the network's structure guarantees of the input's values (an input
+    /// after a ReLU is never negative), which spares a pass over it.
     pub fn relevance(
         &self,
         layer: LinearLayer,
         input: &[f32],
+        range: InputRange,
         output: &[f32],
         relevance: &[f32],
     ) -> Result<Vec<f32>, ExplainError> {
@@ -196,10 +208,24 @@ impl Rule {
                 _ => None,
             },
             ones: matches!(self, Rule::Flat | Rule::WSquare).then(|| vec![1.0; in_len]),
+            // Only the rules with sign parts read them (a pass over the input).
+            signs: match (self, range) {
+                (_, InputRange::NonNegative) => InputSigns { positive: true, negative: false },
+                (Rule::Gamma { .. } | Rule::ZPlus | Rule::AlphaBeta { .. }, InputRange::Any) => InputSigns::of(input),
+                (_, InputRange::Any) => InputSigns { positive: true, negative: true },
+            },
         };
         let mut result: Option<Vec<f32>> = None;
+        // Whether outputs of the sign the next redistribution takes carry
+        // relevance, as the one before found (the generalised gamma's
+        // negative outputs, which carry none before a ReLU).
+        let mut next_sign_carries = true;
         for redistribution in self.redistributions() {
-            let part = redistribution.apply(layer, input, output, relevance, &shared);
+            if redistribution.outputs != OutputSign::Any && !next_sign_carries {
+                continue;
+            }
+            let (part, opposite_carries) = redistribution.apply(layer, input, output, relevance, &shared);
+            next_sign_carries = opposite_carries;
             match &mut result {
                 None => {
                     let mut part = part;
@@ -213,6 +239,16 @@ impl Rule {
         }
         Ok(result.unwrap_or_else(|| vec![0.0; input.len()]))
     }
+}
+
+/// What is known of a layer's input values before looking at them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputRange {
+    /// Any sign.
+    Any,
+    /// Never negative: the output of a ReLU, or of pools, flattens and
+    /// dropouts after one.
+    NonNegative,
 }
 
 /// Which input a term pushes through the layer.
@@ -237,6 +273,8 @@ enum WeightPart {
     Negative,
     /// `w + γ w⁺`.
     GammaBoosted(f32),
+    /// `w + γ w⁻` (the generalised gamma).
+    GammaBoostedNegative(f32),
     /// All ones (flat).
     Ones,
     /// `w²` (w²).
@@ -249,6 +287,8 @@ enum BiasPart {
     Whole,
     /// `b + γ b⁺`.
     GammaBoosted(f32),
+    /// `b + γ b⁻` (the generalised gamma, where outputs are negative).
+    GammaBoostedNegative(f32),
     /// `b²` (w²).
     Squared,
     /// `b⁺` (z⁺ and the positive part of alpha-beta, as in Zennit).
@@ -273,20 +313,73 @@ impl Term {
 }
 
 /// `coefficient · R_i` with `R_i = Σ_j z_ij / stab(Σ_i z_ij + b'_j) · R_j`,
-/// `z_ij` the sum of the terms.
+/// `z_ij` the sum of the terms, over the outputs `j` of the sign
+/// `outputs` (the layer's own output, from the trace).
 #[derive(Clone, Debug, PartialEq)]
 struct Redistribution {
     coefficient: f32,
     terms: Vec<Term>,
     bias: BiasPart,
     stabiliser: f32,
+    outputs: OutputSign,
 }
 
-/// The modified inputs that are the same for every image: z^B's bounds and
-/// the ones of flat and w², where the rule uses them.
+/// Which outputs of a layer a redistribution takes relevance from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum OutputSign {
+    Any,
+    /// Outputs > 0.
+    Positive,
+    /// Outputs < 0.
+    Negative,
+}
+
+impl OutputSign {
+    /// The outputs the other redistribution of a sign-split rule takes.
+    fn opposite(&self) -> Option<OutputSign> {
+        match self {
+            OutputSign::Any => None,
+            OutputSign::Positive => Some(OutputSign::Negative),
+            OutputSign::Negative => Some(OutputSign::Positive),
+        }
+    }
+
+    fn takes(&self, output: f32) -> bool {
+        match self {
+            OutputSign::Any => true,
+            OutputSign::Positive => output > 0.0,
+            OutputSign::Negative => output < 0.0,
+        }
+    }
+}
+
+/// The modified inputs that are the same for every image (z^B's bounds and
+/// the ones of flat and w², where the rule uses them), and the signs of the
+/// input's values.
 struct SharedImages {
     bounds: Option<BoundImages>,
     ones: Option<Vec<f32>>,
+    signs: InputSigns,
+}
+
+/// Whether an input has values above and below zero: the positive part of
+/// a post-ReLU activation is the activation itself, and its negative part
+/// zero, so neither needs a copy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct InputSigns {
+    positive: bool,
+    negative: bool,
+}
+
+impl InputSigns {
+    fn of(input: &[f32]) -> Self {
+        // Per chunk a min and max (a loop the compiler vectorises).
+        let (low, high) = input
+            .par_chunks(PARALLEL_MIN_LEN)
+            .map(|chunk| chunk.iter().fold((0.0f32, 0.0f32), |(low, high), &v| (low.min(v), high.max(v))))
+            .reduce(|| (0.0, 0.0), |a, b| (a.0.min(b.0), a.1.max(b.1)));
+        InputSigns { positive: high > 0.0, negative: low < 0.0 }
+    }
 }
 
 /// The z^B bound images of one input (`low`, `high`), per channel constant.
@@ -316,12 +409,26 @@ enum ModifiedInput<'a> {
 impl Redistribution {
     /// Plain contributions (`x · w + b`) equal the layer's traced output.
     fn is_plain(&self) -> bool {
-        self.bias == BiasPart::Whole && self.terms == [Term::plus(InputPart::Whole, WeightPart::Whole)]
+        self.bias == BiasPart::Whole
+            && self.terms == [Term::plus(InputPart::Whole, WeightPart::Whole)]
+            && self.outputs == OutputSign::Any
     }
 
-    fn apply(&self, layer: LinearLayer, input: &[f32], output: &[f32], relevance: &[f32], shared: &SharedImages) -> Vec<f32> {
+    /// The redistribution's part of the input relevance, and whether any
+    /// output of the opposite sign carries relevance (false for
+    /// `OutputSign::Any`), found on the way.
+    fn apply(
+        &self,
+        layer: LinearLayer,
+        input: &[f32],
+        output: &[f32],
+        relevance: &[f32],
+        shared: &SharedImages,
+    ) -> (Vec<f32>, bool) {
         let in_len = layer.input_len();
         let batch = input.len() / in_len;
+        let opposite = self.outputs.opposite();
+
         // Modified inputs and weights of the terms; terms whose input is all
         // zero (the negative part of post-ReLU activations) contribute nothing.
         let terms: Vec<(ModifiedInput, Cow<[f32]>, f32)> = self
@@ -343,6 +450,7 @@ impl Redistribution {
                 r / denominator
             }
         };
+        let mut opposite_carries = false;
         let s: Vec<f32> = if self.is_plain() {
             zip_map(relevance, output, quotient)
         } else {
@@ -370,7 +478,37 @@ impl Redistribution {
                     }
                 });
             }
-            z.par_iter_mut().with_min_len(PARALLEL_MIN_LEN).zip(relevance.par_iter()).for_each(|(z, &r)| *z = quotient(r, *z));
+            match (self.outputs, opposite) {
+                (OutputSign::Any, _) | (_, None) => z
+                    .par_iter_mut()
+                    .with_min_len(PARALLEL_MIN_LEN)
+                    .zip(relevance.par_iter())
+                    .for_each(|(z, &r)| *z = quotient(r, *z)),
+                // Outputs of the other sign pass nothing here; whether any
+                // of them carries relevance is noted on the way.
+                // (Branch-free, so that the loop vectorises: `o * sign` is
+                // positive on this redistribution's outputs, negative on the
+                // other's.)
+                (this, Some(_)) => {
+                    let sign = if this == OutputSign::Positive { 1.0f32 } else { -1.0 };
+                    opposite_carries = z
+                        .par_chunks_mut(PARALLEL_MIN_LEN)
+                        .zip(relevance.par_chunks(PARALLEL_MIN_LEN))
+                        .zip(output.par_chunks(PARALLEL_MIN_LEN))
+                        .map(|((z, r), o)| {
+                            let mut carries = false;
+                            for ((z, &r), &o) in z.iter_mut().zip(r).zip(o) {
+                                let signed = o * sign;
+                                carries |= (r != 0.0) & (signed < 0.0);
+                                let denominator = *z + if *z >= 0.0 { stabiliser } else { -stabiliser };
+                                let kept = (signed > 0.0) & (r != 0.0) & (denominator != 0.0);
+                                *z = if kept { r / denominator } else { 0.0 };
+                            }
+                            carries
+                        })
+                        .reduce(|| false, |a, b| a | b)
+                }
+            }
             z
         };
 
@@ -378,7 +516,7 @@ impl Redistribution {
         // from one stacked backward pass.
         let mut result = vec![0.0f32; input.len()];
         if terms.is_empty() {
-            return result;
+            return (result, opposite_carries);
         }
         let weights: Vec<&[f32]> = terms.iter().map(|(_, w, _)| &**w).collect();
         let gradients = layer.backward_input_stacked(&s, &weights);
@@ -393,7 +531,7 @@ impl Redistribution {
                 }
             }
         });
-        result
+        (result, opposite_carries)
     }
 }
 
@@ -407,18 +545,21 @@ fn forward_term(layer: LinearLayer, x: &ModifiedInput, weight: &[f32], batch: us
 }
 
 fn modified_input<'a>(part: InputPart, input: &'a [f32], shared: &'a SharedImages) -> Option<ModifiedInput<'a>> {
-    let clamped = |keep: fn(f32) -> f32| -> Option<ModifiedInput<'a>> {
-        let x: Vec<f32> = input.par_iter().with_min_len(PARALLEL_MIN_LEN).map(|&v| keep(v)).collect();
-        if x.par_iter().with_min_len(PARALLEL_MIN_LEN).all(|&v| v == 0.0) {
-            None
-        } else {
-            Some(ModifiedInput::PerImage(Cow::Owned(x)))
+    // The part is all zero (None), the input itself, or a copy.
+    let sign_part = |present: bool, other_sign: bool, keep: fn(f32) -> f32| -> Option<ModifiedInput<'a>> {
+        match (present, other_sign) {
+            (false, _) => None,
+            (true, false) => Some(ModifiedInput::PerImage(Cow::Borrowed(input))),
+            (true, true) => Some(ModifiedInput::PerImage(Cow::Owned(
+                input.par_iter().with_min_len(PARALLEL_MIN_LEN).map(|&v| keep(v)).collect(),
+            ))),
         }
     };
+    let signs = shared.signs;
     match part {
         InputPart::Whole => Some(ModifiedInput::PerImage(Cow::Borrowed(input))),
-        InputPart::Positive => clamped(|v| v.max(0.0)),
-        InputPart::Negative => clamped(|v| v.min(0.0)),
+        InputPart::Positive => sign_part(signs.positive, signs.negative, |v| v.max(0.0)),
+        InputPart::Negative => sign_part(signs.negative, signs.positive, |v| v.min(0.0)),
         InputPart::LowBound => shared.bounds.as_ref().map(|b| ModifiedInput::Shared(&b.low)),
         InputPart::HighBound => shared.bounds.as_ref().map(|b| ModifiedInput::Shared(&b.high)),
         InputPart::Ones => shared.ones.as_deref().map(ModifiedInput::Shared),
@@ -431,6 +572,7 @@ fn modified_weight(part: WeightPart, weight: &[f32]) -> Cow<'_, [f32]> {
         WeightPart::Positive => Cow::Owned(weight.iter().map(|&w| w.max(0.0)).collect()),
         WeightPart::Negative => Cow::Owned(weight.iter().map(|&w| w.min(0.0)).collect()),
         WeightPart::GammaBoosted(gamma) => Cow::Owned(weight.iter().map(|&w| w + gamma * w.max(0.0)).collect()),
+        WeightPart::GammaBoostedNegative(gamma) => Cow::Owned(weight.iter().map(|&w| w + gamma * w.min(0.0)).collect()),
         WeightPart::Ones => Cow::Owned(vec![1.0; weight.len()]),
         WeightPart::Squared => Cow::Owned(weight.iter().map(|&w| w * w).collect()),
     }
@@ -440,6 +582,7 @@ fn modified_bias(part: BiasPart, bias: &[f32]) -> Option<Vec<f32>> {
     match part {
         BiasPart::Whole => Some(bias.to_vec()),
         BiasPart::GammaBoosted(gamma) => Some(bias.iter().map(|&b| b + gamma * b.max(0.0)).collect()),
+        BiasPart::GammaBoostedNegative(gamma) => Some(bias.iter().map(|&b| b + gamma * b.min(0.0)).collect()),
         BiasPart::Squared => Some(bias.iter().map(|&b| b * b).collect()),
         BiasPart::Positive => Some(bias.iter().map(|&b| b.max(0.0)).collect()),
         BiasPart::Negative => Some(bias.iter().map(|&b| b.min(0.0)).collect()),
@@ -474,7 +617,7 @@ mod tests {
 
     fn through(rule: &Rule, layer: LinearLayer, input: &[f32], relevance: &[f32]) -> Vec<f32> {
         let output = layer.forward(input, layer.weight(), Some(layer.bias()));
-        rule.relevance(layer, input, &output, relevance).unwrap()
+        rule.relevance(layer, input, InputRange::Any, &output, relevance).unwrap()
     }
 
     /// x = [1, -2, 3], w = [2, -1, 0.5]: the positive contributions are
@@ -597,7 +740,8 @@ mod tests {
     #[test]
     fn mismatched_sizes_are_errors_not_panics() {
         let layer = dense(vec![1.0, -1.0], vec![1.0]);
-        let err = Rule::Zero.relevance(LinearLayer::Dense(&layer), &[1.0, 2.0], &[1.0], &[1.0, 2.0]).unwrap_err();
+        let err =
+            Rule::Zero.relevance(LinearLayer::Dense(&layer), &[1.0, 2.0], InputRange::Any, &[1.0], &[1.0, 2.0]).unwrap_err();
         assert!(matches!(err, ExplainError::Shape(_)));
     }
 }
