@@ -12,6 +12,10 @@
 #   ROUNDS=5 PEER_PYTHON=/path/to/python scripts/compare-peer.sh
 #   PEER_ARGS="--methods core" scripts/compare-peer.sh   # the peer's train step, LRP and Grad-CAM only
 #
+# The model of configs/custom-model.toml, which is no preset, is timed too
+# (case cifar_vgg): the trainer prints its PyTorch module and
+# scripts/peer_models.py times that module as the peer times the presets.
+#
 # The peer needs torch, zennit and captum:
 #   python3 -m venv /tmp/peer && /tmp/peer/bin/pip install -q torch zennit captum
 set -euo pipefail
@@ -36,10 +40,13 @@ rm -f "$out"/*.json "$out"/*.txt
 
 cargo bench -q -p trainer --bench train_step --no-run
 cargo bench -q -p explainer --bench explain --no-run
+cargo build -q --release -p trainer
+target/release/trainer --config configs/custom-model.toml --torch-module small-vgg > "$out/small_vgg.py"
 for round in $(seq 1 "$rounds"); do
     echo "round $round of $rounds" >&2
     # shellcheck disable=SC2086 # PEER_ARGS is a list of words
     "$python" "$peer_script" 2 $peer_args > "$out/peer-$round.json"
+    "$python" scripts/peer_models.py "$out/small_vgg.py" SmallVgg cifar_vgg 3 32 2 > "$out/peer-models-$round.json"
     cargo bench -q -p trainer --bench train_step > "$out/train-$round.txt"
     BENCH_REPS=7 BENCH_METHOD="$bench_methods" cargo bench -q -p explainer --bench explain > "$out/explain-$round.txt"
 done
@@ -48,14 +55,15 @@ python3 - "$out" "$rounds" <<'EOF'
 import json, re, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 cases = {("simple", "1x28x28"): "fmnist_simple", ("simple", "3x32x32"): "cifar_simple",
-         ("complex", "1x28x28"): "fmnist_complex", ("complex", "3x32x32"): "cifar_complex"}
+         ("complex", "1x28x28"): "fmnist_complex", ("complex", "3x32x32"): "cifar_complex", ("small-vgg", "3x32x32"): "cifar_vgg"}
 ours, peer = {}, {}
 def keep(table, key, value):
     table[key] = min(value, table.get(key, float("inf")))
 for r in range(1, rounds + 1):
-    for key, value in json.load(open(f"{out}/peer-{r}.json")).items():
-        if key.endswith("_s"):
-            keep(peer, key, value)
+    for name in (f"peer-{r}.json", f"peer-models-{r}.json"):
+        for key, value in json.load(open(f"{out}/{name}")).items():
+            if key.endswith("_s"):
+                keep(peer, key, value)
     for line in open(f"{out}/train-{r}.txt"):
         m = re.match(r"^(\w+_\w+)\s+([0-9.]+)\s", line)
         if m:

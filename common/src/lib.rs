@@ -10,6 +10,7 @@
 
 pub mod architecture;
 pub mod artifacts;
+pub mod benchmarks;
 pub mod cli;
 pub mod config;
 pub mod data;

@@ -1,6 +1,7 @@
 //! Wall time of explaining 200 probe images, forward pass included (as the
 //! peers' numbers are; Grad-CAM's forward pass keeps only the layers it
-//! reads), on both architectures at 1x28x28 and 3x32x32: LRP with the
+//! reads), on both architectures at 1x28x28 and 3x32x32 and on the custom
+//! model of `configs/custom-model.toml` (see `common::benchmarks`): LRP with the
 //! epsilon-gamma-box composite (Zennit's `EpsilonGammaBox`), Grad-CAM on
 //! the last conv layer (Captum's `LayerGradCam`) and the gradient family
 //! with the peer's settings (Captum's `Saliency`, `InputXGradient`,
@@ -15,9 +16,9 @@
 
 use std::time::Instant;
 
-use common::architecture::ModelKind;
+use common::benchmarks::{benchmark_cases, BenchmarkCase};
 use common::config::{Baseline, CompositeSpec, ExplainedClass, MethodConfig, NamedComposite};
-use common::data::{ImageShape, Normalization};
+use common::data::Normalization;
 use common::rng::Rng;
 use engine::Model;
 use explainer::Method;
@@ -63,16 +64,12 @@ fn main() {
     let images = env_or("BENCH_IMAGES", 200);
     println!("{images} images, median (min) of {reps} runs, {} rayon threads", rayon::current_num_threads());
     println!("{:<16} {:<18} {:>10} {:>10}", "case", "work", "median", "min");
-    for (case, kind, shape) in [
-        ("fmnist_simple", ModelKind::Simple, ImageShape::GRAY_28),
-        ("cifar_simple", ModelKind::Simple, ImageShape::RGB_32),
-        ("fmnist_complex", ModelKind::Complex, ImageShape::GRAY_28),
-        ("cifar_complex", ModelKind::Complex, ImageShape::RGB_32),
-    ] {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for BenchmarkCase { name: case, architecture, shape } in benchmark_cases(&workspace) {
         if std::env::var("BENCH_ONLY").is_ok_and(|only| !case.contains(&only)) {
             continue;
         }
-        let model = Model::initialized(&kind.architecture(10), shape, 1).unwrap();
+        let model = Model::initialized(&architecture, shape, 1).unwrap();
         let normalization = Normalization { mean: vec![0.5; shape.channels], std: vec![0.5; shape.channels] };
         let mut rng = Rng::new(7);
         let x: Vec<f32> = (0..images * shape.len()).map(|_| rng.uniform(-1.0, 1.0)).collect();

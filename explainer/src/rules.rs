@@ -343,14 +343,6 @@ impl OutputSign {
             OutputSign::Negative => Some(OutputSign::Positive),
         }
     }
-
-    fn takes(&self, output: f32) -> bool {
-        match self {
-            OutputSign::Any => true,
-            OutputSign::Positive => output > 0.0,
-            OutputSign::Negative => output < 0.0,
-        }
-    }
 }
 
 /// The modified inputs that are the same for every image (z^B's bounds and

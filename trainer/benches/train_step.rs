@@ -1,6 +1,8 @@
 //! Median time of one training step (batch 100, forward + backward on the
-//! tape + Adam) for both models at both input shapes, the work the PyTorch
-//! peer (`../shared/bench/torch_peer.py`) times as `*_train_step_s`.
+//! tape + Adam) for both models at both input shapes and for the custom
+//! model of `configs/custom-model.toml` (see `common::benchmarks`), the
+//! work the PyTorch peer (`../shared/bench/torch_peer.py`,
+//! `scripts/peer_models.py`) times as `*_train_step_s`.
 //!
 //!     cargo bench -p trainer --bench train_step
 //!     PEER_JSON=peer.json cargo bench -p trainer --bench train_step   # adds ratios
@@ -10,8 +12,7 @@
 
 use std::time::Instant;
 
-use common::architecture::ModelKind;
-use common::image::ImageShape;
+use common::benchmarks::{benchmark_cases, BenchmarkCase};
 use common::rng::Rng;
 use engine::training::{loss_and_gradients, Device};
 use engine::Model;
@@ -41,16 +42,12 @@ fn main() {
     println!("threads: {}", rayon::current_num_threads());
     println!("instruction set: {}", engine::detected_instruction_set());
     println!("{:<16} {:>12} {:>12} {:>8}", "case", "ours (s)", "peer (s)", "ratio");
-    for (case, kind, shape) in [
-        ("fmnist_simple", ModelKind::Simple, ImageShape::GRAY_28),
-        ("cifar_simple", ModelKind::Simple, ImageShape::RGB_32),
-        ("fmnist_complex", ModelKind::Complex, ImageShape::GRAY_28),
-        ("cifar_complex", ModelKind::Complex, ImageShape::RGB_32),
-    ] {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for BenchmarkCase { name: case, architecture, shape } in benchmark_cases(&workspace) {
         if std::env::var("BENCH_ONLY").is_ok_and(|only| only != case) {
             continue;
         }
-        let mut model = Model::initialized(&kind.architecture(10), shape, 0).unwrap();
+        let mut model = Model::initialized(&architecture, shape, 0).unwrap();
         let lengths: Vec<usize> = model.parameters().iter().map(|p| p.data.len()).collect();
         let mut adam = Adam::new(1e-3, &lengths);
         let mut rng = Rng::new(1);
