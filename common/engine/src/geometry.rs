@@ -9,7 +9,7 @@ use crate::microkernels::POSITION_BLOCK;
 /// Shape of a convolution with `padding` zeros on every side and a
 /// `stride` (1 or 2). The layouts below (padded images, virtual positions,
 /// taps) are those of the stride-1 kernels; a strided convolution is
-/// computed through its [`ConvGeometry::unit_stride`] geometry.
+/// computed as a stride-1 convolution of its input's phases (`strided`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeometry {
     pub in_channels: usize,
@@ -28,12 +28,6 @@ impl ConvGeometry {
 
     pub fn out_width(&self) -> usize {
         (self.width + 2 * self.padding - self.kernel) / self.stride + 1
-    }
-
-    /// The same convolution with stride 1: its output holds the strided
-    /// one's at every `stride`-th row and column.
-    pub fn unit_stride(&self) -> ConvGeometry {
-        ConvGeometry { stride: 1, ..*self }
     }
 
     /// Floats of one input image.

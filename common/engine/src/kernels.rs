@@ -1,5 +1,5 @@
 //! Plain-slice kernels of the network: 2-D convolution (symmetric zero
-//! padding; stride 1, or 2 through stride 1) as a direct convolution over a
+//! padding; stride 1, or 2 as stride 1 on the input's phases) as a direct convolution over a
 //! padded image (see `microkernels`) or by Winograd's method, 2x2 max- and
 //! average pooling, and dense layers through `gemm`.
 //!
@@ -16,6 +16,7 @@ use crate::geometry::RowLayout;
 pub use crate::geometry::{ConvGeometry, PoolGeometry};
 use crate::isa::Isa;
 use crate::microkernels::{pool_row, tap_products, transpose_planes, unpool_row, weight_gradient};
+use crate::strided::PhaseSplit;
 use crate::winograd::{Winograd, WinogradBuffers, WinogradGradient};
 
 /// A row-major or strided view of a matrix inside a slice.
@@ -137,55 +138,32 @@ pub fn conv2d_forward(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<
 /// [`conv2d_forward`], followed by a ReLU when `relu` is set (one pass over
 /// the output instead of two).
 pub fn conv2d_forward_with(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
-    let (y, _) = forward_on(Isa::detected(), x, &g.unit_stride(), weight, bias, relu, false);
-    strided_output(y, g)
+    strided_forward(x, g, weight, bias, relu, false).0
 }
 
 /// The convolution's output and its ReLU, written in one pass.
 pub fn conv2d_forward_and_relu(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
-    let (activated, output) = forward_on(Isa::detected(), x, &g.unit_stride(), weight, bias, true, true);
-    (strided_output(output.expect("kept on request"), g), strided_output(activated, g))
+    let (activated, output) = strided_forward(x, g, weight, bias, true, true);
+    (output.expect("kept on request"), activated)
 }
 
-/// A strided convolution runs as its stride-1 convolution, of which it
-/// keeps every `stride`-th row and column: `stride²` times the arithmetic
-/// a strided kernel would do, but through the tuned stride-1 kernels
-/// (Winograd's method included), and every pass (forward, both gradients)
-/// stays one algorithm. `unit` is the output of [`ConvGeometry::unit_stride`];
-/// for stride 1 it is returned as it is.
-fn strided_output(unit: Vec<f32>, g: &ConvGeometry) -> Vec<f32> {
+/// [`forward_on`] for any stride: a strided convolution runs as the
+/// stride-1 convolution of its input's phases (see `strided`).
+fn strided_forward(
+    x: &[f32],
+    g: &ConvGeometry,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    keep_pre_activation: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let isa = Isa::detected();
     if g.stride == 1 {
-        return unit;
+        return forward_on(isa, x, g, weight, bias, relu, keep_pre_activation);
     }
-    let full = g.unit_stride();
-    let (full_w, full_plane, ow) = (full.out_width(), full.out_plane(), g.out_width());
-    let mut out = vec![0.0f32; unit.len() / full_plane * g.out_plane()];
-    out.par_chunks_mut(g.out_plane()).zip(unit.par_chunks(full_plane)).for_each(|(plane, full)| {
-        for (y, row) in plane.chunks_exact_mut(ow).enumerate() {
-            let source = &full[y * g.stride * full_w..];
-            row.iter_mut().enumerate().for_each(|(x, v)| *v = source[x * g.stride]);
-        }
-    });
-    out
-}
-
-/// The gradient of a strided convolution's output as the gradient of its
-/// stride-1 convolution's output: zero where the stride skips a position.
-/// For stride 1, `dy` as it is.
-fn unit_stride_gradient<'a>(dy: &'a [f32], g: &ConvGeometry) -> std::borrow::Cow<'a, [f32]> {
-    if g.stride == 1 {
-        return std::borrow::Cow::Borrowed(dy);
-    }
-    let full = g.unit_stride();
-    let (full_w, full_plane, ow) = (full.out_width(), full.out_plane(), g.out_width());
-    let mut out = vec![0.0f32; dy.len() / g.out_plane() * full_plane];
-    out.par_chunks_mut(full_plane).zip(dy.par_chunks(g.out_plane())).for_each(|(full, plane)| {
-        for (y, row) in plane.chunks_exact(ow).enumerate() {
-            let target = &mut full[y * g.stride * full_w..];
-            row.iter().enumerate().for_each(|(x, &v)| target[x * g.stride] = v);
-        }
-    });
-    std::borrow::Cow::Owned(out)
+    assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
+    let split = PhaseSplit::new(g);
+    forward_on(isa, &split.input(x), &split.phased, &split.weight(weight), bias, relu, keep_pre_activation)
 }
 
 /// A convolution prepared for a batch: its weights laid out for the
@@ -219,7 +197,7 @@ pub(crate) struct PassBuffers {
 
 impl ConvPass {
     pub(crate) fn new(isa: Isa, g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
-        assert_eq!(g.stride, 1, "a pass computes a stride-1 convolution (see `strided_output`)");
+        assert_eq!(g.stride, 1, "a pass computes a stride-1 convolution (see `strided`)");
         assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
         if let Some(bias) = bias {
             assert_eq!(bias.len(), g.out_channels, "conv2d bias length");
@@ -358,15 +336,26 @@ fn run_pass(pass: &ConvPass, x: &[f32], keep_pre_activation: bool) -> (Vec<f32>,
 /// forward pass of the transposed convolution of `dy` with `weight`.
 pub fn conv2d_backward_input(dy: &[f32], g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
     assert_eq!(dy.len() % g.out_len(), 0, "conv2d output gradient is not a whole number of images");
-    let unit = g.unit_stride();
-    run_pass(&ConvPass::input_gradient(Isa::detected(), &unit, weight), &unit_stride_gradient(dy, g), false).0
+    let isa = Isa::detected();
+    if g.stride == 1 {
+        return run_pass(&ConvPass::input_gradient(isa, g, weight), dy, false).0;
+    }
+    let split = PhaseSplit::new(g);
+    split.input_gradient(&run_pass(&ConvPass::input_gradient(isa, &split.phased, &split.weight(weight)), dy, false).0)
 }
 
 /// Gradients of a convolution's weight and bias, summed over the batch in a
 /// fixed order (the result does not depend on the thread count).
 pub fn conv2d_backward_params(x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Vec<f32>) {
     assert_eq!(dy.len() % g.out_len(), 0, "conv2d output gradient is not a whole number of images");
-    params_on(Isa::detected(), x, &unit_stride_gradient(dy, g), &g.unit_stride())
+    let isa = Isa::detected();
+    if g.stride == 1 {
+        return params_on(isa, x, dy, g);
+    }
+    assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
+    let split = PhaseSplit::new(g);
+    let (d_phased, db) = params_on(isa, &split.input(x), dy, &split.phased);
+    (split.weight_gradient(&d_phased), db)
 }
 
 fn params_on(isa: Isa, x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Vec<f32>) {
@@ -423,7 +412,7 @@ pub(crate) struct GradientBuffers {
 
 impl ParamGradient {
     pub(crate) fn new(isa: Isa, g: &ConvGeometry) -> Self {
-        assert_eq!(g.stride, 1, "the weight gradient of a stride-1 convolution (see `unit_stride_gradient`)");
+        assert_eq!(g.stride, 1, "the weight gradient of a stride-1 convolution (see `strided`)");
         let channels = g.out_channels.next_multiple_of(isa.gradient_channel_width(g.out_channels));
         let method = if Winograd::applies(g) {
             GradientMethod::Winograd(WinogradGradient::new(isa, g, channels))

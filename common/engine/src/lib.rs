@@ -17,6 +17,7 @@ pub mod kernels;
 pub mod layers;
 mod microkernels;
 pub mod network;
+mod strided;
 mod tape_ops;
 pub mod training;
 mod winograd;

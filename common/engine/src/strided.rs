@@ -1,0 +1,141 @@
+//! Strided convolutions as stride-1 convolutions of their input's phases
+//! (space to depth).
+//!
+//! With stride `s`, output `(oy, ox)` reads the padded input at rows
+//! `s·oy + ky`. Writing `ky = s·u + a`, that is row `oy + u` of the input's
+//! phase `a` (its rows `a, a + s, a + 2s, ...`): the strided convolution is
+//! a stride-1, unpadded convolution of the `s²` phase images stacked as
+//! channels, with a kernel of side `ceil(k / s)` whose taps are the
+//! original kernel's (zero where `s·u + a` is past it). The tuned stride-1
+//! kernels then compute it (Winograd's method for a 5x5 kernel at stride 2,
+//! which becomes 3x3): for a 3x3 kernel at stride 2, 16 taps per input
+//! channel instead of 9, where running the convolution at stride 1 and
+//! keeping every second output would cost 36. Every input value lands in
+//! one phase position, so the input gradient is the phase gradient put
+//! back, and the weight gradient the phase kernel's gradient read back.
+
+use rayon::prelude::*;
+
+use crate::geometry::ConvGeometry;
+
+/// A strided convolution and the stride-1 convolution of its phases.
+pub(crate) struct PhaseSplit {
+    g: ConvGeometry,
+    /// Input channels `s²·C` (phase `(a, b)` of channel `c` is channel
+    /// `(a·s + b)·C + c`), kernel `ceil(k / s)`, no padding, on phase
+    /// images of `out + kernel - 1` rows and columns.
+    pub(crate) phased: ConvGeometry,
+}
+
+impl PhaseSplit {
+    pub(crate) fn new(g: &ConvGeometry) -> Self {
+        let s = g.stride;
+        let kernel = g.kernel.div_ceil(s);
+        let phased = ConvGeometry {
+            in_channels: s * s * g.in_channels,
+            out_channels: g.out_channels,
+            kernel,
+            padding: 0,
+            height: g.out_height() + kernel - 1,
+            width: g.out_width() + kernel - 1,
+            stride: 1,
+        };
+        PhaseSplit { g: *g, phased }
+    }
+
+    /// The input position of phase channel `q`'s row `i`, column `j`, if it
+    /// lies inside the image (not in the padding or past it).
+    fn source(&self, q: usize, i: usize, j: usize) -> Option<(usize, usize, usize)> {
+        let (s, c_in) = (self.g.stride, self.g.in_channels);
+        let (phase, c) = (q / c_in, q % c_in);
+        let (a, b) = (phase / s, phase % s);
+        let (y, x) = ((s * i + a).checked_sub(self.g.padding)?, (s * j + b).checked_sub(self.g.padding)?);
+        (y < self.g.height && x < self.g.width).then_some((c, y, x))
+    }
+
+    /// Each image (N·C·H·W) as its phase images (N·s²C·H'·W').
+    pub(crate) fn input(&self, x: &[f32]) -> Vec<f32> {
+        let (g, p) = (&self.g, &self.phased);
+        let mut out = vec![0.0f32; x.len() / g.in_len() * p.in_len()];
+        out.par_chunks_mut(p.in_len()).zip(x.par_chunks(g.in_len())).for_each(|(phases, image)| {
+            for (q, plane) in phases.chunks_exact_mut(p.height * p.width).enumerate() {
+                for (i, row) in plane.chunks_exact_mut(p.width).enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        if let Some((c, y, x)) = self.source(q, i, j) {
+                            *v = image[(c * g.height + y) * g.width + x];
+                        }
+                    }
+                }
+            }
+        });
+        out
+    }
+
+    /// The gradient of each image from the gradient of its phase images:
+    /// every input value is one phase value; values no phase holds (rows
+    /// and columns the stride skips at the end) have gradient zero.
+    pub(crate) fn input_gradient(&self, d_phases: &[f32]) -> Vec<f32> {
+        let (g, p) = (&self.g, &self.phased);
+        let mut out = vec![0.0f32; d_phases.len() / p.in_len() * g.in_len()];
+        out.par_chunks_mut(g.in_len()).zip(d_phases.par_chunks(p.in_len())).for_each(|(image, phases)| {
+            for (q, plane) in phases.chunks_exact(p.height * p.width).enumerate() {
+                for (i, row) in plane.chunks_exact(p.width).enumerate() {
+                    for (j, &v) in row.iter().enumerate() {
+                        if let Some((c, y, x)) = self.source(q, i, j) {
+                            image[(c * g.height + y) * g.width + x] = v;
+                        }
+                    }
+                }
+            }
+        });
+        out
+    }
+
+    /// The tap of the original kernel that phase channel `q`'s tap `(u, v)`
+    /// is, as `(c, ky, kx)`, if any.
+    fn tap(&self, q: usize, u: usize, v: usize) -> Option<(usize, usize, usize)> {
+        let (s, c_in, k) = (self.g.stride, self.g.in_channels, self.g.kernel);
+        let (phase, c) = (q / c_in, q % c_in);
+        let (ky, kx) = (s * u + phase / s, s * v + phase % s);
+        (ky < k && kx < k).then_some((c, ky, kx))
+    }
+
+    /// The phase kernel `[O][s²C][k'][k']` of a weight `[O][C][k][k]`.
+    pub(crate) fn weight(&self, weight: &[f32]) -> Vec<f32> {
+        let (g, p) = (&self.g, &self.phased);
+        let mut out = vec![0.0f32; p.weight_len()];
+        self.each_tap(|o, q, u, v, (c, ky, kx)| {
+            out[((o * p.in_channels + q) * p.kernel + u) * p.kernel + v] =
+                weight[((o * g.in_channels + c) * g.kernel + ky) * g.kernel + kx];
+        });
+        out
+    }
+
+    /// The gradient of the weight from the gradient of the phase kernel.
+    pub(crate) fn weight_gradient(&self, d_phased: &[f32]) -> Vec<f32> {
+        let (g, p) = (&self.g, &self.phased);
+        let mut out = vec![0.0f32; g.weight_len()];
+        self.each_tap(|o, q, u, v, (c, ky, kx)| {
+            out[((o * g.in_channels + c) * g.kernel + ky) * g.kernel + kx] =
+                d_phased[((o * p.in_channels + q) * p.kernel + u) * p.kernel + v];
+        });
+        out
+    }
+
+    /// Calls `f(o, q, u, v, original tap)` for every phase tap that is one
+    /// of the original kernel's.
+    fn each_tap(&self, mut f: impl FnMut(usize, usize, usize, usize, (usize, usize, usize))) {
+        let p = &self.phased;
+        for o in 0..p.out_channels {
+            for q in 0..p.in_channels {
+                for u in 0..p.kernel {
+                    for v in 0..p.kernel {
+                        if let Some(tap) = self.tap(q, u, v) {
+                            f(o, q, u, v, tap);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
