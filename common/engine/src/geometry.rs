@@ -191,6 +191,17 @@ impl PoolGeometry {
         self.channels * self.out_height() * self.out_width()
     }
 
+    /// The four inputs (indices within one image) of every window, in
+    /// output order (channel, row, column).
+    pub(crate) fn windows(&self) -> impl Iterator<Item = [usize; 4]> + '_ {
+        (0..self.channels).flat_map(move |c| {
+            (0..self.out_height()).flat_map(move |oy| {
+                (0..self.out_width())
+                    .map(move |ox| [(0, 0), (0, 1), (1, 0), (1, 1)].map(|(dy, dx)| self.window(c, oy, ox, dy, dx)))
+            })
+        })
+    }
+
     /// Index (within one image) of the input of each 2x2 window's corner `(dy, dx)`.
     pub(crate) fn window(&self, c: usize, oy: usize, ox: usize, dy: usize, dx: usize) -> usize {
         (c * self.height + 2 * oy + dy) * self.width + 2 * ox + dx

@@ -641,15 +641,8 @@ pub fn avgpool2x2_forward(x: &[f32], g: &PoolGeometry) -> Vec<f32> {
     assert_eq!(x.len() % g.in_len(), 0, "average-pool input is not a whole number of images");
     let mut y = vec![0.0f32; x.len() / g.in_len() * g.out_len()];
     y.par_chunks_mut(g.out_len()).zip(x.par_chunks(g.in_len())).for_each(|(out, image)| {
-        let mut o = 0;
-        for c in 0..g.channels {
-            for oy in 0..g.out_height() {
-                for ox in 0..g.out_width() {
-                    let corner = |dy, dx| image[g.window(c, oy, ox, dy, dx)];
-                    out[o] = (corner(0, 0) + corner(0, 1) + corner(1, 0) + corner(1, 1)) * 0.25;
-                    o += 1;
-                }
-            }
+        for (out, [a, b, c, d]) in out.iter_mut().zip(g.windows()) {
+            *out = (image[a] + image[b] + image[c] + image[d]) * 0.25;
         }
     });
     y
@@ -661,16 +654,8 @@ pub fn avgpool2x2_backward(dy: &[f32], g: &PoolGeometry) -> Vec<f32> {
     assert_eq!(dy.len() % g.out_len(), 0, "average-pool gradient is not a whole number of images");
     let mut dx = vec![0.0f32; dy.len() / g.out_len() * g.in_len()];
     dx.par_chunks_mut(g.in_len()).zip(dy.par_chunks(g.out_len())).for_each(|(dimage, dout)| {
-        let mut o = 0;
-        for c in 0..g.channels {
-            for oy in 0..g.out_height() {
-                for ox in 0..g.out_width() {
-                    for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                        dimage[g.window(c, oy, ox, dy, dx)] = dout[o] * 0.25;
-                    }
-                    o += 1;
-                }
-            }
+        for (&d, corners) in dout.iter().zip(g.windows()) {
+            corners.iter().for_each(|&i| dimage[i] = d * 0.25);
         }
     });
     dx
@@ -687,17 +672,10 @@ pub fn pool2x2_redistribute(dy: &[f32], weights: &[f32], g: &PoolGeometry) -> Ve
     let mut dx = vec![0.0f32; batch * g.in_len()];
     dx.par_chunks_mut(g.in_len()).zip(dy.par_chunks(g.out_len()).zip(weights.par_chunks(g.in_len()))).for_each(
         |(dimage, (dout, w))| {
-            let mut o = 0;
-            for c in 0..g.channels {
-                for oy in 0..g.out_height() {
-                    for ox in 0..g.out_width() {
-                        let corners = [(0, 0), (0, 1), (1, 0), (1, 1)].map(|(dy, dx)| g.window(c, oy, ox, dy, dx));
-                        let total: f32 = corners.iter().map(|&i| w[i]).sum();
-                        for &i in &corners {
-                            dimage[i] += if total != 0.0 { dout[o] * w[i] / total } else { dout[o] * 0.25 };
-                        }
-                        o += 1;
-                    }
+            for (&d, corners) in dout.iter().zip(g.windows()) {
+                let total: f32 = corners.iter().map(|&i| w[i]).sum();
+                for &i in &corners {
+                    dimage[i] += if total != 0.0 { d * w[i] / total } else { d * 0.25 };
                 }
             }
         },

@@ -53,21 +53,28 @@ impl PhaseSplit {
         (y < self.g.height && x < self.g.width).then_some((c, y, x))
     }
 
+    /// Calls `f(phase offset, image offset)` for every phase value that is
+    /// an input value, offsets within one image's phases and one image.
+    fn each_value(&self, mut f: impl FnMut(usize, usize)) {
+        let (g, p) = (&self.g, &self.phased);
+        for q in 0..p.in_channels {
+            for i in 0..p.height {
+                for j in 0..p.width {
+                    if let Some((c, y, x)) = self.source(q, i, j) {
+                        f((q * p.height + i) * p.width + j, (c * g.height + y) * g.width + x);
+                    }
+                }
+            }
+        }
+    }
+
     /// Each image (N·C·H·W) as its phase images (N·s²C·H'·W').
     pub(crate) fn input(&self, x: &[f32]) -> Vec<f32> {
         let (g, p) = (&self.g, &self.phased);
         let mut out = vec![0.0f32; x.len() / g.in_len() * p.in_len()];
-        out.par_chunks_mut(p.in_len()).zip(x.par_chunks(g.in_len())).for_each(|(phases, image)| {
-            for (q, plane) in phases.chunks_exact_mut(p.height * p.width).enumerate() {
-                for (i, row) in plane.chunks_exact_mut(p.width).enumerate() {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        if let Some((c, y, x)) = self.source(q, i, j) {
-                            *v = image[(c * g.height + y) * g.width + x];
-                        }
-                    }
-                }
-            }
-        });
+        out.par_chunks_mut(p.in_len())
+            .zip(x.par_chunks(g.in_len()))
+            .for_each(|(phases, image)| self.each_value(|at, from| phases[at] = image[from]));
         out
     }
 
@@ -77,17 +84,9 @@ impl PhaseSplit {
     pub(crate) fn input_gradient(&self, d_phases: &[f32]) -> Vec<f32> {
         let (g, p) = (&self.g, &self.phased);
         let mut out = vec![0.0f32; d_phases.len() / p.in_len() * g.in_len()];
-        out.par_chunks_mut(g.in_len()).zip(d_phases.par_chunks(p.in_len())).for_each(|(image, phases)| {
-            for (q, plane) in phases.chunks_exact(p.height * p.width).enumerate() {
-                for (i, row) in plane.chunks_exact(p.width).enumerate() {
-                    for (j, &v) in row.iter().enumerate() {
-                        if let Some((c, y, x)) = self.source(q, i, j) {
-                            image[(c * g.height + y) * g.width + x] = v;
-                        }
-                    }
-                }
-            }
-        });
+        out.par_chunks_mut(g.in_len())
+            .zip(d_phases.par_chunks(p.in_len()))
+            .for_each(|(image, phases)| self.each_value(|at, to| image[to] = phases[at]));
         out
     }
 
