@@ -419,7 +419,9 @@ impl Analyzer<'_> {
         let mut correlations: Vec<Correlation> = Vec::new();
         for t in &tables {
             let run = instance_of(pipeline, &t.run);
-            let series = RunSeries { seed: run.seed as i64, every: run.config.checkpoints.every, metrics: &metrics[&t.run] };
+            let run_metrics = &metrics[&t.run];
+            let every = run.config.checkpoints.as_ref().map_or_else(|| widest_gap(&run_metrics.step), |c| c.every);
+            let series = RunSeries { seed: run.seed as i64, every, metrics: run_metrics };
             correlations.extend(correlate(t, &series));
         }
         let dropped_null: usize = correlations.iter().map(|c| c.dropped_null_measure).sum();
@@ -677,9 +679,23 @@ fn heatmap_figure(
     }))
 }
 
+/// The uniform grid's spacing of a run trained elsewhere, which has no
+/// schedule: the widest gap between its checkpoint steps (a schedule's
+/// coarse interval; the denser early steps and a short last one are
+/// narrower).
+fn widest_gap(steps: &[i64]) -> u64 {
+    steps.windows(2).map(|w| (w[1] - w[0]).max(0) as u64).max().unwrap_or(1).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_grid_of_a_run_without_schedule_is_its_widest_gap() {
+        assert_eq!(widest_gap(&[0, 10, 20, 30, 130, 230, 250]), 100);
+        assert_eq!(widest_gap(&[0]), 1);
+    }
     use common::artifacts::ProbeEntry;
 
     #[test]

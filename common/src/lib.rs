@@ -14,6 +14,7 @@ pub mod benchmarks;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod external;
 pub mod image;
 pub mod measures;
 pub mod provenance;

@@ -20,13 +20,18 @@ use crate::measures::Measure;
 /// `[models]` adds its layers (a preset's name says them all, so a preset
 /// run has the fingerprint it had before models were data).
 pub fn run_fingerprint(config: &PipelineConfig, instance: &RunInstance) -> String {
-    let training = RunConfig { intended_fit: None, ..instance.config.clone() };
+    // A run trained elsewhere enters by the content of its files, not by
+    // where they are: moving them imports nothing again.
+    let training = RunConfig { intended_fit: None, external: None, ..instance.config.clone() };
     let mut fingerprint = Fingerprinter::new()
         .add("dataset", &config.datasets.get(&training.dataset))
         .add("run", &training)
         .add("probe", &config.probe);
     if let Some(model) = config.models.get(&training.model) {
         fingerprint = fingerprint.add("model", model);
+    }
+    if let Some(external) = &instance.config.external {
+        fingerprint = fingerprint.add("external", &crate::external::external_content(external));
     }
     if instance.replicated {
         fingerprint.add("subset_seed", &instance.subset_seed).finish()

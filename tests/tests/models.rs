@@ -253,3 +253,109 @@ fn image_of_wrong_size(path: &Path) {
     std::fs::rename(dir.join("train/class-00/00000.png"), path).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A folder as a training loop elsewhere writes it: a state_dict of the
+/// simple model at steps 0, 5 and 10 (written by our own checkpoint writer,
+/// weights of three seeds) and a metrics CSV.
+fn write_external_run(dir: &Path) {
+    let checkpoints = dir.join("checkpoints");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    let architecture = common::architecture::ModelKind::Simple.architecture(10);
+    for (k, step) in [0u64, 5, 10].into_iter().enumerate() {
+        let model = engine::Model::initialized(&architecture, common::data::ImageShape::GRAY_28, k as u64).unwrap();
+        let info = common::artifacts::CheckpointInfo {
+            run: "elsewhere".into(),
+            step,
+            epoch: 0.0,
+            dataset: "theirs".into(),
+            fingerprint: "theirs".into(),
+        };
+        engine::write_checkpoint(&checkpoints.join(format!("step-{step}.safetensors")), &model, &info).unwrap();
+    }
+    std::fs::write(dir.join("metrics.csv"), "step,epoch,train_loss,train_acc\n0,0,2.30,0.1\n5,0.5,1.9,0.3\n10,1,1.5,0.5\n")
+        .unwrap();
+}
+
+/// `configs/external-run.toml` on synthetic data, beside a run the trainer
+/// trains: the imported run is explained, summarised and analysed like the
+/// trained one; a second pass does nothing; a changed checkpoint re-imports;
+/// a wrong tensor name, a wrong shape or a step missing from the metrics
+/// fails that run naming the file, the tensor and the problem, while the
+/// other run completes.
+#[test]
+fn a_run_trained_elsewhere_is_imported_and_explained_like_any_run() {
+    let text = std::fs::read_to_string(workspace_root().join("configs/external-run.toml")).expect("configs/external-run.toml");
+    let external = std::env::temp_dir().join(format!("pipeline-e2e-external-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&external);
+    write_external_run(&external);
+    let mut config = text;
+    for (from, to) in [
+        ("dir = \"runs/external-run\"", "dir = \"@OUT@\"".to_string()),
+        (
+            "kind = \"idx\"\npath = \"data/fashion-mnist\"",
+            "kind = \"synthetic\"\nshape = \"1x28x28\"\ntrain_size = 200\ntest_size = 100\nseed = 7".to_string(),
+        ),
+        ("seen_per_class = 5\nunseen_per_class = 5", "seen_per_class = 1\nunseen_per_class = 1".to_string()),
+        ("\"data/external-run/checkpoints\"", format!("{:?}", external.join("checkpoints").display().to_string())),
+        ("\"data/external-run/metrics.csv\"", format!("{:?}", external.join("metrics.csv").display().to_string())),
+    ] {
+        assert!(config.contains(from), "configs/external-run.toml has no `{from}`");
+        config = config.replacen(from, &to, 1);
+    }
+    config.push_str(
+        "\n[runs.trained]\ndataset = \"fmnist\"\nmodel = \"simple\"\nepochs = 1\nbatch_size = 50\ncheckpoints = { every = 2 }\n",
+    );
+    let s = Scratch::with_config("external", &config);
+    run_pipeline(&s);
+    let run = s.out().join("torch-simple");
+    for step in [0, 5, 10] {
+        let maps = read_attributions(&run.join(format!("attributions/lrp/step-{step:06}.safetensors"))).unwrap();
+        assert_eq!(maps.probe_id.len(), 20);
+        assert!(maps.maps.iter().any(|&v| v != 0.0));
+    }
+    let metrics = common::artifacts::tables::metrics::read_metrics(&run.join("metrics.parquet")).unwrap();
+    assert_eq!(metrics.iter().map(|r| r.step).collect::<Vec<_>>(), [0, 5, 10]);
+    assert_eq!((metrics[1].train_loss, metrics[1].epoch), (1.9, 0.5), "the loop's records are kept");
+    assert!(metrics.iter().all(|r| r.test_loss.is_finite() && r.probe_loss.is_finite()), "evaluated here");
+    let report = std::fs::read_to_string(s.out().join("analysis/report.md")).unwrap();
+    assert!(report.contains("torch-simple"), "{report}");
+
+    for stage in STAGES {
+        let log = s.ok(stage, &[]);
+        assert!(log.contains("nothing to do") || log.contains("up to date"), "{stage} did work on a rerun:\n{log}");
+    }
+    // Another checkpoint in the folder's place: imported again.
+    let step5 = external.join("checkpoints/step-5.safetensors");
+    std::fs::copy(external.join("checkpoints/step-10.safetensors"), &step5).unwrap();
+    let log = s.ok("trainer", &["--dry-run"]);
+    assert!(log.contains("1 unit(s) to do"), "{log}");
+
+    // Broken folders fail the run, naming the problem; the other run is fine.
+    let original = std::fs::read(&step5).unwrap();
+    let mut file = read_tensors(&step5).unwrap();
+    let bias = file.tensors.remove("fc1.bias").unwrap();
+    file.tensors.insert("fc1.offset".into(), bias.clone());
+    common::artifacts::write_tensors(&step5, &file).unwrap();
+    let err = s.fails("trainer", &["--force"]);
+    assert!(err.contains("step-5.safetensors") && err.contains("fc1.offset"), "{err}");
+    assert!(err.contains("1 unit(s) failed, 1 done"), "the trained run still completes:\n{err}");
+
+    file.tensors.remove("fc1.offset");
+    file.tensors.insert("fc1.bias".into(), common::artifacts::TensorData::F32 { shape: vec![11], data: vec![0.0; 11] });
+    common::artifacts::write_tensors(&step5, &file).unwrap();
+    let err = s.fails("trainer", &["--run", "torch-simple"]);
+    assert!(err.contains("step-5.safetensors") && err.contains("`fc1.bias` has shape [11], expected [10]"), "{err}");
+
+    std::fs::write(&step5, original).unwrap();
+    std::fs::write(external.join("metrics.csv"), "step,train_loss\n0,2.3\n10,1.5\n").unwrap();
+    let err = s.fails("trainer", &["--run", "torch-simple"]);
+    assert!(err.contains("step-5.safetensors: step 5 is missing from the metrics file"), "{err}");
+
+    // `step` alone is enough: the epochs are unknown (NaN) and the loss on
+    // fixed training images stands in for the training loss.
+    std::fs::write(external.join("metrics.csv"), "step\n0\n5\n10\n").unwrap();
+    run_pipeline(&s);
+    let metrics = common::artifacts::tables::metrics::read_metrics(&run.join("metrics.parquet")).unwrap();
+    assert!(metrics[1].epoch.is_nan() && metrics[1].train_loss == metrics[1].train_eval_loss);
+    let _ = std::fs::remove_dir_all(&external);
+}

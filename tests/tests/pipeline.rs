@@ -243,7 +243,10 @@ fn corrupt_inputs_are_named_errors_and_the_other_units_still_complete() {
     for stage in STAGES {
         let out = s.stage(stage, &[]);
         let err = stderr_of(&out);
-        assert!(!out.status.success() && err.contains("pipeline.toml") && err.contains("missing field"), "{stage}: {err}");
+        assert!(
+            !out.status.success() && err.contains("pipeline.toml") && err.contains("`runs.a.epochs`: required"),
+            "{stage}: {err}"
+        );
     }
 }
 

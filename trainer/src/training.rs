@@ -1,6 +1,7 @@
 //! Training one run: data order, checkpoints on the schedule, evaluation at
 //! every checkpoint, and exact resumption after a kill.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -9,8 +10,10 @@ use common::artifacts::{
     read_checkpoint_header, read_verified_metadata, remove_if_present, remove_stale_temporaries, verify_stamp,
     write_parquet_stamped, CheckpointInfo, Divergence, ExpectedCheckpoint, RunLayout, Stamp,
 };
-use common::config::{Pipeline, RunConfig, RunInstance};
+use common::artifacts::{read_tensors, TensorData};
+use common::config::{ExternalRun, Pipeline, RunConfig, RunInstance};
 use common::data::{load_dataset, Dataset, ImageSet, Normalization};
+use common::external::{external_checkpoints, read_external_metrics};
 use common::provenance::{checkpoint_fingerprint, checkpoint_model, run_fingerprint};
 use common::rng::Rng;
 use common::stage::Status;
@@ -43,8 +46,8 @@ pub struct Plan {
 impl Plan {
     pub fn new(run: &RunConfig, train_len: usize) -> Self {
         let steps_per_epoch = train_len.div_ceil(run.batch_size) as u64;
-        let last_step = steps_per_epoch * u64::from(run.epochs);
-        Self { train_len, steps_per_epoch, last_step, checkpoint_steps: run.checkpoints.steps(last_step) }
+        let last_step = steps_per_epoch * u64::from(run.epoch_count());
+        Self { train_len, steps_per_epoch, last_step, checkpoint_steps: run.schedule().steps(last_step) }
     }
 
     pub fn epoch_of(&self, step: u64) -> f64 {
@@ -200,7 +203,6 @@ pub fn train_run(pipeline: &Pipeline, instance: &RunInstance, status: TrainPlan)
     }
     let normalization = dataset_spec.normalization.clone();
     let train_indices = training_indices(run, instance.subset_seed, dataset.train.len())?;
-    let plan = Plan::new(run, train_indices.len());
     let fingerprint = run_fingerprint(&pipeline.config, instance);
     let probe = select_probe(&pipeline.config.probe, &dataset.train, &train_indices, &dataset.test, dataset.classes)
         .map_err(|e| anyhow::anyhow!("data set `{}`: {e}", run.dataset))?;
@@ -210,18 +212,28 @@ pub fn train_run(pipeline: &Pipeline, instance: &RunInstance, status: TrainPlan)
     write_parquet_stamped(&layout.probe(), &mut probe.to_frame(), Stamp::new(&fingerprint))?;
     let eval_len = run.eval_size.unwrap_or(dataset.test.len()).min(dataset.test.len());
     let train_eval_len = run.train_eval_size.unwrap_or(DEFAULT_TRAIN_EVAL_SIZE).min(train_indices.len());
+    let evaluation = Evaluation {
+        probe: probe.images(&dataset).map_err(|e| anyhow::anyhow!(e))?,
+        normalization: normalization.clone(),
+        eval_indices: (0..eval_len).collect(),
+        train_eval_indices: train_indices[..train_eval_len].to_vec(),
+    };
+    if let Some(external) = &run.external {
+        let model = checkpoint_model(pipeline, run);
+        return import_run(ImportSetup { name, run, external, layout: &layout, fingerprint, model, dataset, evaluation });
+    }
     let setup = Setup {
         name,
         run,
         layout: &layout,
         fingerprint,
         model: checkpoint_model(pipeline, run),
-        plan,
-        probe: probe.images(&dataset).map_err(|e| anyhow::anyhow!(e))?,
+        plan: Plan::new(run, train_indices.len()),
+        probe: evaluation.probe,
         normalization,
-        train_eval_indices: train_indices[..train_eval_len].to_vec(),
+        train_eval_indices: evaluation.train_eval_indices,
         train_indices,
-        eval_indices: (0..eval_len).collect(),
+        eval_indices: evaluation.eval_indices,
         dataset,
     };
 
@@ -255,6 +267,110 @@ pub fn train_run(pipeline: &Pipeline, instance: &RunInstance, status: TrainPlan)
         Some(d) => TrainOutcome::Diverged(d),
         None => TrainOutcome::Finished(setup.plan.last_step),
     })
+}
+
+/// What a checkpoint's weights are evaluated on besides the test set: the
+/// probe images and the fixed training images.
+struct Evaluation {
+    probe: ImageSet,
+    normalization: Normalization,
+    eval_indices: Vec<usize>,
+    train_eval_indices: Vec<usize>,
+}
+
+/// Everything fixed while a run trained elsewhere is imported.
+struct ImportSetup<'a> {
+    name: &'a str,
+    run: &'a RunConfig,
+    external: &'a ExternalRun,
+    layout: &'a RunLayout,
+    fingerprint: String,
+    model: common::artifacts::CheckpointModel,
+    dataset: Dataset,
+    evaluation: Evaluation,
+}
+
+/// Imports a run trained elsewhere: checks that its checkpoints and its
+/// metrics file list the same steps, reads every checkpoint into the run's
+/// model (a wrong tensor name or shape is an error naming the file and the
+/// tensor), evaluates it as a trained run's checkpoints are evaluated, and
+/// writes it as the run's checkpoint with this configuration's metadata,
+/// then the metrics table. The file's `train_loss` and `train_acc` are the
+/// training-loop records; where the file has none, the loss and accuracy
+/// on the fixed training images stand in.
+fn import_run(setup: ImportSetup) -> anyhow::Result<TrainOutcome> {
+    let ImportSetup { name, run, external, layout, fingerprint, model, dataset, evaluation } = setup;
+    let files = external_checkpoints(&external.checkpoints).map_err(anyhow::Error::msg)?;
+    let metrics = read_external_metrics(&external.metrics).map_err(anyhow::Error::msg)?;
+    for (step, path) in &files {
+        if !metrics.iter().any(|m| m.step == *step) {
+            bail!("{}: step {step} is missing from the metrics file {}", path.display(), external.metrics.display());
+        }
+    }
+    if let Some(m) = metrics.iter().find(|m| !files.iter().any(|(step, _)| *step == m.step)) {
+        bail!(
+            "{}: step {} has no checkpoint step-{}.safetensors in {}",
+            external.metrics.display(),
+            m.step,
+            m.step,
+            external.checkpoints.display()
+        );
+    }
+    remove_checkpoints(layout)?;
+    let classes = dataset.classes;
+    let mut rows = Vec::with_capacity(files.len());
+    for ((step, path), recorded) in files.iter().zip(&metrics) {
+        let step = *step;
+        let file = read_tensors(path)?;
+        let mut tensors = BTreeMap::new();
+        for (tensor, data) in file.tensors {
+            match data {
+                TensorData::F32 { shape, data } => {
+                    tensors.insert(tensor, (shape, data));
+                }
+                TensorData::I64 { .. } => {
+                    bail!("{}: tensor `{tensor}` is int64; a state_dict of float32 parameters is expected", path.display())
+                }
+            }
+        }
+        let mut network = Model::zeros(&model.architecture, model.input)?;
+        network.load_parameters(&tensors).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if let Some(p) = network.parameters().iter().find(|p| p.data.iter().any(|v| !v.is_finite())) {
+            bail!("{}: tensor `{}` holds NaN or infinite values", path.display(), p.name);
+        }
+        let e = &evaluation;
+        let (test_loss, test_acc) = evaluate(&network, &dataset.test, &e.eval_indices, &e.normalization, classes)?;
+        let all_probe: Vec<usize> = (0..e.probe.len()).collect();
+        let (probe_loss, probe_acc) = evaluate(&network, &e.probe, &all_probe, &e.normalization, classes)?;
+        let (train_eval_loss, train_eval_acc) =
+            evaluate(&network, &dataset.train, &e.train_eval_indices, &e.normalization, classes)?;
+        let train_loss = recorded.train_loss.unwrap_or(train_eval_loss);
+        let epoch = recorded.epoch.unwrap_or(f64::NAN);
+        rows.push(MetricsRow {
+            step,
+            epoch,
+            train_loss,
+            train_loss_running: train_loss,
+            train_acc_running: recorded.train_acc.unwrap_or(train_eval_acc),
+            test_loss,
+            test_acc,
+            probe_loss,
+            probe_acc,
+            train_eval_loss,
+            train_eval_acc,
+        });
+        let info = CheckpointInfo {
+            run: name.to_string(),
+            step,
+            epoch,
+            dataset: run.dataset.clone(),
+            fingerprint: checkpoint_fingerprint(&fingerprint, step),
+        };
+        write_checkpoint(&layout.checkpoint(step), &network, &info)?;
+        tracing::info!("run `{name}`: imported step {step} from {}: test loss {test_loss:.4}", path.display());
+    }
+    write_parquet_stamped(&layout.metrics(), &mut metrics_frame(&rows), Stamp::new(&fingerprint))?;
+    Ok(TrainOutcome::Finished(rows.last().map_or(0, |r| r.step)))
 }
 
 /// The rows of the checkpoints written, and whether training stopped early.

@@ -239,7 +239,21 @@ impl PipelineConfig {
                     return fail(key("seed"), "give `seed` or `seeds`, not both");
                 }
             }
-            if r.epochs == 0 {
+            match (&r.external, r.epochs, &r.checkpoints) {
+                (Some(_), None, None) => {
+                    if r.seeds.is_some() {
+                        return fail(key("seeds"), "an external run is one training; give it no `seeds`");
+                    }
+                }
+                (Some(_), Some(_), _) => return fail(key("epochs"), "not used by an `external` run (it is trained already)"),
+                (Some(_), None, Some(_)) => {
+                    return fail(key("checkpoints"), "not used by an `external` run: its checkpoints are the files it names")
+                }
+                (None, None, _) => return fail(key("epochs"), "required (or `external` for a run trained elsewhere)"),
+                (None, _, None) => return fail(key("checkpoints"), "required, e.g. { every = 100 }"),
+                (None, Some(_), Some(_)) => {}
+            }
+            if r.epochs == Some(0) {
                 return fail(key("epochs"), "must be at least 1");
             }
             if r.batch_size == 0 {
@@ -257,11 +271,13 @@ impl PipelineConfig {
             if r.train_eval_size == Some(0) {
                 return fail(key("train_eval_size"), "must be at least 1 (or left out for 2000)");
             }
-            if r.checkpoints.every == 0 {
-                return fail(key("checkpoints.every"), "must be at least 1");
-            }
-            if r.checkpoints.dense_every == Some(0) {
-                return fail(key("checkpoints.dense_every"), "must be at least 1");
+            if let Some(schedule) = &r.checkpoints {
+                if schedule.every == 0 {
+                    return fail(key("checkpoints.every"), "must be at least 1");
+                }
+                if schedule.dense_every == Some(0) {
+                    return fail(key("checkpoints.dense_every"), "must be at least 1");
+                }
             }
         }
         Ok(())

@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(rules.conv, RuleSpec::Gamma { gamma: 0.5 });
         assert_eq!(rules.dense, RuleSpec::Epsilon { epsilon: 1e-6 });
         assert_eq!(rules.max_pool, MaxPoolRule::Average);
-        assert_eq!(run.checkpoints.steps(13), vec![0, 2, 4, 6, 10, 13]);
+        assert_eq!(run.schedule().steps(13), vec![0, 2, 4, 6, 10, 13]);
         assert_eq!(p.measures(), Measure::ALL);
     }
 
@@ -389,6 +389,9 @@ mod tests {
             ("image folder without classes", MINIMAL.replace("kind = \"synthetic\"", "kind = \"image-folder\"\npath = \"d\""), "`datasets.synth.classes`: required for kind = \"image-folder\""),
             ("labels outside CIFAR-100", MINIMAL.replace("kind = \"synthetic\"", "kind = \"synthetic\"\nlabels = \"coarse\""), "`datasets.synth.labels`: only allowed for kind = \"cifar100\""),
             ("image folder of 2 channels", MINIMAL.replace("kind = \"synthetic\"", "kind = \"image-folder\"\npath = \"d\"\nclasses = 10").replace("3x32x32", "2x32x32"), "images have 1 (grey) or 3 (RGB) channels"),
+            ("external with epochs", MINIMAL.replace("epochs = 1", "epochs = 1\nexternal = { checkpoints = \"c\", metrics = \"m.csv\" }"), "`runs.a.epochs`: not used by an `external` run"),
+            ("external with a schedule", MINIMAL.replace("epochs = 1", "external = { checkpoints = \"c\", metrics = \"m.csv\" }"), "`runs.a.checkpoints`: not used by an `external` run"),
+            ("no epochs", MINIMAL.replace("epochs = 1\n", ""), "`runs.a.epochs`: required (or `external`"),
             ("NaN mean", MINIMAL.replace("shape = \"3x32x32\"", "shape = \"3x32x32\"\nmean = [nan, 0.5, 0.5]"), "datasets.synth.mean"),
             ("infinite std", MINIMAL.replace("shape = \"3x32x32\"", "shape = \"3x32x32\"\nstd = [inf, 0.5, 0.5]"), "datasets.synth.std"),
             ("no seeds", MINIMAL.replace("epochs = 1", "epochs = 1\nseeds = []"), "`runs.a.seeds`: name at least one seed"),

@@ -216,7 +216,11 @@ pub struct RunConfig {
     pub dataset: String,
     /// A preset (`simple`, `complex`) or a model of `[models]`.
     pub model: String,
-    pub epochs: u32,
+    /// Required for a run the trainer trains; not for an `external` one.
+    /// (Optional keys are left out of the serialised form when unset, so
+    /// runs that set them keep their fingerprints.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u32>,
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     #[serde(default = "default_learning_rate")]
@@ -236,9 +240,40 @@ pub struct RunConfig {
     /// training images (`train_eval_loss`; default 2000, or all of them if
     /// fewer).
     pub train_eval_size: Option<usize>,
-    pub checkpoints: CheckpointSchedule,
+    /// Required for a run the trainer trains; not for an `external` one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<CheckpointSchedule>,
     /// The fit regime this run is meant to show (a label for reports only).
     pub intended_fit: Option<String>,
+    /// A run trained elsewhere: its checkpoints and metrics, imported by
+    /// the trainer instead of training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRun>,
+}
+
+/// Where a run trained elsewhere keeps its files (docs/DESIGN.md, "Runs
+/// trained elsewhere").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalRun {
+    /// A folder of `step-<N>.safetensors` files, each a state_dict of the
+    /// run's model.
+    pub checkpoints: PathBuf,
+    /// A CSV file with a `step` column and optionally `epoch`,
+    /// `train_loss` and `train_acc`.
+    pub metrics: PathBuf,
+}
+
+impl RunConfig {
+    /// The checkpoint schedule of a trained run (checked to be there).
+    pub fn schedule(&self) -> &CheckpointSchedule {
+        self.checkpoints.as_ref().expect("checked: a trained run has a checkpoint schedule")
+    }
+
+    /// The epochs of a trained run (checked to be there).
+    pub fn epoch_count(&self) -> u32 {
+        self.epochs.expect("checked: a trained run has epochs")
+    }
 }
 
 fn default_batch_size() -> usize {
