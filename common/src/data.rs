@@ -165,10 +165,15 @@ fn idx_file(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
     Err(data_error(&dir.join(name), "missing (neither the file nor its .gz exists); run `make data`"))
 }
 
-/// Fashion-MNIST or MNIST: the four official IDX files in `dir`.
+/// The four official IDX files of MNIST, Fashion-MNIST or KMNIST.
+const IDX_FILES: [&str; 4] =
+    ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
+
+/// MNIST, Fashion-MNIST or KMNIST: the four official IDX files in `dir`.
 pub fn load_idx_dir(dir: &Path) -> Result<Dataset, DataError> {
-    let train = load_idx(&idx_file(dir, "train-images-idx3-ubyte")?, &idx_file(dir, "train-labels-idx1-ubyte")?)?;
-    let test = load_idx(&idx_file(dir, "t10k-images-idx3-ubyte")?, &idx_file(dir, "t10k-labels-idx1-ubyte")?)?;
+    let [train_images, train_labels, test_images, test_labels] = IDX_FILES.map(|name| idx_file(dir, name));
+    let train = load_idx(&train_images?, &train_labels?)?;
+    let test = load_idx(&test_images?, &test_labels?)?;
     Ok(Dataset { train, test, classes: 10 })
 }
 
@@ -198,6 +203,12 @@ pub fn load_cifar_batches(paths: &[PathBuf]) -> Result<ImageSet, DataError> {
 
 /// CIFAR-10: `data_batch_*.bin` and `test_batch.bin` in `dir`.
 pub fn load_cifar_dir(dir: &Path) -> Result<Dataset, DataError> {
+    let (train, test) = cifar_files(dir)?;
+    Ok(Dataset { train: load_cifar_batches(&train)?, test: load_cifar_batches(&[test])?, classes: 10 })
+}
+
+/// CIFAR-10's training batches, in name order, and its test batch.
+fn cifar_files(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf), DataError> {
     let entries = std::fs::read_dir(dir).map_err(|e| data_error(dir, format!("cannot list: {e}; run `make data`")))?;
     let mut train: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -214,7 +225,7 @@ pub fn load_cifar_dir(dir: &Path) -> Result<Dataset, DataError> {
     if !test.is_file() {
         return Err(data_error(&test, "missing"));
     }
-    Ok(Dataset { train: load_cifar_batches(&train)?, test: load_cifar_batches(&[test])?, classes: 10 })
+    Ok((train, test))
 }
 
 const CIFAR100_RECORD: usize = 2 + 3 * 32 * 32;
@@ -335,6 +346,33 @@ pub fn load_image_folder(dir: &Path, shape: ImageShape, classes: usize) -> Resul
     let train = load_image_split(&train_dir, &names, shape)?;
     let test = load_image_split(&dir.join("test"), &names, shape)?;
     Ok(Dataset { train, test, classes })
+}
+
+/// The files a data set is read from, in a fixed order: what its
+/// fingerprint hashes (none for a synthetic one). Image folders list every
+/// image of `train/` and `test/`, class folders in name order.
+pub fn dataset_files(config: &crate::config::DatasetConfig) -> Result<Vec<PathBuf>, DataError> {
+    use crate::config::DatasetKind;
+    let Some(dir) = config.path.as_deref() else { return Ok(Vec::new()) };
+    Ok(match config.kind {
+        DatasetKind::Synthetic => Vec::new(),
+        DatasetKind::Idx => IDX_FILES.iter().map(|name| idx_file(dir, name)).collect::<Result<_, _>>()?,
+        DatasetKind::Cifar10 => {
+            let (mut files, test) = cifar_files(dir)?;
+            files.push(test);
+            files
+        }
+        DatasetKind::Cifar100 => vec![dir.join("train.bin"), dir.join("test.bin")],
+        DatasetKind::ImageFolder => {
+            let mut files = Vec::new();
+            for split in ["train", "test"] {
+                for class in sorted_entries(&dir.join(split), true)? {
+                    files.extend(sorted_entries(&class, false)?);
+                }
+            }
+            files
+        }
+    })
 }
 
 /// Writes `dataset` as an image folder (the layout

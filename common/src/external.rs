@@ -4,13 +4,11 @@
 //! run's fingerprint covers their content (not their paths' names alone),
 //! so replacing a checkpoint re-imports the run and redoes what follows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
 
-use crate::artifacts::content_hash;
 use crate::config::ExternalRun;
+use crate::content::file_hashes;
 
 /// The checkpoint files of a run trained elsewhere, by step, ascending:
 /// every `step-<N>.safetensors` in `dir` (other files are ignored; `N` is
@@ -89,43 +87,26 @@ pub fn read_external_metrics(path: &Path) -> Result<Vec<ExternalMetrics>, String
     Ok(rows)
 }
 
-/// What a file's content hash is known as: its path, length and time of
-/// modification.
-type FileKey = (PathBuf, u64, Option<SystemTime>);
-
-/// Content hashes computed in this process: every stage fingerprints every
-/// run, some several times, and a file unchanged since is not read again.
-static HASHES: Mutex<Option<HashMap<FileKey, String>>> = Mutex::new(None);
-
-/// The SHA-256 of a file's bytes, or why it cannot be read.
-fn file_hash(path: &Path) -> String {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return format!("missing: {}", path.display());
-    };
-    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
-    let mut cache = HASHES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(hash) = cache.get_or_insert_with(HashMap::new).get(&key) {
-        return hash.clone();
-    }
-    let hash = match std::fs::read(path) {
-        Ok(bytes) => content_hash(&bytes),
-        Err(e) => format!("unreadable: {e}"),
-    };
-    cache.get_or_insert_with(HashMap::new).insert(key, hash.clone());
-    hash
-}
-
 /// The content of a run trained elsewhere as its fingerprint takes it: the
 /// step and content hash of every checkpoint file and the metrics file's
 /// hash. Files that cannot be listed or read enter as the reason, so no
 /// stage finds such a run current and the trainer's import names the error.
-pub fn external_content(external: &ExternalRun) -> Vec<(String, String)> {
-    let mut content = match external_checkpoints(&external.checkpoints) {
-        Ok(files) => files.iter().map(|(step, path)| (format!("step-{step}"), file_hash(path))).collect(),
-        Err(e) => vec![("checkpoints".to_string(), e)],
+/// `output` is the output folder (it holds the hash cache, see `content`).
+pub fn external_content(output: &Path, external: &ExternalRun) -> Vec<(String, String)> {
+    let (mut names, mut files) = match external_checkpoints(&external.checkpoints) {
+        Ok(steps) => steps.into_iter().map(|(step, path)| (format!("step-{step}"), path)).unzip(),
+        Err(e) => (vec![format!("checkpoints: {e}")], Vec::new()),
     };
-    content.push(("metrics".to_string(), file_hash(&external.metrics)));
-    content
+    names.push("metrics".to_string());
+    files.push(external.metrics.clone());
+    // An unlistable folder has a name but no file: its error is its content.
+    let hashes = file_hashes(output, &files);
+    let offset = names.len() - hashes.len();
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| (name, if i < offset { String::new() } else { hashes[i - offset].clone() }))
+        .collect()
 }
 
 #[cfg(test)]
@@ -174,10 +155,12 @@ mod tests {
         std::fs::write(d.join("step-0.safetensors"), "a").unwrap();
         std::fs::write(d.join("m.csv"), "step\n0\n").unwrap();
         let external = ExternalRun { checkpoints: d.clone(), metrics: d.join("m.csv") };
-        let before = external_content(&external);
+        let before = external_content(&d, &external);
         std::fs::write(d.join("step-0.safetensors"), "bb").unwrap();
-        assert_ne!(before, external_content(&external));
-        let missing = ExternalRun { metrics: d.join("gone.csv"), ..external };
-        assert!(external_content(&missing).last().unwrap().1.starts_with("missing:"));
+        assert_ne!(before, external_content(&d, &external));
+        let missing = ExternalRun { metrics: d.join("gone.csv"), ..external.clone() };
+        assert!(external_content(&d, &missing).last().unwrap().1.starts_with("missing:"));
+        let unlisted = ExternalRun { checkpoints: d.join("nowhere"), ..external };
+        assert!(external_content(&d, &unlisted)[0].0.contains("cannot list"));
     }
 }

@@ -13,6 +13,7 @@ pub mod artifacts;
 pub mod benchmarks;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod data;
 pub mod external;
 pub mod image;

@@ -8,10 +8,11 @@
 
 use crate::artifacts::tables::metrics::read_metrics;
 use crate::artifacts::{verify_stamp, CheckpointModel, Fingerprinter, RunLayout, Stamp};
-use crate::config::{MethodConfig, Pipeline, PipelineConfig, RunConfig, RunInstance};
+use crate::config::{DatasetConfig, MethodConfig, Pipeline, PipelineConfig, RunConfig, RunInstance};
 use crate::measures::Measure;
 
-/// Fingerprint of a run instance's training: its data set, its training
+/// Fingerprint of a run instance's training: its data set (for one read
+/// from files, its section without the folder and the files' content), its training
 /// settings (with its own seed), the probe set (whose loss the trainer
 /// records) and, for a replicate, the seed of the training subset it
 /// shares with the run's other seeds. `intended_fit` is only a label for
@@ -23,20 +24,42 @@ pub fn run_fingerprint(config: &PipelineConfig, instance: &RunInstance) -> Strin
     // A run trained elsewhere enters by the content of its files, not by
     // where they are: moving them imports nothing again.
     let training = RunConfig { intended_fit: None, external: None, ..instance.config.clone() };
-    let mut fingerprint = Fingerprinter::new()
-        .add("dataset", &config.datasets.get(&training.dataset))
-        .add("run", &training)
-        .add("probe", &config.probe);
+    let output = &config.output.dir;
+    let mut fingerprint = Fingerprinter::new();
+    fingerprint = match config.datasets.get(&training.dataset) {
+        // A data set read from files enters by their content, not by where
+        // they are: moving the folder retrains nothing.
+        Some(dataset) if dataset.path.is_some() => fingerprint
+            .add("dataset", &DatasetConfig { path: None, ..dataset.clone() })
+            .add("data", &data_content(output, dataset)),
+        dataset => fingerprint.add("dataset", &dataset),
+    };
+    fingerprint = fingerprint.add("run", &training).add("probe", &config.probe);
     if let Some(model) = config.models.get(&training.model) {
         fingerprint = fingerprint.add("model", model);
     }
     if let Some(external) = &instance.config.external {
-        fingerprint = fingerprint.add("external", &crate::external::external_content(external));
+        fingerprint = fingerprint.add("external", &crate::external::external_content(output, external));
     }
     if instance.replicated {
         fingerprint.add("subset_seed", &instance.subset_seed).finish()
     } else {
         fingerprint.finish()
+    }
+}
+
+/// The content of a data set's files as its runs' fingerprints take it:
+/// each file's name within the data set's folder and its SHA-256 (see
+/// `content`), or why the files cannot be listed.
+fn data_content(output: &std::path::Path, dataset: &DatasetConfig) -> Vec<(String, String)> {
+    let root = dataset.path.as_deref().unwrap_or(std::path::Path::new(""));
+    let key = format!("{:?} {}", dataset.kind, root.display());
+    match crate::content::remembered_listing(output, &key, || crate::data::dataset_files(dataset)) {
+        Ok(files) => {
+            let names = files.iter().map(|f| f.strip_prefix(root).unwrap_or(f).display().to_string());
+            names.zip(crate::content::file_hashes(output, &files)).collect()
+        }
+        Err(e) => vec![("unreadable".to_string(), e.problem)],
     }
 }
 

@@ -234,6 +234,31 @@ fn an_image_folder_trains_and_is_explained() {
         assert_eq!(maps.probe_id.len(), 40, "{method}: two seen and two unseen images per class");
         assert!(maps.maps.iter().all(|v| v.is_finite()) && maps.maps.iter().any(|&v| v != 0.0), "{method}");
     }
+    // The data enter by their content: moved elsewhere, nothing is redone;
+    // one image changed, the run trains again.
+    let moved = scratch_dir.with_extension("moved");
+    let _ = std::fs::remove_dir_all(&moved);
+    std::fs::rename(&scratch_dir, &moved).unwrap();
+    s.edit_config(
+        &format!("path = {:?}", scratch_dir.display().to_string()),
+        &format!("path = {:?}", moved.display().to_string()),
+    );
+    for stage in STAGES {
+        let log = s.ok(stage, &[]);
+        assert!(log.contains("nothing to do") || log.contains("up to date"), "{stage} after moving the data:\n{log}");
+    }
+    std::fs::rename(&moved, &scratch_dir).unwrap();
+    s.edit_config(
+        &format!("path = {:?}", moved.display().to_string()),
+        &format!("path = {:?}", scratch_dir.display().to_string()),
+    );
+    let image = scratch_dir.join("train/class-03/00003.png");
+    let mut pixels = image::open(&image).unwrap().to_rgb8();
+    pixels.put_pixel(0, 0, image::Rgb([255, 0, 0]));
+    pixels.save(&image).unwrap();
+    let log = s.ok("trainer", &["--dry-run"]);
+    assert!(log.contains("1 unit(s) to do"), "a changed image retrains:\n{log}");
+
     // A file of the wrong shape is an error naming it.
     image_of_wrong_size(&scratch_dir.join("train/class-03/zz.png"));
     let err = s.fails("trainer", &["--force"]);
