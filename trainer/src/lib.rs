@@ -29,6 +29,10 @@ use training::{run_status, train_run, TrainOutcome, TrainPlan};
 /// unchanged are skipped, interrupted runs resume where they stopped, and a
 /// run that fails is reported while the others still train (exit code 1).
 ///
+/// A run with `external = { checkpoints, metrics }` is not trained but
+/// imported: its checkpoints are checked against its model, evaluated on
+/// the data set and written as the run's own.
+///
 /// With `--torch-module MODEL` it trains nothing and prints the PyTorch
 /// module of that model instead.
 #[derive(Parser, Debug, Clone)]
