@@ -1,5 +1,6 @@
 //! Runs trained elsewhere (docs/DESIGN.md, "Runs trained elsewhere"): a
-//! folder of `step-<N>.safetensors` state_dicts and a metrics CSV. This
+//! folder of `step-<N>.safetensors` state_dicts and a metrics CSV or
+//! Parquet table. This
 //! module finds and reads their files; the trainer imports them, and the
 //! run's fingerprint covers their content (not their paths' names alone),
 //! so replacing a checkpoint re-imports the run and redoes what follows.
@@ -7,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::artifacts::tables::TableReader;
 use crate::config::ExternalRun;
 use crate::content::file_hashes;
 
@@ -44,9 +46,42 @@ pub struct ExternalMetrics {
 /// The columns of a metrics file the trainer reads; others are ignored.
 const METRICS_COLUMNS: [&str; 4] = ["step", "epoch", "train_loss", "train_acc"];
 
-/// Reads a metrics CSV: a header naming `step` and any of `epoch`,
-/// `train_loss`, `train_acc`, then one row per step (no step twice).
+/// Reads a metrics file: a Parquet table (by its `.parquet` ending) with
+/// an int64 `step` column and any of the float64 columns `epoch`,
+/// `train_loss`, `train_acc`; or a CSV with a header naming `step` and any
+/// of those, then one row per step. No step twice.
 pub fn read_external_metrics(path: &Path) -> Result<Vec<ExternalMetrics>, String> {
+    let mut rows =
+        if path.extension().is_some_and(|e| e == "parquet") { read_parquet_metrics(path)? } else { read_csv_metrics(path)? };
+    rows.sort_by_key(|r| r.step);
+    if let Some(pair) = rows.windows(2).find(|w| w[0].step == w[1].step) {
+        return Err(format!("{}: step {} is listed twice", path.display(), pair[0].step));
+    }
+    Ok(rows)
+}
+
+fn read_parquet_metrics(path: &Path) -> Result<Vec<ExternalMetrics>, String> {
+    let table = TableReader::open(path, "a metrics file").map_err(|e| e.to_string())?;
+    let steps = table.i64("step").map_err(|e| e.to_string())?;
+    let optional = |name: &str| -> Result<Vec<Option<f64>>, String> {
+        if table.has(name) {
+            table.optional_f64(name).map_err(|e| e.to_string())
+        } else {
+            Ok(vec![None; steps.len()])
+        }
+    };
+    let (epoch, train_loss, train_acc) = (optional("epoch")?, optional("train_loss")?, optional("train_acc")?);
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, &step)| {
+            let step = u64::try_from(step).map_err(|_| format!("{}: row {i}: step {step} is negative", path.display()))?;
+            Ok(ExternalMetrics { step, epoch: epoch[i], train_loss: train_loss[i], train_acc: train_acc[i] })
+        })
+        .collect()
+}
+
+fn read_csv_metrics(path: &Path) -> Result<Vec<ExternalMetrics>, String> {
     let fail = |what: String| format!("{}: {what}", path.display());
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
@@ -73,9 +108,6 @@ pub fn read_external_metrics(path: &Path) -> Result<Vec<ExternalMetrics>, String
         let step = cells[step_column]
             .parse::<u64>()
             .map_err(|_| fail(format!("row {}: `step` = `{}` is not a whole number", number + 1, cells[step_column])))?;
-        if rows.iter().any(|r| r.step == step) {
-            return Err(fail(format!("step {step} is listed twice")));
-        }
         rows.push(ExternalMetrics {
             step,
             epoch: value("epoch")?,
@@ -147,6 +179,21 @@ mod tests {
             let err = read_external_metrics(&csv).unwrap_err();
             assert!(err.contains("metrics.csv") && err.contains(message), "{err}");
         }
+    }
+
+    #[test]
+    fn metrics_read_from_parquet_too() {
+        use polars::prelude::*;
+        let d = dir("parquet");
+        let path = d.join("metrics.parquet");
+        let mut frame = df!("step" => [10i64, 0], "train_loss" => [Some(0.5), None], "other" => ["a", "b"]).unwrap();
+        crate::artifacts::write_parquet(&path, &mut frame).unwrap();
+        let rows = read_external_metrics(&path).unwrap();
+        assert_eq!(rows[0], ExternalMetrics { step: 0, epoch: None, train_loss: None, train_acc: None });
+        assert_eq!(rows[1], ExternalMetrics { step: 10, epoch: None, train_loss: Some(0.5), train_acc: None });
+        let mut steps_as_floats = df!("step" => [1.0f64]).unwrap();
+        crate::artifacts::write_parquet(&path, &mut steps_as_floats).unwrap();
+        assert!(read_external_metrics(&path).unwrap_err().contains("metrics.parquet"));
     }
 
     #[test]

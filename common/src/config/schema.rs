@@ -259,8 +259,8 @@ pub struct ExternalRun {
     /// A folder of `step-<N>.safetensors` files, each a state_dict of the
     /// run's model.
     pub checkpoints: PathBuf,
-    /// A CSV file with a `step` column and optionally `epoch`,
-    /// `train_loss` and `train_acc`.
+    /// A CSV file (or a `.parquet` table) with a `step` column and
+    /// optionally `epoch`, `train_loss` and `train_acc`.
     pub metrics: PathBuf,
 }
 
