@@ -138,32 +138,13 @@ pub fn conv2d_forward(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<
 /// [`conv2d_forward`], followed by a ReLU when `relu` is set (one pass over
 /// the output instead of two).
 pub fn conv2d_forward_with(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
-    strided_forward(x, g, weight, bias, relu, false).0
+    forward_on(Isa::detected(), x, g, weight, bias, relu, false).0
 }
 
 /// The convolution's output and its ReLU, written in one pass.
 pub fn conv2d_forward_and_relu(x: &[f32], g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
-    let (activated, output) = strided_forward(x, g, weight, bias, true, true);
+    let (activated, output) = forward_on(Isa::detected(), x, g, weight, bias, true, true);
     (output.expect("kept on request"), activated)
-}
-
-/// [`forward_on`] for any stride: a strided convolution runs as the
-/// stride-1 convolution of its input's phases (see `strided`).
-fn strided_forward(
-    x: &[f32],
-    g: &ConvGeometry,
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    relu: bool,
-    keep_pre_activation: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
-    let isa = Isa::detected();
-    if g.stride == 1 {
-        return forward_on(isa, x, g, weight, bias, relu, keep_pre_activation);
-    }
-    assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
-    let split = PhaseSplit::new(g);
-    forward_on(isa, &split.input(x), &split.phased, &split.weight(weight), bias, relu, keep_pre_activation)
 }
 
 /// A convolution prepared for a batch: its weights laid out for the
@@ -299,7 +280,9 @@ impl ConvPass {
 }
 
 /// The convolution (with ReLU when `relu` is set) and, when
-/// `keep_pre_activation` is set, the output before the ReLU too.
+/// `keep_pre_activation` is set, the output before the ReLU too. A strided
+/// convolution runs as the stride-1 convolution of its input's phases (see
+/// `strided`).
 fn forward_on(
     isa: Isa,
     x: &[f32],
@@ -310,6 +293,10 @@ fn forward_on(
     keep_pre_activation: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
+    if g.stride != 1 {
+        let split = PhaseSplit::new(g);
+        return forward_on(isa, &split.input(x), &split.phased, &split.weight(weight), bias, relu, keep_pre_activation);
+    }
     run_pass(&ConvPass::new(isa, g, weight, bias, relu), x, keep_pre_activation)
 }
 
@@ -347,21 +334,20 @@ pub fn conv2d_backward_input(dy: &[f32], g: &ConvGeometry, weight: &[f32]) -> Ve
 /// Gradients of a convolution's weight and bias, summed over the batch in a
 /// fixed order (the result does not depend on the thread count).
 pub fn conv2d_backward_params(x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Vec<f32>) {
-    assert_eq!(dy.len() % g.out_len(), 0, "conv2d output gradient is not a whole number of images");
-    let isa = Isa::detected();
-    if g.stride == 1 {
-        return params_on(isa, x, dy, g);
-    }
-    assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
-    let split = PhaseSplit::new(g);
-    let (d_phased, db) = params_on(isa, &split.input(x), dy, &split.phased);
-    (split.weight_gradient(&d_phased), db)
+    params_on(Isa::detected(), x, dy, g)
 }
 
+/// The weight and bias gradients; a strided convolution's through the
+/// phase kernel's (see `strided`).
 fn params_on(isa: Isa, x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Vec<f32>) {
     assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
     let batch = x.len() / g.in_len();
     assert_eq!(dy.len(), batch * g.out_len(), "conv2d output gradient length");
+    if g.stride != 1 {
+        let split = PhaseSplit::new(g);
+        let (d_phased, db) = params_on(isa, &split.input(x), dy, &split.phased);
+        return (split.weight_gradient(&d_phased), db);
+    }
     let params = ParamGradient::new(isa, g);
     let per = IMAGES_PER_PARTIAL_GRADIENT;
     let partials: Vec<Vec<f32>> = x
