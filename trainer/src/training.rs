@@ -170,12 +170,8 @@ struct Setup<'a> {
     model: common::artifacts::CheckpointModel,
     plan: Plan,
     dataset: Dataset,
-    normalization: Normalization,
     train_indices: Vec<usize>,
-    eval_indices: Vec<usize>,
-    /// The fixed training images the checkpoint's weights are evaluated on.
-    train_eval_indices: Vec<usize>,
-    probe: ImageSet,
+    evaluation: Evaluation,
 }
 
 /// How training a run ended.
@@ -214,7 +210,7 @@ pub fn train_run(pipeline: &Pipeline, instance: &RunInstance, status: TrainPlan)
     let train_eval_len = run.train_eval_size.unwrap_or(DEFAULT_TRAIN_EVAL_SIZE).min(train_indices.len());
     let evaluation = Evaluation {
         probe: probe.images(&dataset).map_err(|e| anyhow::anyhow!(e))?,
-        normalization: normalization.clone(),
+        normalization,
         eval_indices: (0..eval_len).collect(),
         train_eval_indices: train_indices[..train_eval_len].to_vec(),
     };
@@ -229,11 +225,8 @@ pub fn train_run(pipeline: &Pipeline, instance: &RunInstance, status: TrainPlan)
         fingerprint,
         model: checkpoint_model(pipeline, run),
         plan: Plan::new(run, train_indices.len()),
-        probe: evaluation.probe,
-        normalization,
-        train_eval_indices: evaluation.train_eval_indices,
         train_indices,
-        eval_indices: evaluation.eval_indices,
+        evaluation,
         dataset,
     };
 
@@ -269,13 +262,36 @@ pub fn train_run(pipeline: &Pipeline, instance: &RunInstance, status: TrainPlan)
     })
 }
 
-/// What a checkpoint's weights are evaluated on besides the test set: the
-/// probe images and the fixed training images.
+/// What a checkpoint's weights are evaluated on: the first test images,
+/// the probe images and fixed training images.
 struct Evaluation {
     probe: ImageSet,
     normalization: Normalization,
     eval_indices: Vec<usize>,
+    /// The fixed training images the checkpoint's weights are evaluated on.
     train_eval_indices: Vec<usize>,
+}
+
+/// A checkpoint's losses and accuracies on the sets of an [`Evaluation`].
+struct Evaluated {
+    test_loss: f64,
+    test_acc: f64,
+    probe_loss: f64,
+    probe_acc: f64,
+    train_eval_loss: f64,
+    train_eval_acc: f64,
+}
+
+impl Evaluation {
+    fn of(&self, model: &Model, dataset: &Dataset) -> anyhow::Result<Evaluated> {
+        let classes = dataset.classes;
+        let (test_loss, test_acc) = evaluate(model, &dataset.test, &self.eval_indices, &self.normalization, classes)?;
+        let all_probe: Vec<usize> = (0..self.probe.len()).collect();
+        let (probe_loss, probe_acc) = evaluate(model, &self.probe, &all_probe, &self.normalization, classes)?;
+        let (train_eval_loss, train_eval_acc) =
+            evaluate(model, &dataset.train, &self.train_eval_indices, &self.normalization, classes)?;
+        Ok(Evaluated { test_loss, test_acc, probe_loss, probe_acc, train_eval_loss, train_eval_acc })
+    }
 }
 
 /// Everything fixed while a run trained elsewhere is imported.
@@ -317,7 +333,6 @@ fn import_run(setup: ImportSetup) -> anyhow::Result<TrainOutcome> {
         );
     }
     remove_checkpoints(layout)?;
-    let classes = dataset.classes;
     let mut rows = Vec::with_capacity(files.len());
     for ((step, path), recorded) in files.iter().zip(&metrics) {
         let step = *step;
@@ -338,12 +353,8 @@ fn import_run(setup: ImportSetup) -> anyhow::Result<TrainOutcome> {
         if let Some(p) = network.parameters().iter().find(|p| p.data.iter().any(|v| !v.is_finite())) {
             bail!("{}: tensor `{}` holds NaN or infinite values", path.display(), p.name);
         }
-        let e = &evaluation;
-        let (test_loss, test_acc) = evaluate(&network, &dataset.test, &e.eval_indices, &e.normalization, classes)?;
-        let all_probe: Vec<usize> = (0..e.probe.len()).collect();
-        let (probe_loss, probe_acc) = evaluate(&network, &e.probe, &all_probe, &e.normalization, classes)?;
-        let (train_eval_loss, train_eval_acc) =
-            evaluate(&network, &dataset.train, &e.train_eval_indices, &e.normalization, classes)?;
+        let Evaluated { test_loss, test_acc, probe_loss, probe_acc, train_eval_loss, train_eval_acc } =
+            evaluation.of(&network, &dataset)?;
         let train_loss = recorded.train_loss.unwrap_or(train_eval_loss);
         let epoch = recorded.epoch.unwrap_or(f64::NAN);
         rows.push(MetricsRow {
@@ -408,7 +419,7 @@ fn start(setup: &Setup) -> anyhow::Result<(Model, ResumeState)> {
     let mut state = state;
     let order = epoch_order(setup, 0);
     let chosen = batch_indices(setup, &order, 1);
-    let x = setup.normalization.batch(&setup.dataset.train, chosen);
+    let x = setup.evaluation.normalization.batch(&setup.dataset.train, chosen);
     let labels: Vec<u8> = chosen.iter().map(|&i| setup.dataset.train.labels[i]).collect();
     let (loss, correct) = cross_entropy_and_correct(&model.forward(&x)?, &labels, setup.dataset.classes);
     state.running.add(loss, correct, labels.len());
@@ -457,7 +468,7 @@ fn train_from(setup: &Setup, mut model: Model, mut state: ResumeState) -> anyhow
             order = Some((epoch, epoch_order(setup, epoch)));
         }
         let chosen = batch_indices(setup, &order.as_ref().expect("set above").1, step);
-        setup.normalization.batch_into(&setup.dataset.train, chosen, &mut x);
+        setup.evaluation.normalization.batch_into(&setup.dataset.train, chosen, &mut x);
         let labels: Vec<u8> = chosen.iter().map(|&i| setup.dataset.train.labels[i]).collect();
         // Dropout masks are drawn per step, so a resumed run draws the same.
         let dropout_seed = Rng::for_purpose(setup.run.seed, &format!("dropout-{step}")).next_u64();
@@ -509,16 +520,12 @@ fn evaluate(
 /// simply not resumable, never inconsistent). A model whose weights or
 /// evaluation losses are not finite is not written: that is a divergence.
 fn checkpoint(setup: &Setup, model: &Model, state: &mut ResumeState, train_loss: f64) -> anyhow::Result<Option<Divergence>> {
-    let classes = setup.dataset.classes;
     let step = state.step;
     if let Some(p) = model.parameters().iter().find(|p| p.data.iter().any(|v| !v.is_finite())) {
         return Ok(Some(Divergence { step, why: format!("`{}` holds NaN or infinite weights at step {step}", p.name) }));
     }
-    let (test_loss, test_acc) = evaluate(model, &setup.dataset.test, &setup.eval_indices, &setup.normalization, classes)?;
-    let all_probe: Vec<usize> = (0..setup.probe.len()).collect();
-    let (probe_loss, probe_acc) = evaluate(model, &setup.probe, &all_probe, &setup.normalization, classes)?;
-    let (train_eval_loss, train_eval_acc) =
-        evaluate(model, &setup.dataset.train, &setup.train_eval_indices, &setup.normalization, classes)?;
+    let Evaluated { test_loss, test_acc, probe_loss, probe_acc, train_eval_loss, train_eval_acc } =
+        setup.evaluation.of(model, &setup.dataset)?;
     if let Some((what, loss)) = [("test", test_loss), ("probe", probe_loss), ("training-set", train_eval_loss)]
         .into_iter()
         .find(|(_, l)| !(l.is_finite() && *l <= DIVERGED_LOSS))
