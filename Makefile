@@ -53,6 +53,7 @@ test: build
 bench:
 	$(CARGO) bench -p trainer --bench train_step
 	$(CARGO) bench -p explainer --bench explain
+	$(CARGO) bench -p engine --bench layers
 
 bench-peer:
 	scripts/compare-peer.sh

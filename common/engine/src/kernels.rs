@@ -764,6 +764,56 @@ fn dense_shape(x: &[f32], inputs: usize, weight: &[f32]) -> (usize, usize) {
 const SERIAL: gemm::Parallelism = gemm::Parallelism::None;
 const PARALLEL: gemm::Parallelism = gemm::Parallelism::Rayon(0);
 
+/// One of the three computations of a convolution layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvWork {
+    /// [`conv2d_forward`].
+    Forward,
+    /// [`conv2d_backward_input`].
+    InputGradient,
+    /// [`conv2d_backward_params`].
+    WeightGradient,
+}
+
+/// How the kernels compute one image's share of a [`ConvWork`], and the
+/// multiply-adds that takes (neither count includes padding): what a layer
+/// benchmark divides by the time to say how near the FMA peak it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvArithmetic {
+    /// `direct` or `winograd`, after `phases+` for a strided convolution
+    /// (see `strided`).
+    pub method: &'static str,
+    /// As a direct convolution of the layer: output positions · input
+    /// channels · output channels · kernel².
+    pub direct: u64,
+    /// As `method` computes it: Winograd's 16 per 2x2 output tile and
+    /// channel pair; a strided convolution's on its phases.
+    pub computed: u64,
+}
+
+/// The arithmetic of `work` on one image of a convolution of geometry `g`.
+pub fn conv_arithmetic(g: &ConvGeometry, work: ConvWork) -> ConvArithmetic {
+    let direct = (g.out_height() * g.out_width() * g.in_channels * g.out_channels * g.kernel * g.kernel) as u64;
+    if g.stride != 1 {
+        let phases = conv_arithmetic(&PhaseSplit::new(g).phased, work);
+        let method = if phases.method == "winograd" { "phases+winograd" } else { "phases+direct" };
+        return ConvArithmetic { method, direct, computed: phases.computed };
+    }
+    // The input gradient runs as the forward pass of the transposed
+    // convolution, so its method is chosen on that geometry.
+    let chosen = match work {
+        ConvWork::InputGradient => g.transposed(&vec![0.0; g.weight_len()]).0,
+        ConvWork::Forward | ConvWork::WeightGradient => *g,
+    };
+    if Winograd::applies(&chosen) {
+        let tiles = (chosen.out_height().div_ceil(2) * chosen.out_width().div_ceil(2)) as u64;
+        let computed = 16 * tiles * (chosen.in_channels * chosen.out_channels) as u64;
+        ConvArithmetic { method: "winograd", direct, computed }
+    } else {
+        ConvArithmetic { method: "direct", direct, computed: direct }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1282,5 +1332,40 @@ mod tests {
             let expect: f32 = (0..batch).map(|n| dy[n * outputs + o]).sum();
             assert!(close(db[o], expect), "db[{o}]");
         }
+    }
+
+    #[test]
+    fn conv_arithmetic_counts_by_hand() {
+        let g = |in_channels, out_channels, kernel, padding, side, stride| ConvGeometry {
+            in_channels,
+            out_channels,
+            kernel,
+            padding,
+            height: side,
+            width: side,
+            stride,
+        };
+        // 64 -> 64 channels, 3x3 on 14x14: Winograd on 7x7 tiles of 2x2, both ways.
+        let winograd = g(64, 64, 3, 1, 14, 1);
+        for work in [ConvWork::Forward, ConvWork::InputGradient, ConvWork::WeightGradient] {
+            let a = conv_arithmetic(&winograd, work);
+            assert_eq!((a.method, a.direct, a.computed), ("winograd", 196 * 64 * 64 * 9, 16 * 49 * 64 * 64), "{work:?}");
+        }
+        // One input channel: a direct forward pass, but the input gradient
+        // (32 -> 1 as the transposed convolution) has the channels Winograd needs.
+        let first = g(1, 32, 3, 1, 28, 1);
+        assert_eq!(
+            conv_arithmetic(&first, ConvWork::Forward),
+            ConvArithmetic { method: "direct", direct: 784 * 32 * 9, computed: 784 * 32 * 9 }
+        );
+        assert_eq!(conv_arithmetic(&first, ConvWork::InputGradient).method, "winograd");
+        // 5x5 without padding on 16x16: 12x12 outputs, direct.
+        let a = conv_arithmetic(&g(16, 32, 5, 0, 16, 1), ConvWork::Forward);
+        assert_eq!((a.method, a.computed), ("direct", 144 * 16 * 32 * 25));
+        // Stride 2, 3x3, padding 1 on 32x32: 16x16 outputs; the phases are
+        // 4·32 channels with a 2x2 kernel, so 16 of the 36 taps per output
+        // are ones the direct form would not compute (its 9 of 16 phase taps).
+        let a = conv_arithmetic(&g(32, 32, 3, 1, 32, 2), ConvWork::Forward);
+        assert_eq!((a.method, a.direct, a.computed), ("phases+direct", 256 * 32 * 32 * 9, 256 * 128 * 32 * 4));
     }
 }
