@@ -53,9 +53,15 @@ impl ConvGeometry {
         self.out_channels * self.patch_len()
     }
 
-    /// Width of a row of the zero-padded input.
+    /// Floats from one row of the zero-padded input to the next: the
+    /// image's width and one run of `padding` zeros, before the row's
+    /// pixels. The zeros before row `r + 1` serve as row `r`'s padding on
+    /// the right too (a tap reaches at most `padding` columns past either
+    /// edge, and `padding < kernel`), so the kernels compute `padding`
+    /// fewer virtual positions per output row than with a run on each side.
     pub(crate) fn padded_width(&self) -> usize {
-        self.width + 2 * self.padding
+        debug_assert!(self.padding < self.kernel, "the shared padding run needs padding below the kernel size");
+        self.width + self.padding
     }
 
     pub(crate) fn padded_plane(&self) -> usize {
