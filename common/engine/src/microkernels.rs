@@ -544,8 +544,9 @@ unsafe fn tail_products<V: Lanes, const T: usize>(
 /// read later (the rest are padding tiles, zero in `padded`): with AVX-512
 /// and blocks of 8 channels, up to four positions past the last whole
 /// vector are summed by [`tail_products`] (49 tiles of a 14-wide plane
-/// cost 48 and one instead of 64). The outputs at the other padding
-/// positions are left as they were.
+/// cost 48 and one instead of 64); with AVX2 the products end with the
+/// 8-position vector that holds the last real one (49 tiles cost 56). The
+/// outputs at the other padding positions are left as they were.
 pub(crate) fn tap_products_of_real(
     isa: Isa,
     block: usize,
@@ -563,6 +564,13 @@ pub(crate) fn tap_products_of_real(
         // and FMA makes; the kernels check their bounds before reading or
         // writing.
         unsafe { tap_products_avx512_with_tail(padded, offsets, packed, (whole, real - whole, positions), out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Isa::Avx2(_) = isa {
+        // SAFETY: `Isa::Avx2` holds a token that only detection of AVX2 and
+        // FMA makes; the kernel checks its bounds before reading or writing.
+        unsafe { tap_products_avx2(padded, offsets, packed, (real.next_multiple_of(8), positions), out) };
         return;
     }
     tap_products(isa, block, padded, offsets, packed, positions, out)
@@ -621,7 +629,7 @@ pub(crate) fn tap_products(
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512(_) => tap_products_avx512_narrow(padded, offsets, packed, positions, out),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2(_) => tap_products_avx2(padded, offsets, packed, positions, out),
+            Isa::Avx2(_) => tap_products_avx2(padded, offsets, packed, (positions, positions), out),
             Isa::Portable => tap_products_generic::<Scalar, 4, 16>(padded, offsets, packed, (positions, positions), out),
         }
     }
@@ -669,13 +677,21 @@ unsafe fn tap_products_avx512_narrow(padded: &[f32], offsets: &[usize], packed: 
     tap_products_generic::<x86::Avx512, 4, 2>(padded, offsets, packed, (positions, positions), out)
 }
 
+/// The first `computed` positions of each output channel's row of `stride`.
+///
 /// # Safety
 /// The CPU must run the features enabled here: callers hold the `Isa` token
 /// that detection makes only where it does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tap_products_avx2(padded: &[f32], offsets: &[usize], packed: &[f32], positions: usize, out: &mut [f32]) {
-    tap_products_generic::<x86::Avx2, 4, 2>(padded, offsets, packed, (positions, positions), out)
+unsafe fn tap_products_avx2(
+    padded: &[f32],
+    offsets: &[usize],
+    packed: &[f32],
+    (computed, stride): (usize, usize),
+    out: &mut [f32],
+) {
+    tap_products_generic::<x86::Avx2, 4, 2>(padded, offsets, packed, (computed, stride), out)
 }
 
 /// `acc[i][v] += Σ_t padded[offsets[i] + t] · gradient[t·stride + v·WIDTH ..]`
