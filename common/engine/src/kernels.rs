@@ -1368,4 +1368,33 @@ mod tests {
         let a = conv_arithmetic(&g(32, 32, 3, 1, 32, 2), ConvWork::Forward);
         assert_eq!((a.method, a.direct, a.computed), ("phases+direct", 256 * 32 * 32 * 9, 256 * 128 * 32 * 4));
     }
+
+    #[test]
+    fn gradient_transposes_match_the_plain_copy_on_every_variant() {
+        let isas = TestedIsas::new("kernels: gradient transpose variants");
+        // (channels, height, width, row, stride): whole and partial blocks
+        // of eight channels and positions, rows wider than the plane.
+        let cases = [(16, 14, 14, 16, 16), (32, 3, 8, 9, 32), (13, 5, 17, 19, 16), (3, 2, 5, 5, 16), (40, 4, 7, 8, 48)];
+        for (channels, height, width, row, stride) in cases {
+            let dy = random(channels * height * width, (channels * 31 + width) as u64);
+            let positions = (height * row).next_multiple_of(16);
+            let mut expected = vec![0.0f32; positions * stride];
+            for c in 0..channels {
+                for y in 0..height {
+                    for x in 0..width {
+                        expected[(y * row + x) * stride + c] = dy[(c * height + y) * width + x];
+                    }
+                }
+            }
+            isas.each(|isa| {
+                let mut out = Vec::new();
+                transpose_planes(isa, &dy, (channels, height, width), row, positions, stride, &mut out);
+                assert!(
+                    out.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()) && out.len() == expected.len(),
+                    "{} {channels}x{height}x{width}",
+                    isa.name()
+                );
+            });
+        }
+    }
 }

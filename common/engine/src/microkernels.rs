@@ -373,6 +373,77 @@ pub(crate) mod x86 {
         }
     }
 
+    /// See [`super::transpose_row`]: blocks of eight channels by eight
+    /// positions transposed in registers (unpack, shuffle, then swap the
+    /// 128-bit halves); the positions after the last whole eight and the
+    /// channels after the last whole eight are copied one at a time.
+    ///
+    /// # Safety
+    /// The CPU must run the features enabled here: callers hold the `Isa` token
+    /// that detection makes only where it does. The caller checks that the
+    /// row lies within `dy` and its transpose within `dst`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose_row_avx2(
+        dy: &[f32],
+        (channels, plane, width): (usize, usize, usize),
+        y: usize,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
+        let (src, out) = (dy.as_ptr().add(y * width), dst.as_mut_ptr());
+        let (whole_channels, whole_width) = (channels / 8 * 8, width / 8 * 8);
+        for first in (0..whole_channels).step_by(8) {
+            for x in (0..whole_width).step_by(8) {
+                let mut rows = [_mm256_setzero_ps(); 8];
+                for (i, row) in rows.iter_mut().enumerate() {
+                    *row = _mm256_loadu_ps(src.add((first + i) * plane + x));
+                }
+                for (i, column) in transpose8(rows).into_iter().enumerate() {
+                    _mm256_storeu_ps(out.add((x + i) * stride + first), column);
+                }
+            }
+            for x in whole_width..width {
+                for i in 0..8 {
+                    *out.add(x * stride + first + i) = *src.add((first + i) * plane + x);
+                }
+            }
+        }
+        for c in whole_channels..channels {
+            for x in 0..width {
+                *out.add(x * stride + c) = *src.add(c * plane + x);
+            }
+        }
+    }
+
+    /// The columns of the 8x8 matrix whose rows are `r`. Written out
+    /// without closures, so that every intrinsic is inlined into the AVX2
+    /// caller.
+    #[inline(always)]
+    unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        // Pairs of rows interleaved: for rows a, b, lo = (a0 b0 a1 b1 | a4 b4 a5 b5)
+        // and hi = (a2 b2 a3 b3 | a6 b6 a7 b7).
+        let (t0, t1) = (_mm256_unpacklo_ps(r[0], r[1]), _mm256_unpackhi_ps(r[0], r[1]));
+        let (t2, t3) = (_mm256_unpacklo_ps(r[2], r[3]), _mm256_unpackhi_ps(r[2], r[3]));
+        let (t4, t5) = (_mm256_unpacklo_ps(r[4], r[5]), _mm256_unpackhi_ps(r[4], r[5]));
+        let (t6, t7) = (_mm256_unpacklo_ps(r[6], r[7]), _mm256_unpackhi_ps(r[6], r[7]));
+        // Element j of four rows in the low half, element j + 4 in the high
+        // half: u0..u3 for rows 0-3, u4..u7 for rows 4-7.
+        let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
+        let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
+        let (u4, u5) = (_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xEE>(t4, t6));
+        let (u6, u7) = (_mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xEE>(t5, t7));
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+
     #[derive(Clone, Copy)]
     pub(super) struct Avx2(__m256);
 
@@ -1023,6 +1094,13 @@ fn transpose_row(
         // are masked to them.
         Isa::Avx512(_) => unsafe {
             x86::transpose_row_avx512(dy, (channels, plane, width), y, dst, stride);
+            true
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` holds a token that only detection of AVX2 and
+        // FMA makes; the bounds are checked above.
+        Isa::Avx2(_) => unsafe {
+            x86::transpose_row_avx2(dy, (channels, plane, width), y, dst, stride);
             true
         },
         _ => false,
