@@ -151,6 +151,10 @@ pub fn conv2d_forward_and_relu(x: &[f32], g: &ConvGeometry, weight: &[f32], bias
 /// method that computes it.
 pub(crate) struct ConvPass {
     g: ConvGeometry,
+    /// `g`'s output width and plane, which a pass reads for every output
+    /// row (each is a division by the stride).
+    out_width: usize,
+    out_plane: usize,
     method: Method,
     bias: Option<Vec<f32>>,
     relu: bool,
@@ -190,7 +194,8 @@ impl ConvPass {
             let packed = g.pack_weights(weight, block);
             Method::Direct { isa, block, packed, offsets: g.tap_offsets(), positions: g.virtual_positions() }
         };
-        ConvPass { g: *g, method, bias: bias.map(<[f32]>::to_vec), relu }
+        let (out_width, out_plane) = (g.out_width(), g.out_plane());
+        ConvPass { g: *g, out_width, out_plane, method, bias: bias.map(<[f32]>::to_vec), relu }
     }
 
     /// The pass whose forward computation is this convolution's input
@@ -261,9 +266,9 @@ impl ConvPass {
     /// `products` holds: bias, ReLU, and the value before the ReLU into
     /// `pre` when given.
     fn finish_rows(&self, o: usize, y: usize, products: &[f32], out: &mut [f32], pre: Option<&mut [f32]>) {
-        let (ow, plane, len) = (self.g.out_width(), self.g.out_plane(), products.len());
-        debug_assert_eq!(len % ow, 0, "whole output rows");
-        let at = o * plane + y * ow;
+        let len = products.len();
+        debug_assert_eq!(len % self.out_width, 0, "whole output rows");
+        let at = o * self.out_plane + y * self.out_width;
         let b = self.bias.as_ref().map_or(0.0, |b| b[o]);
         let dst = &mut out[at..][..len];
         match (self.relu, pre) {
