@@ -125,21 +125,25 @@ impl ConvGeometry {
         packed
     }
 
+    /// The geometry of [`ConvGeometry::transposed`].
+    pub(crate) fn transposed_geometry(&self) -> ConvGeometry {
+        debug_assert_eq!(self.stride, 1, "the transposed layout is that of a stride-1 convolution");
+        ConvGeometry {
+            in_channels: self.out_channels,
+            out_channels: self.in_channels,
+            kernel: self.kernel,
+            padding: self.kernel - 1 - self.padding,
+            height: self.out_height(),
+            width: self.out_width(),
+            stride: 1,
+        }
+    }
+
     /// The convolution whose forward pass is this one's input gradient:
     /// channels swapped, kernel flipped, padding `k - 1 - p`, on the output's
     /// plane.
     pub(crate) fn transposed(&self, weight: &[f32]) -> (ConvGeometry, Vec<f32>) {
-        debug_assert_eq!(self.stride, 1, "the transposed layout is that of a stride-1 convolution");
-        let k = self.kernel;
-        let transposed = ConvGeometry {
-            in_channels: self.out_channels,
-            out_channels: self.in_channels,
-            kernel: k,
-            padding: k - 1 - self.padding,
-            height: self.out_height(),
-            width: self.out_width(),
-            stride: 1,
-        };
+        let (transposed, k) = (self.transposed_geometry(), self.kernel);
         let mut flipped = vec![0.0f32; weight.len()];
         for o in 0..self.out_channels {
             for c in 0..self.in_channels {

@@ -807,7 +807,7 @@ pub fn conv_arithmetic(g: &ConvGeometry, work: ConvWork) -> ConvArithmetic {
     // The input gradient runs as the forward pass of the transposed
     // convolution, so its method is chosen on that geometry.
     let chosen = match work {
-        ConvWork::InputGradient => g.transposed(&vec![0.0; g.weight_len()]).0,
+        ConvWork::InputGradient => g.transposed_geometry(),
         ConvWork::Forward | ConvWork::WeightGradient => *g,
     };
     if Winograd::applies(&chosen) {
@@ -1367,9 +1367,10 @@ mod tests {
         // 5x5 without padding on 16x16: 12x12 outputs, direct.
         let a = conv_arithmetic(&g(16, 32, 5, 0, 16, 1), ConvWork::Forward);
         assert_eq!((a.method, a.computed), ("direct", 144 * 16 * 32 * 25));
-        // Stride 2, 3x3, padding 1 on 32x32: 16x16 outputs; the phases are
-        // 4·32 channels with a 2x2 kernel, so 16 of the 36 taps per output
-        // are ones the direct form would not compute (its 9 of 16 phase taps).
+        // Stride 2, 3x3, padding 1 on 32x32: 16x16 outputs from phases of
+        // 4·32 channels with a 2x2 kernel: 16 taps per input channel and
+        // output where the strided form has 9 (the phase kernel's zeros are
+        // computed).
         let a = conv_arithmetic(&g(32, 32, 3, 1, 32, 2), ConvWork::Forward);
         assert_eq!((a.method, a.direct, a.computed), ("phases+direct", 256 * 32 * 32 * 9, 256 * 128 * 32 * 4));
     }

@@ -427,4 +427,22 @@ mod tests {
         let instance = &single.instances(&[]).unwrap()[0];
         assert_eq!((instance.path.as_str(), instance.replicated, &instance.config), ("a", false, &single.config.runs["a"]));
     }
+
+    #[test]
+    fn every_shipped_config_loads() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut configs = vec![workspace.join("pipeline.toml")];
+        for entry in std::fs::read_dir(workspace.join("configs")).expect("configs/") {
+            let path = entry.expect("configs/ entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                configs.push(path);
+            }
+        }
+        assert!(configs.len() > 5, "found {configs:?}");
+        for path in configs {
+            if let Err(e) = Pipeline::load(&path) {
+                panic!("{e}");
+            }
+        }
+    }
 }
