@@ -4,9 +4,10 @@
 //! on 3x32x32 images, which is no preset (a 5x5 layer, a stride-2
 //! convolution, an average pool, dropout). The peer gets that model's
 //! PyTorch module from `trainer --torch-module`, so both sides time the
-//! same network.
+//! same network. Also the benchmarks' timing and settings helpers.
 
 use std::path::Path;
+use std::time::Instant;
 
 use crate::architecture::{Architecture, ModelKind};
 use crate::config::PipelineConfig;
@@ -38,4 +39,40 @@ pub fn benchmark_cases(workspace: &Path) -> Vec<BenchmarkCase> {
         preset("cifar_complex", ModelKind::Complex, ImageShape::RGB_32),
         BenchmarkCase { name: "cifar_vgg", architecture: vgg, shape: ImageShape::RGB_32 },
     ]
+}
+
+/// The seconds of timed runs of a benchmarked piece of work, sorted.
+pub struct Timings(Vec<f64>);
+
+impl Timings {
+    /// Times `runs` runs of `work` after `warmup` untimed ones.
+    pub fn of(warmup: usize, runs: usize, mut work: impl FnMut()) -> Self {
+        assert!(runs > 0, "at least one timed run");
+        for _ in 0..warmup {
+            work();
+        }
+        let mut seconds: Vec<f64> = (0..runs)
+            .map(|_| {
+                let start = Instant::now();
+                work();
+                start.elapsed().as_secs_f64()
+            })
+            .collect();
+        seconds.sort_by(f64::total_cmp);
+        Timings(seconds)
+    }
+
+    pub fn median(&self) -> f64 {
+        self.0[self.0.len() / 2]
+    }
+
+    pub fn min(&self) -> f64 {
+        self.0[0]
+    }
+}
+
+/// A benchmark's setting from the environment: the positive integer in
+/// variable `name`, or `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(default)
 }

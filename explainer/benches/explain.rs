@@ -14,31 +14,17 @@
 //! `BENCH_METHOD` parts of the method keys, comma-separated (e.g.
 //! `lrp,gradcam`).
 
-use std::time::Instant;
-
-use common::benchmarks::{benchmark_cases, BenchmarkCase};
+use common::benchmarks::{benchmark_cases, env_count, BenchmarkCase, Timings};
 use common::config::{Baseline, CompositeSpec, ExplainedClass, MethodConfig, NamedComposite};
 use common::data::Normalization;
 use common::rng::Rng;
 use engine::Model;
 use explainer::Method;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(default)
-}
-
 /// Median and minimum seconds of `reps` runs of `f`, after one warm-up run.
-fn time(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
-    f();
-    let mut seconds: Vec<f64> = (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    seconds.sort_by(|a, b| a.total_cmp(b));
-    (seconds[seconds.len() / 2], seconds[0])
+fn median_and_min(reps: usize, f: impl FnMut()) -> (f64, f64) {
+    let timings = Timings::of(1, reps, f);
+    (timings.median(), timings.min())
 }
 
 /// Each timed method: the peer's key for it and its settings (those of
@@ -60,8 +46,8 @@ fn methods() -> Vec<(&'static str, MethodConfig)> {
 
 fn main() {
     engine::allocator::keep_freed_memory();
-    let reps = env_or("BENCH_REPS", 9);
-    let images = env_or("BENCH_IMAGES", 200);
+    let reps = env_count("BENCH_REPS", 9);
+    let images = env_count("BENCH_IMAGES", 200);
     println!("{images} images, median (min) of {reps} runs, {} rayon threads", rayon::current_num_threads());
     println!("{:<16} {:<18} {:>10} {:>10}", "case", "work", "median", "min");
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -78,7 +64,7 @@ fn main() {
         let print = |work: &str, (median, min): (f64, f64)| println!("{case:<16} {work:<18} {median:>9.4}s {min:>9.4}s");
         print(
             "forward",
-            time(reps, || {
+            median_and_min(reps, || {
                 std::hint::black_box(model.forward_trace(&x).expect("input of the model's shape"));
             }),
         );
@@ -89,7 +75,7 @@ fn main() {
             let method = Method::from_config(&config, &normalization).expect("a valid method");
             // Each method's forward pass keeps what that method reads, as the
             // stage does when it explains with that method alone.
-            let seconds = time(reps, || {
+            let seconds = median_and_min(reps, || {
                 let first_kept = method.first_traced_layer(&model).expect("the model has the method's layer");
                 let trace = model.forward_trace_from(&x, first_kept).expect("input of the model's shape");
                 std::hint::black_box(method.explain(&model, &trace, &labels, &ids).expect("explainable"));

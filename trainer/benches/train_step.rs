@@ -10,28 +10,11 @@
 //! `peer.json` is the line the peer script prints; `BENCH_ONLY=fmnist_simple`
 //! runs one case.
 
-use std::time::Instant;
-
-use common::benchmarks::{benchmark_cases, BenchmarkCase};
+use common::benchmarks::{benchmark_cases, BenchmarkCase, Timings};
 use common::rng::Rng;
 use engine::training::{loss_and_gradients, Device};
 use engine::Model;
 use trainer::adam::Adam;
-
-fn median_seconds(mut f: impl FnMut(), warmup: usize, runs: usize) -> f64 {
-    for _ in 0..warmup {
-        f();
-    }
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[runs / 2]
-}
 
 fn main() {
     let peer: Option<serde_json::Value> = std::env::var("PEER_JSON")
@@ -53,14 +36,11 @@ fn main() {
         let mut rng = Rng::new(1);
         let x: Vec<f32> = (0..100 * shape.len()).map(|_| rng.normal()).collect();
         let labels: Vec<u8> = (0..100).map(|_| rng.below(10) as u8).collect();
-        let seconds = median_seconds(
-            || {
-                let step = loss_and_gradients(&dev, &model, x.clone(), &labels, 0).expect("valid batch");
-                adam.step(model.parameters_mut(), &step.gradients);
-            },
-            2,
-            7,
-        );
+        let seconds = Timings::of(2, 7, || {
+            let step = loss_and_gradients(&dev, &model, x.clone(), &labels, 0).expect("valid batch");
+            adam.step(model.parameters_mut(), &step.gradients);
+        })
+        .median();
         let peer_seconds = peer.as_ref().and_then(|p| p[format!("{case}_train_step_s")].as_f64());
         match peer_seconds {
             Some(p) => println!("{case:<16} {seconds:>12.4} {p:>12.4} {:>8.2}", seconds / p),

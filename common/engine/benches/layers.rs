@@ -14,30 +14,12 @@
 //! the repetitions per layer (default 9).
 
 use std::hint::black_box;
-use std::time::Instant;
 
-use common::benchmarks::benchmark_cases;
+use common::benchmarks::{benchmark_cases, env_count, Timings};
 use common::rng::Rng;
 use engine::kernels::{conv2d_backward_input, conv2d_backward_params, conv2d_forward, conv_arithmetic, ConvWork};
 use engine::{ConvGeometry, Layer, Model};
 use rayon::prelude::*;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median_seconds(mut f: impl FnMut(), reps: usize) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[reps / 2]
-}
 
 /// Independent accumulators of the peak loop: more than FMA latency times
 /// FMA ports on the CPUs we run on, so the loop is bound by throughput.
@@ -104,7 +86,7 @@ fn fma_peak() -> Option<f64> {
         let run = || {
             (0..threads).into_par_iter().map(|_| unsafe { rounds(black_box(iterations)) }).sum::<f32>();
         };
-        let seconds = median_seconds(run, 5);
+        let seconds = Timings::of(1, 5, run).median();
         Some((threads as u64 * iterations * ACCUMULATORS as u64 * lanes) as f64 / seconds)
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -113,8 +95,8 @@ fn fma_peak() -> Option<f64> {
 
 fn main() {
     engine::allocator::keep_freed_memory();
-    let images = env_or("BENCH_IMAGES", 100);
-    let reps = env_or("BENCH_REPS", 9);
+    let images = env_count("BENCH_IMAGES", 100);
+    let reps = env_count("BENCH_REPS", 9);
     println!("threads: {}, instruction set: {}", rayon::current_num_threads(), engine::detected_instruction_set());
     println!("{images} images, median of {reps} runs; G/s = 1e9 multiply-adds per second;");
     println!("peak: the vector-FMA loop on every thread just before the row; % peak: method G/s of that");
@@ -154,12 +136,14 @@ fn main() {
                 let peak = fma_peak();
                 let seconds = match work {
                     ConvWork::Forward => {
-                        median_seconds(|| drop(black_box(conv2d_forward(&x, &g, &conv.weight, Some(&conv.bias)))), reps)
+                        Timings::of(1, reps, || drop(black_box(conv2d_forward(&x, &g, &conv.weight, Some(&conv.bias))))).median()
                     }
                     ConvWork::InputGradient => {
-                        median_seconds(|| drop(black_box(conv2d_backward_input(&dy, &g, &conv.weight))), reps)
+                        Timings::of(1, reps, || drop(black_box(conv2d_backward_input(&dy, &g, &conv.weight)))).median()
                     }
-                    ConvWork::WeightGradient => median_seconds(|| drop(black_box(conv2d_backward_params(&x, &dy, &g))), reps),
+                    ConvWork::WeightGradient => {
+                        Timings::of(1, reps, || drop(black_box(conv2d_backward_params(&x, &dy, &g)))).median()
+                    }
                 };
                 let arithmetic = conv_arithmetic(&g, work);
                 let rate = |count: u64| (count * images as u64) as f64 / seconds;
