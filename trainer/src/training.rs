@@ -282,6 +282,34 @@ struct Evaluated {
     train_eval_acc: f64,
 }
 
+/// What training itself recorded at a checkpoint's step: the loss the
+/// checkpoint is said to have, and the running means since the last one.
+struct TrainingLosses {
+    train_loss: f64,
+    train_loss_running: f64,
+    train_acc_running: f64,
+}
+
+impl Evaluated {
+    /// The metrics row of the checkpoint at `step`.
+    fn row(&self, step: u64, epoch: f64, training: TrainingLosses) -> MetricsRow {
+        let TrainingLosses { train_loss, train_loss_running, train_acc_running } = training;
+        MetricsRow {
+            step,
+            epoch,
+            train_loss,
+            train_loss_running,
+            train_acc_running,
+            test_loss: self.test_loss,
+            test_acc: self.test_acc,
+            probe_loss: self.probe_loss,
+            probe_acc: self.probe_acc,
+            train_eval_loss: self.train_eval_loss,
+            train_eval_acc: self.train_eval_acc,
+        }
+    }
+}
+
 impl Evaluation {
     fn of(&self, model: &Model, dataset: &Dataset) -> anyhow::Result<Evaluated> {
         let classes = dataset.classes;
@@ -353,23 +381,15 @@ fn import_run(setup: ImportSetup) -> anyhow::Result<TrainOutcome> {
         if let Some(p) = network.parameters().iter().find(|p| p.data.iter().any(|v| !v.is_finite())) {
             bail!("{}: tensor `{}` holds NaN or infinite values", path.display(), p.name);
         }
-        let Evaluated { test_loss, test_acc, probe_loss, probe_acc, train_eval_loss, train_eval_acc } =
-            evaluation.of(&network, &dataset)?;
-        let train_loss = recorded.train_loss.unwrap_or(train_eval_loss);
+        let evaluated = evaluation.of(&network, &dataset)?;
+        let train_loss = recorded.train_loss.unwrap_or(evaluated.train_eval_loss);
         let epoch = recorded.epoch.unwrap_or(f64::NAN);
-        rows.push(MetricsRow {
-            step,
-            epoch,
+        let training = TrainingLosses {
             train_loss,
             train_loss_running: train_loss,
-            train_acc_running: recorded.train_acc.unwrap_or(train_eval_acc),
-            test_loss,
-            test_acc,
-            probe_loss,
-            probe_acc,
-            train_eval_loss,
-            train_eval_acc,
-        });
+            train_acc_running: recorded.train_acc.unwrap_or(evaluated.train_eval_acc),
+        };
+        rows.push(evaluated.row(step, epoch, training));
         let info = CheckpointInfo {
             run: name.to_string(),
             step,
@@ -378,7 +398,7 @@ fn import_run(setup: ImportSetup) -> anyhow::Result<TrainOutcome> {
             fingerprint: checkpoint_fingerprint(&fingerprint, step),
         };
         write_checkpoint(&layout.checkpoint(step), &network, &info)?;
-        tracing::info!("run `{name}`: imported step {step} from {}: test loss {test_loss:.4}", path.display());
+        tracing::info!("run `{name}`: imported step {step} from {}: test loss {:.4}", path.display(), evaluated.test_loss);
     }
     write_parquet_stamped(&layout.metrics(), &mut metrics_frame(&rows), Stamp::new(&fingerprint))?;
     Ok(TrainOutcome::Finished(rows.last().map_or(0, |r| r.step)))
@@ -524,32 +544,25 @@ fn checkpoint(setup: &Setup, model: &Model, state: &mut ResumeState, train_loss:
     if let Some(p) = model.parameters().iter().find(|p| p.data.iter().any(|v| !v.is_finite())) {
         return Ok(Some(Divergence { step, why: format!("`{}` holds NaN or infinite weights at step {step}", p.name) }));
     }
-    let Evaluated { test_loss, test_acc, probe_loss, probe_acc, train_eval_loss, train_eval_acc } =
-        setup.evaluation.of(model, &setup.dataset)?;
-    if let Some((what, loss)) = [("test", test_loss), ("probe", probe_loss), ("training-set", train_eval_loss)]
-        .into_iter()
-        .find(|(_, l)| !(l.is_finite() && *l <= DIVERGED_LOSS))
+    let evaluated = setup.evaluation.of(model, &setup.dataset)?;
+    if let Some((what, loss)) =
+        [("test", evaluated.test_loss), ("probe", evaluated.probe_loss), ("training-set", evaluated.train_eval_loss)]
+            .into_iter()
+            .find(|(_, l)| !(l.is_finite() && *l <= DIVERGED_LOSS))
     {
         return Ok(Some(Divergence { step, why: format!("{what} loss {loss:e} at step {step}") }));
     }
     let (train_loss_running, train_acc_running) = state.running.take();
-    state.rows.push(MetricsRow {
+    state.rows.push(evaluated.row(
         step,
-        epoch: setup.plan.epoch_of(step),
-        train_loss,
-        train_loss_running,
-        train_acc_running,
-        test_loss,
-        test_acc,
-        probe_loss,
-        probe_acc,
-        train_eval_loss,
-        train_eval_acc,
-    });
+        setup.plan.epoch_of(step),
+        TrainingLosses { train_loss, train_loss_running, train_acc_running },
+    ));
     tracing::info!(
-        "run `{}` step {step}: train loss {train_loss_running:.4}, test loss {test_loss:.4}, test acc {:.2}%",
+        "run `{}` step {step}: train loss {train_loss_running:.4}, test loss {:.4}, test acc {:.2}%",
         setup.name,
-        100.0 * test_acc
+        evaluated.test_loss,
+        100.0 * evaluated.test_acc
     );
     let layout = setup.layout;
     write_resume_state(&layout.resume_state(step), model, state)?;
