@@ -357,6 +357,8 @@ impl<'a> Stage for Explainer<'a> {
 
 /// Runs the stage; the report counts done, up-to-date and failed units.
 pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
+    let kernels = engine::instruction_set()?;
+    tracing::info!("kernels: {kernels}");
     let pipeline = Pipeline::load(&cli.stage.config)?;
     let options = RunOptions::from_args(&cli.stage).context("--shard")?;
     let mut explainer = Explainer::new(&pipeline, &cli.stage.runs, &cli.method_filter.methods)?;

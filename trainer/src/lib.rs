@@ -135,6 +135,8 @@ pub fn requested_torch_module(cli: &Cli) -> Option<anyhow::Result<String>> {
 
 /// Trains the selected runs of this shard, one after another.
 pub fn run(cli: &Cli) -> anyhow::Result<StageReport> {
+    let kernels = engine::instruction_set()?;
+    tracing::info!("kernels: {kernels}");
     let pipeline = Pipeline::load(&cli.stage.config)?;
     let options = RunOptions::from_args(&cli.stage)?;
     run_stage(&mut Trainer { pipeline: &pipeline, runs: &cli.stage.runs }, options)

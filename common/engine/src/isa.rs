@@ -6,13 +6,13 @@
 //! an [`Isa`] to choose its variant, and the vector variants of `Isa` carry
 //! a token ([`Avx512Token`], [`Avx2Token`]) whose field is private to this
 //! module: the detection below is its only constructor. Holding
-//! `Isa::Avx512(_)` therefore proves that this CPU runs AVX-512F and FMA,
+//! `Isa::Avx512(_)` therefore proves that this CPU runs AVX-512F, AVX2 and FMA,
 //! and `Isa::Avx2(_)` that it runs AVX2 and FMA; that proof is the safety
 //! condition every `unsafe` call of a vector variant states.
 
 use std::sync::OnceLock;
 
-/// Proof that this CPU runs AVX-512F and FMA (made only by detection).
+/// Proof that this CPU runs AVX-512F, AVX2 and FMA (made only by detection).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Avx512Token(());
@@ -34,10 +34,23 @@ pub(crate) enum Isa {
 }
 
 impl Isa {
-    /// The best variant this CPU runs, detected once.
+    /// The variant the kernels use: the best this CPU runs, at or below
+    /// the one [`INSTRUCTION_SET_ENV`] names, chosen once. A value that
+    /// names no variant is reported by [`instruction_set`]; here it falls
+    /// back to the best variant.
     pub(crate) fn detected() -> Isa {
-        static DETECTED: OnceLock<Isa> = OnceLock::new();
-        *DETECTED.get_or_init(|| Isa::available()[0])
+        *SELECTED.get_or_init(|| Isa::selected(std::env::var(INSTRUCTION_SET_ENV).ok().as_deref()).unwrap_or(Isa::available()[0]))
+    }
+
+    /// The best variant this CPU runs at or below the one named `cap`
+    /// (`None`: the best of all).
+    fn selected(cap: Option<&str>) -> Result<Isa, InstructionSetError> {
+        let available = Isa::available();
+        let Some(cap) = cap else { return Ok(available[0]) };
+        let rank = |name: &str| Isa::NAMES.iter().position(|n| *n == name);
+        let wanted = rank(cap).ok_or_else(|| InstructionSetError { value: cap.to_string() })?;
+        let at_or_below = available.into_iter().find(|isa| rank(isa.name()).is_some_and(|r| r >= wanted));
+        Ok(at_or_below.expect("the portable variant runs everywhere"))
     }
 
     /// Every variant this CPU runs, best first.
@@ -46,10 +59,13 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let fma = std::arch::is_x86_feature_detected!("fma");
-            if fma && std::arch::is_x86_feature_detected!("avx512f") {
+            let avx2 = fma && std::arch::is_x86_feature_detected!("avx2");
+            // Every AVX-512 CPU runs AVX2; the AVX-512 kernels use AVX2 for
+            // their narrow parts, so the token proves both.
+            if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
                 out.push(Isa::Avx512(Avx512Token(())));
             }
-            if fma && std::arch::is_x86_feature_detected!("avx2") {
+            if avx2 {
                 out.push(Isa::Avx2(Avx2Token(())));
             }
         }
@@ -57,9 +73,8 @@ impl Isa {
         out
     }
 
-    /// Every variant the kernels have, by name, whether or not this CPU
-    /// runs it (for reports of what a test exercised).
-    #[cfg(test)]
+    /// Every variant the kernels have, by name, best first, whether or not
+    /// this CPU runs it.
     pub(crate) const NAMES: &'static [&'static str] = &[
         #[cfg(target_arch = "x86_64")]
         "avx512",
@@ -107,10 +122,36 @@ impl Isa {
     }
 }
 
+/// The variant the kernels use, once chosen.
+static SELECTED: OnceLock<Isa> = OnceLock::new();
+
+/// The environment variable that caps the instruction set the kernels use
+/// (`avx512`, `avx2` or `portable`): the best variant this CPU runs at or
+/// below it serves. Unset: the best this CPU runs. It lets one machine
+/// measure or check the kernels a smaller CPU would run; the results of
+/// different variants may differ in rounding.
+pub const INSTRUCTION_SET_ENV: &str = "ATTRIBUTION_TRENDS_ISA";
+
+/// [`INSTRUCTION_SET_ENV`] names no instruction set.
+#[derive(Debug, thiserror::Error)]
+#[error("{INSTRUCTION_SET_ENV}={value:?} names no instruction set (one of {})", Isa::NAMES.join(", "))]
+pub struct InstructionSetError {
+    value: String,
+}
+
 /// The instruction set the kernels use on this CPU ("avx512", "avx2" or
 /// "portable"), for logs and benchmark reports.
 pub fn detected_instruction_set() -> &'static str {
     Isa::detected().name()
+}
+
+/// Chooses the kernels' instruction set from the CPU and
+/// [`INSTRUCTION_SET_ENV`] and returns its name; an error if the variable
+/// names no instruction set. The stages call this first, so that a typo
+/// stops them before any work.
+pub fn instruction_set() -> Result<&'static str, InstructionSetError> {
+    let chosen = Isa::selected(std::env::var(INSTRUCTION_SET_ENV).ok().as_deref())?;
+    Ok(SELECTED.get_or_init(|| chosen).name())
 }
 
 /// The variants a test runs its checks on: every one this CPU runs. When
@@ -167,9 +208,28 @@ mod tests {
     fn detection_lists_portable_last_and_the_best_first() {
         let available = Isa::available();
         assert_eq!(available.last(), Some(&Isa::Portable));
-        assert_eq!(Isa::detected(), available[0]);
+        if std::env::var_os(INSTRUCTION_SET_ENV).is_none() {
+            assert_eq!(Isa::detected(), available[0]);
+        }
         for isa in &available {
             assert!(Isa::NAMES.contains(&isa.name()));
         }
+    }
+
+    /// A cap picks the best variant this CPU runs at or below it; a name of
+    /// no variant is an error that lists the names.
+    #[test]
+    fn a_cap_selects_the_best_variant_at_or_below_it() {
+        let available = Isa::available();
+        assert_eq!(Isa::selected(None).unwrap(), available[0]);
+        assert_eq!(Isa::selected(Some(Isa::NAMES[0])).unwrap(), available[0]);
+        assert_eq!(Isa::selected(Some("portable")).unwrap(), Isa::Portable);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let below_avx512 = available.iter().copied().find(|isa| !matches!(isa, Isa::Avx512(_))).unwrap();
+            assert_eq!(Isa::selected(Some("avx2")).unwrap(), below_avx512);
+        }
+        let message = Isa::selected(Some("sse4")).unwrap_err().to_string();
+        assert!(message.contains("\"sse4\"") && message.contains("portable"), "{message}");
     }
 }

@@ -648,7 +648,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{TileLayout, Tiling, Winograd, ELEMENTS};
-    use crate::microkernels::x86::{deinterleave, floats_below, lanes_below, store_first};
+    use crate::microkernels::x86::{deinterleave, floats_below, interleave, lanes_below, store_first};
 
     /// Per tile of a 16-tile chunk: (first output, lanes that are real
     /// tiles, lanes whose second output row exists, lanes whose second
@@ -812,8 +812,10 @@ mod x86 {
 
     /// [`super::output_rows`] with AVX2, eight tiles per pass: `Aᵀ M A` of
     /// each tile in registers, its two outputs per row interleaved with
-    /// unpacks and a lane swap; the tail of fewer than eight tiles one at a
-    /// time. Only the first `4 · tiles` floats of `rows` are used.
+    /// unpacks and a lane swap. A last pass of fewer than eight tiles reads
+    /// them with masked loads and stores only its outputs: rows of 4 and 7
+    /// tiles (7- and 14-wide planes) would otherwise run scalar whole.
+    /// Only the first `4 · tiles` floats of `rows` are used.
     ///
     /// # Safety
     /// The CPU must run the features enabled here: callers hold the `Isa` token
@@ -823,9 +825,10 @@ mod x86 {
         let tiles = m[0].len();
         assert!(m.iter().all(|row| row.len() == tiles) && rows.len() >= 4 * tiles, "Winograd output rows");
         let (top, bottom) = rows[..4 * tiles].split_at_mut(2 * tiles);
-        let whole = tiles - tiles % 8;
-        for t in (0..whole).step_by(8) {
-            let load = |xi: usize| _mm256_loadu_ps(m[xi].as_ptr().add(t));
+        for t in (0..tiles).step_by(8) {
+            let n = (tiles - t).min(8);
+            let mask = floats_below(n);
+            let load = |xi: usize| _mm256_maskload_ps(m[xi].as_ptr().add(t), mask);
             let (mut s0, mut s1) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
             for j in 0..4 {
                 s0[j] = _mm256_add_ps(_mm256_add_ps(load(j), load(4 + j)), load(8 + j));
@@ -834,21 +837,11 @@ mod x86 {
             for (s, row) in [(&s0, top.as_mut_ptr()), (&s1, bottom.as_mut_ptr())] {
                 let left = _mm256_add_ps(_mm256_add_ps(s[0], s[1]), s[2]);
                 let right = _mm256_sub_ps(_mm256_sub_ps(s[1], s[2]), s[3]);
-                // (l0 r0 l1 r1 | l4 r4 l5 r5) and (l2 r2 l3 r3 | l6 r6 l7 r7).
-                let (low, high) = (_mm256_unpacklo_ps(left, right), _mm256_unpackhi_ps(left, right));
-                _mm256_storeu_ps(row.add(2 * t), _mm256_permute2f128_ps::<0x20>(low, high));
-                _mm256_storeu_ps(row.add(2 * t + 8), _mm256_permute2f128_ps::<0x31>(low, high));
-            }
-        }
-        for t in whole..tiles {
-            let mut s = [[0.0f32; 4]; 2];
-            for j in 0..4 {
-                s[0][j] = m[j][t] + m[4 + j][t] + m[8 + j][t];
-                s[1][j] = m[4 + j][t] - m[8 + j][t] - m[12 + j][t];
-            }
-            for (s, row) in s.iter().zip([&mut *top, &mut *bottom]) {
-                row[2 * t] = s[0] + s[1] + s[2];
-                row[2 * t + 1] = s[1] - s[2] - s[3];
+                let (first, second) = interleave(left, right);
+                store_first(row.add(2 * t), 2 * n, first);
+                if n > 4 {
+                    store_first(row.add(2 * t + 8), 2 * n - 8, second);
+                }
             }
         }
         (&*top, &*bottom)
