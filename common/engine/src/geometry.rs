@@ -4,7 +4,7 @@
 //! convolution and Winograd's method both build on them without depending
 //! on each other.
 
-use crate::microkernels::POSITION_BLOCK;
+use crate::microkernels::{Rows, POSITION_BLOCK};
 
 /// Shape of a convolution with `padding` zeros on every side and a
 /// `stride` (1 or 2). The layouts below (padded images, virtual positions,
@@ -73,6 +73,12 @@ impl ConvGeometry {
     /// and discarded), rounded up to whole blocks.
     pub(crate) fn virtual_positions(&self) -> usize {
         (self.out_height() * self.padded_width()).next_multiple_of(POSITION_BLOCK)
+    }
+
+    /// The real output positions among the virtual ones: a row of
+    /// `out_width` every padded width.
+    pub(crate) fn output_rows(&self) -> Rows {
+        Rows { count: self.out_height(), pitch: self.padded_width(), width: self.out_width() }
     }
 
     /// Where tap `(c, ky, kx)` of the kernel reads, relative to the output

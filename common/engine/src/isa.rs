@@ -93,6 +93,18 @@ impl Isa {
         }
     }
 
+    /// Floats per vector of positions in the tap products, where the
+    /// variant has vectors.
+    pub(crate) fn vector_width(self) -> Option<usize> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(_) => Some(16),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => Some(8),
+            Isa::Portable => None,
+        }
+    }
+
     /// Output channels per block of [`crate::microkernels::tap_products`]
     /// for a layer of `channels` outputs over `positions` positions per
     /// image; weights are packed in blocks of this many channels. Few

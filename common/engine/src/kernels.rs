@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::geometry::RowLayout;
 pub use crate::geometry::{ConvGeometry, PoolGeometry};
 use crate::isa::Isa;
-use crate::microkernels::{pool_row, tap_products, transpose_planes, unpool_row, weight_gradient};
+use crate::microkernels::{pool_row, tap_products, tap_products_rows, transpose_planes, unpool_row, weight_gradient, Rows};
 use crate::strided::PhaseSplit;
 use crate::winograd::{Winograd, WinogradBuffers, WinogradGradient};
 
@@ -168,6 +168,11 @@ enum Method {
         packed: Vec<f32>,
         offsets: Vec<usize>,
         positions: usize,
+        /// The real positions among them, where the products can skip the
+        /// virtual ones: rows of whole vectors (16-wide planes with
+        /// AVX-512, 8- and 16-wide with AVX2), with virtual columns
+        /// between them.
+        real_rows: Option<Rows>,
     },
     Winograd(Winograd),
 }
@@ -192,7 +197,10 @@ impl ConvPass {
         } else {
             let block = isa.channel_block(g.out_channels, g.virtual_positions());
             let packed = g.pack_weights(weight, block);
-            Method::Direct { isa, block, packed, offsets: g.tap_offsets(), positions: g.virtual_positions() }
+            let rows = g.output_rows();
+            let whole_vectors = isa.vector_width().is_some_and(|width| rows.width.is_multiple_of(width));
+            let real_rows = (whole_vectors && rows.pitch > rows.width).then_some(rows);
+            Method::Direct { isa, block, packed, offsets: g.tap_offsets(), positions: g.virtual_positions(), real_rows }
         };
         let (out_width, out_plane) = (g.out_width(), g.out_plane());
         ConvPass { g: *g, out_width, out_plane, method, bias: bias.map(<[f32]>::to_vec), relu }
@@ -246,9 +254,12 @@ impl ConvPass {
         let g = &self.g;
         assert_eq!(out.len(), g.out_len(), "conv2d output of one image");
         match &self.method {
-            Method::Direct { isa, block, packed, offsets, positions } => {
+            Method::Direct { isa, block, packed, offsets, positions, real_rows } => {
                 products.resize(g.out_channels.next_multiple_of(*block) * positions, 0.0);
-                tap_products(*isa, *block, padded, offsets, packed, *positions, products);
+                match real_rows {
+                    Some(rows) => tap_products_rows(*isa, *block, padded, offsets, packed, (*rows, *positions), products),
+                    None => tap_products(*isa, *block, padded, offsets, packed, *positions, products),
+                }
                 let (row, ow) = (g.padded_width(), g.out_width());
                 for o in 0..g.out_channels {
                     for y in 0..g.out_height() {
@@ -451,7 +462,8 @@ impl ParamGradient {
                 for (padded, dout) in padded.iter().zip(douts) {
                     assert_eq!(dout.len(), g.out_len(), "conv2d output gradient of one image");
                     transpose_planes(*isa, dout, shape, row, g.virtual_positions(), self.channels, &mut buffers.transposed);
-                    weight_gradient(*isa, padded, offsets, &buffers.transposed, g.virtual_positions(), &mut partial, true);
+                    let positions = (g.virtual_positions(), g.output_rows());
+                    weight_gradient(*isa, padded, offsets, &buffers.transposed, positions, &mut partial, true);
                 }
                 partial
             }
@@ -986,6 +998,10 @@ mod tests {
             case("40 outputs: whole and partial channel blocks", 3, 40, 3, 9, 7),
             case("5x5 kernel on 6x6", 2, 16, 5, 6, 6),
             case("80 virtual positions: whole blocks and a tail vector", 5, 12, 3, 8, 8),
+            case("rows of whole vectors, virtual columns skipped", 3, 16, 5, 6, 16),
+            case("seven rows of one AVX-512 vector: blocks of 3, 2 and 2", 3, 12, 3, 7, 16),
+            case("32-wide rows, few channels", 2, 4, 3, 3, 32),
+            case("five rows of one AVX-512 vector: blocks of 2, 2 and 1", 3, 4, 3, 5, 16),
             case("Winograd, odd and even sides", MIN_INPUT_CHANNELS, 4, 3, 5, 7),
             case("Winograd, channels past a vector", MIN_INPUT_CHANNELS + 3, 3, 3, 4, 6),
             case("Winograd, 35 tiles: two vectors and three tiles apart", MIN_INPUT_CHANNELS, 9, 3, 10, 13),

@@ -489,24 +489,25 @@ impl Lanes for Scalar {
     }
 }
 
-/// For OCB channels and NV vectors of positions from `input`:
+/// For OCB channels and the NV vectors of positions from `starts[v]` on:
 /// `out[j][l] = Σ_t weights[t·OCB + j] · input[offsets[t] + l]`, stored at
 /// `out + j·stride + l`.
 ///
 /// # Safety
-/// `input` must hold `max(offsets) + NV·WIDTH` floats, `weights`
-/// `offsets.len()·OCB`, and `out` rows of `NV·WIDTH` at each `j·stride`.
+/// `input` must hold `max(offsets) + max(starts) + WIDTH` floats, `weights`
+/// `offsets.len()·OCB`, and `out` rows of `max(starts) + WIDTH` at each
+/// `j·stride`.
 #[inline(always)]
 unsafe fn tap_block<V: Lanes, const OCB: usize, const NV: usize>(
     input: *const f32,
     offsets: &[usize],
     weights: *const f32,
     out: *mut f32,
-    stride: usize,
+    (stride, starts): (usize, [usize; NV]),
 ) {
     let mut acc = [[V::zero(); NV]; OCB];
     for (t, &offset) in offsets.iter().enumerate() {
-        let x: [V; NV] = std::array::from_fn(|v| V::load(input.add(offset + v * V::WIDTH)));
+        let x: [V; NV] = std::array::from_fn(|v| V::load(input.add(offset + starts[v])));
         let w = weights.add(t * OCB);
         for (j, row) in acc.iter_mut().enumerate() {
             let wj = V::splat(*w.add(j));
@@ -516,10 +517,15 @@ unsafe fn tap_block<V: Lanes, const OCB: usize, const NV: usize>(
         }
     }
     for (j, row) in acc.iter().enumerate() {
-        for (v, a) in row.iter().enumerate() {
-            a.store(out.add(j * stride + v * V::WIDTH));
+        for (a, &start) in row.iter().zip(&starts) {
+            a.store(out.add(j * stride + start));
         }
     }
+}
+
+/// Consecutive vectors from position 0 on.
+fn consecutive<V: Lanes, const NV: usize>() -> [usize; NV] {
+    std::array::from_fn(|v| v * V::WIDTH)
 }
 
 /// The products of the first `positions` positions, each output channel's
@@ -549,15 +555,125 @@ unsafe fn tap_products_generic<V: Lanes, const OCB: usize, const NV: usize>(
         let whole_blocks = positions / p_block * p_block;
         for p in (0..whole_blocks).step_by(p_block) {
             let dst = out.as_mut_ptr().add(block * OCB * stride + p);
-            tap_block::<V, OCB, NV>(padded.as_ptr().add(p), offsets, weights, dst, stride);
+            tap_block::<V, OCB, NV>(padded.as_ptr().add(p), offsets, weights, dst, (stride, consecutive::<V, NV>()));
         }
         // The positions after the last whole block, a vector at a time (the
         // same sums in the same order).
         for p in (whole_blocks..positions).step_by(V::WIDTH) {
             let dst = out.as_mut_ptr().add(block * OCB * stride + p);
-            tap_block::<V, OCB, 1>(padded.as_ptr().add(p), offsets, weights, dst, stride);
+            tap_block::<V, OCB, 1>(padded.as_ptr().add(p), offsets, weights, dst, (stride, [0]));
         }
     }
+}
+
+/// The products at the real positions of `rows` alone (each row a whole
+/// number of vectors), each output channel's row `stride` floats after the
+/// one before: the virtual positions between rows (a padded layout's
+/// columns past the output) are not computed, and their outputs are left
+/// as they were. Blocks of NV vectors run across rows; the last vectors
+/// go in blocks of two and one (with NV = 3, a last single vector and the
+/// block before it as two blocks of two: one vector alone has too few
+/// accumulators to keep the multiply-adds busy).
+///
+/// # Safety
+/// `V`'s instructions must run on this CPU (the caller's target features);
+/// the bounds are asserted before any load or store.
+#[inline(always)]
+unsafe fn tap_products_rows_generic<V: Lanes, const OCB: usize, const NV: usize>(
+    padded: &[f32],
+    offsets: &[usize],
+    packed: &[f32],
+    (rows, stride): (Rows, usize),
+    out: &mut [f32],
+) {
+    let taps = offsets.len();
+    let blocks = packed.len() / (taps * OCB).max(1);
+    assert_eq!(rows.width % V::WIDTH, 0, "rows must be whole vectors");
+    assert!(rows.width <= rows.pitch && rows.end() <= stride, "tap product rows overlap");
+    assert_eq!(packed.len(), blocks * taps * OCB, "packed weights are not whole channel blocks");
+    assert!(offsets.iter().all(|&o| o + rows.end() <= padded.len()), "padded input too short for its taps");
+    assert!(out.len() >= blocks * OCB * stride, "tap product output too short");
+    let per_row = rows.width / V::WIDTH;
+    let vectors = rows.count * per_row;
+    let start = |i: usize| (i / per_row) * rows.pitch + (i % per_row) * V::WIDTH;
+    let whole = if NV == 3 && vectors % 3 == 1 && vectors >= 4 { vectors - 4 } else { vectors / NV * NV };
+    for block in 0..blocks {
+        let (input, weights) = (padded.as_ptr(), packed.as_ptr().add(block * taps * OCB));
+        let dst = out.as_mut_ptr().add(block * OCB * stride);
+        for i in (0..whole).step_by(NV) {
+            tap_block::<V, OCB, NV>(input, offsets, weights, dst, (stride, std::array::from_fn(|v| start(i + v))));
+        }
+        let mut i = whole;
+        while i + 2 <= vectors {
+            tap_block::<V, OCB, 2>(input, offsets, weights, dst, (stride, [start(i), start(i + 1)]));
+            i += 2;
+        }
+        if i < vectors {
+            tap_block::<V, OCB, 1>(input, offsets, weights, dst, (stride, [start(i)]));
+        }
+    }
+}
+
+/// [`tap_products`] at the real positions of `rows` alone (see
+/// [`tap_products_rows_generic`]), for the vector variants: `rows.width`
+/// must be a multiple of [`Isa::vector_width`]. The portable variant
+/// computes every position.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tap_products_rows(
+    isa: Isa,
+    block: usize,
+    padded: &[f32],
+    offsets: &[usize],
+    packed: &[f32],
+    (rows, positions): (Rows, usize),
+    out: &mut [f32],
+) {
+    // SAFETY: the generic kernels assert their bounds before reading; a
+    // vector variant runs only under its `Isa` variant, whose token only
+    // detection of its features makes.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(_) => tap_products_rows_avx512(block, padded, offsets, packed, (rows, positions), out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => tap_products_rows_avx2(padded, offsets, packed, (rows, positions), out),
+            Isa::Portable => tap_products(isa, block, padded, offsets, packed, positions, out),
+        }
+    }
+}
+
+/// The blocks of [`tap_products`]'s AVX-512 variants: 12 channels by one
+/// vector, 8 by three (two for fewer than six vectors), 4 by two.
+///
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn tap_products_rows_avx512(
+    block: usize,
+    padded: &[f32],
+    offsets: &[usize],
+    packed: &[f32],
+    layout: (Rows, usize),
+    out: &mut [f32],
+) {
+    let vectors = layout.0.count * layout.0.width / 16;
+    match block {
+        12 => tap_products_rows_generic::<x86::Avx512, 12, 1>(padded, offsets, packed, layout, out),
+        8 if vectors >= 6 => tap_products_rows_generic::<x86::Avx512, 8, 3>(padded, offsets, packed, layout, out),
+        8 => tap_products_rows_generic::<x86::Avx512, 8, 2>(padded, offsets, packed, layout, out),
+        _ => tap_products_rows_generic::<x86::Avx512, 4, 2>(padded, offsets, packed, layout, out),
+    }
+}
+
+/// # Safety
+/// The CPU must run the features enabled here: callers hold the `Isa` token
+/// that detection makes only where it does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tap_products_rows_avx2(padded: &[f32], offsets: &[usize], packed: &[f32], layout: (Rows, usize), out: &mut [f32]) {
+    tap_products_rows_generic::<x86::Avx2, 4, 2>(padded, offsets, packed, layout, out)
 }
 
 /// The products of `T` positions from `first` on, with the block's `WIDTH`
@@ -754,20 +870,58 @@ unsafe fn tap_products_avx2(
     tap_products_generic::<x86::Avx2, 4, 2>(padded, offsets, packed, (computed, stride), out)
 }
 
+/// Positions that are `count` rows of `width` real ones, each row `pitch`
+/// positions after the one before; the positions between rows are virtual
+/// (a padded layout's columns past the output's width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Rows {
+    pub count: usize,
+    pub pitch: usize,
+    pub width: usize,
+}
+
+impl Rows {
+    /// `positions` real positions one after the other.
+    pub(crate) fn flat(positions: usize) -> Rows {
+        Rows { count: 1, pitch: positions, width: positions }
+    }
+
+    /// One past the last real position.
+    fn end(&self) -> usize {
+        if self.count == 0 {
+            return 0;
+        }
+        (self.count - 1) * self.pitch + self.width
+    }
+
+    /// The pieces [`weight_gradient`] sums in one pass over the taps, each
+    /// as its first position and its rows: about [`GRADIENT_CHUNK`]
+    /// positions, whole rows where there are several.
+    fn pieces(self) -> Vec<(usize, Rows)> {
+        if self.count == 1 {
+            let piece = |first: usize| (first, Rows::flat(GRADIENT_CHUNK.min(self.width - first)));
+            return (0..self.width).step_by(GRADIENT_CHUNK).map(piece).collect();
+        }
+        let per_piece = (GRADIENT_CHUNK / self.pitch.max(1)).max(1);
+        let piece = |row: usize| (row * self.pitch, Rows { count: per_piece.min(self.count - row), ..self });
+        (0..self.count).step_by(per_piece).map(piece).collect()
+    }
+}
+
 /// `acc[i][v] += Σ_t padded[offsets[i] + t] · gradient[t·stride + v·WIDTH ..]`
-/// over `positions` values of t, the accumulators loaded from `out` when
-/// `load` is set and zero otherwise.
+/// over the real positions t of `rows` (in order), the accumulators loaded
+/// from `out` when `load` is set and zero otherwise.
 ///
 /// # Safety
-/// `padded` must hold `max(offsets) + positions` floats and `gradient`
-/// `(positions - 1)·stride + NV·WIDTH`.
+/// `padded` must hold `max(offsets) + rows.end()` floats and `gradient`
+/// `(rows.end() - 1)·stride + NV·WIDTH`.
 #[inline(always)]
 unsafe fn position_block<V: Lanes, const KB: usize, const NV: usize>(
     padded: *const f32,
     offsets: &[usize; KB],
     gradient: *const f32,
     stride: usize,
-    positions: usize,
+    rows: Rows,
     out: *mut f32,
     out_stride: usize,
     taps: usize,
@@ -781,12 +935,14 @@ unsafe fn position_block<V: Lanes, const KB: usize, const NV: usize>(
             }
         }
     }
-    for t in 0..positions {
-        let g: [V; NV] = std::array::from_fn(|v| V::load(gradient.add(t * stride + v * V::WIDTH)));
-        for (i, row) in acc.iter_mut().enumerate() {
-            let x = V::splat(*padded.add(offsets[i] + t));
-            for (a, &gv) in row.iter_mut().zip(&g) {
-                *a = a.multiply_add(x, gv);
+    for first in (0..rows.count).map(|r| r * rows.pitch) {
+        for t in first..first + rows.width {
+            let g: [V; NV] = std::array::from_fn(|v| V::load(gradient.add(t * stride + v * V::WIDTH)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let x = V::splat(*padded.add(offsets[i] + t));
+                for (a, &gv) in row.iter_mut().zip(&g) {
+                    *a = a.multiply_add(x, gv);
+                }
             }
         }
     }
@@ -805,21 +961,21 @@ unsafe fn weight_gradient_generic<V: Lanes, const KB: usize, const NV: usize>(
     padded: &[f32],
     offsets: &[usize],
     gradient: &[f32],
-    positions: usize,
+    (positions, rows): (usize, Rows),
     out: &mut [f32],
     accumulate: bool,
 ) {
     let width = NV * V::WIDTH;
     let channels = gradient.len() / positions.max(1);
     assert_eq!(gradient.len(), positions * channels, "gradient is not positions x channels");
+    assert!(rows.end() <= positions && rows.width <= rows.pitch, "rows outside the gradient's positions");
     assert_eq!(channels % width, 0, "gradient channels must be whole vectors");
     assert_eq!(out.len(), offsets.len() * channels, "weight gradient is not taps x channels");
-    assert!(offsets.iter().all(|&o| o + positions <= padded.len()), "padded input too short for its taps");
-    // Positions in chunks whose slice of the gradient stays in the L1 cache
+    assert!(offsets.iter().all(|&o| o + rows.end() <= padded.len()), "padded input too short for its taps");
+    // Positions in pieces whose slice of the gradient stays in the L1 cache
     // while every tap reads it. Each sum still runs over the positions in
-    // order (the accumulators are stored between chunks and loaded again).
-    for start in (0..positions).step_by(GRADIENT_CHUNK) {
-        let length = GRADIENT_CHUNK.min(positions - start);
+    // order (the accumulators are stored between pieces and loaded again).
+    for (piece, (start, rows)) in rows.pieces().into_iter().enumerate() {
         for first in (0..offsets.len()).step_by(KB) {
             // Taps past the end read offset 0 and are not stored.
             let block: [usize; KB] = std::array::from_fn(|i| offsets.get(first + i).copied().unwrap_or(0));
@@ -830,11 +986,11 @@ unsafe fn weight_gradient_generic<V: Lanes, const KB: usize, const NV: usize>(
                     &block,
                     gradient.as_ptr().add(start * channels + c),
                     channels,
-                    length,
+                    rows,
                     out.as_mut_ptr().add(first * channels + c),
                     channels,
                     taps,
-                    accumulate || start > 0,
+                    accumulate || piece > 0,
                 );
             }
         }
@@ -849,16 +1005,19 @@ const GRADIENT_CHUNK: usize = 128;
 /// [`Isa::gradient_channel_width`], zero at virtual positions), adds
 /// `Σ_p padded[offsets[t] + p] · gradient[p][o]` to `out[t][o]` when
 /// `accumulate` is set, or stores it there (the old contents unread).
+/// `positions` is the gradient's number of positions and, of those, the
+/// rows of real ones the sums run over (the virtual positions between
+/// them, whose gradient is zero, add nothing and are skipped).
 pub(crate) fn weight_gradient(
     isa: Isa,
     padded: &[f32],
     offsets: &[usize],
     gradient: &[f32],
-    positions: usize,
+    positions: (usize, Rows),
     out: &mut [f32],
     accumulate: bool,
 ) {
-    let channels = gradient.len() / positions.max(1);
+    let channels = gradient.len() / positions.0.max(1);
     // SAFETY: the generic kernel asserts its bounds before reading; a vector
     // variant runs only under its `Isa` variant, whose token only detection of
     // its features makes.
@@ -884,7 +1043,7 @@ unsafe fn weight_gradient_avx512_32(
     padded: &[f32],
     offsets: &[usize],
     gradient: &[f32],
-    positions: usize,
+    positions: (usize, Rows),
     out: &mut [f32],
     accumulate: bool,
 ) {
@@ -900,7 +1059,7 @@ unsafe fn weight_gradient_avx512_16(
     padded: &[f32],
     offsets: &[usize],
     gradient: &[f32],
-    positions: usize,
+    positions: (usize, Rows),
     out: &mut [f32],
     accumulate: bool,
 ) {
@@ -916,7 +1075,7 @@ unsafe fn weight_gradient_avx2(
     padded: &[f32],
     offsets: &[usize],
     gradient: &[f32],
-    positions: usize,
+    positions: (usize, Rows),
     out: &mut [f32],
     accumulate: bool,
 ) {
@@ -1091,14 +1250,41 @@ fn transpose_row(
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "x86_64")]
     use std::arch::x86_64::*;
 
+    use super::{Rows, GRADIENT_CHUNK};
+    #[cfg(target_arch = "x86_64")]
     use crate::isa::{Isa, TestedIsas};
+
+    /// The weight gradient's pieces cover every real position once, in
+    /// order, and no virtual one: a flat run in chunks, rows in whole rows.
+    #[test]
+    fn gradient_pieces_cover_the_real_positions_in_order() {
+        let positions = |rows: Rows| -> Vec<usize> {
+            rows.pieces()
+                .into_iter()
+                .flat_map(|(first, piece)| {
+                    (0..piece.count).flat_map(move |r| (0..piece.width).map(move |x| first + r * piece.pitch + x))
+                })
+                .collect()
+        };
+        assert_eq!(positions(Rows::flat(300)), (0..300).collect::<Vec<_>>());
+        assert_eq!(Rows::flat(300).pieces().len(), 300usize.div_ceil(GRADIENT_CHUNK));
+        let rows = Rows { count: 16, pitch: 18, width: 16 };
+        let expected: Vec<usize> = (0..16).flat_map(|r| (0..16).map(move |x| r * 18 + x)).collect();
+        assert_eq!(positions(rows), expected);
+        assert!(rows.pieces().iter().all(|(_, piece)| piece.count * piece.pitch <= GRADIENT_CHUNK));
+        let wide = Rows { count: 3, pitch: 200, width: 190 };
+        assert_eq!(positions(wide).len(), 3 * 190);
+        assert_eq!(wide.end(), 2 * 200 + 190);
+    }
 
     /// Every tail length stores exactly the first `n` lanes, in order, and
     /// leaves the floats after them as they were.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn a_partial_store_writes_the_first_lanes_only() {
         let isas = TestedIsas::new("microkernels: partial AVX2 stores");

@@ -15,7 +15,7 @@
 
 use crate::geometry::{copy_rows, ConvGeometry, RowLayout};
 use crate::isa::Isa;
-use crate::microkernels::{tap_products_of_real, transpose_planes, weight_gradient, POSITION_BLOCK};
+use crate::microkernels::{tap_products_of_real, transpose_planes, weight_gradient, Rows, POSITION_BLOCK};
 
 /// Elements of a transformed tile.
 const ELEMENTS: usize = 16;
@@ -324,7 +324,7 @@ impl WinogradGradient {
                     &transformed[..cin * sums],
                     &offsets,
                     &gradient[..sums * channels],
-                    sums,
+                    (sums, Rows::flat(sums)),
                     &mut du[..cin * channels],
                     sweep > 0,
                 );
