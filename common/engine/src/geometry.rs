@@ -117,15 +117,20 @@ impl ConvGeometry {
         (self.padded_plane(), self.padded_width(), self.padding * (self.padded_width() + 1))
     }
 
-    /// The weights `[out][tap]` as the forward microkernel reads them:
-    /// `[channel block][tap][channel in block]`, zero past the last channel.
-    pub(crate) fn pack_weights(&self, weight: &[f32], block: usize) -> Vec<f32> {
-        let taps = self.patch_len();
+    /// Every tap of the kernel, as indices into a patch (`(c·k + ky)·k + kx`).
+    pub(crate) fn all_taps(&self) -> Vec<usize> {
+        (0..self.patch_len()).collect()
+    }
+
+    /// The weights `[out][tap]` of the kernel's taps `taps` (indices into
+    /// a patch) as the forward microkernel reads them: `[channel
+    /// block][tap][channel in block]`, zero past the last channel.
+    pub(crate) fn pack_weights(&self, weight: &[f32], block: usize, taps: &[usize]) -> Vec<f32> {
         let blocks = self.out_channels.div_ceil(block);
-        let mut packed = vec![0.0f32; blocks * taps * block];
-        for (o, row) in weight.chunks_exact(taps).enumerate() {
-            for (t, &w) in row.iter().enumerate() {
-                packed[((o / block) * taps + t) * block + o % block] = w;
+        let mut packed = vec![0.0f32; blocks * taps.len() * block];
+        for (o, row) in weight.chunks_exact(self.patch_len()).enumerate() {
+            for (i, &t) in taps.iter().enumerate() {
+                packed[((o / block) * taps.len() + i) * block + o % block] = row[t];
             }
         }
         packed

@@ -187,6 +187,21 @@ pub(crate) struct PassBuffers {
 
 impl ConvPass {
     pub(crate) fn new(isa: Isa, g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
+        ConvPass::with_taps(isa, g, weight, (bias, relu), &g.all_taps())
+    }
+
+    /// A pass whose direct method computes the kernel's taps `taps` alone
+    /// (indices into a patch, in order), where the others' weights are zero
+    /// (a strided convolution's phase kernel, see `strided`): the sums are
+    /// the same, without the zero products. Winograd's method, where it
+    /// applies, computes every tap.
+    pub(crate) fn with_taps(
+        isa: Isa,
+        g: &ConvGeometry,
+        weight: &[f32],
+        (bias, relu): (Option<&[f32]>, bool),
+        taps: &[usize],
+    ) -> Self {
         assert_eq!(g.stride, 1, "a pass computes a stride-1 convolution (see `strided`)");
         assert_eq!(weight.len(), g.weight_len(), "conv2d weight length");
         if let Some(bias) = bias {
@@ -196,11 +211,12 @@ impl ConvPass {
             Method::Winograd(Winograd::new(isa, g, weight))
         } else {
             let block = isa.channel_block(g.out_channels, g.virtual_positions());
-            let packed = g.pack_weights(weight, block);
+            let packed = g.pack_weights(weight, block, taps);
+            let offsets = select_taps(&g.tap_offsets(), taps);
             let rows = g.output_rows();
             let whole_vectors = isa.vector_width().is_some_and(|width| rows.width.is_multiple_of(width));
             let real_rows = (whole_vectors && rows.pitch > rows.width).then_some(rows);
-            Method::Direct { isa, block, packed, offsets: g.tap_offsets(), positions: g.virtual_positions(), real_rows }
+            Method::Direct { isa, block, packed, offsets, positions: g.virtual_positions(), real_rows }
         };
         let (out_width, out_plane) = (g.out_width(), g.out_plane());
         ConvPass { g: *g, out_width, out_plane, method, bias: bias.map(<[f32]>::to_vec), relu }
@@ -311,9 +327,15 @@ fn forward_on(
     assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
     if g.stride != 1 {
         let split = PhaseSplit::new(g);
-        return forward_on(isa, &split.input(x), &split.phased, &split.weight(weight), bias, relu, keep_pre_activation);
+        let pass = ConvPass::with_taps(isa, &split.phased, &split.weight(weight), (bias, relu), &split.real_taps());
+        return run_pass(&pass, &split.input(x), keep_pre_activation);
     }
     run_pass(&ConvPass::new(isa, g, weight, bias, relu), x, keep_pre_activation)
+}
+
+/// The entries of `all` (one per kernel tap) at `taps`.
+fn select_taps(all: &[usize], taps: &[usize]) -> Vec<usize> {
+    taps.iter().map(|&t| all[t]).collect()
 }
 
 /// `pass` over every image of `x`, in parallel.
@@ -343,8 +365,26 @@ pub fn conv2d_backward_input(dy: &[f32], g: &ConvGeometry, weight: &[f32]) -> Ve
     if g.stride == 1 {
         return run_pass(&ConvPass::input_gradient(isa, g, weight), dy, false).0;
     }
+    // The phase gradient, a pass per phase of its channels (each with the
+    // taps that phase has), then put back in the input's layout.
     let split = PhaseSplit::new(g);
-    split.input_gradient(&run_pass(&ConvPass::input_gradient(isa, &split.phased, &split.weight(weight)), dy, false).0)
+    let passes: Vec<ConvPass> = split
+        .transposed_by_phase(weight)
+        .iter()
+        .map(|(geometry, weight, taps)| ConvPass::with_taps(isa, geometry, weight, (None, false), taps))
+        .collect();
+    let phase_len = passes[0].geometry().out_len();
+    let mut d_phases = vec![0.0f32; dy.len() / g.out_len() * split.phased.in_len()];
+    d_phases.par_chunks_mut(split.phased.in_len()).zip(dy.par_chunks(g.out_len())).for_each_init(
+        || (Vec::new(), PassBuffers::default()),
+        |(padded, buffers), (d_phases, dy)| {
+            passes[0].pad(dy, padded);
+            for (pass, out) in passes.iter().zip(d_phases.chunks_exact_mut(phase_len)) {
+                pass.padded_image(buffers, padded, out);
+            }
+        },
+    );
+    split.input_gradient(&d_phases)
 }
 
 /// Gradients of a convolution's weight and bias, summed over the batch in a
@@ -361,10 +401,17 @@ fn params_on(isa: Isa, x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Ve
     assert_eq!(dy.len(), batch * g.out_len(), "conv2d output gradient length");
     if g.stride != 1 {
         let split = PhaseSplit::new(g);
-        let (d_phased, db) = params_on(isa, &split.input(x), dy, &split.phased);
+        let params = ParamGradient::with_taps(isa, &split.phased, split.real_taps());
+        let (d_phased, db) = params_of(&params, &split.input(x), dy);
         return (split.weight_gradient(&d_phased), db);
     }
-    let params = ParamGradient::new(isa, g);
+    params_of(&ParamGradient::new(isa, g), x, dy)
+}
+
+/// The weight and bias gradients by `params` (of a stride-1 convolution),
+/// summed over groups of images in a fixed order.
+fn params_of(params: &ParamGradient, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let g = &params.g;
     let per = IMAGES_PER_PARTIAL_GRADIENT;
     let partials: Vec<Vec<f32>> = x
         .par_chunks(per * g.in_len())
@@ -393,6 +440,9 @@ fn params_on(isa: Isa, x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Ve
 pub(crate) struct ParamGradient {
     g: ConvGeometry,
     channels: usize,
+    /// The kernel's taps (indices into a patch) the partial sums hold, in
+    /// order: every one, or those [`ParamGradient::with_taps`] names.
+    taps: Vec<usize>,
     method: GradientMethod,
 }
 
@@ -414,16 +464,22 @@ pub(crate) struct GradientBuffers {
 
 impl ParamGradient {
     pub(crate) fn new(isa: Isa, g: &ConvGeometry) -> Self {
+        ParamGradient::with_taps(isa, g, g.all_taps())
+    }
+
+    /// The gradient whose direct method computes the kernel's taps `taps`
+    /// alone (indices into a patch, in order); the others' gradients are
+    /// zero. Winograd's method, where it applies, computes every tap.
+    pub(crate) fn with_taps(isa: Isa, g: &ConvGeometry, taps: Vec<usize>) -> Self {
         assert_eq!(g.stride, 1, "the weight gradient of a stride-1 convolution (see `strided`)");
         let channels = g.out_channels.next_multiple_of(isa.gradient_channel_width(g.out_channels));
-        let method = if Winograd::applies(g) {
-            GradientMethod::Winograd(WinogradGradient::new(isa, g, channels))
-        } else {
-            let mut offsets = g.tap_offsets();
-            offsets.push(g.padded_len());
-            GradientMethod::Direct { isa, offsets }
-        };
-        ParamGradient { g: *g, channels, method }
+        if Winograd::applies(g) {
+            let method = GradientMethod::Winograd(WinogradGradient::new(isa, g, channels));
+            return ParamGradient { g: *g, channels, taps: g.all_taps(), method };
+        }
+        let mut offsets = select_taps(&g.tap_offsets(), &taps);
+        offsets.push(g.padded_len());
+        ParamGradient { g: *g, channels, taps, method: GradientMethod::Direct { isa, offsets } }
     }
 
     /// Copies one image (the convolution's input) into the padded layout
@@ -446,7 +502,7 @@ impl ParamGradient {
     }
 
     fn zeroed(&self) -> Vec<f32> {
-        vec![0.0f32; (self.g.patch_len() + 1) * self.channels]
+        vec![0.0f32; (self.taps.len() + 1) * self.channels]
     }
 
     /// The partial sum of a group of images: `padded` holds the images as
@@ -482,14 +538,14 @@ impl ParamGradient {
                 total.iter_mut().zip(&partial[i << 12..]).for_each(|(a, b)| *a += b);
             }
         });
-        let (taps, channels) = (self.g.patch_len(), self.channels);
+        let channels = self.channels;
         let mut dw = vec![0.0f32; self.g.weight_len()];
-        for (o, row) in dw.chunks_exact_mut(taps).enumerate() {
-            for (t, d) in row.iter_mut().enumerate() {
-                *d = total[t * channels + o];
+        for (o, row) in dw.chunks_exact_mut(self.g.patch_len()).enumerate() {
+            for (i, &t) in self.taps.iter().enumerate() {
+                row[t] = total[i * channels + o];
             }
         }
-        let db = total[taps * channels..][..self.g.out_channels].to_vec();
+        let db = total[self.taps.len() * channels..][..self.g.out_channels].to_vec();
         (dw, db)
     }
 }
@@ -812,9 +868,25 @@ pub struct ConvArithmetic {
 pub fn conv_arithmetic(g: &ConvGeometry, work: ConvWork) -> ConvArithmetic {
     let direct = (g.out_height() * g.out_width() * g.in_channels * g.out_channels * g.kernel * g.kernel) as u64;
     if g.stride != 1 {
-        let phases = conv_arithmetic(&PhaseSplit::new(g).phased, work);
-        let method = if phases.method == "winograd" { "phases+winograd" } else { "phases+direct" };
-        return ConvArithmetic { method, direct, computed: phases.computed };
+        let split = PhaseSplit::new(g);
+        let phases = conv_arithmetic(&split.phased, work);
+        if phases.method == "winograd" {
+            return ConvArithmetic { method: "phases+winograd", direct, computed: phases.computed };
+        }
+        // The direct passes compute the phase kernel's real taps alone: the
+        // forward pass and weight gradient per output position, the input
+        // gradient per phase position (each phase with its own taps).
+        let computed = match work {
+            ConvWork::InputGradient => split
+                .transposed_by_phase(&vec![0.0; g.weight_len()])
+                .iter()
+                .map(|(phase, _, taps)| (phase.out_height() * phase.out_width() * taps.len() * phase.out_channels) as u64)
+                .sum(),
+            ConvWork::Forward | ConvWork::WeightGradient => {
+                (g.out_height() * g.out_width() * split.real_taps().len() * g.out_channels) as u64
+            }
+        };
+        return ConvArithmetic { method: "phases+direct", direct, computed };
     }
     // The input gradient runs as the forward pass of the transposed
     // convolution, so its method is chosen on that geometry.
@@ -1384,11 +1456,17 @@ mod tests {
         let a = conv_arithmetic(&g(16, 32, 5, 0, 16, 1), ConvWork::Forward);
         assert_eq!((a.method, a.computed), ("direct", 144 * 16 * 32 * 25));
         // Stride 2, 3x3, padding 1 on 32x32: 16x16 outputs from phases of
-        // 4·32 channels with a 2x2 kernel: 16 taps per input channel and
-        // output where the strided form has 9 (the phase kernel's zeros are
-        // computed).
-        let a = conv_arithmetic(&g(32, 32, 3, 1, 32, 2), ConvWork::Forward);
-        assert_eq!((a.method, a.direct, a.computed), ("phases+direct", 256 * 32 * 32 * 9, 256 * 128 * 32 * 4));
+        // 4·32 channels with a 2x2 kernel, of whose 16 taps per input
+        // channel 9 are real and computed: as many as the strided form.
+        let strided = g(32, 32, 3, 1, 32, 2);
+        for work in [ConvWork::Forward, ConvWork::WeightGradient] {
+            let a = conv_arithmetic(&strided, work);
+            assert_eq!((a.method, a.direct, a.computed), ("phases+direct", 256 * 32 * 32 * 9, 256 * 32 * 32 * 9), "{work:?}");
+        }
+        // The input gradient: 17x17 positions per phase (the phase images),
+        // the phases with 4, 2, 2 and 1 taps per channel pair.
+        let a = conv_arithmetic(&strided, ConvWork::InputGradient);
+        assert_eq!((a.method, a.computed), ("phases+direct", 17 * 17 * 32 * 32 * 9));
     }
 
     #[test]

@@ -43,27 +43,26 @@ impl PhaseSplit {
         PhaseSplit { g: *g, phased }
     }
 
-    /// The input position of phase channel `q`'s row `i`, column `j`, if it
-    /// lies inside the image (not in the padding or past it).
-    fn source(&self, q: usize, i: usize, j: usize) -> Option<(usize, usize, usize)> {
-        let (s, c_in) = (self.g.stride, self.g.in_channels);
-        let (phase, c) = (q / c_in, q % c_in);
-        let (a, b) = (phase / s, phase % s);
-        let (y, x) = ((s * i + a).checked_sub(self.g.padding)?, (s * j + b).checked_sub(self.g.padding)?);
-        (y < self.g.height && x < self.g.width).then_some((c, y, x))
-    }
-
-    /// Calls `f(phase offset, image offset)` for every phase value that is
-    /// an input value, offsets within one image's phases and one image.
-    fn each_value(&self, mut f: impl FnMut(usize, usize)) {
-        let (g, p) = (&self.g, &self.phased);
+    /// Calls `f(phase, image, count)` for the runs of phase values that
+    /// are input values (not padding, nor past the image), one run per
+    /// phase row: the `count` phase values from offset `phase` on are the
+    /// input values at `image`, `image + s`, `image + 2s`, ... (offsets
+    /// within one image's phases and one image).
+    fn each_run(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let (g, p, s) = (&self.g, &self.phased, self.g.stride);
         for q in 0..p.in_channels {
+            let (phase, c) = (q / g.in_channels, q % g.in_channels);
+            let (a, b) = (phase / s, phase % s);
+            // Phase column j is input column s·j + b - padding.
+            let first = g.padding.saturating_sub(b).div_ceil(s);
+            let end = (g.width + g.padding).saturating_sub(b).div_ceil(s).min(p.width);
+            if first >= end {
+                continue;
+            }
             for i in 0..p.height {
-                for j in 0..p.width {
-                    if let Some((c, y, x)) = self.source(q, i, j) {
-                        f((q * p.height + i) * p.width + j, (c * g.height + y) * g.width + x);
-                    }
-                }
+                let Some(y) = (s * i + a).checked_sub(g.padding).filter(|&y| y < g.height) else { continue };
+                let x = s * first + b - g.padding;
+                f((q * p.height + i) * p.width + first, (c * g.height + y) * g.width + x, end - first);
             }
         }
     }
@@ -72,9 +71,13 @@ impl PhaseSplit {
     pub(crate) fn input(&self, x: &[f32]) -> Vec<f32> {
         let (g, p) = (&self.g, &self.phased);
         let mut out = vec![0.0f32; x.len() / g.in_len() * p.in_len()];
-        out.par_chunks_mut(p.in_len())
-            .zip(x.par_chunks(g.in_len()))
-            .for_each(|(phases, image)| self.each_value(|at, from| phases[at] = image[from]));
+        out.par_chunks_mut(p.in_len()).zip(x.par_chunks(g.in_len())).for_each(|(phases, image)| {
+            let s = self.g.stride;
+            self.each_run(|at, from, count| {
+                let row = &mut phases[at..][..count];
+                row.iter_mut().zip(image[from..].iter().step_by(s)).for_each(|(v, &x)| *v = x);
+            })
+        });
         out
     }
 
@@ -84,9 +87,13 @@ impl PhaseSplit {
     pub(crate) fn input_gradient(&self, d_phases: &[f32]) -> Vec<f32> {
         let (g, p) = (&self.g, &self.phased);
         let mut out = vec![0.0f32; d_phases.len() / p.in_len() * g.in_len()];
-        out.par_chunks_mut(g.in_len())
-            .zip(d_phases.par_chunks(p.in_len()))
-            .for_each(|(image, phases)| self.each_value(|at, to| image[to] = phases[at]));
+        out.par_chunks_mut(g.in_len()).zip(d_phases.par_chunks(p.in_len())).for_each(|(image, phases)| {
+            let s = self.g.stride;
+            self.each_run(|at, to, count| {
+                let row = &phases[at..][..count];
+                image[to..].iter_mut().step_by(s).zip(row).for_each(|(v, &d)| *v = d);
+            })
+        });
         out
     }
 
@@ -119,6 +126,48 @@ impl PhaseSplit {
                 d_phased[((o * p.in_channels + q) * p.kernel + u) * p.kernel + v];
         });
         out
+    }
+
+    /// The phase kernel's taps that are the original kernel's (the others'
+    /// weights are zero), as indices into a phase patch (`(q·k' + u)·k' +
+    /// v`), in order: for a 3x3 kernel at stride 2, 9 of every 16.
+    pub(crate) fn real_taps(&self) -> Vec<usize> {
+        let p = &self.phased;
+        (0..p.in_channels)
+            .flat_map(|q| (0..p.kernel).flat_map(move |u| (0..p.kernel).map(move |v| (q, u, v))))
+            .enumerate()
+            .filter(|&(_, (q, u, v))| self.tap(q, u, v).is_some())
+            .map(|(t, _)| t)
+            .collect()
+    }
+
+    /// The input gradient of the phase convolution (its transposed
+    /// convolution, see [`ConvGeometry::transposed`]) cut by the phase of
+    /// its output channels: per phase, the convolution to its `C` channels,
+    /// its weights and the taps its kernel has (indices into its patch, in
+    /// order). The phases of one channel read different taps of the
+    /// kernel, so each computes only its own: for a 3x3 kernel at stride 2,
+    /// 4, 2, 2 and 1 of the 2x2 taps per channel, 9 in all instead of 16.
+    pub(crate) fn transposed_by_phase(&self, weight: &[f32]) -> Vec<(ConvGeometry, Vec<f32>, Vec<usize>)> {
+        let (p, c_in) = (&self.phased, self.g.in_channels);
+        let (transposed, flipped) = p.transposed(&self.weight(weight));
+        let k = p.kernel;
+        let phase = ConvGeometry { out_channels: c_in, ..transposed };
+        let per_phase = c_in * phase.patch_len();
+        (0..self.g.stride * self.g.stride)
+            .map(|s2| {
+                // Tap (o, a, b) of the transposed kernel is tap (k-1-a, k-1-b)
+                // of the phase kernel, for every output channel o.
+                let q = s2 * c_in;
+                let taps = (0..phase.patch_len())
+                    .filter(|&t| {
+                        let (a, b) = ((t / k) % k, t % k);
+                        self.tap(q, k - 1 - a, k - 1 - b).is_some()
+                    })
+                    .collect();
+                (phase, flipped[s2 * per_phase..][..per_phase].to_vec(), taps)
+            })
+            .collect()
     }
 
     /// Calls `f(o, q, u, v, original tap)` for every phase tap that is one
