@@ -328,9 +328,9 @@ fn forward_on(
     if g.stride != 1 {
         let split = PhaseSplit::new(g);
         let pass = ConvPass::with_taps(isa, &split.phased, &split.weight(weight), (bias, relu), &split.real_taps());
-        return run_pass(&pass, &split.input(x), keep_pre_activation);
+        return run_pass(&pass, x, Some(&split), keep_pre_activation);
     }
-    run_pass(&ConvPass::new(isa, g, weight, bias, relu), x, keep_pre_activation)
+    run_pass(&ConvPass::new(isa, g, weight, bias, relu), x, None, keep_pre_activation)
 }
 
 /// The entries of `all` (one per kernel tap) at `taps`.
@@ -338,21 +338,33 @@ fn select_taps(all: &[usize], taps: &[usize]) -> Vec<usize> {
     taps.iter().map(|&t| all[t]).collect()
 }
 
-/// `pass` over every image of `x`, in parallel.
-fn run_pass(pass: &ConvPass, x: &[f32], keep_pre_activation: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+/// `pass` over every image of `x`, in parallel; with `phases`, over each
+/// image's phases (`pass` is then that split's phase convolution).
+fn run_pass(pass: &ConvPass, x: &[f32], phases: Option<&PhaseSplit>, keep_pre_activation: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let g = pass.geometry();
-    let len = x.len() / g.in_len() * g.out_len();
+    let image_len = phases.map_or(g.in_len(), PhaseSplit::image_len);
+    let len = x.len() / image_len * g.out_len();
     let mut y = vec![0.0f32; len];
     let mut pre = keep_pre_activation.then(|| vec![0.0f32; len]);
+    let image =
+        |(buffers, split_image): &mut (PassBuffers, Vec<f32>), image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>| {
+            match phases {
+                Some(split) => {
+                    split.image_phases(image, split_image);
+                    pass.image(buffers, split_image, out, pre)
+                }
+                None => pass.image(buffers, image, out, pre),
+            }
+        };
     let outputs = y.par_chunks_mut(g.out_len());
     match pre.as_mut() {
         Some(pre) => outputs
             .zip(pre.par_chunks_mut(g.out_len()))
-            .zip(x.par_chunks(g.in_len()))
-            .for_each_init(PassBuffers::default, |buffers, ((out, pre), image)| pass.image(buffers, image, out, Some(pre))),
-        None => outputs
-            .zip(x.par_chunks(g.in_len()))
-            .for_each_init(PassBuffers::default, |buffers, (out, image)| pass.image(buffers, image, out, None)),
+            .zip(x.par_chunks(image_len))
+            .for_each_init(Default::default, |buffers, ((out, pre), x)| image(buffers, x, out, Some(pre))),
+        None => {
+            outputs.zip(x.par_chunks(image_len)).for_each_init(Default::default, |buffers, (out, x)| image(buffers, x, out, None))
+        }
     }
     (y, pre)
 }
@@ -363,7 +375,7 @@ pub fn conv2d_backward_input(dy: &[f32], g: &ConvGeometry, weight: &[f32]) -> Ve
     assert_eq!(dy.len() % g.out_len(), 0, "conv2d output gradient is not a whole number of images");
     let isa = Isa::detected();
     if g.stride == 1 {
-        return run_pass(&ConvPass::input_gradient(isa, g, weight), dy, false).0;
+        return run_pass(&ConvPass::input_gradient(isa, g, weight), dy, None, false).0;
     }
     // The phase gradient, a pass per phase of its channels (each with the
     // taps that phase has), then put back in the input's layout.
@@ -374,17 +386,18 @@ pub fn conv2d_backward_input(dy: &[f32], g: &ConvGeometry, weight: &[f32]) -> Ve
         .map(|(geometry, weight, taps)| ConvPass::with_taps(isa, geometry, weight, (None, false), taps))
         .collect();
     let phase_len = passes[0].geometry().out_len();
-    let mut d_phases = vec![0.0f32; dy.len() / g.out_len() * split.phased.in_len()];
-    d_phases.par_chunks_mut(split.phased.in_len()).zip(dy.par_chunks(g.out_len())).for_each_init(
-        || (Vec::new(), PassBuffers::default()),
-        |(padded, buffers), (d_phases, dy)| {
+    let mut dx = vec![0.0f32; dy.len() / g.out_len() * g.in_len()];
+    dx.par_chunks_mut(g.in_len()).zip(dy.par_chunks(g.out_len())).for_each_init(
+        || (Vec::new(), vec![0.0f32; split.phased.in_len()], PassBuffers::default()),
+        |(padded, d_phases, buffers), (dx, dy)| {
             passes[0].pad(dy, padded);
             for (pass, out) in passes.iter().zip(d_phases.chunks_exact_mut(phase_len)) {
                 pass.padded_image(buffers, padded, out);
             }
+            split.image_gradient(d_phases, dx);
         },
     );
-    split.input_gradient(&d_phases)
+    dx
 }
 
 /// Gradients of a convolution's weight and bias, summed over the batch in a
@@ -402,27 +415,35 @@ fn params_on(isa: Isa, x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Ve
     if g.stride != 1 {
         let split = PhaseSplit::new(g);
         let params = ParamGradient::with_taps(isa, &split.phased, split.real_taps());
-        let (d_phased, db) = params_of(&params, &split.input(x), dy);
+        let (d_phased, db) = params_of(&params, x, Some(&split), dy);
         return (split.weight_gradient(&d_phased), db);
     }
-    params_of(&ParamGradient::new(isa, g), x, dy)
+    params_of(&ParamGradient::new(isa, g), x, None, dy)
 }
 
 /// The weight and bias gradients by `params` (of a stride-1 convolution),
-/// summed over groups of images in a fixed order.
-fn params_of(params: &ParamGradient, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// summed over groups of images in a fixed order; with `phases`, of each
+/// image's phases (`params` is then that split's phase convolution's).
+fn params_of(params: &ParamGradient, x: &[f32], phases: Option<&PhaseSplit>, dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let g = &params.g;
+    let image_len = phases.map_or(g.in_len(), PhaseSplit::image_len);
     let per = IMAGES_PER_PARTIAL_GRADIENT;
     let partials: Vec<Vec<f32>> = x
-        .par_chunks(per * g.in_len())
+        .par_chunks(per * image_len)
         .zip(dy.par_chunks(per * g.out_len()))
         .map_init(
-            || (Vec::new(), GradientBuffers::default()),
-            |(padded, buffers): &mut (Vec<Vec<f32>>, _), (images, douts)| {
-                let images: Vec<&[f32]> = images.chunks_exact(g.in_len()).collect();
+            || (Vec::new(), Vec::new(), GradientBuffers::default()),
+            |(padded, split_image, buffers): &mut (Vec<Vec<f32>>, Vec<f32>, _), (images, douts)| {
+                let images: Vec<&[f32]> = images.chunks_exact(image_len).collect();
                 padded.resize_with(images.len(), Vec::new);
                 for (image, padded) in images.iter().zip(padded.iter_mut()) {
-                    params.pad_input(image, padded);
+                    match phases {
+                        Some(split) => {
+                            split.image_phases(image, split_image);
+                            params.pad_input(split_image, padded);
+                        }
+                        None => params.pad_input(image, padded),
+                    }
                 }
                 let padded: Vec<&[f32]> = padded.iter().take(images.len()).map(Vec::as_slice).collect();
                 let douts: Vec<&[f32]> = douts.chunks_exact(g.out_len()).collect();

@@ -14,8 +14,6 @@
 //! one phase position, so the input gradient is the phase gradient put
 //! back, and the weight gradient the phase kernel's gradient read back.
 
-use rayon::prelude::*;
-
 use crate::geometry::ConvGeometry;
 
 /// A strided convolution and the stride-1 convolution of its phases.
@@ -67,34 +65,41 @@ impl PhaseSplit {
         }
     }
 
-    /// Each image (N·C·H·W) as its phase images (N·s²C·H'·W').
-    pub(crate) fn input(&self, x: &[f32]) -> Vec<f32> {
-        let (g, p) = (&self.g, &self.phased);
-        let mut out = vec![0.0f32; x.len() / g.in_len() * p.in_len()];
-        out.par_chunks_mut(p.in_len()).zip(x.par_chunks(g.in_len())).for_each(|(phases, image)| {
-            let s = self.g.stride;
-            self.each_run(|at, from, count| {
-                let row = &mut phases[at..][..count];
-                row.iter_mut().zip(image[from..].iter().step_by(s)).for_each(|(v, &x)| *v = x);
-            })
-        });
-        out
+    /// Floats of one image of the strided convolution's input.
+    pub(crate) fn image_len(&self) -> usize {
+        self.g.in_len()
     }
 
-    /// The gradient of each image from the gradient of its phase images:
-    /// every input value is one phase value; values no phase holds (rows
-    /// and columns the stride skips at the end) have gradient zero.
-    pub(crate) fn input_gradient(&self, d_phases: &[f32]) -> Vec<f32> {
-        let (g, p) = (&self.g, &self.phased);
-        let mut out = vec![0.0f32; d_phases.len() / p.in_len() * g.in_len()];
-        out.par_chunks_mut(g.in_len()).zip(d_phases.par_chunks(p.in_len())).for_each(|(image, phases)| {
-            let s = self.g.stride;
-            self.each_run(|at, to, count| {
-                let row = &phases[at..][..count];
-                image[to..].iter_mut().step_by(s).zip(row).for_each(|(v, &d)| *v = d);
-            })
+    /// One image (C·H·W) as its phase images (s²C·H'·W') in `phases`. The
+    /// phase values that are padding are zero: the buffer is zero-filled
+    /// only when it is new (or of another size), as the same positions
+    /// are written for every image. Done per image, the phases stay in the
+    /// cache for the pass that reads them (a batch's phases made at once
+    /// cost a round trip through memory each way).
+    pub(crate) fn image_phases(&self, image: &[f32], phases: &mut Vec<f32>) {
+        assert_eq!(image.len(), self.g.in_len(), "strided convolution input of one image");
+        if phases.len() != self.phased.in_len() {
+            phases.clear();
+            phases.resize(self.phased.in_len(), 0.0);
+        }
+        let s = self.g.stride;
+        self.each_run(|at, from, count| {
+            let row = &mut phases[at..][..count];
+            row.iter_mut().zip(image[from..].iter().step_by(s)).for_each(|(v, &x)| *v = x);
         });
-        out
+    }
+
+    /// The gradient of one image from the gradient of its phase images:
+    /// every input value is one phase value; values no phase holds (rows
+    /// and columns the stride skips at the end) are left as they are (the
+    /// caller's zeros).
+    pub(crate) fn image_gradient(&self, d_phases: &[f32], image: &mut [f32]) {
+        assert!(d_phases.len() == self.phased.in_len() && image.len() == self.g.in_len(), "strided gradient of one image");
+        let s = self.g.stride;
+        self.each_run(|at, to, count| {
+            let row = &d_phases[at..][..count];
+            image[to..].iter_mut().step_by(s).zip(row).for_each(|(v, &d)| *v = d);
+        });
     }
 
     /// The tap of the original kernel that phase channel `q`'s tap `(u, v)`
