@@ -12,6 +12,9 @@
 #   ROUNDS=5 PEER_PYTHON=/path/to/python scripts/compare-peer.sh
 #   PEER_ARGS="--methods core" scripts/compare-peer.sh   # the peer's train step, LRP and Grad-CAM only
 #
+# On an AVX-512 machine, both sides at AVX2 (our kernels, oneDNN and ATen):
+#   ATTRIBUTION_TRENDS_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 scripts/compare-peer.sh
+#
 # The model of configs/custom-model.toml, which is no preset, is timed too
 # (case cifar_vgg): the trainer prints its PyTorch module and
 # scripts/peer_models.py times that module as the peer times the presets.
@@ -52,13 +55,14 @@ for round in $(seq 1 "$rounds"); do
 done
 
 python3 - "$out" "$rounds" <<'EOF'
-import json, re, sys
+import json, re, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 cases = {("simple", "1x28x28"): "fmnist_simple", ("simple", "3x32x32"): "cifar_simple",
          ("complex", "1x28x28"): "fmnist_complex", ("complex", "3x32x32"): "cifar_complex", ("small-vgg", "3x32x32"): "cifar_vgg"}
+# Every round's median per key; a side's figure is its best round.
 ours, peer = {}, {}
 def keep(table, key, value):
-    table[key] = min(value, table.get(key, float("inf")))
+    table.setdefault(key, []).append(value)
 for r in range(1, rounds + 1):
     for name in (f"peer-{r}.json", f"peer-models-{r}.json"):
         for key, value in json.load(open(f"{out}/{name}")).items():
@@ -78,21 +82,27 @@ for r in range(1, rounds + 1):
 targets = {"train_step": 0.8, "lrp200": 0.2, "gradcam200": 0.35, "saliency200": 0.3, "ixg200": 0.3, "ig32_200": 0.3,
            "smoothgrad16_200": 0.3, "guidedbp200": 0.3, "occlusion200": 0.3}
 custom_targets = {"train_step": 1.0, "lrp200": 0.25, "gradcam200": 0.5}
-print(f"best of {rounds} interleaved rounds (median per round)")
-print(f"{'case':<28} {'ours (s)':>10} {'peer (s)':>10} {'ratio':>7} {'target':>7}  peer NCHW / channels_last")
+isa = next((line.split(":", 1)[1].strip() for line in open(f"{out}/train-1.txt") if line.startswith("instruction set:")), "?")
+print(f"best of {rounds} interleaved rounds (median per round); our kernels: {isa}")
+print("medians: the ratio of the two sides' medians over the rounds (far from `ratio`: unsteady minutes)")
+print(f"{'case':<28} {'ours (s)':>10} {'peer (s)':>10} {'ratio':>7} {'medians':>8} {'target':>7}  peer NCHW / channels_last")
 for what in targets:
     for case in cases.values():
         key = f"{case}_{what}_s"
         if key in ours and key in peer:
             # The training step is compared against the faster of the
-            # peer's two memory layouts (NCHW and channels_last).
+            # peer's two memory layouts (NCHW and channels_last), round by
+            # round.
             layouts = ""
-            best = peer[key]
+            rounds_peer = peer[key]
             if what == "train_step" and f"{case}_train_step_cl_s" in peer:
                 cl = peer[f"{case}_train_step_cl_s"]
-                layouts = f"  {peer[key]:.4f} / {cl:.4f}"
-                best = min(best, cl)
-            ratio = ours[key] / best
+                layouts = f"  {min(peer[key]):.4f} / {min(cl):.4f}"
+                rounds_peer = [min(a, b) for a, b in zip(peer[key], cl)]
+            ratio = min(ours[key]) / min(rounds_peer)
+            medians = statistics.median(ours[key]) / statistics.median(rounds_peer)
             target = custom_targets.get(what, targets[what]) if case == "cifar_vgg" else targets[what]
-            print(f"{case + ' ' + what:<28} {ours[key]:>10.4f} {best:>10.4f} {ratio:>7.2f} {target:>7.2f}{layouts}")
+            print(
+                f"{case + ' ' + what:<28} {min(ours[key]):>10.4f} {min(rounds_peer):>10.4f} {ratio:>7.2f} {medians:>8.2f} {target:>7.2f}{layouts}"
+            )
 EOF

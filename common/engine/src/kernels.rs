@@ -346,16 +346,9 @@ fn run_pass(pass: &ConvPass, x: &[f32], phases: Option<&PhaseSplit>, keep_pre_ac
     let len = x.len() / image_len * g.out_len();
     let mut y = vec![0.0f32; len];
     let mut pre = keep_pre_activation.then(|| vec![0.0f32; len]);
-    let image =
-        |(buffers, split_image): &mut (PassBuffers, Vec<f32>), image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>| {
-            match phases {
-                Some(split) => {
-                    split.image_phases(image, split_image);
-                    pass.image(buffers, split_image, out, pre)
-                }
-                None => pass.image(buffers, image, out, pre),
-            }
-        };
+    let image = |(buffers, split): &mut (PassBuffers, Vec<f32>), image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>| {
+        pass.image(buffers, PhaseSplit::pass_input(phases, image, split), out, pre)
+    };
     let outputs = y.par_chunks_mut(g.out_len());
     match pre.as_mut() {
         Some(pre) => outputs
@@ -437,13 +430,7 @@ fn params_of(params: &ParamGradient, x: &[f32], phases: Option<&PhaseSplit>, dy:
                 let images: Vec<&[f32]> = images.chunks_exact(image_len).collect();
                 padded.resize_with(images.len(), Vec::new);
                 for (image, padded) in images.iter().zip(padded.iter_mut()) {
-                    match phases {
-                        Some(split) => {
-                            split.image_phases(image, split_image);
-                            params.pad_input(split_image, padded);
-                        }
-                        None => params.pad_input(image, padded),
-                    }
+                    params.pad_input(PhaseSplit::pass_input(phases, image, split_image), padded);
                 }
                 let padded: Vec<&[f32]> = padded.iter().take(images.len()).map(Vec::as_slice).collect();
                 let douts: Vec<&[f32]> = douts.chunks_exact(g.out_len()).collect();

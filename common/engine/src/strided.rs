@@ -89,6 +89,18 @@ impl PhaseSplit {
         });
     }
 
+    /// What a pass reads for `image`: the image itself, or with a split its
+    /// phases, made in `buffer` (see [`PhaseSplit::image_phases`]).
+    pub(crate) fn pass_input<'a>(split: Option<&PhaseSplit>, image: &'a [f32], buffer: &'a mut Vec<f32>) -> &'a [f32] {
+        match split {
+            Some(split) => {
+                split.image_phases(image, buffer);
+                buffer
+            }
+            None => image,
+        }
+    }
+
     /// The gradient of one image from the gradient of its phase images:
     /// every input value is one phase value; values no phase holds (rows
     /// and columns the stride skips at the end) are left as they are (the
