@@ -376,7 +376,7 @@ pub fn conv2d_backward_input(dy: &[f32], g: &ConvGeometry, weight: &[f32]) -> Ve
     let passes: Vec<ConvPass> = split
         .transposed_by_phase(weight)
         .iter()
-        .map(|(geometry, weight, taps)| ConvPass::with_taps(isa, geometry, weight, (None, false), taps))
+        .map(|phase| ConvPass::with_taps(isa, &phase.geometry, &phase.weight, (None, false), &phase.taps))
         .collect();
     let phase_len = passes[0].geometry().out_len();
     let mut dx = vec![0.0f32; dy.len() / g.out_len() * g.in_len()];
@@ -888,7 +888,10 @@ pub fn conv_arithmetic(g: &ConvGeometry, work: ConvWork) -> ConvArithmetic {
             ConvWork::InputGradient => split
                 .transposed_by_phase(&vec![0.0; g.weight_len()])
                 .iter()
-                .map(|(phase, _, taps)| (phase.out_height() * phase.out_width() * taps.len() * phase.out_channels) as u64)
+                .map(|phase| {
+                    let g = &phase.geometry;
+                    (g.out_height() * g.out_width() * phase.taps.len() * g.out_channels) as u64
+                })
                 .sum(),
             ConvWork::Forward | ConvWork::WeightGradient => {
                 (g.out_height() * g.out_width() * split.real_taps().len() * g.out_channels) as u64

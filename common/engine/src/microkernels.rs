@@ -618,7 +618,6 @@ unsafe fn tap_products_rows_generic<V: Lanes, const OCB: usize, const NV: usize>
 /// [`tap_products_rows_generic`]), for the vector variants: `rows.width`
 /// must be a multiple of [`Isa::vector_width`]. The portable variant
 /// computes every position.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn tap_products_rows(
     isa: Isa,
     block: usize,

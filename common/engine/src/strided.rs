@@ -7,14 +7,26 @@
 //! a stride-1, unpadded convolution of the `s²` phase images stacked as
 //! channels, with a kernel of side `ceil(k / s)` whose taps are the
 //! original kernel's (zero where `s·u + a` is past it). The tuned stride-1
-//! kernels then compute it (Winograd's method for a 5x5 kernel at stride 2,
-//! which becomes 3x3): for a 3x3 kernel at stride 2, 16 taps per input
-//! channel instead of 9, where running the convolution at stride 1 and
-//! keeping every second output would cost 36. Every input value lands in
-//! one phase position, so the input gradient is the phase gradient put
-//! back, and the weight gradient the phase kernel's gradient read back.
+//! kernels then compute it: Winograd's method for a 5x5 kernel at stride 2,
+//! which becomes 3x3; otherwise the direct method on the phase kernel's
+//! real taps alone (for a 3x3 kernel at stride 2, 9 of its 16 taps per
+//! input channel, as many as the strided convolution has, where running it
+//! at stride 1 and keeping every second output would cost 36). Every input
+//! value lands in one phase position, so the input gradient is the phase
+//! gradient put back (computed a phase at a time, each phase's channels
+//! with the taps that phase has), and the weight gradient the phase
+//! kernel's gradient read back.
 
 use crate::geometry::ConvGeometry;
+
+/// The convolution that gives one phase's channels of the phase gradient
+/// (see [`PhaseSplit::transposed_by_phase`]).
+pub(crate) struct PhaseGradient {
+    pub geometry: ConvGeometry,
+    pub weight: Vec<f32>,
+    /// The taps its kernel has, as indices into its patch, in order.
+    pub taps: Vec<usize>,
+}
 
 /// A strided convolution and the stride-1 convolution of its phases.
 pub(crate) struct PhaseSplit {
@@ -165,24 +177,24 @@ impl PhaseSplit {
     /// order). The phases of one channel read different taps of the
     /// kernel, so each computes only its own: for a 3x3 kernel at stride 2,
     /// 4, 2, 2 and 1 of the 2x2 taps per channel, 9 in all instead of 16.
-    pub(crate) fn transposed_by_phase(&self, weight: &[f32]) -> Vec<(ConvGeometry, Vec<f32>, Vec<usize>)> {
+    pub(crate) fn transposed_by_phase(&self, weight: &[f32]) -> Vec<PhaseGradient> {
         let (p, c_in) = (&self.phased, self.g.in_channels);
         let (transposed, flipped) = p.transposed(&self.weight(weight));
         let k = p.kernel;
-        let phase = ConvGeometry { out_channels: c_in, ..transposed };
-        let per_phase = c_in * phase.patch_len();
+        let geometry = ConvGeometry { out_channels: c_in, ..transposed };
+        let per_phase = c_in * geometry.patch_len();
         (0..self.g.stride * self.g.stride)
-            .map(|s2| {
+            .map(|phase| {
                 // Tap (o, a, b) of the transposed kernel is tap (k-1-a, k-1-b)
                 // of the phase kernel, for every output channel o.
-                let q = s2 * c_in;
-                let taps = (0..phase.patch_len())
+                let q = phase * c_in;
+                let taps = (0..geometry.patch_len())
                     .filter(|&t| {
                         let (a, b) = ((t / k) % k, t % k);
                         self.tap(q, k - 1 - a, k - 1 - b).is_some()
                     })
                     .collect();
-                (phase, flipped[s2 * per_phase..][..per_phase].to_vec(), taps)
+                PhaseGradient { geometry, weight: flipped[phase * per_phase..][..per_phase].to_vec(), taps }
             })
             .collect()
     }
