@@ -61,21 +61,21 @@ cases = {("simple", "1x28x28"): "fmnist_simple", ("simple", "3x32x32"): "cifar_s
          ("complex", "1x28x28"): "fmnist_complex", ("complex", "3x32x32"): "cifar_complex", ("small-vgg", "3x32x32"): "cifar_vgg"}
 # Every round's median per key; a side's figure is its best round.
 ours, peer = {}, {}
-def keep(table, key, value):
+def record(table, key, value):
     table.setdefault(key, []).append(value)
 for r in range(1, rounds + 1):
     for name in (f"peer-{r}.json", f"peer-models-{r}.json"):
         for key, value in json.load(open(f"{out}/{name}")).items():
             if key.endswith("_s"):
-                keep(peer, key, value)
+                record(peer, key, value)
     for line in open(f"{out}/train-{r}.txt"):
         m = re.match(r"^(\w+_\w+)\s+([0-9.]+)\s", line)
         if m:
-            keep(ours, f"{m.group(1)}_train_step_s", float(m.group(2)))
+            record(ours, f"{m.group(1)}_train_step_s", float(m.group(2)))
     for line in open(f"{out}/explain-{r}.txt"):
         m = re.match(r"^(\w+_\w+)\s+(\w+)\s+([0-9.]+)s\s", line)
         if m:
-            keep(ours, f"{m.group(1)}_{m.group(2)}_s", float(m.group(3)))
+            record(ours, f"{m.group(1)}_{m.group(2)}_s", float(m.group(3)))
 # The goals open now: the presets' training step, LRP and Grad-CAM at
 # 0.8 / 0.2 / 0.35 of the peer, the custom model's at 1.0 / 0.25 / 0.5,
 # and every gradient-family method at 0.3.

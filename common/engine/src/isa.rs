@@ -39,7 +39,12 @@ impl Isa {
     /// names no variant is reported by [`instruction_set`]; here it falls
     /// back to the best variant.
     pub(crate) fn detected() -> Isa {
-        *SELECTED.get_or_init(|| Isa::selected(std::env::var(INSTRUCTION_SET_ENV).ok().as_deref()).unwrap_or(Isa::available()[0]))
+        *SELECTED.get_or_init(|| Isa::from_env().unwrap_or_else(|_| Isa::available()[0]))
+    }
+
+    /// [`Isa::selected`] with the cap [`INSTRUCTION_SET_ENV`] names.
+    fn from_env() -> Result<Isa, InstructionSetError> {
+        Isa::selected(std::env::var(INSTRUCTION_SET_ENV).ok().as_deref())
     }
 
     /// The best variant this CPU runs at or below the one named `cap`
@@ -162,7 +167,7 @@ pub fn detected_instruction_set() -> &'static str {
 /// names no instruction set. The stages call this first, so that a typo
 /// stops them before any work.
 pub fn instruction_set() -> Result<&'static str, InstructionSetError> {
-    let chosen = Isa::selected(std::env::var(INSTRUCTION_SET_ENV).ok().as_deref())?;
+    let chosen = Isa::from_env()?;
     Ok(SELECTED.get_or_init(|| chosen).name())
 }
 

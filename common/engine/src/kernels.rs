@@ -885,14 +885,11 @@ pub fn conv_arithmetic(g: &ConvGeometry, work: ConvWork) -> ConvArithmetic {
         // forward pass and weight gradient per output position, the input
         // gradient per phase position (each phase with its own taps).
         let computed = match work {
-            ConvWork::InputGradient => split
-                .transposed_by_phase(&vec![0.0; g.weight_len()])
-                .iter()
-                .map(|phase| {
-                    let g = &phase.geometry;
-                    (g.out_height() * g.out_width() * phase.taps.len() * g.out_channels) as u64
-                })
-                .sum(),
+            ConvWork::InputGradient => {
+                let phase = split.phase_gradient_geometry();
+                let taps: usize = (0..g.stride * g.stride).map(|p| split.phase_gradient_taps(p).len()).sum();
+                (phase.out_height() * phase.out_width() * taps * phase.out_channels) as u64
+            }
             ConvWork::Forward | ConvWork::WeightGradient => {
                 (g.out_height() * g.out_width() * split.real_taps().len() * g.out_channels) as u64
             }

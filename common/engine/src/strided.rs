@@ -178,23 +178,37 @@ impl PhaseSplit {
     /// kernel, so each computes only its own: for a 3x3 kernel at stride 2,
     /// 4, 2, 2 and 1 of the 2x2 taps per channel, 9 in all instead of 16.
     pub(crate) fn transposed_by_phase(&self, weight: &[f32]) -> Vec<PhaseGradient> {
-        let (p, c_in) = (&self.phased, self.g.in_channels);
-        let (transposed, flipped) = p.transposed(&self.weight(weight));
-        let k = p.kernel;
-        let geometry = ConvGeometry { out_channels: c_in, ..transposed };
-        let per_phase = c_in * geometry.patch_len();
+        let (_, flipped) = self.phased.transposed(&self.weight(weight));
+        let geometry = self.phase_gradient_geometry();
+        let per_phase = self.g.in_channels * geometry.patch_len();
         (0..self.g.stride * self.g.stride)
-            .map(|phase| {
-                // Tap (o, a, b) of the transposed kernel is tap (k-1-a, k-1-b)
-                // of the phase kernel, for every output channel o.
-                let q = phase * c_in;
-                let taps = (0..geometry.patch_len())
-                    .filter(|&t| {
-                        let (a, b) = ((t / k) % k, t % k);
-                        self.tap(q, k - 1 - a, k - 1 - b).is_some()
-                    })
-                    .collect();
-                PhaseGradient { geometry, weight: flipped[phase * per_phase..][..per_phase].to_vec(), taps }
+            .map(|phase| PhaseGradient {
+                geometry,
+                weight: flipped[phase * per_phase..][..per_phase].to_vec(),
+                taps: self.phase_gradient_taps(phase),
+            })
+            .collect()
+    }
+
+    /// The geometry of each of [`PhaseSplit::transposed_by_phase`]'s
+    /// convolutions: the phase convolution's transposed one, to one
+    /// phase's `C` channels.
+    pub(crate) fn phase_gradient_geometry(&self) -> ConvGeometry {
+        ConvGeometry { out_channels: self.g.in_channels, ..self.phased.transposed_geometry() }
+    }
+
+    /// The taps of phase `phase`'s convolution in
+    /// [`PhaseSplit::transposed_by_phase`], as indices into its patch, in
+    /// order.
+    pub(crate) fn phase_gradient_taps(&self, phase: usize) -> Vec<usize> {
+        let k = self.phased.kernel;
+        let q = phase * self.g.in_channels;
+        // Tap (o, a, b) of the transposed kernel is tap (k-1-a, k-1-b) of
+        // the phase kernel, for every output channel o.
+        (0..self.phase_gradient_geometry().patch_len())
+            .filter(|&t| {
+                let (a, b) = ((t / k) % k, t % k);
+                self.tap(q, k - 1 - a, k - 1 - b).is_some()
             })
             .collect()
     }
