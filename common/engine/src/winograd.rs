@@ -1,5 +1,6 @@
 //! 3x3 convolutions with stride 1 and padding 1 by Winograd's minimal
-//! filtering F(2x2, 3x3) (Lavin and Gray, 2016).
+//! filtering F(2x2, 3x3) (Lavin and Gray, 2016), and 5x5 ones with padding
+//! 2 by F(2x2, 5x5) (its transforms in [`f2x5`]).
 //!
 //! The output is cut into 2x2 tiles; each reads a 4x4 patch of the padded
 //! input. With `V = Bᵀ d B` (the patch), `U = G g Gᵀ` (the kernel) and
@@ -12,21 +13,61 @@
 //! and in a fixed order. The results differ from the direct convolution's
 //! by rounding (the transforms add and subtract inputs before the products).
 //! The weight gradient ([`WinogradGradient`]) runs on the same tiles.
+//! F(2x2, 5x5) does the same with 6x6 patches: 36 multiply-adds per tile
+//! and channel pair instead of 100.
 
 use crate::geometry::{copy_rows, ConvGeometry, RowLayout};
 use crate::isa::Isa;
 use crate::microkernels::{tap_products_of_real, transpose_planes, weight_gradient, Rows, POSITION_BLOCK};
 
-/// Elements of a transformed tile.
+mod f2x5;
+
+pub(crate) use f2x5::MIN_CHANNELS as MIN_CHANNELS_5X5;
+
+/// Elements of a transformed tile of F(2x2, 3x3).
 const ELEMENTS: usize = 16;
 
-/// Fewest input channels for which [`Winograd::applies`].
+/// Fewest input channels for which [`Winograd::applies`] to a 3x3 kernel.
 pub(crate) const MIN_INPUT_CHANNELS: usize = 32;
+
+/// Which of Winograd's minimal filterings computes a convolution; both cut
+/// the output into 2x2 tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Algorithm {
+    /// F(2x2, 3x3): 4x4 patches, 16 elements per transformed tile.
+    F2x3,
+    /// F(2x2, 5x5): 6x6 patches, 36 elements.
+    F2x5,
+}
+
+impl Algorithm {
+    /// The algorithm for a stride-1 convolution, where one serves: 3x3 with
+    /// padding 1 or 5x5 with padding 2, and enough input channels that the
+    /// transforms cost little next to the products.
+    fn of(g: &ConvGeometry) -> Option<Algorithm> {
+        match (g.kernel, g.padding) {
+            (3, 1) if g.in_channels >= MIN_INPUT_CHANNELS => Some(Algorithm::F2x3),
+            (5, 2) if g.in_channels.min(g.out_channels) >= MIN_CHANNELS_5X5 => Some(Algorithm::F2x5),
+            _ => None,
+        }
+    }
+
+    fn elements(self) -> usize {
+        match self {
+            Algorithm::F2x3 => ELEMENTS,
+            Algorithm::F2x5 => f2x5::ELEMENTS,
+        }
+    }
+}
+
+/// The most elements a transformed tile has.
+const MAX_ELEMENTS: usize = f2x5::ELEMENTS;
 
 /// An image cut into 2x2 output tiles, and the transform of its input
 /// patches: what the convolution and its weight gradient share.
 pub(crate) struct Tiling {
     isa: Isa,
+    algorithm: Algorithm,
     g: ConvGeometry,
     tiles_y: usize,
     tiles_x: usize,
@@ -39,26 +80,34 @@ pub(crate) struct Tiling {
 
 impl Tiling {
     fn new(isa: Isa, g: &ConvGeometry) -> Self {
-        assert!(Winograd::applies(g), "Winograd F(2x2, 3x3) needs a 3x3 kernel with padding 1");
+        let algorithm =
+            Algorithm::of(g).expect("Winograd's method needs a 3x3 kernel with padding 1 or a 5x5 one with padding 2");
         let (tiles_y, tiles_x) = (g.height.div_ceil(2), g.width.div_ceil(2));
         let positions = (tiles_y * tiles_x).next_multiple_of(POSITION_BLOCK);
-        Tiling { isa, g: *g, tiles_y, tiles_x, positions, in_stride: plane_stride(g.in_channels * positions) }
+        Tiling { isa, algorithm, g: *g, tiles_y, tiles_x, positions, in_stride: plane_stride(g.in_channels * positions) }
+    }
+
+    /// Elements of a transformed tile.
+    fn elements(&self) -> usize {
+        self.algorithm.elements()
     }
 
     fn tiles(&self) -> usize {
         self.tiles_y * self.tiles_x
     }
 
-    /// Padded plane: one zero row and column before the image and enough
-    /// after it for whole tiles.
+    /// Padded plane: the convolution's padding (as many zero rows and
+    /// columns) before the image and enough after it for whole tiles.
     fn padded_shape(&self) -> (usize, usize) {
-        (2 * self.tiles_y + 2, 2 * self.tiles_x + 2)
+        let border = self.g.kernel - 1;
+        (2 * self.tiles_y + border, 2 * self.tiles_x + border)
     }
 
     /// Where the image's rows lie in the padded layout.
     pub(crate) fn padded_layout(&self) -> RowLayout {
         let (rows, cols) = self.padded_shape();
-        (rows * cols, cols, cols + 1)
+        let padding = self.g.padding;
+        (rows * cols, cols, padding * cols + padding)
     }
 
     /// Copies one image (C·H·W) into the padded layout the transforms read.
@@ -87,8 +136,12 @@ impl Tiling {
         assert_eq!(padded.len(), self.g.in_channels * plane_rows * cols, "Winograd padded input");
         // Every variant writes the real tiles only, and padding tiles must
         // stay zero: the buffer is kept for one layout.
-        let last = (ELEMENTS - 1) * layout.element + (self.g.in_channels - 1) * layout.channel + layout.first + self.tiles();
+        let last =
+            (self.elements() - 1) * layout.element + (self.g.in_channels - 1) * layout.channel + layout.first + self.tiles();
         assert!(layout.channel >= self.tiles() && transformed.len() >= last, "Winograd transformed input layout");
+        if self.algorithm == Algorithm::F2x5 {
+            return f2x5::transform_input(self.isa, self, padded, layout, transformed, rows);
+        }
         // SAFETY: a vector variant runs only under its `Isa` variant, whose
         // token only detection of its features makes; the bodies assert their
         // bounds.
@@ -113,7 +166,8 @@ struct TileLayout {
     first: usize,
 }
 
-/// A 3x3, padding-1 convolution prepared for Winograd's method.
+/// A 3x3, padding-1 or 5x5, padding-2 convolution prepared for Winograd's
+/// method.
 pub(crate) struct Winograd {
     tiling: Tiling,
     block: usize,
@@ -135,20 +189,28 @@ pub(crate) struct WinogradBuffers {
     transformed: Vec<f32>,
     products: Vec<f32>,
     rows: Vec<f32>,
+    /// Whole output planes, where the output transform makes them.
+    planes: Vec<f32>,
     /// The gradient's sums `dU`.
     sums: Vec<f32>,
 }
 
 impl Winograd {
-    /// Whether Winograd's method serves this convolution: 3x3 with padding
-    /// 1, and enough input channels that the transforms cost little next to
-    /// the products. Measured on whole training steps of the complex model:
+    /// Whether Winograd's method serves this convolution (see
+    /// `Algorithm::of`). For F(2x2, 3x3), measured on whole training steps
+    /// of the complex model:
     /// from 32 input channels on, about 3% faster than the direct
     /// convolution for its 32-channel layers (on 28- and 32-wide planes);
     /// with 64 and more, as fast on 7- and 14-wide planes and 1.4x faster
     /// on 8- and 16-wide ones, which need no padding tiles.
     pub(crate) fn applies(g: &ConvGeometry) -> bool {
-        g.kernel == 3 && g.padding == 1 && g.in_channels >= MIN_INPUT_CHANNELS
+        Algorithm::of(g).is_some()
+    }
+
+    /// Where Winograd's method serves `g`, the elements of a transformed
+    /// tile: the multiply-adds per 2x2 output tile and channel pair.
+    pub(crate) fn tile_elements(g: &ConvGeometry) -> Option<usize> {
+        Algorithm::of(g).map(Algorithm::elements)
     }
 
     pub(crate) fn new(isa: Isa, g: &ConvGeometry, weight: &[f32]) -> Self {
@@ -158,22 +220,27 @@ impl Winograd {
         let block = isa.channel_block(g.out_channels, positions);
         let (cin, cout) = (g.in_channels, g.out_channels);
         let cout_padded = cout.div_ceil(block) * block;
-        let per_element = cout_padded * cin;
-        let mut packed = vec![0.0f32; ELEMENTS * per_element];
+        let (per_element, elements, taps) = (cout_padded * cin, tiling.elements(), g.kernel * g.kernel);
+        let mut packed = vec![0.0f32; elements * per_element];
         // A block of output channels' kernels for one input channel at a
         // time, so that each element's values are written as one run (one
         // value per element and kernel, written alone, scattered the
         // stores over 16 planes).
-        let mut transformed = vec![[0.0f32; ELEMENTS]; block];
+        let mut transformed = vec![[0.0f32; MAX_ELEMENTS]; block];
         for first in (0..cout).step_by(block) {
             let outputs = (cout - first).min(block);
             for c in 0..cin {
                 for (o, u) in transformed.iter_mut().enumerate().take(outputs) {
-                    let at = ((first + o) * cin + c) * 9;
-                    *u = transform_kernel(weight[at..at + 9].try_into().expect("3x3 kernel"));
+                    let kernel = &weight[((first + o) * cin + c) * taps..][..taps];
+                    match tiling.algorithm {
+                        Algorithm::F2x3 => {
+                            u[..ELEMENTS].copy_from_slice(&transform_kernel(kernel.try_into().expect("3x3 kernel")))
+                        }
+                        Algorithm::F2x5 => *u = f2x5::transform_kernel(kernel),
+                    }
                 }
                 let run = ((first / block) * cin + c) * block;
-                for xi in 0..ELEMENTS {
+                for xi in 0..elements {
                     let values = &mut packed[xi * per_element + run..][..outputs];
                     values.iter_mut().zip(&transformed).for_each(|(v, u)| *v = u[xi]);
                 }
@@ -199,13 +266,13 @@ impl Winograd {
     ) {
         let t = &self.tiling;
         let (cin, cout_padded, positions) = (t.g.in_channels, self.cout_padded, t.positions);
-        let (in_stride, out_stride) = (t.in_stride, self.out_stride);
-        buffers.transformed.resize(ELEMENTS * in_stride, 0.0);
+        let (in_stride, out_stride, elements) = (t.in_stride, self.out_stride, t.elements());
+        buffers.transformed.resize(elements * in_stride, 0.0);
         t.transform_input(padded, t.image_layout(), &mut buffers.transformed, &mut buffers.rows);
-        buffers.products.resize(ELEMENTS * out_stride, 0.0);
-        let per_element = self.packed.len() / ELEMENTS;
+        buffers.products.resize(elements * out_stride, 0.0);
+        let per_element = self.packed.len() / elements;
         // The transforms read the products of real tiles only.
-        for xi in 0..ELEMENTS {
+        for xi in 0..elements {
             tap_products_of_real(
                 t.isa,
                 self.block,
@@ -215,6 +282,15 @@ impl Winograd {
                 (t.tiles(), positions),
                 &mut buffers.products[xi * out_stride..][..cout_padded * positions],
             );
+        }
+        if t.algorithm == Algorithm::F2x5 {
+            let plane = t.g.height * t.g.width;
+            buffers.planes.resize(t.g.out_channels * plane, 0.0);
+            f2x5::transform_output(t.isa, self, &buffers.products, &mut buffers.planes, &mut buffers.rows);
+            for (o, plane) in buffers.planes.chunks_exact(plane).enumerate() {
+                store(o, 0, plane);
+            }
+            return;
         }
         self.transform_output(&buffers.products, &mut buffers.rows, &mut store);
     }
@@ -292,7 +368,7 @@ impl WinogradGradient {
         buffers: &mut WinogradBuffers,
     ) -> Vec<f32> {
         let t = &self.tiling;
-        let (cin, cout, channels, tiles) = (t.g.in_channels, t.g.out_channels, self.channels, t.tiles());
+        let (cin, cout, channels, tiles, elements) = (t.g.in_channels, t.g.out_channels, self.channels, t.tiles(), t.elements());
         assert_eq!(padded.len(), douts.len(), "one output gradient per image");
         let mut bias = vec![0.0f32; channels];
         // dU, `[ξ][in][out]`, summed over sweeps of a few images each: the
@@ -300,15 +376,15 @@ impl WinogradGradient {
         // sweep.
         let du = &mut buffers.sums;
         let du_stride = plane_stride(cin * channels);
-        du.resize(ELEMENTS * du_stride, 0.0);
+        du.resize(elements * du_stride, 0.0);
         let per_sweep = (64 / tiles).max(1);
         let row = 2 * t.tiles_x;
         for (sweep, (padded, douts)) in padded.chunks(per_sweep).zip(douts.chunks(per_sweep)).enumerate() {
             // Each channel holds the sweep's `sums` tiles.
             let sums = padded.len() * tiles;
             let element = plane_stride(cin * sums);
-            buffers.transformed.resize(ELEMENTS * element, 0.0);
-            buffers.products.resize(ELEMENTS * sums * channels, 0.0);
+            buffers.transformed.resize(elements * element, 0.0);
+            buffers.products.resize(elements * sums * channels, 0.0);
             for (k, (padded, dout)) in padded.iter().zip(douts).enumerate() {
                 assert_eq!(dout.len(), t.g.out_len(), "conv2d output gradient of one image");
                 let layout = TileLayout { element, channel: sums, first: k * tiles };
@@ -330,8 +406,12 @@ impl WinogradGradient {
                 );
             }
         }
-        let mut partial = Vec::with_capacity((9 * cin + 1) * channels);
-        untransform_gradient(t.isa, du, (cin, channels, du_stride), &mut buffers.rows, &mut partial);
+        let mut partial = Vec::with_capacity((t.g.kernel * t.g.kernel * cin + 1) * channels);
+        let shape = (cin, channels, du_stride);
+        match t.algorithm {
+            Algorithm::F2x3 => untransform_gradient(t.isa, du, shape, &mut buffers.rows, &mut partial),
+            Algorithm::F2x5 => f2x5::untransform_gradient(t.isa, du, shape, &mut buffers.rows, &mut partial),
+        }
         partial.extend_from_slice(&bias);
         partial
     }
@@ -343,6 +423,9 @@ impl WinogradGradient {
 /// `count` per element.
 /// The bias gradient, the sum of `dY` over positions, is added to `bias`.
 fn transform_gradient(t: &Tiling, transposed: &[f32], channels: usize, sums: (usize, usize), out: &mut [f32], bias: &mut [f32]) {
+    if t.algorithm == Algorithm::F2x5 {
+        return f2x5::transform_gradient(t.isa, t, transposed, channels, sums, out, bias);
+    }
     assert!(sums.0 + t.tiles() <= sums.1 && out.len() >= ELEMENTS * sums.1 * channels, "Winograd transformed gradient layout");
     assert_eq!(bias.len(), channels, "bias gradient channels");
     // SAFETY: as in `Tiling::transform_input`.
