@@ -14,7 +14,7 @@
 use common::config::Baseline;
 use common::image::Normalization;
 use common::rng::Rng;
-use engine::kernels::{avgpool2x2_backward, conv2d_backward_input, dense_backward_input, maxpool2x2_backward};
+use engine::kernels::{avgpool2x2_backward, conv2d_backward_input, dense_backward_input, maxpool2x2_backward, relu_backward};
 use engine::{Layer, Model, Trace};
 use rayon::prelude::*;
 
@@ -150,15 +150,12 @@ pub fn backpropagate(
         gradient = match &model.layers[index] {
             Layer::Relu => {
                 let input = trace.layer_input(index);
-                gradient.par_iter_mut().zip(input.par_iter()).for_each(|(g, &x)| {
-                    let passes = match relu {
-                        ReluBackward::Gradient => x > 0.0,
-                        ReluBackward::Guided => x > 0.0 && *g > 0.0,
-                    };
-                    if !passes {
-                        *g = 0.0
-                    }
-                });
+                relu_backward(&mut gradient, input);
+                if relu == ReluBackward::Guided {
+                    // Guided backpropagation also passes only positive gradients.
+                    let positive = |g: &mut f32| *g = if *g > 0.0 { *g } else { 0.0 };
+                    gradient.par_chunks_mut(1 << 14).for_each(|stretch| stretch.iter_mut().for_each(positive));
+                }
                 gradient
             }
             Layer::Flatten | Layer::Dropout { .. } => gradient,

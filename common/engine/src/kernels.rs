@@ -15,7 +15,9 @@ use rayon::prelude::*;
 use crate::geometry::RowLayout;
 pub use crate::geometry::{ConvGeometry, PoolGeometry};
 use crate::isa::Isa;
-use crate::microkernels::{pool_row, tap_products, tap_products_rows, transpose_planes, unpool_row, weight_gradient, Rows};
+use crate::microkernels::{
+    pool_row, relu_gradient, tap_products, tap_products_rows, transpose_planes, unpool_row, weight_gradient, Rows,
+};
 use crate::strided::PhaseSplit;
 use crate::winograd::{Winograd, WinogradBuffers, WinogradGradient};
 
@@ -632,15 +634,29 @@ fn window_max(corners: [f32; 4]) -> (usize, f32) {
     }
 }
 
-/// Routes each output's gradient to the input that won its window.
+/// Routes each output's gradient to the input that won its window (zero
+/// to the others), image by image in whole vectors (see
+/// [`unpool_image_dense`]); the same bits as adding each gradient to a
+/// zeroed input at its winner.
 pub fn maxpool2x2_backward(dy: &[f32], argmax: &[u32], g: &PoolGeometry) -> Vec<f32> {
     assert_eq!(dy.len(), argmax.len(), "max-pool gradient and argmax lengths");
+    assert_eq!(dy.len() % g.out_len(), 0, "max-pool gradient is not a whole number of images");
     let batch = dy.len() / g.out_len();
+    let isa = Isa::detected();
     let mut dx = vec![0.0f32; batch * g.in_len()];
     dx.par_chunks_mut(g.in_len())
         .zip(dy.par_chunks(g.out_len()).zip(argmax.par_chunks(g.out_len())))
-        .for_each(|(dimage, (dout, arg))| unpool_image(dout, arg, dimage));
+        .for_each(|(dimage, (dout, arg))| unpool_image_dense_on(isa, g, dout, arg, None, dimage));
     dx
+}
+
+/// The gradient through a ReLU, in place: zero where the ReLU's input (or,
+/// the same, its output) is not positive, in stretches of whole vectors
+/// across the threads.
+pub fn relu_backward(gradient: &mut [f32], input: &[f32]) {
+    assert_eq!(gradient.len(), input.len(), "ReLU gradient and input lengths");
+    let isa = Isa::detected();
+    gradient.par_chunks_mut(1 << 14).zip(input.par_chunks(1 << 14)).for_each(|(g, x)| relu_gradient(isa, g, x));
 }
 
 /// One image's gradient before a 2x2 max-pool (`dimage`, every element
@@ -691,14 +707,6 @@ fn unpool_image_dense_on(
     // A last row outside every window.
     for channel in dimage.chunks_exact_mut(in_plane) {
         channel[2 * g.out_height() * w..].fill(0.0);
-    }
-}
-
-/// Adds one image's output gradients to the inputs that won their windows
-/// (`arg` as [`pool_image`] gives it).
-pub(crate) fn unpool_image(dout: &[f32], arg: &[u32], dimage: &mut [f32]) {
-    for (&d, &i) in dout.iter().zip(arg) {
-        dimage[i as usize] += d;
     }
 }
 
@@ -1309,8 +1317,12 @@ mod tests {
             let (pooled, arg) = maxpool2x2_forward(&x, &g);
             let dout: Vec<f32> = (0..g.out_len()).map(|i| if i % 5 == 0 { -0.0 } else { rng.uniform(-1.0, 1.0) }).collect();
             for relu in [false, true] {
-                let masked: Vec<f32> = dout.iter().zip(&pooled).map(|(&d, &y)| if !relu || y > 0.0 { d } else { 0.0 }).collect();
-                let expected = maxpool2x2_backward(&masked, &arg, &g);
+                // The scatter: each window's (masked) gradient added to a
+                // zeroed input at its winner.
+                let mut expected = vec![0.0f32; g.in_len()];
+                for ((&d, &y), &i) in dout.iter().zip(&pooled).zip(&arg) {
+                    expected[i as usize] += if !relu || y > 0.0 { d } else { 0.0 };
+                }
                 isas.each(|isa| {
                     let mut dimage = vec![f32::NAN; g.in_len()];
                     let layout = (g.out_height() * g.out_width(), g.out_width(), 0);
@@ -1328,7 +1340,6 @@ mod tests {
     #[test]
     fn every_relu_gradient_variant_masks_like_the_rule() {
         let isas = TestedIsas::new("kernels: ReLU gradient variants");
-        use crate::microkernels::relu_gradient;
         let mut rng = Rng::new(41);
         let special = |rng: &mut Rng| match rng.below(8) {
             0 => f32::NAN,
