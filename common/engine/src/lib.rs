@@ -1,6 +1,6 @@
 //! The network engine: the CNNs of the study as plain layer structs
 //! ([`layers`], [`network`]), their kernels ([`kernels`]: direct
-//! convolutions and Winograd's F(2x2, 3x3) over per-instruction-set
+//! convolutions and Winograd's F(2x2, 3x3) and F(2x2, 5x5) over per-instruction-set
 //! microkernels, max-pooling, dense products through `gemm`), the training
 //! step on dfdx's autodiff tape ([`training`]) and checkpoints read into
 //! networks ([`checkpoint`]).

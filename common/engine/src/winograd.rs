@@ -426,8 +426,6 @@ fn transform_gradient(t: &Tiling, transposed: &[f32], channels: usize, sums: (us
     if t.algorithm == Algorithm::F2x5 {
         return f2x5::transform_gradient(t.isa, t, transposed, channels, sums, out, bias);
     }
-    assert!(sums.0 + t.tiles() <= sums.1 && out.len() >= ELEMENTS * sums.1 * channels, "Winograd transformed gradient layout");
-    assert_eq!(bias.len(), channels, "bias gradient channels");
     // SAFETY: as in `Tiling::transform_input`.
     unsafe {
         match t.isa {
@@ -448,11 +446,10 @@ fn transform_gradient_body(
     t: &Tiling,
     transposed: &[f32],
     channels: usize,
-    (first_sum, sums): (usize, usize),
+    sums: (usize, usize),
     out: &mut [f32],
     bias: &mut [f32],
 ) {
-    let (tiles, row) = (t.tiles(), 2 * t.tiles_x);
     // Plain loops, as in `untransform_kernels`.
     #[inline(always)]
     fn spread(p: &Lanes, q: &Lanes) -> [Lanes; 4] {
@@ -464,14 +461,33 @@ fn transform_gradient_body(
         }
         out
     }
+    transform_gradient_with(t, transposed, channels, sums, out, bias, spread)
+}
+
+/// The body of both algorithms' `transform_gradient`, sixteen channels at
+/// a time so that it vectorises: `spread` takes a pair `(p, q)` of a 2x2
+/// tile's rows or columns to the `P` values of `A (p, q)ᵀ`.
+#[inline(always)]
+fn transform_gradient_with<const P: usize>(
+    t: &Tiling,
+    transposed: &[f32],
+    channels: usize,
+    (first_sum, sums): (usize, usize),
+    out: &mut [f32],
+    bias: &mut [f32],
+    spread: impl Fn(&Lanes, &Lanes) -> [Lanes; P],
+) {
+    let (tiles, row) = (t.tiles(), 2 * t.tiles_x);
+    assert!(first_sum + tiles <= sums && out.len() >= P * P * sums * channels, "Winograd transformed gradient layout");
+    assert_eq!(bias.len(), channels, "bias gradient channels");
     for tile in 0..tiles {
         let first = 2 * (tile / t.tiles_x) * row + 2 * (tile % t.tiles_x);
         for k in (0..channels).step_by(16) {
             let d = |dy: usize, dx: usize| lanes(&transposed[(first + dy * row + dx) * channels + k..]);
             let (left, right) = (spread(&d(0, 0), &d(1, 0)), spread(&d(0, 1), &d(1, 1)));
-            for i in 0..4 {
+            for i in 0..P {
                 for (j, values) in spread(&left[i], &right[i]).iter().enumerate() {
-                    out[((4 * i + j) * sums + first_sum + tile) * channels + k..][..16].copy_from_slice(values);
+                    out[((P * i + j) * sums + first_sum + tile) * channels + k..][..16].copy_from_slice(values);
                 }
             }
         }
@@ -628,7 +644,6 @@ fn lanes(values: &[f32]) -> Lanes {
 /// for `(in, channels, element stride)`) appended to `partial` as
 /// `[in][tap][channel]`, one input channel at a time through `scratch`.
 fn untransform_gradient(isa: Isa, du: &[f32], shape: (usize, usize, usize), scratch: &mut Vec<f32>, partial: &mut Vec<f32>) {
-    assert!(shape.0 * shape.1 <= shape.2 && du.len() >= ELEMENTS * shape.2, "Winograd kernel gradient sums");
     // SAFETY: as in `Tiling::transform_input`.
     unsafe {
         match isa {
@@ -642,20 +657,29 @@ fn untransform_gradient(isa: Isa, du: &[f32], shape: (usize, usize, usize), scra
 }
 
 #[inline(always)]
-fn untransform_gradient_body(
+fn untransform_gradient_body(du: &[f32], shape: (usize, usize, usize), scratch: &mut Vec<f32>, partial: &mut Vec<f32>) {
+    untransform_gradient_with(du, shape, scratch, partial, untransform_kernels)
+}
+
+/// The body of both algorithms' `untransform_gradient`, with `untransform`
+/// taking sixteen channel pairs' `E` sums to their kernel's `T` taps.
+#[inline(always)]
+fn untransform_gradient_with<const E: usize, const T: usize>(
     du: &[f32],
     (cin, channels, stride): (usize, usize, usize),
     scratch: &mut Vec<f32>,
     partial: &mut Vec<f32>,
+    untransform: impl Fn(&[Lanes; E]) -> [Lanes; T],
 ) {
-    scratch.resize(9 * channels, 0.0);
+    assert!(cin * channels <= stride && du.len() >= E * stride, "Winograd kernel gradient sums");
+    scratch.resize(T * channels, 0.0);
     for c in 0..cin {
         for k in (0..channels).step_by(16) {
-            let mut sums = [[0.0f32; 16]; ELEMENTS];
+            let mut sums = [[0.0f32; 16]; E];
             for (xi, sums) in sums.iter_mut().enumerate() {
                 *sums = lanes(&du[xi * stride + c * channels + k..]);
             }
-            for (tap, values) in untransform_kernels(&sums).iter().enumerate() {
+            for (tap, values) in untransform(&sums).iter().enumerate() {
                 scratch[tap * channels + k..][..16].copy_from_slice(values);
             }
         }

@@ -25,7 +25,7 @@
 //! with the same operations in the same order (no fused multiply-adds), so
 //! every variant gives the same bytes.
 
-use super::{lanes, Lanes, TileLayout, Tiling, Winograd};
+use super::{lanes, transform_gradient_with, untransform_gradient_with, Lanes, TileLayout, Tiling, Winograd};
 use crate::isa::Isa;
 
 /// Elements of a transformed tile.
@@ -328,13 +328,10 @@ fn transform_gradient_body(
     t: &Tiling,
     transposed: &[f32],
     channels: usize,
-    (first_sum, sums): (usize, usize),
+    sums: (usize, usize),
     out: &mut [f32],
     bias: &mut [f32],
 ) {
-    let (tiles, row) = (t.tiles(), 2 * t.tiles_x);
-    assert!(first_sum + tiles <= sums && out.len() >= ELEMENTS * sums * channels, "Winograd transformed gradient layout");
-    assert_eq!(bias.len(), channels, "bias gradient channels");
     // With the columns of Aᵀ, a pair `(p, q)` of a tile's rows or columns
     // becomes `(p, p + q, p - q, p + 2q, p - 2q, q)`. Plain loops: closures
     // would not inline into the variants compiled for AVX.
@@ -350,21 +347,7 @@ fn transform_gradient_body(
         }
         out
     }
-    for tile in 0..tiles {
-        let first = 2 * (tile / t.tiles_x) * row + 2 * (tile % t.tiles_x);
-        for k in (0..channels).step_by(16) {
-            let d = |dy: usize, dx: usize| lanes(&transposed[(first + dy * row + dx) * channels + k..]);
-            let (left, right) = (spread(&d(0, 0), &d(1, 0)), spread(&d(0, 1), &d(1, 1)));
-            for i in 0..PATCH {
-                for (j, values) in spread(&left[i], &right[i]).iter().enumerate() {
-                    out[((PATCH * i + j) * sums + first_sum + tile) * channels + k..][..16].copy_from_slice(values);
-                }
-            }
-        }
-    }
-    for position in transposed.chunks_exact(channels) {
-        bias.iter_mut().zip(position).for_each(|(b, &d)| *b += d);
-    }
+    transform_gradient_with(t, transposed, channels, sums, out, bias, spread)
 }
 
 for_each_isa! {
@@ -376,26 +359,8 @@ for_each_isa! {
 }
 
 #[inline(always)]
-fn untransform_gradient_body(
-    du: &[f32],
-    (cin, channels, stride): (usize, usize, usize),
-    scratch: &mut Vec<f32>,
-    partial: &mut Vec<f32>,
-) {
-    assert!(cin * channels <= stride && du.len() >= ELEMENTS * stride, "Winograd kernel gradient sums");
-    scratch.resize(TAPS * channels, 0.0);
-    for c in 0..cin {
-        for k in (0..channels).step_by(16) {
-            let mut sums = [[0.0f32; 16]; ELEMENTS];
-            for (xi, sums) in sums.iter_mut().enumerate() {
-                *sums = lanes(&du[xi * stride + c * channels + k..]);
-            }
-            for (tap, values) in untransform_kernels(&sums).iter().enumerate() {
-                scratch[tap * channels + k..][..16].copy_from_slice(values);
-            }
-        }
-        partial.extend_from_slice(scratch);
-    }
+fn untransform_gradient_body(du: &[f32], shape: (usize, usize, usize), scratch: &mut Vec<f32>, partial: &mut Vec<f32>) {
+    untransform_gradient_with(du, shape, scratch, partial, untransform_kernels)
 }
 
 /// `Gᵀ dU G`, sixteen at a time: the gradients of 5x5 kernels (row-major,
