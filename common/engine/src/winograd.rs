@@ -42,8 +42,9 @@ enum Algorithm {
 
 impl Algorithm {
     /// The algorithm for a stride-1 convolution, where one serves: 3x3 with
-    /// padding 1 or 5x5 with padding 2, and enough input channels that the
-    /// transforms cost little next to the products.
+    /// padding 1 and enough input channels, or 5x5 with padding 2 and
+    /// enough input and output channels, that the transforms cost little
+    /// next to the products.
     fn of(g: &ConvGeometry) -> Option<Algorithm> {
         match (g.kernel, g.padding) {
             (3, 1) if g.in_channels >= MIN_INPUT_CHANNELS => Some(Algorithm::F2x3),
