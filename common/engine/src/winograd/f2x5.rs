@@ -35,8 +35,9 @@ pub(super) const ELEMENTS: usize = 36;
 /// input transform costs about as much per input channel, and its output
 /// transform per output channel, as 36 of the products that the other side's
 /// channels multiply. On 16x16 planes with AVX-512 (the layer benchmark),
-/// 32 -> 64 channels ran 1.1-1.3x faster than the direct convolution, and
-/// 16 -> 32 and 32 -> 16 1.2-1.4x slower.
+/// 32 -> 64 channels ran 1.0-1.3x faster than the direct convolution (the
+/// forward pass 1.3x, the weight gradient 1.0-1.1x), and 16 -> 32 and
+/// 32 -> 16 1.2-1.4x slower.
 pub(crate) const MIN_CHANNELS: usize = 32;
 
 /// Values along one side of a patch.
