@@ -284,24 +284,30 @@ impl Winograd {
                 &mut buffers.products[xi * out_stride..][..cout_padded * positions],
             );
         }
+        self.transform_output(&buffers.products, (&mut buffers.rows, &mut buffers.planes), &mut store);
+    }
+
+    /// `Y = Aᵀ M A` for every output channel and tile, handed over a plane
+    /// (F(2x2, 5x5), and F(2x2, 3x3) with AVX-512) or a row of the output at
+    /// a time (tiles past the edge cropped), through the scratch buffers
+    /// `(rows, planes)`.
+    fn transform_output(
+        &self,
+        products: &[f32],
+        (rows, planes): (&mut Vec<f32>, &mut Vec<f32>),
+        store: &mut impl FnMut(usize, usize, &[f32]),
+    ) {
+        let t = &self.tiling;
+        let g = &t.g;
         if t.algorithm == Algorithm::F2x5 {
-            let plane = t.g.height * t.g.width;
-            buffers.planes.resize(t.g.out_channels * plane, 0.0);
-            f2x5::transform_output(t.isa, self, &buffers.products, &mut buffers.planes, &mut buffers.rows);
-            for (o, plane) in buffers.planes.chunks_exact(plane).enumerate() {
+            let plane = g.height * g.width;
+            planes.resize(g.out_channels * plane, 0.0);
+            f2x5::transform_output(t.isa, self, products, planes, rows);
+            for (o, plane) in planes.chunks_exact(plane).enumerate() {
                 store(o, 0, plane);
             }
             return;
         }
-        self.transform_output(&buffers.products, &mut buffers.rows, &mut store);
-    }
-
-    /// `Y = Aᵀ M A` for every output channel and tile, handed over a plane
-    /// (AVX-512) or a row of the output at a time (tiles past the edge
-    /// cropped).
-    fn transform_output(&self, products: &[f32], rows: &mut Vec<f32>, store: &mut impl FnMut(usize, usize, &[f32])) {
-        let t = &self.tiling;
-        let g = &t.g;
         let (positions, tiles_x, out_stride) = (t.positions, t.tiles_x, self.out_stride);
         #[cfg(target_arch = "x86_64")]
         if matches!(t.isa, Isa::Avx512(_)) {
