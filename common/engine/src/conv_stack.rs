@@ -8,7 +8,8 @@
 //! and a group of images (the group of a partial gradient sum) through all
 //! blocks backward, block by block, so their activations stay in its
 //! core's cache and the threads meet once per pass. The arithmetic is that
-//! of the layer-by-layer kernels: every image is computed alone, and
+//! of the layer-by-layer kernels (a pooled block's input gradient that of
+//! `pooled`, from the pool's winners): every image is computed alone, and
 //! parameter gradients are summed over fixed groups of images and then over
 //! the groups in order, so no result depends on the thread count or on the
 //! batch an image came in.
@@ -22,6 +23,7 @@ use crate::isa::Isa;
 use crate::kernels::{self, ConvPass, GradientBuffers, ParamGradient, PassBuffers, IMAGES_PER_PARTIAL_GRADIENT};
 use crate::layers::Conv2d;
 use crate::microkernels::relu_gradient;
+use crate::pooled::{PooledConvGradient, PooledScratch, Winners};
 
 /// A convolution and what follows it inside a stack: an optional ReLU and
 /// an optional 2x2 max-pool after the ReLU.
@@ -50,8 +52,28 @@ struct Stage {
     block: ConvBlock,
     forward: ConvPass,
     /// Absent for a first block whose input needs no gradient (the images).
-    input_gradient: Option<ConvPass>,
+    input_gradient: Option<InputGradient>,
     params: ParamGradient,
+}
+
+/// How a block's convolution passes the gradient to its input.
+enum InputGradient {
+    /// The transposed convolution of the gradient at every output.
+    Dense(ConvPass),
+    /// With a max-pool over the whole output, from the windows' winners
+    /// alone (see `pooled`).
+    Pooled(PooledConvGradient),
+}
+
+impl InputGradient {
+    fn new(isa: Isa, block: &ConvBlock, weight: &[f32]) -> Self {
+        match block.pool {
+            Some(pool) if PooledConvGradient::applies(&block.geometry, &pool) => {
+                InputGradient::Pooled(PooledConvGradient::new(&block.geometry, weight, &pool))
+            }
+            _ => InputGradient::Dense(ConvPass::input_gradient(isa, &block.geometry, weight)),
+        }
+    }
 }
 
 impl Stage {
@@ -179,6 +201,10 @@ struct Scratch {
     conv_out: Vec<f32>,
     gradient: GradientBuffers,
     input_gradient: PassBuffers,
+    /// One image's window gradients (after the ReLU) and its scratch, for
+    /// a pooled input gradient.
+    windows: Vec<f32>,
+    pooled: PooledScratch,
 }
 
 impl ConvStack {
@@ -213,7 +239,7 @@ impl ConvStack {
                 }
                 let (forward, input_gradient) = rayon::join(
                     || ConvPass::new(isa, g, &layer.weight, Some(&layer.bias), block.relu),
-                    || training.filter(|&first_too| i > 0 || first_too).map(|_| ConvPass::input_gradient(isa, g, &layer.weight)),
+                    || training.filter(|&first_too| i > 0 || first_too).map(|_| InputGradient::new(isa, block, &layer.weight)),
                 );
                 Stage { block: *block, forward, input_gradient, params: ParamGradient::new(isa, g) }
             })
@@ -384,12 +410,23 @@ impl ConvStack {
             let padded: Vec<&[f32]> = images.iter().map(|image| image.blocks[i].padded_input.as_slice()).collect();
             let dconvs: Vec<&[f32]> = gradients.iter().map(Vec::as_slice).collect();
             partials[i] = stage.params.group(&padded, &dconvs, &mut scratch.gradient);
-            let Some(pass) = stage.input_gradient.as_ref() else {
+            let Some(input_gradient) = stage.input_gradient.as_ref() else {
                 return (partials, Vec::new());
             };
-            for (dconv, dx) in gradients.iter_mut().zip(&mut spares) {
+            for ((dconv, dx), image) in gradients.iter_mut().zip(&mut spares).zip(images) {
                 dx.resize(g.in_len(), 0.0);
-                pass.image(&mut scratch.input_gradient, dconv, dx, None);
+                match input_gradient {
+                    InputGradient::Dense(pass) => pass.image(&mut scratch.input_gradient, dconv, dx, None),
+                    InputGradient::Pooled(pooled) => {
+                        // Each window's gradient after the ReLU: the
+                        // unpooled gradient at its winner.
+                        let argmax = &image.blocks[i].argmax;
+                        scratch.windows.clear();
+                        scratch.windows.extend(argmax.iter().map(|&winner| dconv[winner as usize]));
+                        let winners = Winners { gradients: &scratch.windows, argmax };
+                        pooled.image(isa, winners, &mut scratch.pooled, dx);
+                    }
+                }
                 std::mem::swap(dconv, dx);
             }
         }
@@ -421,8 +458,9 @@ mod tests {
     }
 
     /// Image by image through the stack gives the same bits as the batch
-    /// kernels layer by layer, forward and backward: a block with ReLU, one
-    /// with ReLU and pool, one with neither, over batches that are not a
+    /// kernels layer by layer, forward and backward (through a pooled block
+    /// as `pooled` computes it): a block with ReLU, one with ReLU and pool,
+    /// one with neither, over batches that are not a
     /// whole number of gradient groups, on fresh and on recycled buffers.
     #[test]
     fn stack_equals_the_layer_by_layer_kernels() {
@@ -461,7 +499,10 @@ mod tests {
             let dyb = masked(&conv2d_backward_input(&dout, &gc, &c.weight), &yb);
             let dconv_b = maxpool2x2_backward(&dyb, &argmax, &pool);
             let grads_b = conv2d_backward_params(&ya, &dconv_b, &gb);
-            let dya = masked(&conv2d_backward_input(&dconv_b, &gb, &b.weight), &ya);
+            // Through the pooled block, the input gradient from the pool's
+            // winners (the same sums as the transposed convolution of
+            // `dconv_b`, in another order).
+            let dya = masked(&PooledConvGradient::new(&gb, &b.weight, &pool).input_gradient(&dyb, &argmax), &ya);
             let grads_a = conv2d_backward_params(&x, &dya, &ga);
             assert_eq!(params, vec![grads_a, grads_b, grads_c], "batch of {batch}");
             assert_eq!(dx, Some(conv2d_backward_input(&dya, &ga, &a.weight)), "batch of {batch}");

@@ -171,6 +171,45 @@ pub fn instruction_set() -> Result<&'static str, InstructionSetError> {
     Ok(SELECTED.get_or_init(|| chosen).name())
 }
 
+/// Defines `$name(isa, args..)`, which runs the body `$body` compiled for
+/// the instruction set `isa` names: one body, compiled once per
+/// instruction set, so that the compiler vectorises it for each.
+macro_rules! for_each_isa {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) = $body:ident) => {
+        $(#[$doc])*
+        $vis fn $name(isa: $crate::isa::Isa, $($arg: $ty),*) {
+            /// # Safety
+            /// The CPU must run AVX-512F: callers hold the `Isa` token that
+            /// detection makes only where it does.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            /// # Safety
+            /// The CPU must run AVX2: as for `avx512`.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            // SAFETY: a vector variant runs only under its `Isa` variant,
+            // whose token only detection of its features makes; the bodies
+            // index safely.
+            unsafe {
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    $crate::isa::Isa::Avx512(_) => avx512($($arg),*),
+                    #[cfg(target_arch = "x86_64")]
+                    $crate::isa::Isa::Avx2(_) => avx2($($arg),*),
+                    $crate::isa::Isa::Portable => $body($($arg),*),
+                }
+            }
+        }
+    };
+}
+pub(crate) use for_each_isa;
+
 /// The variants a test runs its checks on: every one this CPU runs. When
 /// the test ends it says on stderr which variants it exercised and which
 /// this CPU lacks, past the test harness's capture (a test that loops over

@@ -26,7 +26,7 @@
 //! every variant gives the same bytes.
 
 use super::{lanes, transform_gradient_with, untransform_gradient_with, Lanes, TileLayout, Tiling, Winograd};
-use crate::isa::Isa;
+use crate::isa::for_each_isa;
 
 /// Elements of a transformed tile.
 pub(super) const ELEMENTS: usize = 36;
@@ -45,43 +45,6 @@ const PATCH: usize = 6;
 
 /// Taps of a 5x5 kernel.
 const TAPS: usize = 25;
-
-/// Defines `$name(isa, args..)`, which runs the body `$body` compiled for
-/// the instruction set `isa` names.
-macro_rules! for_each_isa {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) = $body:ident) => {
-        $(#[$doc])*
-        pub(super) fn $name(isa: Isa, $($arg: $ty),*) {
-            /// # Safety
-            /// The CPU must run AVX-512F: callers hold the `Isa` token that
-            /// detection makes only where it does.
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            unsafe fn avx512($($arg: $ty),*) {
-                $body($($arg),*)
-            }
-            /// # Safety
-            /// The CPU must run AVX2: as for `avx512`.
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
-            unsafe fn avx2($($arg: $ty),*) {
-                $body($($arg),*)
-            }
-            // SAFETY: a vector variant runs only under its `Isa` variant,
-            // whose token only detection of its features makes; the bodies
-            // index safely.
-            unsafe {
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512(_) => avx512($($arg),*),
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2(_) => avx2($($arg),*),
-                    Isa::Portable => $body($($arg),*),
-                }
-            }
-        }
-    };
-}
 
 /// `Bᵀ` applied to six values of a patch, along its rows or its columns.
 #[inline(always)]
@@ -180,7 +143,7 @@ for_each_isa! {
     /// one offset for every tile, and both passes (`B` along the columns,
     /// then `Bᵀ` along the rows) run over whole phase planes, sixteen tiles
     /// a vector, the row pass straight into the layout.
-    fn transform_input(t: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32], rows: &mut Vec<f32>) = transform_input_body
+    pub(super) fn transform_input(t: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32], rows: &mut Vec<f32>) = transform_input_body
 }
 
 #[inline(always)]
@@ -265,7 +228,7 @@ for_each_isa! {
     /// tiles past the edge cropped, into `planes` (`[channel][y][x]`).
     /// Sixteen tiles a vector give each tile's four outputs as four phase
     /// planes in `rows`, which are then interleaved into the output rows.
-    fn transform_output(winograd: &Winograd, products: &[f32], planes: &mut [f32], rows: &mut Vec<f32>) = transform_output_body
+    pub(super) fn transform_output(winograd: &Winograd, products: &[f32], planes: &mut [f32], rows: &mut Vec<f32>) = transform_output_body
 }
 
 #[inline(always)]
@@ -321,7 +284,7 @@ for_each_isa! {
     /// where `sums = (first, count)` places tile `t` at sum `first + t` of
     /// `count` per element; the sum of `dY` over positions is added to
     /// `bias`.
-    fn transform_gradient(t: &Tiling, transposed: &[f32], channels: usize, sums: (usize, usize), out: &mut [f32], bias: &mut [f32]) = transform_gradient_body
+    pub(super) fn transform_gradient(t: &Tiling, transposed: &[f32], channels: usize, sums: (usize, usize), out: &mut [f32], bias: &mut [f32]) = transform_gradient_body
 }
 
 #[inline(always)]
@@ -356,7 +319,7 @@ for_each_isa! {
     /// (`[ξ][in][channel]` for `(in, channels, element stride)`) appended to
     /// `partial` as `[in][tap][channel]`, one input channel at a time
     /// through `scratch`.
-    fn untransform_gradient(du: &[f32], shape: (usize, usize, usize), scratch: &mut Vec<f32>, partial: &mut Vec<f32>) = untransform_gradient_body
+    pub(super) fn untransform_gradient(du: &[f32], shape: (usize, usize, usize), scratch: &mut Vec<f32>, partial: &mut Vec<f32>) = untransform_gradient_body
 }
 
 #[inline(always)]
@@ -397,6 +360,7 @@ fn untransform_kernels(du: &[Lanes; ELEMENTS]) -> [Lanes; TAPS] {
 mod tests {
     use super::*;
     use crate::geometry::ConvGeometry;
+    use crate::isa::Isa;
     use common::rng::Rng;
 
     /// `Gᵀ dU G` is the adjoint of `g ↦ G g Gᵀ`: `⟨G g Gᵀ, dU⟩ = ⟨g, Gᵀ dU G⟩`
