@@ -8,7 +8,7 @@
 //! and a group of images (the group of a partial gradient sum) through all
 //! blocks backward, block by block, so their activations stay in its
 //! core's cache and the threads meet once per pass. The arithmetic is that
-//! of the layer-by-layer kernels (a pooled block's input gradient that of
+//! of the layer-by-layer kernels (a pooled block's gradients those of
 //! `pooled`, from the pool's winners): every image is computed alone, and
 //! parameter gradients are summed over fixed groups of images and then over
 //! the groups in order, so no result depends on the thread count or on the
@@ -51,29 +51,22 @@ impl ConvBlock {
 struct Stage {
     block: ConvBlock,
     forward: ConvPass,
-    /// Absent for a first block whose input needs no gradient (the images).
-    input_gradient: Option<InputGradient>,
     params: ParamGradient,
+    /// Whether the block passes a gradient to its input: not a first
+    /// block whose input needs none (the images).
+    passes_gradient: bool,
+    backward: Backward,
 }
 
-/// How a block's convolution passes the gradient to its input.
-enum InputGradient {
-    /// The transposed convolution of the gradient at every output.
-    Dense(ConvPass),
-    /// With a max-pool over the whole output, from the windows' winners
+/// How a block's backward pass computes its gradients.
+enum Backward {
+    /// From the gradient at every output of the convolution: the weight
+    /// gradient by `params`, the input gradient by the transposed
+    /// convolution (absent where the block passes none, or infers).
+    Dense(Option<ConvPass>),
+    /// With a max-pool over the whole output: both from the pool's winners
     /// alone (see `pooled`).
     Pooled(PooledConvGradient),
-}
-
-impl InputGradient {
-    fn new(isa: Isa, block: &ConvBlock, weight: &[f32]) -> Self {
-        match block.pool {
-            Some(pool) if PooledConvGradient::applies(&block.geometry, &pool) => {
-                InputGradient::Pooled(PooledConvGradient::new(&block.geometry, weight, &pool))
-            }
-            _ => InputGradient::Dense(ConvPass::input_gradient(isa, &block.geometry, weight)),
-        }
-    }
 }
 
 impl Stage {
@@ -237,11 +230,16 @@ impl ConvStack {
                 if let Some(pool) = block.pool {
                     assert_eq!(pool.in_len(), g.out_len(), "the max-pool after {} must take its whole output", layer.name);
                 }
-                let (forward, input_gradient) = rayon::join(
+                let passes_gradient = training.is_some_and(|first_too| i > 0 || first_too);
+                let pooled = block.pool.filter(|pool| training.is_some() && PooledConvGradient::applies(g, pool));
+                let (forward, backward) = rayon::join(
                     || ConvPass::new(isa, g, &layer.weight, Some(&layer.bias), block.relu),
-                    || training.filter(|&first_too| i > 0 || first_too).map(|_| InputGradient::new(isa, block, &layer.weight)),
+                    || match pooled {
+                        Some(pool) => Backward::Pooled(PooledConvGradient::new(g, &layer.weight, &pool)),
+                        None => Backward::Dense(passes_gradient.then(|| ConvPass::input_gradient(isa, g, &layer.weight))),
+                    },
                 );
-                Stage { block: *block, forward, input_gradient, params: ParamGradient::new(isa, g) }
+                Stage { block: *block, forward, params: ParamGradient::new(isa, g), passes_gradient, backward }
             })
             .collect();
         let key = (blocks.iter().map(|(block, _)| *block).collect(), training);
@@ -358,7 +356,7 @@ impl ConvStack {
                 stage.params.finish(&partials)
             })
             .collect();
-        let dx = self.stages[0].input_gradient.is_some().then(|| groups.into_iter().flat_map(|(_, dx)| dx).collect());
+        let dx = self.stages[0].passes_gradient.then(|| groups.into_iter().flat_map(|(_, dx)| dx).collect());
         (params, dx)
     }
 
@@ -368,7 +366,7 @@ impl ConvStack {
     /// takes the group's images in one sweep.
     fn backward_group(&self, scratch: &mut [Scratch], images: &[SavedImage], douts: &[f32]) -> (Vec<Vec<f32>>, Vec<f32>) {
         let isa = Isa::detected();
-        let mut partials: Vec<Vec<f32>> = vec![Vec::new(); self.stages.len()];
+        let mut partials: Vec<Option<Vec<f32>>> = vec![None; self.stages.len()];
         // Each image's gradient moves between two buffers, block by block,
         // each with room for the largest gradient: every pass below writes
         // all of its output, so a buffer is neither zeroed again nor
@@ -391,13 +389,33 @@ impl ConvStack {
                     None => (&image.output[..], (stage.block.out_len() / g.out_channels, stage.block.out_width(), 0)),
                 };
                 let relu = stage.block.relu.then_some(output);
-                match stage.block.pool {
-                    Some(pool) => {
+                match (&stage.backward, stage.block.pool) {
+                    (Backward::Pooled(pooled), _) => {
+                        // Each window's gradient after the ReLU, which
+                        // passes it where the window's output is positive.
+                        scratch.windows.clear();
+                        scratch.windows.extend_from_slice(dout);
+                        if let Some((y, (plane, row, first))) = relu {
+                            let (rows, width) = (pooled.pool().out_height(), pooled.pool().out_width());
+                            for (r, d) in scratch.windows.chunks_exact_mut(width).enumerate() {
+                                relu_gradient(isa, d, &y[(r / rows) * plane + (r % rows) * row + first..][..width]);
+                            }
+                        }
+                        let winners = Winners { gradients: &scratch.windows, argmax: &image.blocks[i].argmax };
+                        let input = (&image.blocks[i].padded_input[..], stage.params.input_layout());
+                        pooled.add_param_gradients(isa, winners, input, &mut scratch.pooled);
+                        if stage.passes_gradient {
+                            spare.resize(g.in_len(), 0.0);
+                            pooled.image(isa, winners, &mut scratch.pooled, spare);
+                            std::mem::swap(dout, spare);
+                        }
+                    }
+                    (Backward::Dense(_), Some(pool)) => {
                         spare.resize(g.out_len(), 0.0);
                         kernels::unpool_image_dense(&pool, dout, &image.blocks[i].argmax, relu, spare);
                         std::mem::swap(dout, spare);
                     }
-                    None => {
+                    (Backward::Dense(_), None) => {
                         if let Some((y, (plane, row, first))) = relu {
                             let (oh, ow) = (g.out_height(), g.out_width());
                             for (r, d) in dout.chunks_exact_mut(ow).enumerate() {
@@ -407,28 +425,30 @@ impl ConvStack {
                     }
                 }
             }
-            let padded: Vec<&[f32]> = images.iter().map(|image| image.blocks[i].padded_input.as_slice()).collect();
-            let dconvs: Vec<&[f32]> = gradients.iter().map(Vec::as_slice).collect();
-            partials[i] = stage.params.group(&padded, &dconvs, &mut scratch.gradient);
-            let Some(input_gradient) = stage.input_gradient.as_ref() else {
-                return (partials, Vec::new());
-            };
-            for ((dconv, dx), image) in gradients.iter_mut().zip(&mut spares).zip(images) {
-                dx.resize(g.in_len(), 0.0);
-                match input_gradient {
-                    InputGradient::Dense(pass) => pass.image(&mut scratch.input_gradient, dconv, dx, None),
-                    InputGradient::Pooled(pooled) => {
-                        // Each window's gradient after the ReLU: the
-                        // unpooled gradient at its winner.
-                        let argmax = &image.blocks[i].argmax;
-                        scratch.windows.clear();
-                        scratch.windows.extend(argmax.iter().map(|&winner| dconv[winner as usize]));
-                        let winners = Winners { gradients: &scratch.windows, argmax };
-                        pooled.image(isa, winners, &mut scratch.pooled, dx);
+            if let Backward::Pooled(pooled) = &stage.backward {
+                let mut partial = stage.params.zeroed();
+                pooled.take_param_gradients(&mut scratch.pooled, (&mut partial, stage.params.channels()));
+                partials[i] = Some(partial);
+            }
+            if let Backward::Dense(input_gradient) = &stage.backward {
+                let padded: Vec<&[f32]> = images.iter().map(|image| image.blocks[i].padded_input.as_slice()).collect();
+                let dconvs: Vec<&[f32]> = gradients.iter().map(Vec::as_slice).collect();
+                partials[i] = Some(stage.params.group(&padded, &dconvs, &mut scratch.gradient));
+                if let Some(pass) = input_gradient {
+                    for (dconv, dx) in gradients.iter_mut().zip(&mut spares) {
+                        dx.resize(g.in_len(), 0.0);
+                        pass.image(&mut scratch.input_gradient, dconv, dx, None);
+                        std::mem::swap(dconv, dx);
                     }
                 }
-                std::mem::swap(dconv, dx);
             }
+            if !stage.passes_gradient {
+                break;
+            }
+        }
+        let partials = partials.into_iter().map(|partial| partial.expect("every block's partial sum")).collect();
+        if !self.stages[0].passes_gradient {
+            return (partials, Vec::new());
         }
         (partials, gradients.concat())
     }
@@ -458,9 +478,9 @@ mod tests {
     }
 
     /// Image by image through the stack gives the same bits as the batch
-    /// kernels layer by layer, forward and backward (through a pooled block
-    /// as `pooled` computes it): a block with ReLU, one with ReLU and pool,
-    /// one with neither, over batches that are not a
+    /// kernels layer by layer, forward and backward (a pooled block's
+    /// gradients as `pooled` computes them, its parameters' up to rounding):
+    /// a block with ReLU, one with ReLU and pool, one with neither, over batches that are not a
     /// whole number of gradient groups, on fresh and on recycled buffers.
     #[test]
     fn stack_equals_the_layer_by_layer_kernels() {
@@ -504,7 +524,14 @@ mod tests {
             // `dconv_b`, in another order).
             let dya = masked(&PooledConvGradient::new(&gb, &b.weight, &pool).input_gradient(&dyb, &argmax), &ya);
             let grads_a = conv2d_backward_params(&x, &dya, &ga);
-            assert_eq!(params, vec![grads_a, grads_b, grads_c], "batch of {batch}");
+            assert_eq!((&params[0], &params[2]), (&grads_a, &grads_c), "batch of {batch}");
+            // The pooled block's parameter gradients come from its winners:
+            // the same sums in another order.
+            for (got, want) in [(&params[1].0, &grads_b.0), (&params[1].1, &grads_b.1)] {
+                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(worst <= 1e-5 * scale, "batch of {batch}: {worst} of {scale}");
+            }
             assert_eq!(dx, Some(conv2d_backward_input(&dya, &ga, &a.weight)), "batch of {batch}");
         }
 

@@ -511,8 +511,15 @@ impl ParamGradient {
         }
     }
 
-    fn zeroed(&self) -> Vec<f32> {
+    /// A partial sum of zeros: `[tap][channel]`, [`ParamGradient::channels`]
+    /// entries per tap, the bias last.
+    pub(crate) fn zeroed(&self) -> Vec<f32> {
         vec![0.0f32; (self.taps.len() + 1) * self.channels]
+    }
+
+    /// Entries per tap in a partial sum: the output channels, padded.
+    pub(crate) fn channels(&self) -> usize {
+        self.channels
     }
 
     /// The partial sum of a group of images: `padded` holds the images as

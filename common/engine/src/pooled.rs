@@ -24,7 +24,7 @@
 
 use rayon::prelude::*;
 
-use crate::geometry::{ConvGeometry, PoolGeometry};
+use crate::geometry::{ConvGeometry, PoolGeometry, RowLayout};
 use crate::isa::{for_each_isa, Isa};
 
 /// Floats in one vector of the accumulation (eight: a row of a receptive
@@ -97,6 +97,103 @@ impl PooledConvGradient {
         dx
     }
 
+    /// The max-pool over the convolution's output.
+    pub(crate) fn pool(&self) -> &PoolGeometry {
+        &self.pool
+    }
+
+    /// Adds one image's weight and bias gradients to the sums in
+    /// `scratch`, which [`PooledConvGradient::take_param_gradients`] hands
+    /// over. `input` is the image's convolution input, its rows where
+    /// `layout` places them.
+    ///
+    /// Only the winners' gradients are not zero, so each output channel's
+    /// weight gradient is the sum over its winners of the gradient times
+    /// the receptive field: summed in registers, a block of a kernel row at
+    /// a time, and added to the channel's sums once.
+    pub(crate) fn add_param_gradients(
+        &self,
+        isa: Isa,
+        winners: Winners,
+        (input, layout): (&[f32], RowLayout),
+        scratch: &mut PooledScratch,
+    ) {
+        let g = &self.conv;
+        // The input channels-last into the padded buffer's interior.
+        let (pitch, padded_rows, p, cin) = (self.pitch(), g.height + 2 * g.padding, g.padding, g.in_channels);
+        if scratch.input.len() != padded_rows * pitch {
+            scratch.input.clear();
+            scratch.input.resize(padded_rows * pitch, 0.0);
+        }
+        let (plane, row, first) = layout;
+        // Pixel by pixel, so that the stores are consecutive.
+        for y in 0..g.height {
+            let dst = &mut scratch.input[(y + p) * pitch + p * cin..][..g.width * cin];
+            let at = y * row + first;
+            for (x, pixel) in dst.chunks_exact_mut(cin).enumerate() {
+                for (c, value) in pixel.iter_mut().enumerate() {
+                    *value = input[c * plane + at + x];
+                }
+            }
+        }
+        let kernel_len = g.kernel * self.row;
+        scratch.weight_sums.resize(g.out_channels * kernel_len, 0.0);
+        scratch.bias_sums.resize(g.out_channels, 0.0);
+        let Winners { gradients, argmax } = winners;
+        let (width, pooled_plane) = (self.pool.width, self.pool.out_len() / g.out_channels);
+        for o in 0..g.out_channels {
+            // The channel's winners with a gradient, in window order.
+            scratch.fields.clear();
+            let mut bias = 0.0f32;
+            for window in 0..pooled_plane {
+                let at = o * pooled_plane + window;
+                let gradient = gradients[at];
+                if gradient == 0.0 {
+                    continue;
+                }
+                let position = argmax[at] as usize - o * g.out_plane();
+                let (y, x) = (position / width, position % width);
+                scratch.fields.push((y * pitch + x * cin, gradient));
+                bias += gradient;
+            }
+            let sums = &mut scratch.weight_sums[o * kernel_len..][..kernel_len];
+            add_field_sums(isa, self, &scratch.fields, &scratch.input, sums);
+            scratch.bias_sums[o] += bias;
+        }
+    }
+
+    /// Adds the sums [`PooledConvGradient::add_param_gradients`] gathered
+    /// in `scratch` to `partial` and zeroes them. `partial` is laid out as
+    /// the direct and Winograd methods' partial sums: `[tap][channel]` with
+    /// `channels` entries per tap, every tap of the kernel (`(c·k + ky)·k +
+    /// kx`) and then the bias.
+    pub(crate) fn take_param_gradients(&self, scratch: &mut PooledScratch, (partial, channels): (&mut [f32], usize)) {
+        let g = &self.conv;
+        let (k, cin, taps) = (g.kernel, g.in_channels, g.patch_len());
+        assert_eq!(partial.len(), (taps + 1) * channels, "a partial sum of every tap and the bias");
+        let kernel_len = k * self.row;
+        if scratch.weight_sums.len() != g.out_channels * kernel_len {
+            return; // No image was added.
+        }
+        // A kernel row's float `kx·cin + c` is tap `(c·k + ky)·k + kx`.
+        for c in 0..cin {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let tap = (c * k + ky) * k + kx;
+                    let sums = scratch.weight_sums[ky * self.row + kx * cin + c..].iter().step_by(kernel_len);
+                    for (total, &sum) in partial[tap * channels..][..g.out_channels].iter_mut().zip(sums) {
+                        *total += sum;
+                    }
+                }
+            }
+        }
+        for (total, &sum) in partial[taps * channels..][..g.out_channels].iter_mut().zip(&scratch.bias_sums) {
+            *total += sum;
+        }
+        scratch.weight_sums.fill(0.0);
+        scratch.bias_sums.fill(0.0);
+    }
+
     /// Floats from one row of the channels-last padded input gradient to
     /// the next: the padded width's pixels and a chunk's slack, into which
     /// the rightmost receptive fields' zero-padded rows reach.
@@ -114,11 +211,13 @@ impl PooledConvGradient {
         scatter_kernels(isa, self, &scratch.groups, &mut scratch.accumulated);
         // Channels-last and padded to channels-first and unpadded.
         let (cin, plane, p) = (g.in_channels, g.height * g.width, g.padding);
+        // Channel by channel, so that the stores are consecutive.
         for y in 0..g.height {
             let row = &scratch.accumulated[(y + p) * pitch + p * cin..][..g.width * cin];
-            for (x, pixel) in row.chunks_exact(cin).enumerate() {
-                for (c, &value) in pixel.iter().enumerate() {
-                    dx[c * plane + y * g.width + x] = value;
+            for c in 0..cin {
+                let dst = &mut dx[c * plane + y * g.width..][..g.width];
+                for (d, &value) in dst.iter_mut().zip(row[c..].iter().step_by(cin)) {
+                    *d = value;
                 }
             }
         }
@@ -136,6 +235,17 @@ pub(crate) struct PooledScratch {
     /// The input gradient, channels-last and padded (rows of
     /// [`PooledConvGradient::pitch`]).
     accumulated: Vec<f32>,
+    /// The convolution's input laid out as `accumulated`, for the weight
+    /// gradient; its border stays zero from one image to the next.
+    input: Vec<f32>,
+    /// One output channel's winners: where each receptive field starts in
+    /// `input`, and its gradient.
+    fields: Vec<(usize, f32)>,
+    /// Per output channel, the weight gradient laid out as its kernel's
+    /// rows in `kernel_rows`, and the bias gradient, summed over the images
+    /// added since they were last taken.
+    weight_sums: Vec<f32>,
+    bias_sums: Vec<f32>,
 }
 
 /// The kept winners of one image, grouped by window and, within a window,
@@ -217,6 +327,27 @@ pub(crate) struct Winners<'a> {
 /// chunk and the gradient, fourteen of AVX2's sixteen vector registers).
 const BLOCK_CHUNKS: usize = 12;
 
+/// Calls `$f::<N>(args)` for `N = $chunks` (1 to [`BLOCK_CHUNKS`]), so
+/// that each block width's sums have a fixed number of registers.
+macro_rules! with_chunks {
+    ($chunks:expr, $f:ident($($arg:expr),*)) => {
+        match $chunks {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            8 => $f::<8>($($arg),*),
+            9 => $f::<9>($($arg),*),
+            10 => $f::<10>($($arg),*),
+            11 => $f::<11>($($arg),*),
+            _ => $f::<BLOCK_CHUNKS>($($arg),*),
+        }
+    };
+}
+
 for_each_isa! {
     /// Adds, for every kept winner in `groups`, its gradient times the
     /// kernel of its output channel into `accumulated` (channels-last,
@@ -232,20 +363,8 @@ fn scatter_kernels_body(pass: &PooledConvGradient, groups: &WinnerGroups, accumu
     for ky in 0..pass.conv.kernel {
         for first in (0..pass.row).step_by(BLOCK_CHUNKS * CHUNK) {
             let block = Block { ky, first };
-            match (pass.row - first).min(BLOCK_CHUNKS * CHUNK) / CHUNK {
-                1 => scatter_block::<1>(pass, groups, block, accumulated),
-                2 => scatter_block::<2>(pass, groups, block, accumulated),
-                3 => scatter_block::<3>(pass, groups, block, accumulated),
-                4 => scatter_block::<4>(pass, groups, block, accumulated),
-                5 => scatter_block::<5>(pass, groups, block, accumulated),
-                6 => scatter_block::<6>(pass, groups, block, accumulated),
-                7 => scatter_block::<7>(pass, groups, block, accumulated),
-                8 => scatter_block::<8>(pass, groups, block, accumulated),
-                9 => scatter_block::<9>(pass, groups, block, accumulated),
-                10 => scatter_block::<10>(pass, groups, block, accumulated),
-                11 => scatter_block::<11>(pass, groups, block, accumulated),
-                _ => scatter_block::<BLOCK_CHUNKS>(pass, groups, block, accumulated),
-            }
+            let chunks = (pass.row - first).min(BLOCK_CHUNKS * CHUNK) / CHUNK;
+            with_chunks!(chunks, scatter_block(pass, groups, block, accumulated));
         }
     }
 }
@@ -293,66 +412,172 @@ fn scatter_block<const CHUNKS: usize>(pass: &PooledConvGradient, groups: &Winner
     }
 }
 
+for_each_isa! {
+    /// Adds, per kernel row, the sum over `fields` (start in `input`,
+    /// gradient) of the gradient times the receptive field's row
+    /// (`pass.row` floats a row, channels-last) to `sums`: one output
+    /// channel's weight gradient in the layout of `pass.kernel_rows`.
+    fn add_field_sums(pass: &PooledConvGradient, fields: &[(usize, f32)], input: &[f32], sums: &mut [f32]) = add_field_sums_body
+}
+
+#[inline(always)]
+fn add_field_sums_body(pass: &PooledConvGradient, fields: &[(usize, f32)], input: &[f32], sums: &mut [f32]) {
+    let pitch = pass.pitch();
+    for (ky, sums) in sums.chunks_exact_mut(pass.row).enumerate() {
+        for first in (0..pass.row).step_by(BLOCK_CHUNKS * CHUNK) {
+            let chunks = (pass.row - first).min(BLOCK_CHUNKS * CHUNK) / CHUNK;
+            let offset = ky * pitch + first;
+            with_chunks!(chunks, add_fields(fields, input, offset, &mut sums[first..]));
+        }
+    }
+}
+
+/// Adds to `out[..CHUNKS · CHUNK]` the sum over `fields` of the gradient
+/// times `input` from the field's start plus `offset`.
+#[inline(always)]
+fn add_fields<const CHUNKS: usize>(fields: &[(usize, f32)], input: &[f32], offset: usize, out: &mut [f32]) {
+    let mut sums = [[0.0f32; CHUNK]; CHUNKS];
+    for &(start, gradient) in fields {
+        let values = &input[start + offset..][..CHUNKS * CHUNK];
+        for (sum, values) in sums.iter_mut().zip(values.chunks_exact(CHUNK)) {
+            for (s, &v) in sum.iter_mut().zip(values) {
+                *s += gradient * v;
+            }
+        }
+    }
+    for (out, sum) in out.chunks_exact_mut(CHUNK).zip(&sums) {
+        for (o, &s) in out.iter_mut().zip(sum) {
+            *o += s;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::isa::TestedIsas;
-    use crate::kernels::{conv2d_backward_input, conv2d_forward, maxpool2x2_backward, maxpool2x2_forward, relu_backward};
+    use crate::kernels::{
+        conv2d_backward_input, conv2d_backward_params, conv2d_forward, maxpool2x2_backward, maxpool2x2_forward, relu_backward,
+    };
     use common::rng::Rng;
 
-    #[test]
-    fn scattering_matches_unpooling_and_the_transposed_convolution_on_every_instruction_set() {
-        let shapes = [
-            // (in, out, kernel, padding, height, width): the presets' blocks,
-            // a block wider than the registers' (64 x 3 floats a kernel
-            // row), odd sizes (a pool row and column left over), no padding.
-            (1, 16, 5, 2, 28, 28),
-            (16, 32, 5, 2, 14, 14),
-            (64, 8, 3, 1, 6, 6),
-            (3, 8, 3, 1, 9, 11),
-            (5, 4, 3, 0, 10, 7),
-        ];
-        let isas = TestedIsas::new("scattering_matches_unpooling_and_the_transposed_convolution_on_every_instruction_set");
-        for (cin, cout, kernel, padding, height, width) in shapes {
+    /// A `conv -> relu -> max_pool` block on a batch, and a gradient at
+    /// the pool's output through the ReLU (zero where a window's output is
+    /// not positive).
+    struct Case {
+        conv: ConvGeometry,
+        pool: PoolGeometry,
+        x: Vec<f32>,
+        weight: Vec<f32>,
+        windows: Vec<f32>,
+        argmax: Vec<u32>,
+    }
+
+    const BATCH: usize = 3;
+
+    impl Case {
+        fn new((cin, cout, kernel, padding, height, width): (usize, usize, usize, usize, usize, usize)) -> Self {
             let conv = ConvGeometry { in_channels: cin, out_channels: cout, kernel, padding, height, width, stride: 1 };
             let pool = PoolGeometry { channels: cout, height: conv.out_height(), width: conv.out_width() };
-            let mut rng = Rng::new(cin as u64 * 31 + kernel as u64);
-            let batch = 3;
-            let x: Vec<f32> = (0..batch * conv.in_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let mut rng = Rng::new((cin * 31 + cout * 7 + kernel) as u64);
+            let x: Vec<f32> = (0..BATCH * conv.in_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
             let weight: Vec<f32> = (0..conv.weight_len()).map(|_| rng.uniform(-0.5, 0.5)).collect();
-            // conv -> relu -> max_pool, and a gradient at the pool's output
-            // through the ReLU (zero where a window's output is not positive).
             let activated: Vec<f32> = conv2d_forward(&x, &conv, &weight, None).iter().map(|v| v.max(0.0)).collect();
             let (pooled, argmax) = maxpool2x2_forward(&activated, &pool);
             let mut windows: Vec<f32> = (0..argmax.len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
             relu_backward(&mut windows, &pooled);
-            let want = conv2d_backward_input(&maxpool2x2_backward(&windows, &argmax, &pool), &conv, &weight);
-            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let route = PooledConvGradient::new(&conv, &weight, &pool);
-            let per_image = pool.out_len();
-            let mut reference: Option<Vec<f32>> = None;
-            isas.each(|isa| {
-                let mut got = vec![0.0f32; batch * conv.in_len()];
-                for (i, dx) in got.chunks_exact_mut(conv.in_len()).enumerate() {
-                    let winners = Winners {
-                        gradients: &windows[i * per_image..][..per_image],
-                        argmax: &argmax[i * per_image..][..per_image],
-                    };
-                    route.image(isa, winners, &mut PooledScratch::default(), dx);
+            Case { conv, pool, x, weight, windows, argmax }
+        }
+
+        /// The gradient at the convolution's output: unpooled.
+        fn unpooled(&self) -> Vec<f32> {
+            maxpool2x2_backward(&self.windows, &self.argmax, &self.pool)
+        }
+
+        /// Image `i`'s winners.
+        fn winners(&self, i: usize) -> Winners<'_> {
+            let per_image = self.pool.out_len();
+            Winners { gradients: &self.windows[i * per_image..][..per_image], argmax: &self.argmax[i * per_image..][..per_image] }
+        }
+
+        fn name(&self, isa: Isa) -> String {
+            let g = &self.conv;
+            format!("{}->{} {}x{} pad {} on {}", g.in_channels, g.out_channels, g.kernel, g.kernel, g.padding, isa.name())
+        }
+    }
+
+    /// The presets' blocks, a block wider than the registers' (64 x 3
+    /// floats a kernel row), odd sizes (a pool row and column left over),
+    /// no padding: (in, out, kernel, padding, height, width).
+    const SHAPES: [(usize, usize, usize, usize, usize, usize); 5] =
+        [(1, 16, 5, 2, 28, 28), (16, 32, 5, 2, 14, 14), (64, 8, 3, 1, 6, 6), (3, 8, 3, 1, 9, 11), (5, 4, 3, 0, 10, 7)];
+
+    /// `got` is `want` up to 1e-5 of `want`'s largest magnitude.
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5 * scale, "{what}: {worst} of {scale}");
+    }
+
+    /// Runs `compute` on every instruction set; the results must be the
+    /// same bits.
+    fn same_on_every_instruction_set(test: &'static str, mut compute: impl FnMut(Isa) -> Vec<f32>) -> Vec<f32> {
+        let mut reference: Option<Vec<f32>> = None;
+        TestedIsas::new(test).each(|isa| {
+            let got = compute(isa);
+            match &reference {
+                None => reference = Some(got),
+                Some(first) => assert_eq!(first, &got, "{} differs from the first instruction set", isa.name()),
+            }
+        });
+        reference.expect("the portable variant runs everywhere")
+    }
+
+    #[test]
+    fn scattering_matches_unpooling_and_the_transposed_convolution_on_every_instruction_set() {
+        for case in SHAPES.map(Case::new) {
+            let want = conv2d_backward_input(&case.unpooled(), &case.conv, &case.weight);
+            let route = PooledConvGradient::new(&case.conv, &case.weight, &case.pool);
+            let got = same_on_every_instruction_set("scattering_matches_unpooling_and_the_transposed_convolution", |isa| {
+                let mut got = vec![0.0f32; BATCH * case.conv.in_len()];
+                for (i, dx) in got.chunks_exact_mut(case.conv.in_len()).enumerate() {
+                    route.image(isa, case.winners(i), &mut PooledScratch::default(), dx);
                 }
-                let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-                assert!(
-                    worst <= 1e-5 * scale,
-                    "{cin}->{cout} {kernel}x{kernel} pad {padding} on {}: {worst} of {scale}",
-                    isa.name()
-                );
-                // The same bits on every instruction set.
-                match &reference {
-                    None => reference = Some(got),
-                    Some(first) => assert_eq!(first, &got, "{} differs from the first instruction set", isa.name()),
-                }
+                assert_close(&got, &want, &case.name(isa));
+                got
             });
-            assert_eq!(route.input_gradient(&windows, &argmax), reference.unwrap(), "the batch's images as each alone");
+            assert_eq!(route.input_gradient(&case.windows, &case.argmax), got, "the batch's images as each alone");
+        }
+    }
+
+    #[test]
+    fn parameter_gradients_from_the_winners_match_the_dense_ones_on_every_instruction_set() {
+        for case in SHAPES.map(Case::new) {
+            let (want_weight, want_bias) = conv2d_backward_params(&case.x, &case.unpooled(), &case.conv);
+            let route = PooledConvGradient::new(&case.conv, &case.weight, &case.pool);
+            // A partial sum as the direct method lays it out, with the
+            // output channels padded to a few more than there are.
+            let (cout, taps) = (case.conv.out_channels, case.conv.patch_len());
+            let channels = cout + 3;
+            same_on_every_instruction_set("parameter_gradients_from_the_winners_match_the_dense_ones", |isa| {
+                let mut partial = vec![0.0f32; (taps + 1) * channels];
+                let mut scratch = PooledScratch::default();
+                let (height, width) = (case.conv.height, case.conv.width);
+                for (i, image) in case.x.chunks_exact(case.conv.in_len()).enumerate() {
+                    route.add_param_gradients(isa, case.winners(i), (image, (height * width, width, 0)), &mut scratch);
+                    // Taken after every second image, and after the last.
+                    if i % 2 == 1 || i + 1 == BATCH {
+                        route.take_param_gradients(&mut scratch, (&mut partial, channels));
+                    }
+                }
+                let weight: Vec<f32> =
+                    (0..cout).flat_map(|o| (0..taps).map(move |t| (o, t))).map(|(o, t)| partial[t * channels + o]).collect();
+                assert_close(&weight, &want_weight, &format!("weight gradient, {}", case.name(isa)));
+                assert_close(&partial[taps * channels..][..cout], &want_bias, &format!("bias gradient, {}", case.name(isa)));
+                assert!(partial[taps * channels + cout..].iter().all(|&v| v == 0.0), "the padding channels stay zero");
+                partial
+            });
         }
     }
 }
