@@ -195,7 +195,7 @@ struct Scratch {
     gradient: GradientBuffers,
     input_gradient: PassBuffers,
     /// One image's window gradients (after the ReLU) and its scratch, for
-    /// a pooled input gradient.
+    /// a pooled block's gradients.
     windows: Vec<f32>,
     pooled: PooledScratch,
 }
