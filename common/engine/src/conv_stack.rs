@@ -18,7 +18,7 @@ use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
 
-use crate::geometry::{ConvGeometry, PoolGeometry};
+use crate::geometry::{ConvGeometry, PoolGeometry, RowLayout};
 use crate::isa::Isa;
 use crate::kernels::{self, ConvPass, GradientBuffers, ParamGradient, PassBuffers, IMAGES_PER_PARTIAL_GRADIENT};
 use crate::layers::Conv2d;
@@ -395,11 +395,9 @@ impl ConvStack {
                         // passes it where the window's output is positive.
                         scratch.windows.clear();
                         scratch.windows.extend_from_slice(dout);
-                        if let Some((y, (plane, row, first))) = relu {
-                            let (rows, width) = (pooled.pool().out_height(), pooled.pool().out_width());
-                            for (r, d) in scratch.windows.chunks_exact_mut(width).enumerate() {
-                                relu_gradient(isa, d, &y[(r / rows) * plane + (r % rows) * row + first..][..width]);
-                            }
+                        if let Some(output) = relu {
+                            let shape = (pooled.pool().out_height(), pooled.pool().out_width());
+                            relu_gradient_by_rows(isa, &mut scratch.windows, shape, output);
                         }
                         let winners = Winners { gradients: &scratch.windows, argmax: &image.blocks[i].argmax };
                         let input = (&image.blocks[i].padded_input[..], stage.params.input_layout());
@@ -416,11 +414,8 @@ impl ConvStack {
                         std::mem::swap(dout, spare);
                     }
                     (Backward::Dense(_), None) => {
-                        if let Some((y, (plane, row, first))) = relu {
-                            let (oh, ow) = (g.out_height(), g.out_width());
-                            for (r, d) in dout.chunks_exact_mut(ow).enumerate() {
-                                relu_gradient(isa, d, &y[(r / oh) * plane + (r % oh) * row + first..][..ow]);
-                            }
+                        if let Some(output) = relu {
+                            relu_gradient_by_rows(isa, dout, (g.out_height(), g.out_width()), output);
                         }
                     }
                 }
@@ -451,6 +446,16 @@ impl ConvStack {
             return (partials, Vec::new());
         }
         (partials, gradients.concat())
+    }
+}
+
+/// The gradient through a ReLU, in place, of values (C·H·W, planes of
+/// `(height, width)`) whose ReLU output `y` holds its rows where the
+/// layout places them: zero where the output is not positive.
+fn relu_gradient_by_rows(isa: Isa, gradient: &mut [f32], (height, width): (usize, usize), (y, layout): (&[f32], RowLayout)) {
+    let (plane, row, first) = layout;
+    for (r, d) in gradient.chunks_exact_mut(width).enumerate() {
+        relu_gradient(isa, d, &y[(r / height) * plane + (r % height) * row + first..][..width]);
     }
 }
 
