@@ -23,15 +23,25 @@ use crate::isa::Isa;
 /// a tail of single vectors, so small images waste fewer positions.)
 pub(crate) const POSITION_BLOCK: usize = 16;
 
-/// The vector operations the kernels need.
-trait Lanes: Copy {
+/// The vector operations the kernels need (also those of
+/// [`crate::pooled`]).
+///
+/// # Safety
+/// Every method runs its type's instructions: the caller's target
+/// features must include them. `load` and `store` touch `WIDTH` floats
+/// from `p`.
+pub(crate) trait Lanes: Copy {
     const WIDTH: usize;
     unsafe fn zero() -> Self;
     unsafe fn splat(v: f32) -> Self;
     unsafe fn load(p: *const f32) -> Self;
     unsafe fn store(self, p: *mut f32);
-    /// `self + a·b`.
+    /// `self + a·b` (fused where the instruction set has it).
     unsafe fn multiply_add(self, a: Self, b: Self) -> Self;
+    /// `self + other`, one rounding.
+    unsafe fn add(self, other: Self) -> Self;
+    /// `self · other`, one rounding.
+    unsafe fn mul(self, other: Self) -> Self;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -41,7 +51,7 @@ pub(crate) mod x86 {
     use super::Lanes;
 
     #[derive(Clone, Copy)]
-    pub(super) struct Avx512(__m512);
+    pub(crate) struct Avx512(__m512);
 
     impl Lanes for Avx512 {
         const WIDTH: usize = 16;
@@ -64,6 +74,14 @@ pub(crate) mod x86 {
         #[inline(always)]
         unsafe fn multiply_add(self, a: Self, b: Self) -> Self {
             Avx512(_mm512_fmadd_ps(a.0, b.0, self.0))
+        }
+        #[inline(always)]
+        unsafe fn add(self, other: Self) -> Self {
+            Avx512(_mm512_add_ps(self.0, other.0))
+        }
+        #[inline(always)]
+        unsafe fn mul(self, other: Self) -> Self {
+            Avx512(_mm512_mul_ps(self.0, other.0))
         }
     }
 
@@ -434,7 +452,7 @@ pub(crate) mod x86 {
     }
 
     #[derive(Clone, Copy)]
-    pub(super) struct Avx2(__m256);
+    pub(crate) struct Avx2(__m256);
 
     impl Lanes for Avx2 {
         const WIDTH: usize = 8;
@@ -457,6 +475,14 @@ pub(crate) mod x86 {
         #[inline(always)]
         unsafe fn multiply_add(self, a: Self, b: Self) -> Self {
             Avx2(_mm256_fmadd_ps(a.0, b.0, self.0))
+        }
+        #[inline(always)]
+        unsafe fn add(self, other: Self) -> Self {
+            Avx2(_mm256_add_ps(self.0, other.0))
+        }
+        #[inline(always)]
+        unsafe fn mul(self, other: Self) -> Self {
+            Avx2(_mm256_mul_ps(self.0, other.0))
         }
     }
 }
@@ -486,6 +512,60 @@ impl Lanes for Scalar {
     #[inline(always)]
     unsafe fn multiply_add(self, a: Self, b: Self) -> Self {
         Scalar(a.0 * b.0 + self.0)
+    }
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        Scalar(self.0 + other.0)
+    }
+    #[inline(always)]
+    unsafe fn mul(self, other: Self) -> Self {
+        Scalar(self.0 * other.0)
+    }
+}
+
+/// Eight floats as a plain array: the portable variant of code whose
+/// vector variants are eight or sixteen lanes wide, which the compiler
+/// vectorises for the target it builds (SSE, NEON). Multiply and add
+/// round separately.
+#[derive(Clone, Copy)]
+pub(crate) struct Portable8([f32; 8]);
+
+impl Portable8 {
+    #[inline(always)]
+    fn map(self, other: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        Portable8(std::array::from_fn(|i| f(self.0[i], other.0[i])))
+    }
+}
+
+impl Lanes for Portable8 {
+    const WIDTH: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Portable8([0.0; 8])
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Portable8([v; 8])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Portable8(p.cast::<[f32; 8]>().read_unaligned())
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        p.cast::<[f32; 8]>().write_unaligned(self.0)
+    }
+    #[inline(always)]
+    unsafe fn multiply_add(self, a: Self, b: Self) -> Self {
+        self.add(a.mul(b))
+    }
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        self.map(other, |a, b| a + b)
+    }
+    #[inline(always)]
+    unsafe fn mul(self, other: Self) -> Self {
+        self.map(other, |a, b| a * b)
     }
 }
 

@@ -25,11 +25,12 @@
 use rayon::prelude::*;
 
 use crate::geometry::{ConvGeometry, PoolGeometry, RowLayout};
-use crate::isa::{for_each_isa, Isa};
+use crate::isa::Isa;
+use crate::microkernels::Lanes;
 
-/// Floats in one vector of the accumulation (eight: a row of a receptive
-/// field is rounded up to whole eight-float chunks, which every instruction
-/// set's vectors divide or fill).
+/// A receptive field's row is rounded up to a multiple of this many
+/// floats: whole vectors of AVX2 and of the portable code (AVX-512 takes
+/// sixteen where the rows allow it).
 const CHUNK: usize = 8;
 
 /// A stride-1 convolution and the 2x2 max-pool over its whole output, its
@@ -322,49 +323,113 @@ pub(crate) struct Winners<'a> {
     pub argmax: &'a [u32],
 }
 
-/// Floats of a receptive field's row that [`scatter_kernels`] sums in
-/// registers at a time: twelve eight-float chunks (with the kernel's
-/// chunk and the gradient, fourteen of AVX2's sixteen vector registers).
+/// Vectors of a receptive field's row that the kernels below sum in
+/// registers at a time: twelve (with the kernel's vector and the
+/// gradient, fourteen of AVX2's sixteen vector registers).
 const BLOCK_CHUNKS: usize = 12;
 
-/// Calls `$f::<N>(args)` for `N = $chunks` (1 to [`BLOCK_CHUNKS`]), so
-/// that each block width's sums have a fixed number of registers.
+/// Floats of a kernel row that [`scatter_kernels`] scatters at a time,
+/// whatever the vector width: the receptive fields of neighbouring
+/// winners overlap, so the partition of a row into blocks sets the order
+/// in which their sums reach an input's gradient, and with it the bits.
+/// AVX2's twelve vectors.
+const SCATTER_BLOCK: usize = BLOCK_CHUNKS * CHUNK;
+
+/// Calls `$f::<$lanes, N>(args)` for `N = $chunks` (1 to
+/// [`BLOCK_CHUNKS`]), so that each block width's sums have a fixed number
+/// of registers.
 macro_rules! with_chunks {
-    ($chunks:expr, $f:ident($($arg:expr),*)) => {
+    ($chunks:expr, $f:ident::<$lanes:ty>($($arg:expr),*)) => {
         match $chunks {
-            1 => $f::<1>($($arg),*),
-            2 => $f::<2>($($arg),*),
-            3 => $f::<3>($($arg),*),
-            4 => $f::<4>($($arg),*),
-            5 => $f::<5>($($arg),*),
-            6 => $f::<6>($($arg),*),
-            7 => $f::<7>($($arg),*),
-            8 => $f::<8>($($arg),*),
-            9 => $f::<9>($($arg),*),
-            10 => $f::<10>($($arg),*),
-            11 => $f::<11>($($arg),*),
-            _ => $f::<BLOCK_CHUNKS>($($arg),*),
+            1 => $f::<$lanes, 1>($($arg),*),
+            2 => $f::<$lanes, 2>($($arg),*),
+            3 => $f::<$lanes, 3>($($arg),*),
+            4 => $f::<$lanes, 4>($($arg),*),
+            5 => $f::<$lanes, 5>($($arg),*),
+            6 => $f::<$lanes, 6>($($arg),*),
+            7 => $f::<$lanes, 7>($($arg),*),
+            8 => $f::<$lanes, 8>($($arg),*),
+            9 => $f::<$lanes, 9>($($arg),*),
+            10 => $f::<$lanes, 10>($($arg),*),
+            11 => $f::<$lanes, 11>($($arg),*),
+            _ => $f::<$lanes, BLOCK_CHUNKS>($($arg),*),
         }
     };
 }
 
-for_each_isa! {
+/// Defines `$name(isa, pass, args)`, running `$body::<V>(pass, args)`
+/// with the vectors of `isa`: AVX-512's sixteen floats where the kernel
+/// rows (`pass.row` floats, a multiple of [`CHUNK`]) are whole vectors of
+/// them, AVX2's eight otherwise and on AVX2, and eight portable floats
+/// elsewhere. Products and sums round separately in every variant, so the
+/// width does not change the bits.
+///
+/// (Written out with explicit vectors: left to the compiler, the
+/// eight-float chunks compiled for AVX-512 came out as pairs of halves
+/// inserted into and extracted from 512-bit registers, 2.4 times slower
+/// than the AVX2 build of the same code on an Intel Xeon.)
+macro_rules! for_each_lanes {
+    ($(#[$doc:meta])* fn $name:ident(pass: &PooledConvGradient, $($arg:ident: $ty:ty),*) = $body:ident) => {
+        $(#[$doc])*
+        fn $name(isa: Isa, pass: &PooledConvGradient, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            use crate::microkernels::x86::{Avx2, Avx512};
+            use crate::microkernels::Portable8;
+            /// # Safety
+            /// The CPU must run AVX-512F (and with it AVX2): callers hold
+            /// the `Isa` token that detection makes only where it does.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2")]
+            unsafe fn avx512(pass: &PooledConvGradient, $($arg: $ty),*) {
+                if pass.row % 16 == 0 {
+                    $body::<Avx512>(pass, $($arg),*)
+                } else {
+                    $body::<Avx2>(pass, $($arg),*)
+                }
+            }
+            /// # Safety
+            /// The CPU must run AVX2: as for `avx512`.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2(pass: &PooledConvGradient, $($arg: $ty),*) {
+                $body::<Avx2>(pass, $($arg),*)
+            }
+            // SAFETY: a vector variant runs only under its `Isa` variant,
+            // whose token only detection of its features makes; the
+            // bodies bound every load and store by slicing first.
+            unsafe {
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512(_) => avx512(pass, $($arg),*),
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2(_) => avx2(pass, $($arg),*),
+                    Isa::Portable => $body::<Portable8>(pass, $($arg),*),
+                }
+            }
+        }
+    };
+}
+
+for_each_lanes! {
     /// Adds, for every kept winner in `groups`, its gradient times the
     /// kernel of its output channel into `accumulated` (channels-last,
     /// padded, rows of `pass.pitch()`) at its receptive field.
     fn scatter_kernels(pass: &PooledConvGradient, groups: &WinnerGroups, accumulated: &mut [f32]) = scatter_kernels_body
 }
 
+/// # Safety
+/// `V`'s instructions must run on this CPU, and `V::WIDTH` divide
+/// `pass.row`.
 #[inline(always)]
-fn scatter_kernels_body(pass: &PooledConvGradient, groups: &WinnerGroups, accumulated: &mut [f32]) {
+unsafe fn scatter_kernels_body<V: Lanes>(pass: &PooledConvGradient, groups: &WinnerGroups, accumulated: &mut [f32]) {
     // A block of a kernel row at a time, so that the winners sharing a
     // receptive field sum their products in registers and add them to the
     // input gradient once.
     for ky in 0..pass.conv.kernel {
-        for first in (0..pass.row).step_by(BLOCK_CHUNKS * CHUNK) {
+        for first in (0..pass.row).step_by(SCATTER_BLOCK) {
             let block = Block { ky, first };
-            let chunks = (pass.row - first).min(BLOCK_CHUNKS * CHUNK) / CHUNK;
-            with_chunks!(chunks, scatter_block(pass, groups, block, accumulated));
+            let chunks = (pass.row - first).min(SCATTER_BLOCK) / V::WIDTH;
+            with_chunks!(chunks, scatter_block::<V>(pass, groups, block, accumulated));
         }
     }
 }
@@ -377,10 +442,18 @@ struct Block {
     first: usize,
 }
 
-/// [`scatter_kernels`] for `CHUNKS` chunks of every kernel's row
+/// [`scatter_kernels`] for `CHUNKS` vectors of every kernel's row
 /// `block.ky` from float `block.first` on.
+///
+/// # Safety
+/// `V`'s instructions must run on this CPU.
 #[inline(always)]
-fn scatter_block<const CHUNKS: usize>(pass: &PooledConvGradient, groups: &WinnerGroups, block: Block, accumulated: &mut [f32]) {
+unsafe fn scatter_block<V: Lanes, const CHUNKS: usize>(
+    pass: &PooledConvGradient,
+    groups: &WinnerGroups,
+    block: Block,
+    accumulated: &mut [f32],
+) {
     let g = &pass.conv;
     let (k, cin, row, pitch) = (g.kernel, g.in_channels, pass.row, pass.pitch());
     let pooled_width = pass.pool.out_width();
@@ -392,27 +465,25 @@ fn scatter_block<const CHUNKS: usize>(pass: &PooledConvGradient, groups: &Winner
         let (window, corner) = (group / 4, group % 4);
         let y = 2 * (window / pooled_width) + corner / 2;
         let x = 2 * (window % pooled_width) + corner % 2;
-        let mut sums = [[0.0f32; CHUNK]; CHUNKS];
+        let mut sums = [V::zero(); CHUNKS];
         for &(o, gradient) in entries {
-            let taps = &pass.kernel_rows[(o as usize * k + block.ky) * row + block.first..][..CHUNKS * CHUNK];
-            for (sum, taps) in sums.iter_mut().zip(taps.chunks_exact(CHUNK)) {
-                for (s, &t) in sum.iter_mut().zip(taps) {
-                    *s += gradient * t;
-                }
+            let taps = &pass.kernel_rows[(o as usize * k + block.ky) * row + block.first..][..CHUNKS * V::WIDTH];
+            let gradient = V::splat(gradient);
+            for (c, sum) in sums.iter_mut().enumerate() {
+                *sum = sum.add(gradient.mul(V::load(taps.as_ptr().add(c * V::WIDTH))));
             }
         }
         // The winner's output position is its receptive field's top left
         // corner in the padded input.
-        let dst = &mut accumulated[(y + block.ky) * pitch + x * cin + block.first..][..CHUNKS * CHUNK];
-        for (dst, sum) in dst.chunks_exact_mut(CHUNK).zip(&sums) {
-            for (d, &s) in dst.iter_mut().zip(sum) {
-                *d += s;
-            }
+        let dst = &mut accumulated[(y + block.ky) * pitch + x * cin + block.first..][..CHUNKS * V::WIDTH];
+        for (c, sum) in sums.iter().enumerate() {
+            let at = dst.as_mut_ptr().add(c * V::WIDTH);
+            V::load(at).add(*sum).store(at);
         }
     }
 }
 
-for_each_isa! {
+for_each_lanes! {
     /// Adds, per kernel row, the sum over `fields` (start in `input`,
     /// gradient) of the gradient times the receptive field's row
     /// (`pass.row` floats a row, channels-last) to `sums`: one output
@@ -420,35 +491,40 @@ for_each_isa! {
     fn add_field_sums(pass: &PooledConvGradient, fields: &[(usize, f32)], input: &[f32], sums: &mut [f32]) = add_field_sums_body
 }
 
+/// # Safety
+/// `V`'s instructions must run on this CPU, and `V::WIDTH` divide
+/// `pass.row`.
 #[inline(always)]
-fn add_field_sums_body(pass: &PooledConvGradient, fields: &[(usize, f32)], input: &[f32], sums: &mut [f32]) {
+unsafe fn add_field_sums_body<V: Lanes>(pass: &PooledConvGradient, fields: &[(usize, f32)], input: &[f32], sums: &mut [f32]) {
     let pitch = pass.pitch();
     for (ky, sums) in sums.chunks_exact_mut(pass.row).enumerate() {
-        for first in (0..pass.row).step_by(BLOCK_CHUNKS * CHUNK) {
-            let chunks = (pass.row - first).min(BLOCK_CHUNKS * CHUNK) / CHUNK;
+        for first in (0..pass.row).step_by(BLOCK_CHUNKS * V::WIDTH) {
+            let chunks = (pass.row - first).min(BLOCK_CHUNKS * V::WIDTH) / V::WIDTH;
             let offset = ky * pitch + first;
-            with_chunks!(chunks, add_fields(fields, input, offset, &mut sums[first..]));
+            with_chunks!(chunks, add_fields::<V>(fields, input, offset, &mut sums[first..]));
         }
     }
 }
 
-/// Adds to `out[..CHUNKS · CHUNK]` the sum over `fields` of the gradient
-/// times `input` from the field's start plus `offset`.
+/// Adds to `out[..CHUNKS · V::WIDTH]` the sum over `fields` of the
+/// gradient times `input` from the field's start plus `offset`.
+///
+/// # Safety
+/// `V`'s instructions must run on this CPU.
 #[inline(always)]
-fn add_fields<const CHUNKS: usize>(fields: &[(usize, f32)], input: &[f32], offset: usize, out: &mut [f32]) {
-    let mut sums = [[0.0f32; CHUNK]; CHUNKS];
+unsafe fn add_fields<V: Lanes, const CHUNKS: usize>(fields: &[(usize, f32)], input: &[f32], offset: usize, out: &mut [f32]) {
+    let mut sums = [V::zero(); CHUNKS];
     for &(start, gradient) in fields {
-        let values = &input[start + offset..][..CHUNKS * CHUNK];
-        for (sum, values) in sums.iter_mut().zip(values.chunks_exact(CHUNK)) {
-            for (s, &v) in sum.iter_mut().zip(values) {
-                *s += gradient * v;
-            }
+        let values = &input[start + offset..][..CHUNKS * V::WIDTH];
+        let gradient = V::splat(gradient);
+        for (c, sum) in sums.iter_mut().enumerate() {
+            *sum = sum.add(gradient.mul(V::load(values.as_ptr().add(c * V::WIDTH))));
         }
     }
-    for (out, sum) in out.chunks_exact_mut(CHUNK).zip(&sums) {
-        for (o, &s) in out.iter_mut().zip(sum) {
-            *o += s;
-        }
+    let out = &mut out[..CHUNKS * V::WIDTH];
+    for (c, sum) in sums.iter().enumerate() {
+        let at = out.as_mut_ptr().add(c * V::WIDTH);
+        V::load(at).add(*sum).store(at);
     }
 }
 
