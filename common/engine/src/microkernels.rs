@@ -380,24 +380,24 @@ pub(crate) mod x86 {
         }
     }
 
-    /// See [`super::transpose_row`]: blocks of eight channels by eight
-    /// positions transposed in registers (unpack, shuffle, then swap the
-    /// 128-bit halves); the positions after the last whole eight and the
-    /// channels after the last whole eight are copied one at a time.
+    /// See [`super::transpose`]: blocks of eight rows by eight columns
+    /// transposed in registers (unpack, shuffle, then swap the 128-bit
+    /// halves); the columns after the last whole eight and the rows after
+    /// the last whole eight are copied one at a time.
     ///
     /// # Safety
     /// The CPU must run the features enabled here: callers hold the `Isa` token
     /// that detection makes only where it does. The caller checks that the
-    /// row lies within `dy` and its transpose within `dst`.
+    /// rows lie within `src` and their transpose within `dst`.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn transpose_row_avx2(
-        dy: &[f32],
-        (channels, plane, width): (usize, usize, usize),
-        y: usize,
+    pub(super) unsafe fn transpose_avx2(
+        src: &[f32],
+        (channels, plane): (usize, usize),
+        width: usize,
         dst: &mut [f32],
         stride: usize,
     ) {
-        let (src, out) = (dy.as_ptr().add(y * width), dst.as_mut_ptr());
+        let (src, out) = (src.as_ptr(), dst.as_mut_ptr());
         let (whole_channels, whole_width) = (channels / 8 * 8, width / 8 * 8);
         for first in (0..whole_channels).step_by(8) {
             for x in (0..whole_width).step_by(8) {
@@ -1287,14 +1287,7 @@ pub(crate) fn transpose_planes(
     let plane = height * width;
     for y in 0..height {
         let dst = &mut out[y * row * stride..];
-        if transpose_row(isa, dy, (channels, plane, width), y, dst, stride) {
-            continue;
-        }
-        for x in 0..width {
-            for (o, d) in dst[x * stride..][..channels].iter_mut().enumerate() {
-                *d = dy[o * plane + y * width + x];
-            }
-        }
+        transpose(isa, &dy[y * width..], (channels, plane), width, (dst, stride));
     }
 }
 
@@ -1302,18 +1295,22 @@ pub(crate) fn transpose_planes(
 /// `plane` floats, rows of `width`) into `dst` as `[x][channel]`, `stride`
 /// floats per x, with the vector unit where the CPU has one. Returns false,
 /// having written nothing, where the caller must transpose the row itself.
-fn transpose_row(
+/// `dst[x·dst_stride + r] = src[r·src_stride + x]` for the `rows` rows
+/// and the first `columns` columns of `src` (e.g. a row of every channel
+/// plane into pixels of consecutive channels, or back): in 8x8 register
+/// blocks on AVX2 and AVX-512, one float at a time elsewhere.
+pub(crate) fn transpose(
     isa: Isa,
-    dy: &[f32],
-    (channels, plane, width): (usize, usize, usize),
-    y: usize,
-    dst: &mut [f32],
-    stride: usize,
-) -> bool {
-    assert!(channels > 0 && width > 0, "empty gradient row");
-    assert!((channels - 1) * plane + (y + 1) * width <= dy.len(), "gradient row {y} outside the gradient");
-    assert!(channels <= stride && (width - 1) * stride + channels <= dst.len(), "transposed row outside its buffer");
-    assert!(channels * plane <= i32::MAX as usize, "gradient too large for 32-bit gather indices");
+    src: &[f32],
+    (rows, src_stride): (usize, usize),
+    columns: usize,
+    (dst, dst_stride): (&mut [f32], usize),
+) {
+    if rows == 0 || columns == 0 {
+        return;
+    }
+    assert!(columns <= src_stride && (rows - 1) * src_stride + columns <= src.len(), "rows to transpose outside their buffer");
+    assert!(rows <= dst_stride && (columns - 1) * dst_stride + rows <= dst.len(), "transposed rows outside their buffer");
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` and `Isa::Avx2` hold tokens that only
@@ -1321,11 +1318,14 @@ fn transpose_row(
         // are checked above. AVX-512 has no faster transpose: its gathers
         // measured 6% of a training step of the simple model on 3x32x32 (AMD
         // Zen 4), the AVX2 register blocks about half that.
-        Isa::Avx512(_) | Isa::Avx2(_) => unsafe {
-            x86::transpose_row_avx2(dy, (channels, plane, width), y, dst, stride);
-            true
-        },
-        _ => false,
+        Isa::Avx512(_) | Isa::Avx2(_) => unsafe { x86::transpose_avx2(src, (rows, src_stride), columns, dst, dst_stride) },
+        _ => {
+            for x in 0..columns {
+                for (r, d) in dst[x * dst_stride..][..rows].iter_mut().enumerate() {
+                    *d = src[r * src_stride + x];
+                }
+            }
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::geometry::{ConvGeometry, PoolGeometry, RowLayout};
 use crate::isa::Isa;
-use crate::microkernels::Lanes;
+use crate::microkernels::{transpose, Lanes};
 
 /// A receptive field's row is rounded up to a multiple of this many
 /// floats: whole vectors of AVX2 and of the portable code (AVX-512 takes
@@ -127,15 +127,9 @@ impl PooledConvGradient {
             scratch.input.resize(padded_rows * pitch, 0.0);
         }
         let (plane, row, first) = layout;
-        // Pixel by pixel, so that the stores are consecutive.
         for y in 0..g.height {
             let dst = &mut scratch.input[(y + p) * pitch + p * cin..][..g.width * cin];
-            let at = y * row + first;
-            for (x, pixel) in dst.chunks_exact_mut(cin).enumerate() {
-                for (c, value) in pixel.iter_mut().enumerate() {
-                    *value = input[c * plane + at + x];
-                }
-            }
+            transpose(isa, &input[y * row + first..], (cin, plane), g.width, (dst, cin));
         }
         let kernel_len = g.kernel * self.row;
         scratch.weight_sums.resize(g.out_channels * kernel_len, 0.0);
@@ -210,17 +204,12 @@ impl PooledConvGradient {
         scratch.accumulated.clear();
         scratch.accumulated.resize(padded_rows * pitch, 0.0);
         scatter_kernels(isa, self, &scratch.groups, &mut scratch.accumulated);
-        // Channels-last and padded to channels-first and unpadded.
+        // Channels-last and padded to channels-first and unpadded: each
+        // row's pixels (rows of `cin` floats) into every channel's plane.
         let (cin, plane, p) = (g.in_channels, g.height * g.width, g.padding);
-        // Channel by channel, so that the stores are consecutive.
         for y in 0..g.height {
             let row = &scratch.accumulated[(y + p) * pitch + p * cin..][..g.width * cin];
-            for c in 0..cin {
-                let dst = &mut dx[c * plane + y * g.width..][..g.width];
-                for (d, &value) in dst.iter_mut().zip(row[c..].iter().step_by(cin)) {
-                    *d = value;
-                }
-            }
+            transpose(isa, row, (g.width, cin), cin, (&mut dx[y * g.width..], plane));
         }
     }
 }
