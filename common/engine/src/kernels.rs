@@ -10,6 +10,8 @@
 //! order, so results do not depend on the number of threads or on the
 //! batch an image came in.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::geometry::RowLayout;
@@ -345,23 +347,45 @@ fn select_taps(all: &[usize], taps: &[usize]) -> Vec<usize> {
 fn run_pass(pass: &ConvPass, x: &[f32], phases: Option<&PhaseSplit>, keep_pre_activation: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let g = pass.geometry();
     let image_len = phases.map_or(g.in_len(), PhaseSplit::image_len);
+    assert_eq!(x.len() % image_len, 0, "convolution input is not a whole number of images");
     let len = x.len() / image_len * g.out_len();
-    let mut y = vec![0.0f32; len];
-    let mut pre = keep_pre_activation.then(|| vec![0.0f32; len]);
+    // Each image's outputs are zeroed by the thread that computes them,
+    // just before, rather than all at once on one thread (`vec![0.0;
+    // len]` took 11% of a 200-image forward pass, measured).
+    let mut y = Vec::with_capacity(len);
+    let mut pre = keep_pre_activation.then(|| Vec::with_capacity(len));
     let image = |(buffers, split): &mut (PassBuffers, Vec<f32>), image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>| {
         pass.image(buffers, PhaseSplit::pass_input(phases, image, split), out, pre)
     };
-    let outputs = y.par_chunks_mut(g.out_len());
+    let outputs = y.spare_capacity_mut()[..len].par_chunks_mut(g.out_len());
     match pre.as_mut() {
         Some(pre) => outputs
-            .zip(pre.par_chunks_mut(g.out_len()))
+            .zip(pre.spare_capacity_mut()[..len].par_chunks_mut(g.out_len()))
             .zip(x.par_chunks(image_len))
-            .for_each_init(Default::default, |buffers, ((out, pre), x)| image(buffers, x, out, Some(pre))),
-        None => {
-            outputs.zip(x.par_chunks(image_len)).for_each_init(Default::default, |buffers, (out, x)| image(buffers, x, out, None))
+            .for_each_init(Default::default, |buffers, ((out, pre), x)| image(buffers, x, zeroed(out), Some(zeroed(pre)))),
+        None => outputs
+            .zip(x.par_chunks(image_len))
+            .for_each_init(Default::default, |buffers, (out, x)| image(buffers, x, zeroed(out), None)),
+    }
+    // SAFETY: `x` holds `len / out_len` whole images (asserted above), so
+    // the loop above passed every chunk of the first `len`
+    // floats of `y` (and of `pre`) through `zeroed`; a panic in it leaves
+    // the lengths at zero.
+    unsafe {
+        y.set_len(len);
+        if let Some(pre) = pre.as_mut() {
+            pre.set_len(len);
         }
     }
     (y, pre)
+}
+
+/// `chunk` filled with zeros, as floats.
+fn zeroed(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    chunk.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just initialised, and `MaybeUninit<f32>`
+    // has the layout of `f32`.
+    unsafe { &mut *(chunk as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// Gradient of a convolution's output with respect to its input: the
