@@ -1291,10 +1291,6 @@ pub(crate) fn transpose_planes(
     }
 }
 
-/// Row `y` of a gradient laid out `[channel][y][x]` (`channels` planes of
-/// `plane` floats, rows of `width`) into `dst` as `[x][channel]`, `stride`
-/// floats per x, with the vector unit where the CPU has one. Returns false,
-/// having written nothing, where the caller must transpose the row itself.
 /// `dst[x·dst_stride + r] = src[r·src_stride + x]` for the `rows` rows
 /// and the first `columns` columns of `src` (e.g. a row of every channel
 /// plane into pixels of consecutive channels, or back): in 8x8 register
