@@ -251,6 +251,18 @@ impl ConvPass {
     /// One image's output (after the ReLU if the pass has one) into `out`,
     /// and the output before the ReLU into `pre` when given.
     pub(crate) fn image(&self, buffers: &mut PassBuffers, image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>) {
+        self.image_into(buffers, image, as_slots(out), pre.map(as_slots));
+    }
+
+    /// [`ConvPass::image`] into slots that need not hold values yet: it
+    /// writes every one of them.
+    fn image_into(
+        &self,
+        buffers: &mut PassBuffers,
+        image: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        pre: Option<&mut [MaybeUninit<f32>]>,
+    ) {
         let PassBuffers { padded, products, winograd } = buffers;
         self.pad(image, padded);
         self.compute(padded, products, winograd, out, pre);
@@ -260,16 +272,23 @@ impl ConvPass {
     /// [`ConvPass::pad`] does (a direct pass also reads the layout with the
     /// row of ones after it).
     pub(crate) fn padded_image(&self, buffers: &mut PassBuffers, padded: &[f32], out: &mut [f32]) {
-        self.compute(padded, &mut buffers.products, &mut buffers.winograd, out, None);
+        self.compute(padded, &mut buffers.products, &mut buffers.winograd, as_slots(out), None);
     }
 
+    /// Writes every value of `out` (and of `pre` when given): each method
+    /// hands [`ConvPass::finish_rows`] every row of every output channel
+    /// (the direct loop below; Winograd's output transform, whole planes or
+    /// every row of each channel). The outputs of a batch pass are not
+    /// zeroed first because of this (the zeroing was a tenth of a
+    /// 200-image gradient-map pass); `every_output_is_written` checks it
+    /// for each method and instruction set.
     fn compute(
         &self,
         padded: &[f32],
         products: &mut Vec<f32>,
         winograd: &mut WinogradBuffers,
-        out: &mut [f32],
-        mut pre: Option<&mut [f32]>,
+        out: &mut [MaybeUninit<f32>],
+        mut pre: Option<&mut [MaybeUninit<f32>]>,
     ) {
         let g = &self.g;
         assert_eq!(out.len(), g.out_len(), "conv2d output of one image");
@@ -296,19 +315,31 @@ impl ConvPass {
     /// Output rows of channel `o` from row `y` on, as many whole rows as
     /// `products` holds: bias, ReLU, and the value before the ReLU into
     /// `pre` when given.
-    fn finish_rows(&self, o: usize, y: usize, products: &[f32], out: &mut [f32], pre: Option<&mut [f32]>) {
+    fn finish_rows(
+        &self,
+        o: usize,
+        y: usize,
+        products: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        pre: Option<&mut [MaybeUninit<f32>]>,
+    ) {
         let len = products.len();
         debug_assert_eq!(len % self.out_width, 0, "whole output rows");
         let at = o * self.out_plane + y * self.out_width;
         let b = self.bias.as_ref().map_or(0.0, |b| b[o]);
         let dst = &mut out[at..][..len];
+        // One loop per case, so that none tests the case per value.
         match (self.relu, pre) {
-            (false, _) => dst.iter_mut().zip(products).for_each(|(d, &s)| *d = s + b),
-            (true, None) => dst.iter_mut().zip(products).for_each(|(d, &s)| *d = (s + b).max(0.0)),
-            (true, Some(pre)) => {
+            (false, None) => dst.iter_mut().zip(products).for_each(|(d, &s)| {
+                d.write(s + b);
+            }),
+            (true, None) => dst.iter_mut().zip(products).for_each(|(d, &s)| {
+                d.write((s + b).max(0.0));
+            }),
+            (relu, Some(pre)) => {
                 for ((d, p), &s) in dst.iter_mut().zip(&mut pre[at..][..len]).zip(products) {
-                    *p = s + b;
-                    *d = (s + b).max(0.0);
+                    p.write(s + b);
+                    d.write(if relu { (s + b).max(0.0) } else { s + b });
                 }
             }
         }
@@ -349,28 +380,26 @@ fn run_pass(pass: &ConvPass, x: &[f32], phases: Option<&PhaseSplit>, keep_pre_ac
     let image_len = phases.map_or(g.in_len(), PhaseSplit::image_len);
     assert_eq!(x.len() % image_len, 0, "convolution input is not a whole number of images");
     let len = x.len() / image_len * g.out_len();
-    // Each image's outputs are zeroed by the thread that computes them,
-    // just before, rather than all at once on one thread (`vec![0.0;
-    // len]` took 11% of a 200-image forward pass, measured).
+    // Not zeroed: the pass writes every output (see `ConvPass::compute`).
     let mut y = Vec::with_capacity(len);
     let mut pre = keep_pre_activation.then(|| Vec::with_capacity(len));
-    let image = |(buffers, split): &mut (PassBuffers, Vec<f32>), image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>| {
-        pass.image(buffers, PhaseSplit::pass_input(phases, image, split), out, pre)
+    let image = |(buffers, split): &mut (PassBuffers, Vec<f32>), image, out, pre| {
+        pass.image_into(buffers, PhaseSplit::pass_input(phases, image, split), out, pre)
     };
     let outputs = y.spare_capacity_mut()[..len].par_chunks_mut(g.out_len());
     match pre.as_mut() {
         Some(pre) => outputs
             .zip(pre.spare_capacity_mut()[..len].par_chunks_mut(g.out_len()))
             .zip(x.par_chunks(image_len))
-            .for_each_init(Default::default, |buffers, ((out, pre), x)| image(buffers, x, zeroed(out), Some(zeroed(pre)))),
-        None => outputs
-            .zip(x.par_chunks(image_len))
-            .for_each_init(Default::default, |buffers, (out, x)| image(buffers, x, zeroed(out), None)),
+            .for_each_init(Default::default, |buffers, ((out, pre), x)| image(buffers, x, out, Some(pre))),
+        None => {
+            outputs.zip(x.par_chunks(image_len)).for_each_init(Default::default, |buffers, (out, x)| image(buffers, x, out, None))
+        }
     }
     // SAFETY: `x` holds `len / out_len` whole images (asserted above), so
-    // the loop above passed every chunk of the first `len`
-    // floats of `y` (and of `pre`) through `zeroed`; a panic in it leaves
-    // the lengths at zero.
+    // the loop above handed every `out_len` chunk of the first `len` slots
+    // of `y` (and of `pre`) to `ConvPass::compute`, which writes every
+    // slot it is given; a panic in it leaves the lengths at zero.
     unsafe {
         y.set_len(len);
         if let Some(pre) = pre.as_mut() {
@@ -380,12 +409,13 @@ fn run_pass(pass: &ConvPass, x: &[f32], phases: Option<&PhaseSplit>, keep_pre_ac
     (y, pre)
 }
 
-/// `chunk` filled with zeros, as floats.
-fn zeroed(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    chunk.fill(MaybeUninit::new(0.0));
-    // SAFETY: every element was just initialised, and `MaybeUninit<f32>`
-    // has the layout of `f32`.
-    unsafe { &mut *(chunk as *mut [MaybeUninit<f32>] as *mut [f32]) }
+/// `values` as slots for [`ConvPass::compute`], which writes only
+/// values into them, so they stay initialised.
+fn as_slots(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the slots are
+    // private to this module's passes, which write values (never
+    // `MaybeUninit::uninit()`) into them.
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// Gradient of a convolution's output with respect to its input: the
@@ -1152,6 +1182,58 @@ mod tests {
                 }
             });
         }
+    }
+
+    /// A batch pass does not zero its outputs, so every method must write
+    /// every output and every kept pre-activation: slots that start as NaN
+    /// all hold numbers afterwards, for the direct method (whole rows, rows
+    /// of whole vectors, a phase kernel's taps), Winograd's (3x3 on odd and
+    /// even sides, 5x5) and a transposed pass, with and without the ReLU.
+    #[test]
+    fn every_output_is_written() {
+        let isas = TestedIsas::new("kernels: every output of a pass is written");
+        let geometry = |in_channels, out_channels, kernel, height, width| ConvGeometry {
+            in_channels,
+            out_channels,
+            kernel,
+            padding: kernel / 2,
+            height,
+            width,
+            stride: 1,
+        };
+        let cases = [
+            ("direct, 3x3 on 5x6", geometry(3, 20, 3, 5, 6), None),
+            ("direct, rows of whole vectors", geometry(3, 16, 5, 6, 16), None),
+            ("direct, some taps", geometry(4, 8, 3, 6, 7), Some(vec![0, 2, 6, 8])),
+            ("Winograd 3x3, odd sides", geometry(MIN_INPUT_CHANNELS, 9, 3, 7, 5), None),
+            ("Winograd 3x3, even sides", geometry(MIN_INPUT_CHANNELS, 17, 3, 8, 12), None),
+            ("Winograd 5x5", geometry(MIN_CHANNELS_5X5, 33, 5, 9, 6), None),
+        ];
+        isas.each(|isa| {
+            for (name, g, taps) in &cases {
+                assert_eq!(name.starts_with("Winograd"), Winograd::applies(g), "{name}: the method named");
+                let w = random(g.weight_len(), 30);
+                let b = random(g.out_channels, 31);
+                let taps = taps.clone().unwrap_or_else(|| g.all_taps());
+                let passes = [
+                    ("with ReLU", ConvPass::with_taps(isa, g, &w, (Some(&b), true), &taps)),
+                    ("without ReLU", ConvPass::with_taps(isa, g, &w, (Some(&b), false), &taps)),
+                    ("transposed", ConvPass::input_gradient(isa, g, &w)),
+                ];
+                for (variant, pass) in passes {
+                    let len = pass.geometry().out_len();
+                    let mut out = vec![MaybeUninit::new(f32::NAN); len];
+                    let mut pre = vec![MaybeUninit::new(f32::NAN); len];
+                    let input = random(pass.geometry().in_len(), 32);
+                    pass.image_into(&mut PassBuffers::default(), &input, &mut out, Some(&mut pre));
+                    for (what, slots) in [("output", &out), ("pre-activation", &pre)] {
+                        // SAFETY: every slot was initialised (to NaN) above.
+                        let unwritten = slots.iter().filter(|v| unsafe { v.assume_init() }.is_nan()).count();
+                        assert_eq!(unwritten, 0, "{name}, {variant}, on {}: {what} values left unwritten", isa.name());
+                    }
+                }
+            }
+        });
     }
 
     /// Winograd's method against the naive convolution and its weight and
