@@ -303,11 +303,11 @@ fn smoothgrad(
 /// What integrated gradients and SmoothGrad share: `copies` perturbed
 /// copies of each image of `x` (`perturb(image, pixels, inputs)` writes
 /// those of image `image`, on the image's own thread: SmoothGrad's noise
-/// was a tenth of its time drawn serially) run forward and back for the
-/// image's target,
-/// whole images' copies at a time (about [`INPUTS_PER_PASS`] inputs per
-/// pass), and `reduce(image, gradients, out)` turning an image's copies'
-/// gradients into its attributions (`out` starts at 0).
+/// drawn on one thread took about a tenth of its time) run forward and
+/// back for the image's target, whole images' copies at a time (about
+/// [`INPUTS_PER_PASS`] inputs per pass), and `reduce(image, gradients,
+/// out)` turning an image's copies' gradients into its attributions
+/// (`out` starts at 0).
 fn gradients_of_copies(
     model: &Model,
     x: &[f32],
