@@ -251,7 +251,9 @@ impl ConvPass {
     /// One image's output (after the ReLU if the pass has one) into `out`,
     /// and the output before the ReLU into `pre` when given.
     pub(crate) fn image(&self, buffers: &mut PassBuffers, image: &[f32], out: &mut [f32], pre: Option<&mut [f32]>) {
-        self.image_into(buffers, image, as_slots(out), pre.map(as_slots));
+        // SAFETY: `image_into` writes only values into the slots.
+        let (out, pre) = unsafe { (as_slots(out), pre.map(|pre| as_slots(pre))) };
+        self.image_into(buffers, image, out, pre);
     }
 
     /// [`ConvPass::image`] into slots that need not hold values yet: it
@@ -272,7 +274,9 @@ impl ConvPass {
     /// [`ConvPass::pad`] does (a direct pass also reads the layout with the
     /// row of ones after it).
     pub(crate) fn padded_image(&self, buffers: &mut PassBuffers, padded: &[f32], out: &mut [f32]) {
-        self.compute(padded, &mut buffers.products, &mut buffers.winograd, as_slots(out), None);
+        // SAFETY: `compute` writes only values into the slots.
+        let out = unsafe { as_slots(out) };
+        self.compute(padded, &mut buffers.products, &mut buffers.winograd, out, None);
     }
 
     /// Writes every value of `out` (and of `pre` when given): each method
@@ -410,12 +414,14 @@ fn run_pass(pass: &ConvPass, x: &[f32], phases: Option<&PhaseSplit>, keep_pre_ac
     (y, pre)
 }
 
-/// `values` as slots for [`ConvPass::compute`], which writes only
-/// values into them, so they stay initialised.
-fn as_slots(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the slots are
-    // private to this module's passes, which write values (never
-    // `MaybeUninit::uninit()`) into them.
+/// `values` as slots that [`ConvPass::compute`] writes.
+///
+/// # Safety
+/// Only values may be written into the slots, never
+/// `MaybeUninit::uninit()`: `values` must stay initialised.
+unsafe fn as_slots(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the caller keeps
+    // the values initialised.
     unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
