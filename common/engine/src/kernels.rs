@@ -333,7 +333,11 @@ impl ConvPass {
         let at = o * self.out_plane + y * self.out_width;
         let b = self.bias.as_ref().map_or(0.0, |b| b[o]);
         let dst = &mut out[at..][..len];
-        // One loop per case, so that none tests the case per value.
+        // A loop per case for the output alone, so that neither tests the
+        // ReLU per value. With a kept pre-activation (beside a ReLU, where
+        // the passes keep one) the ReLU test is the same for every value
+        // of the loop; both slots are written either way, since the
+        // outputs are not zeroed first.
         match (self.relu, pre) {
             (false, None) => dst.iter_mut().zip(products).for_each(|(d, &s)| {
                 d.write(s + b);
