@@ -6,7 +6,7 @@
 //! covers every channel, so the map is the per-pixel value (not a sum over
 //! channels).
 
-use engine::Model;
+use engine::{Model, Region, Span, Variant};
 use rayon::prelude::*;
 
 use crate::error::ExplainError;
@@ -62,6 +62,7 @@ impl Occlusion {
         for first in (0..images).step_by(per_pass) {
             let count = per_pass.min(images - first);
             let mut occluded = Vec::with_capacity(count * corners.len() * len);
+            let mut changes = Vec::with_capacity(count * corners.len());
             for image in first..first + count {
                 let original = &x[image * len..][..len];
                 for &(y0, x0) in &corners {
@@ -73,9 +74,15 @@ impl Occlusion {
                             copy[c * plane + y * width + x0..][..self.window].fill(value);
                         }
                     }
+                    let span = |start| Span { start, end: start + self.window };
+                    changes.push(Variant { base: image - first, region: Region { rows: span(y0), cols: span(x0) } });
                 }
             }
-            let occluded_logits = model.forward(&occluded).map_err(|e| ExplainError::Shape(e.to_string()))?;
+            // The same logits as `model.forward(&occluded)`, recomputing only
+            // what each window changes where that is a small part of a plane.
+            let originals = &x[first * len..][..count * len];
+            let occluded_logits =
+                model.forward_variants(originals, &occluded, &changes).map_err(|e| ExplainError::Shape(e.to_string()))?;
             let classes = model.classes;
             maps[first * plane..][..count * plane].par_chunks_mut(plane).enumerate().for_each(|(i, map)| {
                 let image = first + i;

@@ -21,6 +21,7 @@ pub mod pooled;
 mod strided;
 mod tape_ops;
 pub mod training;
+mod variants;
 mod winograd;
 
 pub use checkpoint::{read_checkpoint, write_checkpoint, Checkpoint};
@@ -29,3 +30,4 @@ pub use isa::{detected_instruction_set, instruction_set, InstructionSetError, IN
 pub use layers::{ActivationShape, Conv2d, Dense, Layer, ModelError, ParameterRef};
 pub use network::{argmax, cross_entropy_and_correct, Model, Trace};
 pub use pooled::PooledConvGradient;
+pub use variants::{Region, Span, Variant};

@@ -254,7 +254,7 @@ impl Model {
         Ok(())
     }
 
-    fn check_input(&self, x: &[f32]) -> Result<usize, ModelError> {
+    pub(crate) fn check_input(&self, x: &[f32]) -> Result<usize, ModelError> {
         let n = self.input.len();
         if x.is_empty() || x.len() % n != 0 {
             return Err(ModelError::Input { found: x.len(), shape: self.input });
@@ -278,7 +278,7 @@ impl Model {
         let mut current: Option<Vec<f32>> = None;
         let mut index = 0;
         while index < first_kept {
-            let (out, consumed) = self.fused_step(index, current.as_deref().unwrap_or(x), first_kept);
+            let (out, consumed) = fused_step(&self.layers, index, current.as_deref().unwrap_or(x), first_kept);
             current = Some(out);
             index += consumed;
         }
@@ -290,7 +290,7 @@ impl Model {
         while let Some(layer) = self.layers.get(index) {
             let input = outputs.last().map(|v| v.as_slice()).unwrap_or(x);
             // A conv and its ReLU are written in one pass; both are traced.
-            if let (Layer::Conv(c), (true, _)) = (layer, self.conv_followers(index, self.layers.len())) {
+            if let (Layer::Conv(c), (true, _)) = (layer, conv_followers(&self.layers, index, self.layers.len())) {
                 let (output, activated) = kernels::conv2d_forward_and_relu(input, &c.geometry, &c.weight, Some(&c.bias));
                 outputs.extend([output, activated]);
                 argmax.extend([None, None]);
@@ -308,55 +308,65 @@ impl Model {
     /// Logits (N·classes) of normalised images, keeping no intermediates.
     pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>, ModelError> {
         self.check_input(x)?;
-        let mut current: Option<Vec<f32>> = None;
-        let mut index = 0;
-        while index < self.layers.len() {
-            let (out, consumed) = self.fused_step(index, current.as_deref().unwrap_or(x), self.layers.len());
-            current = Some(out);
-            index += consumed;
-        }
-        Ok(current.unwrap_or_else(|| x.to_vec()))
+        Ok(forward_layers(&self.layers, x))
     }
 
-    /// The ReLU and 2x2 max-pool directly after layer `index`, among the
-    /// layers before `limit`: what the fused passes run together with a
-    /// conv there.
-    pub(crate) fn conv_followers(&self, index: usize, limit: usize) -> (bool, Option<PoolGeometry>) {
-        let within = |i: usize| if i < limit { self.layers.get(i) } else { None };
-        let relu = matches!(within(index + 1), Some(Layer::Relu));
-        let pool = match within(index + 1 + relu as usize) {
-            Some(Layer::MaxPool(pool)) => Some(*pool),
-            _ => None,
-        };
-        (relu, pool)
+    /// See [`conv_blocks`].
+    pub(crate) fn conv_blocks(&self, index: usize, limit: usize) -> (Vec<(ConvBlock, &Conv2d)>, usize) {
+        conv_blocks(&self.layers, index, limit)
     }
+}
 
-    /// The conv blocks (a conv with the ReLU and max-pool after it) that
-    /// follow each other from layer `index` on, among the layers before
-    /// `limit`, and the index after them.
-    /// A strided convolution is no block: it runs alone (see
-    /// `kernels::conv2d_forward`).
-    pub(crate) fn conv_blocks(&self, mut index: usize, limit: usize) -> (Vec<(ConvBlock, &Conv2d)>, usize) {
-        let mut blocks = Vec::new();
-        while let (true, Some(Layer::Conv(c))) = (index < limit, self.layers.get(index)) {
-            if c.geometry.stride != 1 {
-                break;
-            }
-            let (relu, pool) = self.conv_followers(index, limit);
-            blocks.push((ConvBlock { geometry: c.geometry, relu, pool }, c));
-            index += 1 + relu as usize + pool.is_some() as usize;
-        }
-        (blocks, index)
+/// The output of `layers` run in order on a batch whose images fit the
+/// first of them, keeping no intermediates.
+pub(crate) fn forward_layers(layers: &[Layer], x: &[f32]) -> Vec<f32> {
+    let mut current: Option<Vec<f32>> = None;
+    let mut index = 0;
+    while index < layers.len() {
+        let (out, consumed) = fused_step(layers, index, current.as_deref().unwrap_or(x), layers.len());
+        current = Some(out);
+        index += consumed;
     }
+    current.unwrap_or_else(|| x.to_vec())
+}
 
-    /// The output of layer `index` on `input` and how many layers that
-    /// was: from a conv, every conv block up to `limit` image by image (an
-    /// image's activations stay in cache).
-    fn fused_step(&self, index: usize, input: &[f32], limit: usize) -> (Vec<f32>, usize) {
-        match self.conv_blocks(index, limit) {
-            (blocks, after) if !blocks.is_empty() => (ConvStack::new(&blocks).infer(input), after - index),
-            _ => (apply_layer(&self.layers[index], input).0, 1),
+/// The ReLU and 2x2 max-pool directly after layer `index`, among the
+/// layers before `limit`: what the fused passes run together with a conv
+/// there.
+fn conv_followers(layers: &[Layer], index: usize, limit: usize) -> (bool, Option<PoolGeometry>) {
+    let within = |i: usize| if i < limit { layers.get(i) } else { None };
+    let relu = matches!(within(index + 1), Some(Layer::Relu));
+    let pool = match within(index + 1 + relu as usize) {
+        Some(Layer::MaxPool(pool)) => Some(*pool),
+        _ => None,
+    };
+    (relu, pool)
+}
+
+/// The conv blocks (a conv with the ReLU and max-pool after it) that
+/// follow each other from layer `index` on, among the layers before
+/// `limit`, and the index after them. A strided convolution is no block:
+/// it runs alone (see `kernels::conv2d_forward`).
+fn conv_blocks(layers: &[Layer], mut index: usize, limit: usize) -> (Vec<(ConvBlock, &Conv2d)>, usize) {
+    let mut blocks = Vec::new();
+    while let (true, Some(Layer::Conv(c))) = (index < limit, layers.get(index)) {
+        if c.geometry.stride != 1 {
+            break;
         }
+        let (relu, pool) = conv_followers(layers, index, limit);
+        blocks.push((ConvBlock { geometry: c.geometry, relu, pool }, c));
+        index += 1 + relu as usize + pool.is_some() as usize;
+    }
+    (blocks, index)
+}
+
+/// The output of layer `index` on `input` and how many layers that was:
+/// from a conv, every conv block up to `limit` image by image (an image's
+/// activations stay in cache).
+fn fused_step(layers: &[Layer], index: usize, input: &[f32], limit: usize) -> (Vec<f32>, usize) {
+    match conv_blocks(layers, index, limit) {
+        (blocks, after) if !blocks.is_empty() => (ConvStack::new(&blocks).infer(input), after - index),
+        _ => (apply_layer(&layers[index], input).0, 1),
     }
 }
 
