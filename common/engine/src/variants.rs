@@ -406,7 +406,8 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::benchmarks::benchmark_cases;
+    use common::architecture::ModelKind;
+    use common::benchmarks::{benchmark_cases, BenchmarkCase};
     use common::rng::Rng;
 
     fn span(start: usize, end: usize) -> Span {
@@ -461,14 +462,18 @@ mod tests {
         assert_eq!(axis.crop(span(10, 12)).unwrap(), AxisCrop { input: span(6, 15), changed: span(4, 7), offset: 3 });
     }
 
-    /// Every benchmark model, its logits of occluded copies of two images
+    /// Every benchmark model, and the complex one on 3x64x64 images (split
+    /// after its second pool), its logits of occluded copies of two images
     /// (windows of several sizes, at the edges and inside) through
     /// `forward_variants` and through `forward`.
     #[test]
     fn variants_give_the_plain_forward_pass_logits_bit_for_bit() {
         let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let mut rng = Rng::new(7);
-        for case in benchmark_cases(&workspace) {
+        let mut cases = benchmark_cases(&workspace);
+        let large = ImageShape { channels: 3, height: 64, width: 64 };
+        cases.push(BenchmarkCase { name: "large_complex", architecture: ModelKind::Complex.architecture(10), shape: large });
+        for case in cases {
             let model = Model::initialized(&case.architecture, case.shape, 3).unwrap();
             let (len, height, width) = (case.shape.len(), case.shape.height, case.shape.width);
             let base: Vec<f32> = (0..2 * len).map(|_| rng.normal()).collect();
@@ -496,10 +501,12 @@ mod tests {
                 }
             }
             let split = model.split_for(2, &changes).map(|split| split.at);
-            eprintln!("{}: split at {split:?}", case.name);
-            if case.name.ends_with("complex") {
-                assert!(split.is_some(), "{}: the variants run cropped", case.name);
-            }
+            let expected = match case.name {
+                "fmnist_complex" | "cifar_complex" => Some(5),
+                "large_complex" => Some(10),
+                _ => None,
+            };
+            assert_eq!(split, expected, "{}: where the layers are split", case.name);
             let plain = model.forward(&variants).unwrap();
             let cropped = model.forward_variants(&base, &variants, &changes).unwrap();
             assert_eq!(cropped.len(), plain.len());
