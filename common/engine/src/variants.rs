@@ -83,11 +83,11 @@ enum Local {
     Pointwise,
     /// A 2x2 pool: output `i` from inputs `2i` and `2i + 1`.
     Pool,
-    /// A stride-1 convolution: output `i` from inputs `i - padding` to
-    /// `i - padding + kernel - 1`. With `tiles` (Winograd's method) each
-    /// pair of outputs `2i, 2i + 1` is computed together, from the inputs of
-    /// both.
-    Conv { kernel: usize, padding: usize, tiles: bool },
+    /// A convolution: output `i` from inputs `stride·i - padding` to
+    /// `stride·i - padding + kernel - 1`. With `tiles` (Winograd's method)
+    /// each pair of outputs `2i, 2i + 1` is computed together, from the
+    /// inputs of both.
+    Conv { kernel: usize, padding: usize, stride: usize, tiles: bool },
 }
 
 impl Local {
@@ -95,10 +95,14 @@ impl Local {
         match layer {
             Layer::Relu | Layer::Dropout { .. } => Some(Local::Pointwise),
             Layer::MaxPool(_) | Layer::AvgPool(_) => Some(Local::Pool),
-            Layer::Conv(c) if c.geometry.stride == 1 => Some(Local::Conv {
+            Layer::Conv(c) => Some(Local::Conv {
                 kernel: c.geometry.kernel,
                 padding: c.geometry.padding,
-                tiles: Winograd::applies(&c.geometry),
+                stride: c.geometry.stride,
+                // A strided convolution's phases never take Winograd's
+                // method (their kernels are unpadded); counting its outputs
+                // in pairs anyway costs a little and is safe.
+                tiles: c.geometry.stride > 1 || Winograd::applies(&c.geometry),
             }),
             _ => None,
         }
@@ -110,14 +114,26 @@ impl Local {
         match self {
             Local::Pointwise => size,
             Local::Pool => size / 2,
-            Local::Conv { kernel, padding, .. } => (size + 2 * padding + 1).saturating_sub(kernel),
+            Local::Conv { kernel, padding, stride, .. } => match size + 2 * padding {
+                padded if padded >= kernel => (padded - kernel) / stride + 1,
+                _ => 0,
+            },
         }
     }
 
-    /// Whether the outputs go in pairs from even positions: a crop must put
-    /// this layer's input at an even position of the plane.
-    fn pairs(self) -> bool {
-        matches!(self, Local::Pool | Local::Conv { tiles: true, .. })
+    /// Input positions per output position.
+    fn scale(self) -> usize {
+        match self {
+            Local::Pool => 2,
+            Local::Conv { stride, .. } => stride,
+            Local::Pointwise => 1,
+        }
+    }
+
+    /// Whether the outputs go in pairs from even positions (a crop must put
+    /// this layer's output at an even position of the plane).
+    fn paired_outputs(self) -> bool {
+        matches!(self, Local::Conv { tiles: true, .. })
     }
 
     /// `span` of the outputs widened to the pairs computed together.
@@ -134,9 +150,10 @@ impl Local {
         let direct = match self {
             Local::Pointwise => span,
             Local::Pool => Span { start: span.start / 2, end: span.end.div_ceil(2) },
-            Local::Conv { kernel, padding, .. } => {
-                Span { start: (span.start + padding + 1).saturating_sub(kernel), end: span.end + padding }
-            }
+            Local::Conv { kernel, padding, stride, .. } => Span {
+                start: (span.start + padding + 1).saturating_sub(kernel).div_ceil(stride),
+                end: (span.end + padding).div_ceil(stride),
+            },
         };
         self.whole_pairs(direct).clamped(out)
     }
@@ -148,9 +165,10 @@ impl Local {
         let inputs = match self {
             Local::Pointwise => span,
             Local::Pool => Span { start: 2 * span.start, end: 2 * span.end },
-            Local::Conv { kernel, padding, .. } => {
-                Span { start: span.start.saturating_sub(padding), end: (span.end + kernel).saturating_sub(padding + 1) }
-            }
+            Local::Conv { kernel, padding, stride, .. } => Span {
+                start: (stride * span.start).saturating_sub(padding),
+                end: (stride * span.end + kernel).saturating_sub(stride + padding),
+            },
         };
         inputs.clamped(size)
     }
@@ -184,13 +202,14 @@ struct AxisCrop {
 
 impl Axis {
     fn new(steps: Vec<(Local, usize)>, out: usize) -> Axis {
+        // A layer that reduces the plane needs its input at a multiple of
+        // its scale; one with paired outputs needs them at even positions.
         let (mut alignment, mut scale) = (1, 1);
         for (step, _) in &steps {
-            if step.pairs() {
-                alignment = 2 * scale;
-            }
-            if *step == Local::Pool {
-                scale *= 2;
+            alignment = alignment.max(step.scale() * scale);
+            scale *= step.scale();
+            if step.paired_outputs() {
+                alignment = alignment.max(2 * scale);
             }
         }
         Axis { steps, out, alignment, scale }
@@ -414,8 +433,8 @@ mod tests {
         Span { start, end }
     }
 
-    const DIRECT_3X3: Local = Local::Conv { kernel: 3, padding: 1, tiles: false };
-    const WINOGRAD_3X3: Local = Local::Conv { kernel: 3, padding: 1, tiles: true };
+    const DIRECT_3X3: Local = Local::Conv { kernel: 3, padding: 1, stride: 1, tiles: false };
+    const WINOGRAD_3X3: Local = Local::Conv { kernel: 3, padding: 1, stride: 1, tiles: true };
 
     #[test]
     fn each_layer_maps_changed_and_needed_positions_by_hand() {
@@ -430,13 +449,19 @@ mod tests {
         assert_eq!(WINOGRAD_3X3.needed(span(0, 2), 28), span(0, 3));
         // A 5x5 'same' convolution, and a 3x3 one without padding (output i
         // reads inputs i..=i+2).
-        let same_5x5 = Local::Conv { kernel: 5, padding: 2, tiles: false };
+        let same_5x5 = Local::Conv { kernel: 5, padding: 2, stride: 1, tiles: false };
         assert_eq!(same_5x5.changed(span(0, 4), 28), span(0, 6));
         assert_eq!(same_5x5.needed(span(0, 6), 28), span(0, 8));
-        let valid_3x3 = Local::Conv { kernel: 3, padding: 0, tiles: false };
+        let valid_3x3 = Local::Conv { kernel: 3, padding: 0, stride: 1, tiles: false };
         assert_eq!(valid_3x3.changed(span(4, 8), 26), span(2, 8));
         assert_eq!(valid_3x3.needed(span(2, 8), 28), span(2, 10));
         assert_eq!(valid_3x3.out_size(28), 26);
+        // A 3x3 convolution of stride 2 and padding 1: output i reads
+        // inputs 2i-1..=2i+1 (its pairs not widened here).
+        let strided = Local::Conv { kernel: 3, padding: 1, stride: 2, tiles: false };
+        assert_eq!(strided.changed(span(4, 8), 14), span(2, 5));
+        assert_eq!(strided.needed(span(2, 5), 28), span(3, 10));
+        assert_eq!((strided.out_size(28), strided.out_size(27)), (14, 14));
         // A 2x2 pool.
         assert_eq!(Local::Pool.changed(span(3, 9), 14), span(1, 5));
         assert_eq!(Local::Pool.needed(span(1, 5), 28), span(2, 10));
@@ -460,10 +485,16 @@ mod tests {
         // starts at 6, where a pool window and a tile start.
         let axis = Axis::new(vec![(WINOGRAD_3X3, 28), (Local::Pool, 28)], 14);
         assert_eq!(axis.crop(span(10, 12)).unwrap(), AxisCrop { input: span(6, 15), changed: span(4, 7), offset: 3 });
+        // A pool, then a Winograd conv at half the resolution: its tiles
+        // start at multiples of 4 of the input.
+        let axis = Axis::new(vec![(Local::Pool, 28), (WINOGRAD_3X3, 14)], 14);
+        assert_eq!((axis.alignment, axis.scale), (4, 2));
     }
 
-    /// Every benchmark model, and the complex one on 3x64x64 images (split
-    /// after its second pool), its logits of occluded copies of two images
+    /// Every benchmark model, and the complex one and the custom model on
+    /// 3x64x64 images (split after the complex one's second pool, and
+    /// after the custom one's stride-2 convolution and first pool), its
+    /// logits of occluded copies of two images
     /// (windows of several sizes, at the edges and inside) through
     /// `forward_variants` and through `forward`.
     #[test]
@@ -472,7 +503,9 @@ mod tests {
         let mut rng = Rng::new(7);
         let mut cases = benchmark_cases(&workspace);
         let large = ImageShape { channels: 3, height: 64, width: 64 };
+        let vgg = cases.iter().find(|case| case.name == "cifar_vgg").expect("the custom model").architecture.clone();
         cases.push(BenchmarkCase { name: "large_complex", architecture: ModelKind::Complex.architecture(10), shape: large });
+        cases.push(BenchmarkCase { name: "large_vgg", architecture: vgg, shape: large });
         for case in cases {
             let model = Model::initialized(&case.architecture, case.shape, 3).unwrap();
             let (len, height, width) = (case.shape.len(), case.shape.height, case.shape.width);
@@ -504,6 +537,7 @@ mod tests {
             let expected = match case.name {
                 "fmnist_complex" | "cifar_complex" => Some(5),
                 "large_complex" => Some(10),
+                "large_vgg" => Some(7),
                 _ => None,
             };
             assert_eq!(split, expected, "{}: where the layers are split", case.name);
