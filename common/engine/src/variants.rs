@@ -326,8 +326,8 @@ impl Model {
         let (prefix, suffix) = self.layers.split_at(split.at);
         let at_split = forward_layers(prefix, base);
         let split_len = at_split.len() / images;
-        let (channels, split_height, split_width) =
-            planes(self.activation_shapes()[split.at - 1]).expect("a split between planes");
+        let (split_height, split_width) = (split.rows.out, split.cols.out);
+        let channels = split_len / (split_height * split_width);
         let mut pasted: Vec<f32> = changes.iter().flat_map(|c| &at_split[c.base * split_len..][..split_len]).copied().collect();
         // Variants whose crops have one shape run together.
         let mut by_shape: BTreeMap<(usize, usize), Vec<(usize, Crop)>> = BTreeMap::new();
