@@ -308,6 +308,26 @@ fn for_input(layers: &[Layer], shape: ImageShape) -> Vec<Layer> {
         .collect()
 }
 
+/// Whether `variant` equals `base` (one image each, of `shape`) bit for bit
+/// outside `region`, and `region` lies in the plane: what
+/// [`Model::forward_variants`] relies on when it pastes a crop's
+/// activations into the base image's.
+fn equals_outside(variant: &[f32], base: &[f32], region: Region, shape: ImageShape) -> bool {
+    let Region { rows, cols } = region;
+    if rows.end > shape.height || cols.end > shape.width {
+        return false;
+    }
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+    variant.chunks_exact(shape.width).zip(base.chunks_exact(shape.width)).enumerate().all(|(i, (v, b))| {
+        let y = i % shape.height;
+        if (rows.start..rows.end).contains(&y) && cols.start < cols.end {
+            same(&v[..cols.start], &b[..cols.start]) && same(&v[cols.end..], &b[cols.end..])
+        } else {
+            same(v, b)
+        }
+    })
+}
+
 impl Model {
     /// Logits (N'·classes) of `variants` (N'·C·H·W), where variant `v`
     /// equals image `changes[v].base` of `base` (N·C·H·W) outside
@@ -315,6 +335,11 @@ impl Model {
     /// [`Model::forward`] on `variants`, computed by recomputing only what
     /// each region changes in the layers where that is a small part of the
     /// plane (see the module's documentation).
+    ///
+    /// # Panics
+    /// Where a split is taken and a variant differs from its base outside
+    /// its region (or its region leaves the plane): the pasted activations
+    /// would silently be those of another image.
     pub fn forward_variants(&self, base: &[f32], variants: &[f32], changes: &[Variant]) -> Result<Vec<f32>, ModelError> {
         let images = self.check_input(base)?;
         let count = self.check_input(variants)?;
@@ -323,6 +348,14 @@ impl Model {
         let Some(split) = self.split_for(images, changes) else {
             return Ok(forward_layers(&self.layers, variants));
         };
+        let image_len = self.input.len();
+        let outside = changes.par_iter().enumerate().find_first(|&(v, change)| {
+            let base = &base[change.base * image_len..][..image_len];
+            !equals_outside(&variants[v * image_len..][..image_len], base, change.region, self.input)
+        });
+        if let Some((v, change)) = outside {
+            panic!("variant {v} differs from image {} outside its region {:?}", change.base, change.region);
+        }
         let (prefix, suffix) = self.layers.split_at(split.at);
         let at_split = forward_layers(prefix, base);
         let split_len = at_split.len() / images;
@@ -336,7 +369,7 @@ impl Model {
                 by_shape.entry((crop.rows.input.len(), crop.cols.input.len())).or_default().push((v, crop));
             }
         }
-        let (image, image_len) = (self.input, self.input.len());
+        let image = self.input;
         for ((height, width), members) in by_shape {
             let shape = ImageShape { height, width, ..image };
             let layers = for_input(prefix, shape);
@@ -547,5 +580,38 @@ mod tests {
             let differing = cropped.iter().zip(&plain).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
             assert_eq!(differing, 0, "{}: logits that differ (split at {split:?})", case.name);
         }
+    }
+
+    /// The contract is checked: a variant that differs from its base one
+    /// value outside its region (here just right of it, and just below
+    /// it), or whose region leaves the plane, is refused, where a split
+    /// would otherwise paste the wrong activations.
+    #[test]
+    fn a_variant_that_differs_outside_its_region_is_refused() {
+        let shape = ImageShape { channels: 3, height: 32, width: 32 };
+        let model = Model::initialized(&ModelKind::Complex.architecture(10), shape, 3).unwrap();
+        let mut rng = Rng::new(9);
+        let base: Vec<f32> = (0..shape.len()).map(|_| rng.normal()).collect();
+        let region = Region { rows: span(8, 12), cols: span(4, 8) };
+        let changes: Vec<Variant> = (0..64).map(|_| Variant { base: 0, region }).collect();
+        assert!(model.split_for(1, &changes).is_some(), "the case takes a split");
+        let variants = || base.iter().cycle().take(64 * shape.len()).copied().collect::<Vec<f32>>();
+        let inside = (2 * shape.height + 9) * shape.width + 5;
+        let mut fine = variants();
+        fine[inside] += 1.0;
+        assert!(model.forward_variants(&base, &fine, &changes).is_ok());
+        let refused = |at: usize, changes: &[Variant]| {
+            let mut bad = variants();
+            bad[7 * shape.len() + at] += 1.0;
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward_variants(&base, &bad, changes)));
+            run.is_err()
+        };
+        assert!(refused(inside + 3, &changes), "a value right of the region");
+        assert!(refused(inside + 3 * shape.width - 1, &changes), "a value below the region");
+        assert!(!refused(inside + 2, &changes), "a value inside the region");
+        let mut leaving = changes.clone();
+        leaving[3].region = Region { rows: span(30, 33), cols: span(4, 8) };
+        assert!(refused(inside, &leaving), "a region past the plane's last row");
+        assert!(equals_outside(&base, &base, region, shape));
     }
 }
