@@ -8,9 +8,9 @@
 //!     PEER_JSON=peer.json cargo bench -p trainer --bench train_step   # adds ratios
 //!
 //! `peer.json` is the line the peer script prints; `BENCH_ONLY=fmnist_simple`
-//! runs one case.
+//! runs one case, `BENCH_REPS` sets the timed steps per case (default 7).
 
-use common::benchmarks::{benchmark_cases, BenchmarkCase, Timings};
+use common::benchmarks::{benchmark_cases, env_count, BenchmarkCase, Timings};
 use common::rng::Rng;
 use engine::training::{loss_and_gradients, Device};
 use engine::Model;
@@ -36,7 +36,7 @@ fn main() {
         let mut rng = Rng::new(1);
         let x: Vec<f32> = (0..100 * shape.len()).map(|_| rng.normal()).collect();
         let labels: Vec<u8> = (0..100).map(|_| rng.below(10) as u8).collect();
-        let seconds = Timings::of(2, 7, || {
+        let seconds = Timings::of(2, env_count("BENCH_REPS", 7), || {
             let step = loss_and_gradients(&dev, &model, x.clone(), &labels, 0).expect("valid batch");
             adam.step(model.parameters_mut(), &step.gradients);
         })

@@ -1,5 +1,7 @@
 //! A run of conv blocks (a convolution with the ReLU and 2x2 max-pool
-//! after it) trained image by image.
+//! after it) trained image by image. A strided convolution runs as the
+//! stride-1 convolution of its input's phases (see `strided`), made per
+//! image.
 //!
 //! Run layer by layer over a whole batch, every block's activations stream
 //! through main memory (ten megabytes for the first convolution of a batch
@@ -20,10 +22,13 @@ use rayon::prelude::*;
 
 use crate::geometry::{ConvGeometry, PoolGeometry, RowLayout};
 use crate::isa::Isa;
-use crate::kernels::{self, ConvPass, GradientBuffers, ParamGradient, PassBuffers, IMAGES_PER_PARTIAL_GRADIENT};
+use crate::kernels::{
+    self, ConvPass, GradientBuffers, InputGradient, InputGradientBuffers, ParamGradient, PassBuffers, IMAGES_PER_PARTIAL_GRADIENT,
+};
 use crate::layers::Conv2d;
 use crate::microkernels::relu_gradient;
 use crate::pooled::{PooledConvGradient, PooledScratch, Winners};
+use crate::strided::PhaseSplit;
 
 /// A convolution and what follows it inside a stack: an optional ReLU and
 /// an optional 2x2 max-pool after the ReLU.
@@ -50,6 +55,9 @@ impl ConvBlock {
 /// One block with its convolution prepared for both passes.
 struct Stage {
     block: ConvBlock,
+    /// A strided convolution's phases: its forward pass and weight
+    /// gradient are then those of the phase convolution.
+    split: Option<PhaseSplit>,
     forward: ConvPass,
     params: ParamGradient,
     /// Whether the block passes a gradient to its input: not a first
@@ -63,20 +71,27 @@ enum Backward {
     /// From the gradient at every output of the convolution: the weight
     /// gradient by `params`, the input gradient by the transposed
     /// convolution (absent where the block passes none, or infers).
-    Dense(Option<ConvPass>),
+    Dense(Option<InputGradient>),
     /// With a max-pool over the whole output: both from the pool's winners
     /// alone (see `pooled`).
     Pooled(PooledConvGradient),
 }
 
 impl Stage {
-    /// The block on one image: its input padded into `saved` (as the weight
-    /// gradient reads it when `training` is set; the forward pass reads that
-    /// layout too) with the winners of its max-pool, and its output into
-    /// `scratch.output`. The buffers are reused.
+    /// The block on one image: its input (a strided block's phases) padded
+    /// into `saved` (as the weight gradient reads it when `training` is
+    /// set; the forward pass reads that layout too) with the winners of its
+    /// max-pool, and its output into `scratch.output`. A strided block in
+    /// training also keeps its input itself, which the ReLU before it
+    /// reads. The buffers are reused.
     fn run(&self, scratch: &mut Scratch, input: &[f32], saved: &mut Saved, training: bool) {
         let output = &mut scratch.output;
         let g = &self.block.geometry;
+        if training && self.split.is_some() {
+            saved.input.clear();
+            saved.input.extend_from_slice(input);
+        }
+        let input = PhaseSplit::pass_input(self.split.as_ref(), input, &mut scratch.phases);
         if training {
             self.params.pad_input(input, &mut saved.padded_input);
         } else {
@@ -94,6 +109,26 @@ impl Stage {
                 output.resize(g.out_len(), 0.0);
                 self.forward.padded_image(&mut scratch.forward, &saved.padded_input, output);
             }
+        }
+    }
+
+    /// The block's input as [`Stage::run`] saved it in training, with its
+    /// layout.
+    fn saved_input<'a>(&self, saved: &'a Saved) -> (&'a [f32], RowLayout) {
+        let g = &self.block.geometry;
+        match self.split {
+            Some(_) => (&saved.input, (g.height * g.width, g.width, 0)),
+            None => (&saved.padded_input, self.params.input_layout()),
+        }
+    }
+
+    /// The weight and bias gradients from the partial sums of the groups
+    /// of images, in order.
+    fn finish_params(&self, partials: &[Vec<f32>]) -> WeightAndBias {
+        let (dw, db) = self.params.finish(partials);
+        match &self.split {
+            Some(split) => (split.weight_gradient(&dw), db),
+            None => (dw, db),
         }
     }
 }
@@ -159,10 +194,13 @@ impl Drop for JobScratch<'_> {
 /// What the backward pass needs of one image at one block.
 #[derive(Default)]
 struct Saved {
-    /// The block's input padded as the weight gradient reads it. It is
-    /// also the output of the block before, after its ReLU: where that is
-    /// not positive, the ReLU passes no gradient.
+    /// The block's input (a strided block's phases) padded as the weight
+    /// gradient reads it. Otherwise it is also the output of the block
+    /// before, after its ReLU: where that is not positive, the ReLU passes
+    /// no gradient.
     padded_input: Vec<f32>,
+    /// A strided block's input, for the ReLU before it (empty otherwise).
+    input: Vec<f32>,
     /// The winner of each pool window (empty without a pool).
     argmax: Vec<u32>,
 }
@@ -190,10 +228,12 @@ fn images_per_job(batch: usize) -> usize {
 struct Scratch {
     /// The block's output, the next block's input.
     output: Vec<f32>,
+    /// A strided block's input as its phases.
+    phases: Vec<f32>,
     forward: PassBuffers,
     conv_out: Vec<f32>,
     gradient: GradientBuffers,
-    input_gradient: PassBuffers,
+    input_gradient: InputGradientBuffers,
     /// One image's window gradients (after the ReLU) and its scratch, for
     /// a pooled block's gradients.
     windows: Vec<f32>,
@@ -232,14 +272,23 @@ impl ConvStack {
                 }
                 let passes_gradient = training.is_some_and(|first_too| i > 0 || first_too);
                 let pooled = block.pool.filter(|pool| training.is_some() && PooledConvGradient::applies(g, pool));
+                let split = (g.stride != 1).then(|| PhaseSplit::new(g));
+                let bias_and_relu = (Some(&layer.bias[..]), block.relu);
                 let (forward, backward) = rayon::join(
-                    || ConvPass::new(isa, g, &layer.weight, Some(&layer.bias), block.relu),
+                    || match &split {
+                        Some(split) => ConvPass::of_phases(isa, split, &layer.weight, bias_and_relu),
+                        None => ConvPass::new(isa, g, &layer.weight, Some(&layer.bias), block.relu),
+                    },
                     || match pooled {
                         Some(pool) => Backward::Pooled(PooledConvGradient::new(g, &layer.weight, &pool)),
-                        None => Backward::Dense(passes_gradient.then(|| ConvPass::input_gradient(isa, g, &layer.weight))),
+                        None => Backward::Dense(passes_gradient.then(|| InputGradient::new(isa, g, &layer.weight))),
                     },
                 );
-                Stage { block: *block, forward, params: ParamGradient::new(isa, g), passes_gradient, backward }
+                let params = match &split {
+                    Some(split) => ParamGradient::of_phases(isa, split),
+                    None => ParamGradient::new(isa, g),
+                };
+                Stage { block: *block, split, forward, params, passes_gradient, backward }
             })
             .collect();
         let key = (blocks.iter().map(|(block, _)| *block).collect(), training);
@@ -353,7 +402,7 @@ impl ConvStack {
             .enumerate()
             .map(|(i, stage)| {
                 let partials: Vec<Vec<f32>> = groups.iter_mut().map(|(partials, _)| std::mem::take(&mut partials[i])).collect();
-                stage.params.finish(&partials)
+                stage.finish_params(&partials)
             })
             .collect();
         let dx = self.stages[0].passes_gradient.then(|| groups.into_iter().flat_map(|(_, dx)| dx).collect());
@@ -385,7 +434,7 @@ impl ConvStack {
                 // The block's output, for the ReLU's mask: the next block's
                 // padded input, or the stack's output.
                 let output = match self.stages.get(i + 1) {
-                    Some(next) => (&image.blocks[i + 1].padded_input[..], next.params.input_layout()),
+                    Some(next) => next.saved_input(&image.blocks[i + 1]),
                     None => (&image.output[..], (stage.block.out_len() / g.out_channels, stage.block.out_width(), 0)),
                 };
                 let relu = stage.block.relu.then_some(output);
@@ -429,10 +478,10 @@ impl ConvStack {
                 let padded: Vec<&[f32]> = images.iter().map(|image| image.blocks[i].padded_input.as_slice()).collect();
                 let dconvs: Vec<&[f32]> = gradients.iter().map(Vec::as_slice).collect();
                 partials[i] = Some(stage.params.group(&padded, &dconvs, &mut scratch.gradient));
-                if let Some(pass) = input_gradient {
+                if let Some(input_gradient) = input_gradient {
                     for (dconv, dx) in gradients.iter_mut().zip(&mut spares) {
                         dx.resize(g.in_len(), 0.0);
-                        pass.image(&mut scratch.input_gradient, dconv, dx, None);
+                        input_gradient.image(&mut scratch.input_gradient, dconv, dx);
                         std::mem::swap(dconv, dx);
                     }
                 }
@@ -545,5 +594,58 @@ mod tests {
         let without_input_gradient = ConvStack::for_training(&blocks, false);
         let (_, saved) = without_input_gradient.forward(&x);
         assert_eq!(without_input_gradient.backward(&saved, &dout).1, None);
+    }
+
+    /// Strided blocks in a stack give the bits of the strided kernels layer
+    /// by layer, forward and backward: a strided block first, one after a
+    /// block with a ReLU (whose mask it then keeps), with a 5x5 kernel, and
+    /// and one whose stride skips the input's last row and column (3x3 at
+    /// stride 2 with a 2x2 kernel).
+    #[test]
+    fn strided_blocks_in_a_stack_equal_the_strided_kernels() {
+        let mut rng = Rng::new(12);
+        let ga = ConvGeometry { in_channels: 3, out_channels: 8, kernel: 3, padding: 1, height: 12, width: 12, stride: 2 };
+        let gb = ConvGeometry { in_channels: 8, out_channels: 6, kernel: 3, padding: 1, height: 6, width: 6, stride: 1 };
+        let gc = ConvGeometry { in_channels: 6, out_channels: 5, kernel: 5, padding: 2, height: 6, width: 6, stride: 2 };
+        let gd = ConvGeometry { in_channels: 5, out_channels: 4, kernel: 3, padding: 1, height: 3, width: 3, stride: 1 };
+        let ge = ConvGeometry { in_channels: 4, out_channels: 4, kernel: 2, padding: 0, height: 3, width: 3, stride: 2 };
+        let [a, b, c, d, e] = [("a", ga), ("b", gb), ("c", gc), ("d", gd), ("e", ge)].map(|(name, g)| layer(name, g, &mut rng));
+        assert_eq!(ge.out_height(), 1);
+        let blocks = [
+            (ConvBlock { geometry: ga, relu: true, pool: None }, &a),
+            (ConvBlock { geometry: gb, relu: true, pool: None }, &b),
+            (ConvBlock { geometry: gc, relu: true, pool: None }, &c),
+            (ConvBlock { geometry: gd, relu: false, pool: None }, &d),
+            (ConvBlock { geometry: ge, relu: false, pool: None }, &e),
+        ];
+        for batch in [5, 3] {
+            let x = random(batch * ga.in_len(), &mut rng);
+            let dout = random(batch * ge.out_len(), &mut rng);
+            let stack = ConvStack::for_training(&blocks, true);
+            let (out, saved) = stack.forward(&x);
+            let (params, dx) = stack.backward(&saved, &dout);
+            stack.recycle(saved);
+
+            let ya = conv2d_forward_with(&x, &ga, &a.weight, Some(&a.bias), true);
+            let yb = conv2d_forward_with(&ya, &gb, &b.weight, Some(&b.bias), true);
+            let yc = conv2d_forward_with(&yb, &gc, &c.weight, Some(&c.bias), true);
+            let yd = conv2d_forward(&yc, &gd, &d.weight, Some(&d.bias));
+            let ye = conv2d_forward(&yd, &ge, &e.weight, Some(&e.bias));
+            assert_eq!(out, ye, "batch of {batch}");
+            assert_eq!(ConvStack::new(&blocks).infer(&x), ye, "batch of {batch}");
+            let dyd = conv2d_backward_input(&dout, &ge, &e.weight);
+            let dyc = masked(&conv2d_backward_input(&dyd, &gd, &d.weight), &yc);
+            let dyb = masked(&conv2d_backward_input(&dyc, &gc, &c.weight), &yb);
+            let dya = masked(&conv2d_backward_input(&dyb, &gb, &b.weight), &ya);
+            let want = [
+                conv2d_backward_params(&x, &dya, &ga),
+                conv2d_backward_params(&ya, &dyb, &gb),
+                conv2d_backward_params(&yb, &dyc, &gc),
+                conv2d_backward_params(&yc, &dyd, &gd),
+                conv2d_backward_params(&yd, &dout, &ge),
+            ];
+            assert_eq!(params, want, "batch of {batch}");
+            assert_eq!(dx, Some(conv2d_backward_input(&dya, &ga, &a.weight)), "batch of {batch}");
+        }
     }
 }

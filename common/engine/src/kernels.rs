@@ -226,6 +226,13 @@ impl ConvPass {
         ConvPass { g: *g, out_width, out_plane, method, bias: bias.map(<[f32]>::to_vec), relu }
     }
 
+    /// The pass that computes a strided convolution as the stride-1
+    /// convolution of its input's phases (see `strided`), on the phase
+    /// kernel's real taps alone.
+    pub(crate) fn of_phases(isa: Isa, split: &PhaseSplit, weight: &[f32], (bias, relu): (Option<&[f32]>, bool)) -> Self {
+        ConvPass::with_taps(isa, &split.phased, &split.weight(weight), (bias, relu), &split.real_taps())
+    }
+
     /// The pass whose forward computation is this convolution's input
     /// gradient (see [`ConvGeometry::transposed`]).
     pub(crate) fn input_gradient(isa: Isa, g: &ConvGeometry, weight: &[f32]) -> Self {
@@ -371,7 +378,7 @@ fn forward_on(
     assert_eq!(x.len() % g.in_len(), 0, "conv2d input is not a whole number of images");
     if g.stride != 1 {
         let split = PhaseSplit::new(g);
-        let pass = ConvPass::with_taps(isa, &split.phased, &split.weight(weight), (bias, relu), &split.real_taps());
+        let pass = ConvPass::of_phases(isa, &split, weight, (bias, relu));
         return run_pass(&pass, x, Some(&split), keep_pre_activation);
     }
     run_pass(&ConvPass::new(isa, g, weight, bias, relu), x, None, keep_pre_activation)
@@ -437,27 +444,89 @@ pub fn conv2d_backward_input(dy: &[f32], g: &ConvGeometry, weight: &[f32]) -> Ve
     if g.stride == 1 {
         return run_pass(&ConvPass::input_gradient(isa, g, weight), dy, None, false).0;
     }
-    // The phase gradient, a pass per phase of its channels (each with the
-    // taps that phase has), then put back in the input's layout.
-    let split = PhaseSplit::new(g);
-    let passes: Vec<ConvPass> = split
-        .transposed_by_phase(weight)
-        .iter()
-        .map(|phase| ConvPass::with_taps(isa, &phase.geometry, &phase.weight, (None, false), &phase.taps))
-        .collect();
-    let phase_len = passes[0].geometry().out_len();
-    let mut dx = vec![0.0f32; dy.len() / g.out_len() * g.in_len()];
-    dx.par_chunks_mut(g.in_len()).zip(dy.par_chunks(g.out_len())).for_each_init(
-        || (Vec::new(), vec![0.0f32; split.phased.in_len()], PassBuffers::default()),
-        |(padded, d_phases, buffers), (dx, dy)| {
-            passes[0].pad(dy, padded);
-            for (pass, out) in passes.iter().zip(d_phases.chunks_exact_mut(phase_len)) {
-                pass.padded_image(buffers, padded, out);
-            }
-            split.image_gradient(d_phases, dx);
-        },
-    );
+    let strided = StridedInputGradient::new(isa, g, weight);
+    // Not zeroed: `StridedInputGradient::image` writes every value.
+    let mut dx = Vec::with_capacity(dy.len() / g.out_len() * g.in_len());
+    let len = dx.capacity();
+    dx.spare_capacity_mut()[..len]
+        .par_chunks_mut(g.in_len())
+        .zip(dy.par_chunks(g.out_len()))
+        .for_each_init(InputGradientBuffers::default, |buffers, (dx, dy)| strided.image_into(buffers, dy, dx));
+    // SAFETY: `dy` holds `len / in_len` whole images (asserted above), so
+    // the loop handed every `in_len` chunk of the first `len` slots to
+    // `StridedInputGradient::image_into`, which writes every slot.
+    unsafe { dx.set_len(len) };
     dx
+}
+
+/// A convolution's input gradient, one image at a time.
+pub(crate) enum InputGradient {
+    /// A stride-1 convolution's: the forward pass of its transposed
+    /// convolution.
+    Transposed(ConvPass),
+    /// A strided convolution's, from the gradient of its phases.
+    Phased(StridedInputGradient),
+}
+
+/// A thread's reusable buffers for an [`InputGradient`].
+#[derive(Default)]
+pub(crate) struct InputGradientBuffers {
+    pass: PassBuffers,
+    padded: Vec<f32>,
+    d_phases: Vec<f32>,
+}
+
+impl InputGradient {
+    pub(crate) fn new(isa: Isa, g: &ConvGeometry, weight: &[f32]) -> Self {
+        match g.stride {
+            1 => InputGradient::Transposed(ConvPass::input_gradient(isa, g, weight)),
+            _ => InputGradient::Phased(StridedInputGradient::new(isa, g, weight)),
+        }
+    }
+
+    /// One image's input gradient from its output gradient `dy` into `dx`
+    /// (every value written).
+    pub(crate) fn image(&self, buffers: &mut InputGradientBuffers, dy: &[f32], dx: &mut [f32]) {
+        match self {
+            InputGradient::Transposed(pass) => pass.image(&mut buffers.pass, dy, dx, None),
+            // SAFETY: `image_into` writes only values into the slots.
+            InputGradient::Phased(strided) => strided.image_into(buffers, dy, unsafe { as_slots(dx) }),
+        }
+    }
+}
+
+/// The input gradient of a strided convolution: the gradient of its phases
+/// (a pass per phase of their channels, each with the taps that phase
+/// has), put back in the input's layout.
+pub(crate) struct StridedInputGradient {
+    split: PhaseSplit,
+    passes: Vec<ConvPass>,
+}
+
+impl StridedInputGradient {
+    fn new(isa: Isa, g: &ConvGeometry, weight: &[f32]) -> Self {
+        let split = PhaseSplit::new(g);
+        let passes = split
+            .transposed_by_phase(weight)
+            .iter()
+            .map(|phase| ConvPass::with_taps(isa, &phase.geometry, &phase.weight, (None, false), &phase.taps))
+            .collect();
+        StridedInputGradient { split, passes }
+    }
+
+    /// One image's input gradient into slots that need not hold values
+    /// yet: it writes every one of them.
+    fn image_into(&self, buffers: &mut InputGradientBuffers, dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
+        let InputGradientBuffers { pass: pass_buffers, padded, d_phases } = buffers;
+        let phase_len = self.passes[0].geometry().out_len();
+        // Every phase value is written by its pass.
+        d_phases.resize(self.split.phased.in_len(), 0.0);
+        self.passes[0].pad(dy, padded);
+        for (pass, out) in self.passes.iter().zip(d_phases.chunks_exact_mut(phase_len)) {
+            pass.padded_image(pass_buffers, padded, out);
+        }
+        self.split.image_gradient(d_phases, dx);
+    }
 }
 
 /// Gradients of a convolution's weight and bias, summed over the batch in a
@@ -474,8 +543,7 @@ fn params_on(isa: Isa, x: &[f32], dy: &[f32], g: &ConvGeometry) -> (Vec<f32>, Ve
     assert_eq!(dy.len(), batch * g.out_len(), "conv2d output gradient length");
     if g.stride != 1 {
         let split = PhaseSplit::new(g);
-        let params = ParamGradient::with_taps(isa, &split.phased, split.real_taps());
-        let (d_phased, db) = params_of(&params, x, Some(&split), dy);
+        let (d_phased, db) = params_of(&ParamGradient::of_phases(isa, &split), x, Some(&split), dy);
         return (split.weight_gradient(&d_phased), db);
     }
     params_of(&ParamGradient::new(isa, g), x, None, dy)
@@ -555,6 +623,14 @@ impl ParamGradient {
         let mut offsets = select_taps(&g.tap_offsets(), &taps);
         offsets.push(g.padded_len());
         ParamGradient { g: *g, channels, taps, method: GradientMethod::Direct { isa, offsets } }
+    }
+
+    /// The weight gradient of a strided convolution's phase convolution
+    /// (see [`ConvPass::of_phases`]), on the phase kernel's real taps
+    /// alone; [`PhaseSplit::weight_gradient`] reads the convolution's
+    /// from it.
+    pub(crate) fn of_phases(isa: Isa, split: &PhaseSplit) -> Self {
+        ParamGradient::with_taps(isa, &split.phased, split.real_taps())
     }
 
     /// Copies one image (the convolution's input) into the padded layout

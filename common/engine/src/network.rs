@@ -345,14 +345,10 @@ fn conv_followers(layers: &[Layer], index: usize, limit: usize) -> (bool, Option
 
 /// The conv blocks (a conv with the ReLU and max-pool after it) that
 /// follow each other from layer `index` on, among the layers before
-/// `limit`, and the index after them. A strided convolution is no block:
-/// it runs alone (see `kernels::conv2d_forward`).
+/// `limit`, and the index after them.
 fn conv_blocks(layers: &[Layer], mut index: usize, limit: usize) -> (Vec<(ConvBlock, &Conv2d)>, usize) {
     let mut blocks = Vec::new();
     while let (true, Some(Layer::Conv(c))) = (index < limit, layers.get(index)) {
-        if c.geometry.stride != 1 {
-            break;
-        }
         let (relu, pool) = conv_followers(layers, index, limit);
         blocks.push((ConvBlock { geometry: c.geometry, relu, pool }, c));
         index += 1 + relu as usize + pool.is_some() as usize;

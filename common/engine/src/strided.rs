@@ -17,6 +17,8 @@
 //! with the taps that phase has), and the weight gradient the phase
 //! kernel's gradient read back.
 
+use std::mem::MaybeUninit;
+
 use crate::geometry::ConvGeometry;
 
 /// The convolution that gives one phase's channels of the phase gradient
@@ -35,6 +37,9 @@ pub(crate) struct PhaseSplit {
     /// `(a·s + b)·C + c`), kernel `ceil(k / s)`, no padding, on phase
     /// images of `out + kernel - 1` rows and columns.
     pub(crate) phased: ConvGeometry,
+    /// Whether every input value is a phase value: not so where the
+    /// stride skips rows or columns at the end.
+    holds_every_input: bool,
 }
 
 impl PhaseSplit {
@@ -50,7 +55,11 @@ impl PhaseSplit {
             width: g.out_width() + kernel - 1,
             stride: 1,
         };
-        PhaseSplit { g: *g, phased }
+        let mut split = PhaseSplit { g: *g, phased, holds_every_input: false };
+        let mut held = 0;
+        split.each_run(|_, _, count| held += count);
+        split.holds_every_input = held == g.in_len();
+        split
     }
 
     /// Calls `f(phase, image, count)` for the runs of phase values that
@@ -113,16 +122,23 @@ impl PhaseSplit {
         }
     }
 
-    /// The gradient of one image from the gradient of its phase images:
-    /// every input value is one phase value; values no phase holds (rows
-    /// and columns the stride skips at the end) are left as they are (the
-    /// caller's zeros).
-    pub(crate) fn image_gradient(&self, d_phases: &[f32], image: &mut [f32]) {
+    /// The gradient of one image from the gradient of its phase images,
+    /// into slots that need not hold values yet: every input value is one
+    /// phase value, and values no phase holds (rows and columns the stride
+    /// skips at the end) are zero.
+    pub(crate) fn image_gradient(&self, d_phases: &[f32], image: &mut [MaybeUninit<f32>]) {
         assert!(d_phases.len() == self.phased.in_len() && image.len() == self.g.in_len(), "strided gradient of one image");
+        if !self.holds_every_input {
+            image.iter_mut().for_each(|v| {
+                v.write(0.0);
+            });
+        }
         let s = self.g.stride;
         self.each_run(|at, to, count| {
             let row = &d_phases[at..][..count];
-            image[to..].iter_mut().step_by(s).zip(row).for_each(|(v, &d)| *v = d);
+            image[to..].iter_mut().step_by(s).zip(row).for_each(|(v, &d)| {
+                v.write(d);
+            });
         });
     }
 

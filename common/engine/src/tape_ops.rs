@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::conv_stack::ConvStack;
 use crate::geometry::PoolGeometry;
 use crate::kernels;
-use crate::layers::{Conv2d, Dense};
+use crate::layers::Dense;
 
 /// Activations of a batch of images: (batch, channels, height, width).
 pub(crate) type Planes<T> = Tensor<(usize, usize, usize, usize), f32, Cpu, T>;
@@ -98,37 +98,6 @@ pub(crate) fn maxpool2x2<T: Tape<f32, Cpu>>(dev: &Cpu, x: Planes<T>, geometry: P
         let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
         let dx = kernels::maxpool2x2_backward(&dy, &argmax, &geometry);
         add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
-        **grads.get_or_alloc_mut(&out_ghost)? = dy;
-        Ok(())
-    });
-    out.put_tape(tape)
-}
-
-/// A convolution that runs alone (a strided one: see `Model::conv_blocks`)
-/// as one tape op, with its flat `weight` and `bias` tensors. Gradients
-/// flow to both, and to `x` when `input_gradient` is set.
-pub(crate) fn conv2d<T: Tape<f32, Cpu>>(
-    dev: &Cpu,
-    x: Planes<T>,
-    layer: &Conv2d,
-    (weight, bias): (&Flat, &Flat),
-    input_gradient: bool,
-) -> Planes<T> {
-    let (x, mut tape) = x.split_tape();
-    let (batch, g) = (x.shape().0, layer.geometry);
-    let x_data = data_of(&x);
-    let y = kernels::conv2d_forward(&x_data, &g, &layer.weight, Some(&layer.bias));
-    let out = dev.tensor_from_vec(y, (batch, g.out_channels, g.out_height(), g.out_width()));
-    let w_data = layer.weight.clone();
-    let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
-    tape.add_backward_op(move |grads| {
-        let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
-        let (dw, db) = kernels::conv2d_backward_params(&x_data, &dy, &g);
-        add_into(grads.get_or_alloc_mut(&w_ghost)?, &dw);
-        add_into(grads.get_or_alloc_mut(&b_ghost)?, &db);
-        if input_gradient {
-            add_into(grads.get_or_alloc_mut(&x_ghost)?, &kernels::conv2d_backward_input(&dy, &g, &w_data));
-        }
         **grads.get_or_alloc_mut(&out_ghost)? = dy;
         Ok(())
     });

@@ -68,13 +68,6 @@ pub fn loss_and_gradients(
     while let Some(layer) = model.layers.get(index) {
         let mut next = index + 1;
         act = match (layer, act) {
-            (Layer::Conv(c), Activation::Planes(x)) if c.geometry.stride != 1 => {
-                let (w, b) = (flat(dev, &c.weight), flat(dev, &c.bias));
-                let y = tape_ops::conv2d(dev, x, c, (&w, &b), !first_conv);
-                first_conv = false;
-                params.extend([w, b]);
-                Activation::Planes(y)
-            }
             (Layer::Conv(_), Activation::Planes(x)) => {
                 let (blocks, after) = model.conv_blocks(index, model.layers.len());
                 next = after;

@@ -140,27 +140,29 @@ for_each_isa! {
     /// first split into its four phases (even and odd rows and columns,
     /// `tiles_x + 2` wide): a tile's patch value `(a, b)` is then phase
     /// `(a mod 2, b mod 2)` at the tile's index plus `(a div 2, b div 2)`,
-    /// one offset for every tile, and both passes (`B` along the columns,
-    /// then `Bᵀ` along the rows) run over whole phase planes, sixteen tiles
-    /// a vector, the row pass straight into the layout.
+    /// one offset for every tile. `B` along the columns runs along each
+    /// phase row, sixteen tiles a vector, and stores its rows `tiles_x`
+    /// apart, so that `Bᵀ` along the rows then runs over sixteen
+    /// consecutive tiles a vector, every lane a real tile, straight into
+    /// the layout. (Over phase rows `tiles_x + 2` wide, a 16x16 plane's
+    /// eight tiles a row filled only half of each vector of the row pass,
+    /// which did three quarters of the transform's work.)
     pub(super) fn transform_input(t: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32], rows: &mut Vec<f32>) = transform_input_body
 }
 
 #[inline(always)]
 fn transform_input_body(t: &Tiling, padded: &[f32], layout: TileLayout, transformed: &mut [f32], rows: &mut Vec<f32>) {
-    let (cin, tiles_x, tiles_y, tiles) = (t.g.in_channels, t.tiles_x, t.tiles_y, t.tiles());
+    let (cin, tiles_x, tiles) = (t.g.in_channels, t.tiles_x, t.tiles());
     let (plane_rows, cols) = t.padded_shape();
-    // A phase plane: (tiles_y + 2) rows of tiles_x + 2.
-    let half = tiles_x + 2;
-    let phase_plane = (plane_rows / 2) * half;
-    // The column pass computes whole vectors past the phase plane, so that
-    // the row pass reads computed values at every offset it takes; every
-    // buffer has one vector more for the column pass's offsets.
-    let computed = phase_plane.next_multiple_of(16) + 16;
-    let len = computed + 16;
+    // A phase plane: (tiles_y + 2) rows of tiles_x + 2; the column pass's
+    // outputs: as many rows of tiles_x. Every buffer has room for the
+    // vectors that run past its last row.
+    let (half, phase_rows) = (tiles_x + 2, plane_rows / 2);
+    let len = phase_rows * half + 32;
+    let column_len = phase_rows * tiles_x + 32;
     // Four phases of the input, then the column pass's six outputs for the
     // even and for the odd rows.
-    rows.resize(16 * len, 0.0);
+    rows.resize(4 * len + 2 * PATCH * column_len, 0.0);
     let (phases, columns) = rows.split_at_mut(4 * len);
     for c in 0..cin {
         let plane = &padded[c * plane_rows * cols..][..plane_rows * cols];
@@ -172,50 +174,52 @@ fn transform_input_body(t: &Tiling, padded: &[f32], layout: TileLayout, transfor
             }
         }
         // `B` along the columns: phase (row parity, column 0 or 1) at
-        // offsets 0, 0, 1, 1, 2, 2.
+        // offsets 0, 0, 1, 1, 2, 2. A vector's lanes past a row of tiles
+        // are stored over the next row's first tiles, which are stored
+        // after them.
         for parity in 0..2 {
             let (even, odd) = phases[2 * parity * len..][..2 * len].split_at(len);
-            let out = &mut columns[PATCH * parity * len..][..PATCH * len];
-            for k in (0..computed).step_by(16) {
-                let (e0, o0, e1) = (load(even, k), load(odd, k), load(even, k + 1));
-                let (o1, e2, o2) = (load(odd, k + 1), load(even, k + 2), load(odd, k + 2));
-                let [v0, v1, v2, v3, v4, v5] = input_lanes([&e0, &o0, &e1, &o1, &e2, &o2]);
-                store(out, k, v0);
-                store(out, len + k, v1);
-                store(out, 2 * len + k, v2);
-                store(out, 3 * len + k, v3);
-                store(out, 4 * len + k, v4);
-                store(out, 5 * len + k, v5);
+            let out = &mut columns[PATCH * parity * column_len..][..PATCH * column_len];
+            for r in 0..phase_rows {
+                for tx in (0..tiles_x).step_by(16) {
+                    let k = r * half + tx;
+                    let (e0, o0, e1) = (load(even, k), load(odd, k), load(even, k + 1));
+                    let (o1, e2, o2) = (load(odd, k + 1), load(even, k + 2), load(odd, k + 2));
+                    let [v0, v1, v2, v3, v4, v5] = input_lanes([&e0, &o0, &e1, &o1, &e2, &o2]);
+                    let at = r * tiles_x + tx;
+                    store(out, at, v0);
+                    store(out, column_len + at, v1);
+                    store(out, 2 * column_len + at, v2);
+                    store(out, 3 * column_len + at, v3);
+                    store(out, 4 * column_len + at, v4);
+                    store(out, 5 * column_len + at, v5);
+                }
             }
         }
         // `Bᵀ` along the rows: even and odd rows at offsets 0, 0, 1, 1, 2,
-        // 2 rows of the phase plane. A vector's lanes past a row of tiles
-        // are stored over the next row's tiles, which are stored after
-        // them; past the image's last tile, only real tiles are stored.
+        // 2 rows of tiles; past the image's last tile, only real tiles are
+        // stored.
         for j in 0..PATCH {
-            let (even, odd) = (&columns[j * len..][..len], &columns[(PATCH + j) * len..][..len]);
-            for ty in 0..tiles_y {
-                for tx in (0..tiles_x).step_by(16) {
-                    let k = ty * half + tx;
-                    let (d0, d1, d2) = (load(even, k), load(odd, k), load(even, k + half));
-                    let (d3, d4, d5) = (load(odd, k + half), load(even, k + 2 * half), load(odd, k + 2 * half));
-                    let tile = ty * tiles_x + tx;
-                    let real = (tiles - tile).min(16);
-                    let [v0, v1, v2, v3, v4, v5] = input_lanes([&d0, &d1, &d2, &d3, &d4, &d5]);
-                    let (at, step) = (j * layout.element + c * layout.channel + layout.first + tile, PATCH * layout.element);
-                    // By value in both branches, so that the lanes stay in
-                    // registers on the common one.
-                    if real == 16 {
-                        store(transformed, at, v0);
-                        store(transformed, at + step, v1);
-                        store(transformed, at + 2 * step, v2);
-                        store(transformed, at + 3 * step, v3);
-                        store(transformed, at + 4 * step, v4);
-                        store(transformed, at + 5 * step, v5);
-                    } else {
-                        for (i, lanes) in [v0, v1, v2, v3, v4, v5].into_iter().enumerate() {
-                            store_first(transformed, at + i * step, lanes, real);
-                        }
+            let even = &columns[j * column_len..][..column_len];
+            let odd = &columns[(PATCH + j) * column_len..][..column_len];
+            for tile in (0..tiles).step_by(16) {
+                let (d0, d1, d2) = (load(even, tile), load(odd, tile), load(even, tile + tiles_x));
+                let (d3, d4, d5) = (load(odd, tile + tiles_x), load(even, tile + 2 * tiles_x), load(odd, tile + 2 * tiles_x));
+                let real = (tiles - tile).min(16);
+                let [v0, v1, v2, v3, v4, v5] = input_lanes([&d0, &d1, &d2, &d3, &d4, &d5]);
+                let (at, step) = (j * layout.element + c * layout.channel + layout.first + tile, PATCH * layout.element);
+                // By value in both branches, so that the lanes stay in
+                // registers on the common one.
+                if real == 16 {
+                    store(transformed, at, v0);
+                    store(transformed, at + step, v1);
+                    store(transformed, at + 2 * step, v2);
+                    store(transformed, at + 3 * step, v3);
+                    store(transformed, at + 4 * step, v4);
+                    store(transformed, at + 5 * step, v5);
+                } else {
+                    for (i, lanes) in [v0, v1, v2, v3, v4, v5].into_iter().enumerate() {
+                        store_first(transformed, at + i * step, lanes, real);
                     }
                 }
             }
