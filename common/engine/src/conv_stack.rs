@@ -58,6 +58,10 @@ struct Stage {
     /// A strided convolution's phases: its forward pass and weight
     /// gradient are then those of the phase convolution.
     split: Option<PhaseSplit>,
+    /// Whether training keeps the block's input itself: a strided block's
+    /// after a block with a ReLU, whose mask it is (the padded input is
+    /// the phases).
+    keeps_input: bool,
     forward: ConvPass,
     params: ParamGradient,
     /// Whether the block passes a gradient to its input: not a first
@@ -81,13 +85,13 @@ impl Stage {
     /// The block on one image: its input (a strided block's phases) padded
     /// into `saved` (as the weight gradient reads it when `training` is
     /// set; the forward pass reads that layout too) with the winners of its
-    /// max-pool, and its output into `scratch.output`. A strided block in
-    /// training also keeps its input itself, which the ReLU before it
-    /// reads. The buffers are reused.
+    /// max-pool, and its output into `scratch.output`. A strided block
+    /// after a ReLU also keeps its input itself in training, for that
+    /// ReLU's gradient. The buffers are reused.
     fn run(&self, scratch: &mut Scratch, input: &[f32], saved: &mut Saved, training: bool) {
         let output = &mut scratch.output;
         let g = &self.block.geometry;
-        if training && self.split.is_some() {
+        if training && self.keeps_input {
             saved.input.clear();
             saved.input.extend_from_slice(input);
         }
@@ -113,7 +117,7 @@ impl Stage {
     }
 
     /// The block's input as [`Stage::run`] saved it in training, with its
-    /// layout.
+    /// layout (a strided block's only where it keeps it).
     fn saved_input<'a>(&self, saved: &'a Saved) -> (&'a [f32], RowLayout) {
         let g = &self.block.geometry;
         match self.split {
@@ -199,7 +203,8 @@ struct Saved {
     /// before, after its ReLU: where that is not positive, the ReLU passes
     /// no gradient.
     padded_input: Vec<f32>,
-    /// A strided block's input, for the ReLU before it (empty otherwise).
+    /// A strided block's input, for the ReLU before it (empty where no
+    /// ReLU comes before it).
     input: Vec<f32>,
     /// The winner of each pool window (empty without a pool).
     argmax: Vec<u32>,
@@ -273,6 +278,7 @@ impl ConvStack {
                 let passes_gradient = training.is_some_and(|first_too| i > 0 || first_too);
                 let pooled = block.pool.filter(|pool| training.is_some() && PooledConvGradient::applies(g, pool));
                 let split = (g.stride != 1).then(|| PhaseSplit::new(g));
+                let keeps_input = split.is_some() && i > 0 && blocks[i - 1].0.relu;
                 let bias_and_relu = (Some(&layer.bias[..]), block.relu);
                 let (forward, backward) = rayon::join(
                     || match &split {
@@ -288,7 +294,7 @@ impl ConvStack {
                     Some(split) => ParamGradient::of_phases(isa, split),
                     None => ParamGradient::new(isa, g),
                 };
-                Stage { block: *block, split, forward, params, passes_gradient, backward }
+                Stage { block: *block, split, keeps_input, forward, params, passes_gradient, backward }
             })
             .collect();
         let key = (blocks.iter().map(|(block, _)| *block).collect(), training);
@@ -432,7 +438,7 @@ impl ConvStack {
             let (g, scratch) = (&stage.block.geometry, &mut scratch[i]);
             for ((dout, spare), image) in gradients.iter_mut().zip(&mut spares).zip(images) {
                 // The block's output, for the ReLU's mask: the next block's
-                // padded input, or the stack's output.
+                // saved input, or the stack's output.
                 let output = match self.stages.get(i + 1) {
                     Some(next) => next.saved_input(&image.blocks[i + 1]),
                     None => (&image.output[..], (stage.block.out_len() / g.out_channels, stage.block.out_width(), 0)),
@@ -599,7 +605,7 @@ mod tests {
     /// Strided blocks in a stack give the bits of the strided kernels layer
     /// by layer, forward and backward: a strided block first, one after a
     /// block with a ReLU (whose mask it then keeps), with a 5x5 kernel, and
-    /// and one whose stride skips the input's last row and column (3x3 at
+    /// one whose stride skips the input's last row and column (3x3 at
     /// stride 2 with a 2x2 kernel).
     #[test]
     fn strided_blocks_in_a_stack_equal_the_strided_kernels() {
