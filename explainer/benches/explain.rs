@@ -76,8 +76,8 @@ fn main() {
             // Each method's forward pass keeps what that method reads, as the
             // stage does when it explains with that method alone.
             let seconds = median_and_min(reps, || {
-                let first_kept = method.first_traced_layer(&model).expect("the model has the method's layer");
-                let trace = model.forward_trace_from(&x, first_kept).expect("input of the model's shape");
+                let keeps = method.trace_keeps(&model).expect("the model has the method's layer");
+                let trace = model.forward_trace_keeping(&x, keeps).expect("input of the model's shape");
                 std::hint::black_box(method.explain(&model, &trace, &labels, &ids).expect("explainable"));
             });
             print(work, seconds);

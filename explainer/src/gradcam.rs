@@ -8,7 +8,7 @@
 //! to). The gradient only needs the layers after `A`, so only those are
 //! back-propagated.
 
-use engine::{ActivationShape, Layer, Model, Trace};
+use engine::{ActivationShape, Layer, Model, Trace, TraceKeeps};
 use rayon::prelude::*;
 
 use crate::error::ExplainError;
@@ -76,7 +76,7 @@ impl ActivationSite {
 /// Grad-CAM maps for the classes `targets` (one per image of the trace).
 pub fn gradcam(model: &Model, trace: &Trace, targets: &[usize], settings: &GradCamSettings) -> Result<GradCamMaps, ExplainError> {
     let site = ActivationSite::find(model, settings.layer.as_deref())?;
-    check_trace(model, trace, site.activation)?;
+    check_trace(model, trace, TraceKeeps::LayersFrom(site.activation))?;
     let alphas = channel_weights(model, trace, targets, &site)?;
     let activations = &trace.outputs[site.activation];
     let plane = site.height * site.width;

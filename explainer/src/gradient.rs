@@ -15,7 +15,7 @@ use common::config::Baseline;
 use common::image::Normalization;
 use common::rng::Rng;
 use engine::kernels::{avgpool2x2_backward, conv2d_backward_input, dense_backward_input, maxpool2x2_backward, relu_backward};
-use engine::{Conv2d, Layer, Model, PoolGeometry, PooledConvGradient, Trace};
+use engine::{Conv2d, Layer, Model, PoolGeometry, PooledConvGradient, Trace, TraceKeeps};
 use rayon::prelude::*;
 
 use crate::error::ExplainError;
@@ -80,7 +80,7 @@ impl GradientMethod {
     /// The maps (N·H·W) of the images of `trace` (a full trace of `model`)
     /// for `targets`; `probe_ids` name the images (SmoothGrad's noise).
     pub fn maps(&self, model: &Model, trace: &Trace, targets: &[usize], probe_ids: &[i64]) -> Result<Vec<f32>, ExplainError> {
-        check_trace(model, trace, 0)?;
+        check_trace(model, trace, TraceKeeps::BlockOutputs)?;
         if probe_ids.len() != trace.batch {
             return Err(ExplainError::Shape(format!("{} probe id(s) for a batch of {} images", probe_ids.len(), trace.batch)));
         }
@@ -170,8 +170,14 @@ pub fn backpropagate(
                 .as_deref()
                 .ok_or_else(|| ExplainError::Shape(format!("the forward trace has no max-pool winners for layer {index}")))
         };
+        // What the ReLUs' gradients read: their outputs (positive where
+        // their inputs are), which a trace of the block outputs keeps too.
+        let output = |index: usize| match &trace.outputs[index] {
+            kept if !kept.is_empty() => Ok(kept.as_slice()),
+            _ => Err(ExplainError::Shape(format!("the forward trace does not keep the output of layer {index}"))),
+        };
         if let Some(block) = conv_relu_pool_ending_at(model, first, index) {
-            relu.backward(&mut gradient, trace.layer_input(index + 1));
+            relu.backward(&mut gradient, output(index)?);
             let route = PooledConvGradient::new(&block.conv.geometry, &block.conv.weight, &block.pool);
             gradient = route.input_gradient(&gradient, argmax(index)?);
             index = block.conv_index;
@@ -179,7 +185,7 @@ pub fn backpropagate(
         }
         gradient = match &model.layers[index] {
             Layer::Relu => {
-                relu.backward(&mut gradient, trace.layer_input(index));
+                relu.backward(&mut gradient, output(index)?);
                 gradient
             }
             Layer::Flatten | Layer::Dropout { .. } => gradient,
@@ -328,7 +334,8 @@ fn gradients_of_copies(
             .enumerate()
             .for_each(|(i, (inputs, pixels))| perturb(first + i, pixels, inputs));
         let chunk_targets: Vec<usize> = (0..count).flat_map(|i| std::iter::repeat_n(targets[first + i], copies)).collect();
-        let trace = model.forward_trace(&inputs).map_err(|e| ExplainError::Shape(e.to_string()))?;
+        let trace =
+            model.forward_trace_keeping(&inputs, TraceKeeps::BlockOutputs).map_err(|e| ExplainError::Shape(e.to_string()))?;
         let gradients = input_gradient(model, &trace, &chunk_targets, ReluBackward::Gradient)?;
         let out = &mut attributions[first * image_len..][..count * image_len];
         out.par_chunks_mut(image_len)

@@ -9,7 +9,7 @@
 //! layer at once, so every step is one batched kernel call.
 
 use engine::kernels::{maxpool2x2_backward, pool2x2_redistribute};
-use engine::{Layer, Model, Trace};
+use engine::{Layer, Model, Trace, TraceKeeps};
 
 use crate::composite::{first_linear_layer, Composite, PoolTreatment};
 use crate::error::ExplainError;
@@ -19,7 +19,7 @@ use crate::rules::{InputRange, Rule};
 /// The relevance of every input value (N·C·H·W) for the classes `targets`
 /// (one per image of the trace), under `composite`.
 pub fn relevance(model: &Model, trace: &Trace, composite: &Composite, targets: &[usize]) -> Result<Vec<f32>, ExplainError> {
-    check_trace(model, trace, 0)?;
+    check_trace(model, trace, TraceKeeps::LayersFrom(0))?;
     if targets.len() != trace.batch {
         return Err(ExplainError::Shape(format!("{} target(s) for a batch of {} images", targets.len(), trace.batch)));
     }
@@ -98,24 +98,31 @@ pub fn sum_over_channels(values: &[f32], channels: usize, plane: usize) -> Vec<f
     maps
 }
 
-/// A trace must come from this model: one output per layer, of the layer's
-/// size for the trace's batch, kept from layer `needed_from` on (the layer
-/// before it included: its output is that layer's input).
-pub(crate) fn check_trace(model: &Model, trace: &Trace, needed_from: usize) -> Result<(), ExplainError> {
+/// A trace must come from this model (one output per layer, those it keeps
+/// of the layer's size for the trace's batch) and keep what `needs` says.
+pub(crate) fn check_trace(model: &Model, trace: &Trace, needs: TraceKeeps) -> Result<(), ExplainError> {
     let shapes = model.activation_shapes();
-    let kept_from = needed_from.saturating_sub(1);
+    // From here on every output is kept (a trace that keeps layers from
+    // `first` on keeps the output of the layer before it too: that is
+    // layer `first`'s input); before, an output is kept or empty.
+    let kept_from = match trace.keeps {
+        TraceKeeps::LayersFrom(first) => first.saturating_sub(1),
+        TraceKeeps::BlockOutputs => model.layers.len(),
+    };
     let consistent = trace.input.len() == trace.batch * model.input.len()
         && trace.outputs.len() == model.layers.len()
         && trace.argmax.len() == model.layers.len()
-        && trace.outputs.iter().zip(&shapes).skip(kept_from).all(|(out, shape)| out.len() == trace.batch * shape.len());
+        && trace
+            .outputs
+            .iter()
+            .zip(&shapes)
+            .enumerate()
+            .all(|(i, (out, shape))| out.len() == trace.batch * shape.len() || (i < kept_from && out.is_empty()));
     if !consistent {
         return Err(ExplainError::Shape("the forward trace does not belong to this model (layer outputs of other sizes)".into()));
     }
-    if trace.first_kept > needed_from {
-        return Err(ExplainError::Shape(format!(
-            "the forward trace keeps layers from {} on, this method needs them from {needed_from}",
-            trace.first_kept
-        )));
+    if !trace.keeps.covers(needs) {
+        return Err(ExplainError::Shape(format!("the forward trace keeps {}, this method needs {needs}", trace.keeps)));
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use common::config::{ExplainedClass, MethodConfig};
 use common::data::Normalization;
-use engine::{argmax, Model, Trace};
+use engine::{argmax, Model, Trace, TraceKeeps};
 
 use crate::composite::Composite;
 use crate::error::ExplainError;
@@ -98,12 +98,17 @@ impl Method {
         }
     }
 
-    /// The first layer whose output this method reads: a trace that keeps
-    /// the layers from there on is enough (see `Model::forward_trace_from`).
-    pub fn first_traced_layer(&self, model: &Model) -> Result<usize, ExplainError> {
+    /// What of the forward pass this method reads (see
+    /// `Model::forward_trace_keeping`): LRP every layer's output, Grad-CAM
+    /// those from its layer on, the gradient family what the input
+    /// gradient reads, occlusion only the logits (which every trace keeps).
+    pub fn trace_keeps(&self, model: &Model) -> Result<TraceKeeps, ExplainError> {
         match self {
-            Method::Lrp { .. } | Method::Gradient { .. } | Method::Occlusion { .. } => Ok(0),
-            Method::GradCam { settings, .. } => Ok(ActivationSite::find(model, settings.layer.as_deref())?.activation),
+            Method::Lrp { .. } => Ok(TraceKeeps::LayersFrom(0)),
+            Method::Gradient { .. } | Method::Occlusion { .. } => Ok(TraceKeeps::BlockOutputs),
+            Method::GradCam { settings, .. } => {
+                Ok(TraceKeeps::LayersFrom(ActivationSite::find(model, settings.layer.as_deref())?.activation))
+            }
         }
     }
 
@@ -227,5 +232,36 @@ mod tests {
         let err = all[3].explain(&model, &trace, &labels, &IDS).unwrap_err().to_string();
         assert!(err.contains("features_conv.2") && err.contains("features_conv.3"), "{err}");
         assert!(matches!(all[1].explain(&model, &trace, &[1, 2, 10], &IDS), Err(ExplainError::LabelOutOfRange { image: 2, .. })));
+    }
+
+    /// Each method explains from the trace it asks for (`trace_keeps`) the
+    /// same bits as from a full trace, on both presets, and a method whose
+    /// needs a trace does not cover says so instead of explaining.
+    #[test]
+    fn each_method_explains_the_same_from_the_trace_it_asks_for() {
+        let shape = ImageShape { channels: 3, height: 8, width: 8 };
+        let labels = [3u8, 1, 4];
+        let ids = [10, 11, 12];
+        for kind in ModelKind::ALL {
+            let model = Model::initialized(&kind.architecture(10), shape, 2).unwrap();
+            let x = random(3 * shape.len(), 3, -1.0, 1.0);
+            let full = model.forward_trace(&x).unwrap();
+            let lean = model.forward_trace_keeping(&x, TraceKeeps::BlockOutputs).unwrap();
+            for method in methods(3) {
+                let Ok(keeps) = method.trace_keeps(&model) else {
+                    continue; // A Grad-CAM layer this model lacks.
+                };
+                let asked = model.forward_trace_keeping(&x, keeps).unwrap();
+                let want = method.explain(&model, &full, &labels, &ids).unwrap();
+                let got = method.explain(&model, &asked, &labels, &ids).unwrap();
+                let bits = |maps: &[f32]| maps.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got.maps), bits(&want.maps), "{kind:?}, {method:?}");
+                assert_eq!((got.targets, got.logits), (want.targets, want.logits), "{kind:?}, {method:?}");
+                if keeps != TraceKeeps::BlockOutputs {
+                    let err = method.explain(&model, &lean, &labels, &ids).unwrap_err().to_string();
+                    assert!(err.contains("needs"), "{kind:?}, {method:?}: {err}");
+                }
+            }
+        }
     }
 }

@@ -26,7 +26,7 @@ use common::provenance::{
     attribution_fingerprint, checkpoint_fingerprint, checkpoint_model, method_fingerprint, run_fingerprint, trained_run,
 };
 use common::stage::{run_stage, Outcomes, RunOptions, Stage, StageReport, Status};
-use engine::{read_checkpoint, Checkpoint, Trace};
+use engine::{read_checkpoint, Checkpoint, Trace, TraceKeeps};
 
 use crate::method::Method;
 
@@ -401,9 +401,13 @@ fn load_and_trace(
     }
     // A method that cannot say (an unknown layer) gets a full trace and
     // reports its own error when it explains.
-    let first_kept = methods.iter().map(|m| m.first_traced_layer(model).unwrap_or(0)).min().unwrap_or(0);
+    let keeps = methods
+        .iter()
+        .map(|m| m.trace_keeps(model).unwrap_or(TraceKeeps::LayersFrom(0)))
+        .reduce(TraceKeeps::and)
+        .unwrap_or(TraceKeeps::LayersFrom(0));
     let trace =
-        model.forward_trace_from(&probe.images, first_kept).map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
+        model.forward_trace_keeping(&probe.images, keeps).map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
     Ok((loaded, trace))
 }
 

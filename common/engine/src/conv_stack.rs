@@ -220,6 +220,21 @@ pub(crate) struct SavedImage {
     output: Vec<f32>,
 }
 
+/// One block's outputs for a batch (see [`ConvStack::infer_every_block`]).
+pub(crate) struct BlockOutput {
+    pub(crate) output: Vec<f32>,
+    /// The winners of the block's max-pool, where it has one.
+    pub(crate) argmax: Option<Vec<u32>>,
+}
+
+/// Where one image's output of block `block` goes (and its pool's
+/// winners, when asked).
+struct KeptOutput<'a> {
+    block: usize,
+    output: &'a mut [f32],
+    argmax: Option<&'a mut [u32]>,
+}
+
 /// Images a parallel job takes at least: rayon splits the batch into
 /// jobs as threads go idle. Jobs take their scratch from [`RECYCLED`], so
 /// small ones cost little, and many of them let an idle thread take work
@@ -374,20 +389,64 @@ impl ConvStack {
     pub(crate) fn infer(&self, x: &[f32]) -> Vec<f32> {
         assert_eq!(x.len() % self.in_len(), 0, "conv stack input is not a whole number of images");
         let mut out = vec![0.0f32; x.len() / self.in_len() * self.out_len()];
-        let per_job = images_per_job(out.len() / self.out_len());
-        out.par_chunks_mut(self.out_len()).zip(x.par_chunks(self.in_len())).with_min_len(per_job).for_each_init(
+        let last = self.stages.len() - 1;
+        let kept = out.chunks_exact_mut(self.out_len()).map(|output| vec![KeptOutput { block: last, output, argmax: None }]);
+        self.infer_keeping(x, kept.collect());
+        out
+    }
+
+    /// Every block's output for a batch of images, after its ReLU and
+    /// pool (N·C·H·W), with its pool's winners (indices within an image of
+    /// the pool's input, as [`kernels::maxpool2x2_forward`] gives them):
+    /// what a gradient through the blocks reads, without the outputs
+    /// inside a block (before its ReLU, before its pool), which
+    /// [`ConvStack::infer`] keeps in cache too.
+    pub(crate) fn infer_every_block(&self, x: &[f32]) -> Vec<BlockOutput> {
+        assert_eq!(x.len() % self.in_len(), 0, "conv stack input is not a whole number of images");
+        let batch = x.len() / self.in_len();
+        let mut outputs: Vec<BlockOutput> = self
+            .stages
+            .iter()
+            .map(|stage| BlockOutput {
+                output: vec![0.0; batch * stage.block.out_len()],
+                argmax: stage.block.pool.map(|pool| vec![0; batch * pool.out_len()]),
+            })
+            .collect();
+        let mut kept: Vec<Vec<KeptOutput>> = (0..batch).map(|_| Vec::with_capacity(self.stages.len())).collect();
+        for (block, (stage, outputs)) in self.stages.iter().zip(&mut outputs).enumerate() {
+            let images = outputs.output.chunks_exact_mut(stage.block.out_len());
+            let pooled = stage.block.pool.map_or(0, |pool| pool.out_len());
+            let mut winners = outputs.argmax.as_mut().map(|argmax| argmax.chunks_exact_mut(pooled));
+            for (image, output) in kept.iter_mut().zip(images) {
+                let argmax = winners.as_mut().and_then(Iterator::next);
+                image.push(KeptOutput { block, output, argmax });
+            }
+        }
+        self.infer_keeping(x, kept);
+        outputs
+    }
+
+    /// Runs every image of `x` through the blocks and copies, for each
+    /// image, the outputs (and winners) of the blocks `kept` names.
+    fn infer_keeping(&self, x: &[f32], kept: Vec<Vec<KeptOutput>>) {
+        let per_job = images_per_job(kept.len());
+        kept.into_par_iter().zip(x.par_chunks(self.in_len())).with_min_len(per_job).for_each_init(
             || (self.scratch(), self.stages.iter().map(|_| Saved::default()).collect::<Vec<_>>()),
-            |(scratch, blocks), (out, image)| {
+            |(scratch, blocks), (mut kept, image)| {
                 let scratch = &mut scratch.scratch;
                 for (i, (stage, saved)) in self.stages.iter().zip(blocks.iter_mut()).enumerate() {
                     let (before, rest) = scratch.split_at_mut(i);
                     let (scratch, input) = (&mut rest[0], before.last().map_or(image, |before| before.output.as_slice()));
                     stage.run(scratch, input, saved, false);
+                    for target in kept.iter_mut().filter(|target| target.block == i) {
+                        target.output.copy_from_slice(&scratch.output);
+                        if let Some(argmax) = target.argmax.as_deref_mut() {
+                            argmax.copy_from_slice(&saved.argmax);
+                        }
+                    }
                 }
-                out.copy_from_slice(&scratch.last().expect("a stack has blocks").output);
             },
         );
-        out
     }
 
     /// From the gradient of the stack's output (N·C·H·W): every block's
@@ -477,7 +536,7 @@ impl ConvStack {
             }
             if let Backward::Pooled(pooled) = &stage.backward {
                 let mut partial = stage.params.zeroed();
-                pooled.take_param_gradients(&mut scratch.pooled, (&mut partial, stage.params.channels()));
+                pooled.take_param_gradients(isa, &mut scratch.pooled, (&mut partial, stage.params.channels()));
                 partials[i] = Some(partial);
             }
             if let Backward::Dense(input_gradient) = &stage.backward {

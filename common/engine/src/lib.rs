@@ -28,6 +28,6 @@ pub use checkpoint::{read_checkpoint, write_checkpoint, Checkpoint};
 pub use geometry::{ConvGeometry, PoolGeometry};
 pub use isa::{detected_instruction_set, instruction_set, InstructionSetError, INSTRUCTION_SET_ENV};
 pub use layers::{ActivationShape, Conv2d, Dense, Layer, ModelError, ParameterRef};
-pub use network::{argmax, cross_entropy_and_correct, Model, Trace};
+pub use network::{argmax, cross_entropy_and_correct, Model, Trace, TraceKeeps};
 pub use pooled::PooledConvGradient;
 pub use variants::{Region, Span, Variant};

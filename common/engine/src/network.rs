@@ -17,16 +17,64 @@ use crate::layers::{ActivationShape, Conv2d, Dense, Layer, ModelError, Parameter
 
 /// The output of every layer for a batch, kept for relevance and gradient
 /// passes. `outputs[i]` is the output of `layers[i]`; the input is separate.
-/// A trace may keep only the layers from `first_kept` on (the outputs
-/// before it are empty): a method that only looks at the top of the
-/// network (Grad-CAM) needs no more.
+/// What [`Trace::keeps`] says it keeps is there; the other outputs are
+/// empty.
+#[derive(Debug)]
 pub struct Trace {
     pub batch: usize,
     pub input: Vec<f32>,
     pub outputs: Vec<Vec<f32>>,
     /// For max-pool layers, the winning input of each window.
     pub argmax: Vec<Option<Vec<u32>>>,
-    pub first_kept: usize,
+    pub keeps: TraceKeeps,
+}
+
+/// Which layers' outputs a forward trace keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceKeeps {
+    /// Every layer's output from this layer on; the layers before run
+    /// fused and keep nothing. A method that only looks at the top of the
+    /// network (Grad-CAM) needs no more than its layer's.
+    LayersFrom(usize),
+    /// What the input gradient reads: the output of each conv block (a
+    /// conv with the ReLU and max-pool after it) after its last layer,
+    /// with the pool's winners, and every other layer's output. The outputs
+    /// inside a block (the conv's before its ReLU, the ReLU's before the
+    /// pool) are left empty: the blocks run image by image, those stay in
+    /// cache, and only a quarter of a pooled block's activations is
+    /// written out.
+    BlockOutputs,
+}
+
+impl TraceKeeps {
+    /// Whether a trace that keeps `self` holds every output one that keeps
+    /// `needed` would.
+    pub fn covers(self, needed: TraceKeeps) -> bool {
+        match (self, needed) {
+            (TraceKeeps::LayersFrom(first), TraceKeeps::LayersFrom(needed)) => first <= needed,
+            (TraceKeeps::LayersFrom(first), TraceKeeps::BlockOutputs) => first == 0,
+            (TraceKeeps::BlockOutputs, TraceKeeps::BlockOutputs) => true,
+            (TraceKeeps::BlockOutputs, TraceKeeps::LayersFrom(_)) => false,
+        }
+    }
+
+    /// The least a trace must keep for both `self` and `other`.
+    pub fn and(self, other: TraceKeeps) -> TraceKeeps {
+        match (self, other) {
+            (TraceKeeps::BlockOutputs, TraceKeeps::BlockOutputs) => TraceKeeps::BlockOutputs,
+            (TraceKeeps::LayersFrom(a), TraceKeeps::LayersFrom(b)) => TraceKeeps::LayersFrom(a.min(b)),
+            _ => TraceKeeps::LayersFrom(0),
+        }
+    }
+}
+
+impl std::fmt::Display for TraceKeeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TraceKeeps::LayersFrom(first) => write!(f, "every layer's output from layer {first} on"),
+            TraceKeeps::BlockOutputs => write!(f, "the outputs of the conv blocks and the layers between them"),
+        }
+    }
 }
 
 impl Trace {
@@ -271,7 +319,51 @@ impl Model {
     /// Runs the network and keeps the outputs of layers `first_kept..`; the
     /// layers before run fused and keep nothing.
     pub fn forward_trace_from(&self, x: &[f32], first_kept: usize) -> Result<Trace, ModelError> {
+        self.forward_trace_keeping(x, TraceKeeps::LayersFrom(first_kept))
+    }
+
+    /// Runs the network and keeps what `keeps` says.
+    pub fn forward_trace_keeping(&self, x: &[f32], keeps: TraceKeeps) -> Result<Trace, ModelError> {
         let batch = self.check_input(x)?;
+        match keeps {
+            TraceKeeps::LayersFrom(first_kept) => Ok(self.trace_layers_from(x, batch, first_kept)),
+            TraceKeeps::BlockOutputs => Ok(self.trace_block_outputs(x, batch)),
+        }
+    }
+
+    /// See [`TraceKeeps::BlockOutputs`].
+    fn trace_block_outputs(&self, x: &[f32], batch: usize) -> Trace {
+        let layers = self.layers.len();
+        let mut outputs: Vec<Vec<f32>> = vec![Vec::new(); layers];
+        let mut argmax: Vec<Option<Vec<u32>>> = vec![None; layers];
+        // The last layer whose output is kept: the next one's input.
+        let mut last: Option<usize> = None;
+        let mut index = 0;
+        while index < layers {
+            let input = last.map_or(x, |i| outputs[i].as_slice());
+            match conv_blocks(&self.layers, index, layers) {
+                (blocks, after) if !blocks.is_empty() => {
+                    let kept = ConvStack::new(&blocks).infer_every_block(input);
+                    let mut first = index;
+                    for ((block, _), kept) in blocks.iter().zip(kept) {
+                        let end = first + block.relu as usize + block.pool.is_some() as usize;
+                        (outputs[end], argmax[end]) = (kept.output, kept.argmax);
+                        first = end + 1;
+                    }
+                    index = after;
+                }
+                _ => {
+                    (outputs[index], argmax[index]) = apply_layer(&self.layers[index], input);
+                    index += 1;
+                }
+            }
+            last = Some(index - 1);
+        }
+        Trace { batch, input: x.to_vec(), outputs, argmax, keeps: TraceKeeps::BlockOutputs }
+    }
+
+    /// See [`TraceKeeps::LayersFrom`].
+    fn trace_layers_from(&self, x: &[f32], batch: usize, first_kept: usize) -> Trace {
         let first_kept = first_kept.min(self.layers.len());
         let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
         let mut argmax = Vec::with_capacity(self.layers.len());
@@ -302,7 +394,7 @@ impl Model {
             argmax.push(arg);
             index += 1;
         }
-        Ok(Trace { batch, input: x.to_vec(), outputs, argmax, first_kept })
+        Trace { batch, input: x.to_vec(), outputs, argmax, keeps: TraceKeeps::LayersFrom(first_kept) }
     }
 
     /// Logits (N·classes) of normalised images, keeping no intermediates.
@@ -480,6 +572,70 @@ mod tests {
             assert_eq!(partial.argmax[first_kept..], trace.argmax[first_kept..]);
         }
         assert!(model.forward(&x[..100]).is_err());
+    }
+
+    /// A trace of the block outputs keeps, bit for bit, the full trace's
+    /// outputs and winners at every conv block's last layer and at every
+    /// layer outside the blocks, and nothing inside a block: on both
+    /// presets and on layers the presets lack (a strided conv, a conv with
+    /// neither ReLU nor pool, a conv straight into a pool, an average pool,
+    /// a dense layer with a ReLU).
+    #[test]
+    fn a_trace_of_block_outputs_keeps_the_full_traces_values_there() {
+        use LayerKind::*;
+        let conv = |channels, kernel, stride| Conv { channels, kernel, padding: kernel / 2, stride };
+        let custom = Architecture::new(
+            "custom",
+            vec![
+                conv(8, 3, 2),
+                Relu,
+                conv(32, 3, 1),
+                conv(32, 3, 1),
+                MaxPool,
+                conv(8, 5, 1),
+                Relu,
+                MaxPool,
+                AvgPool,
+                Flatten,
+                Dense { outputs: 12 },
+                Relu,
+                Dropout { rate: 0.5 },
+                Dense { outputs: 10 },
+            ],
+        );
+        let cases = [
+            (ModelKind::Complex.architecture(10), ImageShape::RGB_32),
+            (ModelKind::Simple.architecture(10), ImageShape::GRAY_28),
+            (custom, ImageShape::RGB_32),
+        ];
+        for (architecture, shape) in cases {
+            let model = Model::initialized(&architecture, shape, 4).unwrap();
+            let mut rng = Rng::new(9);
+            let x: Vec<f32> = (0..3 * shape.len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let full = model.forward_trace(&x).unwrap();
+            let lean = model.forward_trace_keeping(&x, TraceKeeps::BlockOutputs).unwrap();
+            assert_eq!(lean.keeps, TraceKeeps::BlockOutputs);
+            assert_eq!(lean.input, full.input);
+            let layers = &model.layers;
+            for i in 0..layers.len() {
+                // Inside a block: a conv with a ReLU or pool after it, and
+                // a conv's ReLU with a pool after it.
+                let inner = match (&layers[i], layers.get(i + 1)) {
+                    (Layer::Conv(_), Some(Layer::Relu | Layer::MaxPool(_))) => true,
+                    (Layer::Relu, Some(Layer::MaxPool(_))) => i > 0 && matches!(layers[i - 1], Layer::Conv(_)),
+                    _ => false,
+                };
+                let what = format!("{}: layer {i}, {:?}", architecture.name, layers[i]);
+                if inner {
+                    assert!(lean.outputs[i].is_empty() && lean.argmax[i].is_none(), "{what}: kept inside a block");
+                } else {
+                    assert!(!lean.outputs[i].is_empty(), "{what}: not kept");
+                    assert_eq!(lean.outputs[i], full.outputs[i], "{what}: output");
+                    assert_eq!(lean.argmax[i], full.argmax[i], "{what}: winners");
+                }
+            }
+            assert_eq!(lean.logits(), full.logits());
+        }
     }
 
     #[test]

@@ -157,34 +157,36 @@ impl PooledConvGradient {
         }
     }
 
-    /// Adds the sums [`PooledConvGradient::add_param_gradients`] gathered
-    /// in `scratch` to `partial` and zeroes them. `partial` is laid out as
-    /// the direct and Winograd methods' partial sums: `[tap][channel]` with
-    /// `channels` entries per tap, every tap of the kernel (`(c·k + ky)·k +
-    /// kx`) and then the bias.
-    pub(crate) fn take_param_gradients(&self, scratch: &mut PooledScratch, (partial, channels): (&mut [f32], usize)) {
+    /// Writes the sums [`PooledConvGradient::add_param_gradients`]
+    /// gathered in `scratch` into `partial` (zeros where no image was
+    /// added) and zeroes them. `partial` is laid out as the direct and
+    /// Winograd methods' partial sums: `[tap][channel]` with `channels`
+    /// entries per tap, every tap of the kernel (`(c·k + ky)·k + kx`) and
+    /// then the bias; its entries past the output channels are left as
+    /// they are.
+    pub(crate) fn take_param_gradients(&self, isa: Isa, scratch: &mut PooledScratch, (partial, channels): (&mut [f32], usize)) {
         let g = &self.conv;
         let (k, cin, taps) = (g.kernel, g.in_channels, g.patch_len());
         assert_eq!(partial.len(), (taps + 1) * channels, "a partial sum of every tap and the bias");
         let kernel_len = k * self.row;
         if scratch.weight_sums.len() != g.out_channels * kernel_len {
-            return; // No image was added.
+            // No image was added.
+            for totals in partial.chunks_exact_mut(channels) {
+                totals[..g.out_channels].fill(0.0);
+            }
+            return;
         }
-        // A kernel row's float `kx·cin + c` is tap `(c·k + ky)·k + kx`.
-        for c in 0..cin {
-            for ky in 0..k {
-                for kx in 0..k {
-                    let tap = (c * k + ky) * k + kx;
-                    let sums = scratch.weight_sums[ky * self.row + kx * cin + c..].iter().step_by(kernel_len);
-                    for (total, &sum) in partial[tap * channels..][..g.out_channels].iter_mut().zip(sums) {
-                        *total += sum;
-                    }
-                }
+        // A kernel row's float `kx·cin + c` is tap `(c·k + ky)·k + kx`: for
+        // each `(ky, kx)` the input channels' taps are `k·k` taps apart, so
+        // the channels' sums (rows of `kernel_len`) transpose into them.
+        for ky in 0..k {
+            for kx in 0..k {
+                let sums = &scratch.weight_sums[ky * self.row + kx * cin..];
+                let totals = &mut partial[(ky * k + kx) * channels..];
+                transpose(isa, sums, (g.out_channels, kernel_len), cin, (totals, k * k * channels));
             }
         }
-        for (total, &sum) in partial[taps * channels..][..g.out_channels].iter_mut().zip(&scratch.bias_sums) {
-            *total += sum;
-        }
+        partial[taps * channels..][..g.out_channels].copy_from_slice(&scratch.bias_sums);
         scratch.weight_sums.fill(0.0);
         scratch.bias_sums.fill(0.0);
     }
@@ -261,28 +263,33 @@ impl PooledScratch {
         let pooled_plane = pooled_rows * pooled_width;
         let groups = 4 * pooled_plane;
         let PooledScratch { groups: WinnerGroups { entries, starts }, keys, cursors, .. } = self;
-        // Each window's group (4 · window + corner) and the groups' sizes.
+        // Each window's group (4 · window + corner) and the groups' sizes,
+        // a row of windows at a time (slices rather than pushes: the loop
+        // is short and runs for every window of every image).
         keys.clear();
+        keys.resize(gradients.len(), NONE);
         starts.clear();
         starts.resize(groups + 1, 0);
-        let mut at = 0;
-        for o in 0..pool.channels {
-            for window_row in 0..pooled_rows {
-                for window_column in 0..pooled_width {
-                    let key = if gradients[at] == 0.0 {
-                        NONE
-                    } else {
-                        // The winner is the window's top left input plus 0,
-                        // 1, `width` or `width + 1`.
-                        let top_left = o * plane + 2 * (window_row * width + window_column);
-                        let offset = argmax[at] as usize - top_left;
-                        let corner = if offset >= width { 2 + offset - width } else { offset };
-                        let group = 4 * (window_row * pooled_width + window_column) + corner;
-                        starts[group + 1] += 1;
-                        group as u32
-                    };
-                    keys.push(key);
-                    at += 1;
+        if pooled_plane == 0 {
+            entries.clear();
+            return;
+        }
+        let sizes = &mut starts[1..];
+        let window_rows =
+            keys.chunks_exact_mut(pooled_width).zip(gradients.chunks_exact(pooled_width).zip(argmax.chunks_exact(pooled_width)));
+        for (at, (keys, (gradients, argmax))) in window_rows.enumerate() {
+            let (o, window_row) = (at / pooled_rows, at % pooled_rows);
+            let top_left = o * plane + 2 * window_row * width;
+            let first_group = 4 * window_row * pooled_width;
+            for (window_column, (key, (&gradient, &winner))) in keys.iter_mut().zip(gradients.iter().zip(argmax)).enumerate() {
+                if gradient != 0.0 {
+                    // The winner is the window's top left input plus 0,
+                    // 1, `width` or `width + 1`.
+                    let offset = winner as usize - (top_left + 2 * window_column);
+                    let corner = if offset >= width { 2 + offset - width } else { offset };
+                    let group = first_group + 4 * window_column + corner;
+                    sizes[group] += 1;
+                    *key = group as u32;
                 }
             }
         }
@@ -292,6 +299,7 @@ impl PooledScratch {
         entries.resize(starts[groups] as usize, (0, 0.0));
         cursors.clear();
         cursors.extend_from_slice(&starts[..groups]);
+        let (entries, cursors) = (&mut entries[..], &mut cursors[..]);
         let channels = keys.chunks_exact(pooled_plane).zip(gradients.chunks_exact(pooled_plane));
         for (o, (keys, dpool)) in channels.enumerate() {
             for (&key, &gradient) in keys.iter().zip(dpool) {
@@ -631,10 +639,22 @@ mod tests {
                 let (height, width) = (case.conv.height, case.conv.width);
                 for (i, image) in case.x.chunks_exact(case.conv.in_len()).enumerate() {
                     route.add_param_gradients(isa, case.winners(i), (image, (height * width, width, 0)), &mut scratch);
-                    // Taken after every second image, and after the last.
+                    // Taken after every second image, and after the last,
+                    // into a partial sum whose padding channels are not
+                    // zero (they must stay as they are).
                     if i % 2 == 1 || i + 1 == BATCH {
-                        route.take_param_gradients(&mut scratch, (&mut partial, channels));
+                        let mut taken = vec![7.0f32; (taps + 1) * channels];
+                        route.take_param_gradients(isa, &mut scratch, (&mut taken, channels));
+                        for (t, totals) in taken.chunks_exact(channels).zip(partial.chunks_exact_mut(channels)) {
+                            assert!(t[cout..].iter().all(|&v| v == 7.0), "the padding channels are left as they are");
+                            totals[..cout].iter_mut().zip(t).for_each(|(total, v)| *total += v);
+                        }
                     }
+                }
+                let mut untouched = vec![7.0f32; (taps + 1) * channels];
+                route.take_param_gradients(isa, &mut scratch, (&mut untouched, channels));
+                for totals in untouched.chunks_exact(channels) {
+                    assert!(totals[..cout].iter().all(|&v| v == 0.0), "nothing added since the last take: zeros");
                 }
                 let weight: Vec<f32> =
                     (0..cout).flat_map(|o| (0..taps).map(move |t| (o, t))).map(|(o, t)| partial[t * channels + o]).collect();
