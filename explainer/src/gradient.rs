@@ -183,6 +183,18 @@ pub fn backpropagate(
             index = block.conv_index;
             continue;
         }
+        // A ReLU before a max-pool passes a window's gradient where the
+        // window's output (its winner's ReLU output) is positive: the mask
+        // is taken on the windows, from the pool's output, before the
+        // unpooling, which gives the same values as after it (every other
+        // input gets zero) and needs no output inside a conv block.
+        if let (Layer::MaxPool(geometry), true) = (&model.layers[index], index > first && model.layers[index - 1] == Layer::Relu)
+        {
+            relu.backward(&mut gradient, output(index)?);
+            gradient = maxpool2x2_backward(&gradient, argmax(index)?, geometry);
+            index -= 1;
+            continue;
+        }
         gradient = match &model.layers[index] {
             Layer::Relu => {
                 relu.backward(&mut gradient, output(index)?);

@@ -242,8 +242,16 @@ mod tests {
         let shape = ImageShape { channels: 3, height: 8, width: 8 };
         let labels = [3u8, 1, 4];
         let ids = [10, 11, 12];
-        for kind in ModelKind::ALL {
-            let model = Model::initialized(&kind.architecture(10), shape, 2).unwrap();
+        use common::architecture::{Architecture, LayerKind::*};
+        let conv = |channels, stride| Conv { channels, kernel: 3, padding: 1, stride };
+        // A strided conv's ReLU and pool (which the pool's winners do not
+        // serve), a pool without a ReLU, a ReLU after a dense layer.
+        let custom = Architecture::new(
+            "custom",
+            vec![conv(8, 2), Relu, MaxPool, conv(6, 1), MaxPool, Flatten, Dense { outputs: 12 }, Relu, Dense { outputs: 10 }],
+        );
+        for architecture in [ModelKind::Simple.architecture(10), ModelKind::Complex.architecture(10), custom] {
+            let (kind, model) = (architecture.name.clone(), Model::initialized(&architecture, shape, 2).unwrap());
             let x = random(3 * shape.len(), 3, -1.0, 1.0);
             let full = model.forward_trace(&x).unwrap();
             let lean = model.forward_trace_keeping(&x, TraceKeeps::BlockOutputs).unwrap();
