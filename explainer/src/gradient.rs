@@ -77,8 +77,9 @@ impl GradientMethod {
         GradientMethod::SmoothGrad { samples, sigma: (noise * (high - low) as f64) as f32, seed }
     }
 
-    /// The maps (N·H·W) of the images of `trace` (a full trace of `model`)
-    /// for `targets`; `probe_ids` name the images (SmoothGrad's noise).
+    /// The maps (N·H·W) of the images of `trace` (a trace of `model` that
+    /// keeps at least its block outputs, see `engine::TraceKeeps`) for
+    /// `targets`; `probe_ids` name the images (SmoothGrad's noise).
     pub fn maps(&self, model: &Model, trace: &Trace, targets: &[usize], probe_ids: &[i64]) -> Result<Vec<f32>, ExplainError> {
         check_trace(model, trace, TraceKeeps::BlockOutputs)?;
         if probe_ids.len() != trace.batch {

@@ -235,14 +235,15 @@ mod tests {
     }
 
     /// Each method explains from the trace it asks for (`trace_keeps`) the
-    /// same bits as from a full trace, on both presets, and a method whose
-    /// needs a trace does not cover says so instead of explaining.
+    /// same bits as from a full trace, on both presets and a custom model,
+    /// and a method whose needs a trace does not cover says so instead of
+    /// explaining.
     #[test]
     fn each_method_explains_the_same_from_the_trace_it_asks_for() {
+        use common::architecture::{Architecture, LayerKind::*};
         let shape = ImageShape { channels: 3, height: 8, width: 8 };
         let labels = [3u8, 1, 4];
         let ids = [10, 11, 12];
-        use common::architecture::{Architecture, LayerKind::*};
         let conv = |channels, stride| Conv { channels, kernel: 3, padding: 1, stride };
         // A strided conv's ReLU and pool (which the pool's winners do not
         // serve), a pool without a ReLU, a ReLU after a dense layer.
