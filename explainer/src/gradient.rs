@@ -177,23 +177,27 @@ pub fn backpropagate(
             kept if !kept.is_empty() => Ok(kept.as_slice()),
             _ => Err(ExplainError::Shape(format!("the forward trace does not keep the output of layer {index}"))),
         };
-        if let Some(block) = conv_relu_pool_ending_at(model, first, index) {
-            relu.backward(&mut gradient, output(index)?);
-            let route = PooledConvGradient::new(&block.conv.geometry, &block.conv.weight, &block.pool);
-            gradient = route.input_gradient(&gradient, argmax(index)?);
-            index = block.conv_index;
-            continue;
-        }
         // A ReLU before a max-pool passes a window's gradient where the
         // window's output (its winner's ReLU output) is positive: the mask
-        // is taken on the windows, from the pool's output, before the
-        // unpooling, which gives the same values as after it (every other
-        // input gets zero) and needs no output inside a conv block.
+        // is taken on the windows, from the pool's output, which gives the
+        // same values as after the unpooling (every other input gets zero)
+        // and needs no output inside a conv block. Through a whole
+        // `conv -> relu -> max_pool` block the masked windows then go to
+        // the conv's input in one step.
         if let (Layer::MaxPool(geometry), true) = (&model.layers[index], index > first && model.layers[index - 1] == Layer::Relu)
         {
             relu.backward(&mut gradient, output(index)?);
-            gradient = maxpool2x2_backward(&gradient, argmax(index)?, geometry);
-            index -= 1;
+            match conv_relu_pool_ending_at(model, first, index) {
+                Some(block) => {
+                    let route = PooledConvGradient::new(&block.conv.geometry, &block.conv.weight, &block.pool);
+                    gradient = route.input_gradient(&gradient, argmax(index)?);
+                    index = block.conv_index;
+                }
+                None => {
+                    gradient = maxpool2x2_backward(&gradient, argmax(index)?, geometry);
+                    index -= 1;
+                }
+            }
             continue;
         }
         gradient = match &model.layers[index] {

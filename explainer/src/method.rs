@@ -252,7 +252,7 @@ mod tests {
             vec![conv(8, 2), Relu, MaxPool, conv(6, 1), MaxPool, Flatten, Dense { outputs: 12 }, Relu, Dense { outputs: 10 }],
         );
         for architecture in [ModelKind::Simple.architecture(10), ModelKind::Complex.architecture(10), custom] {
-            let (kind, model) = (architecture.name.clone(), Model::initialized(&architecture, shape, 2).unwrap());
+            let (name, model) = (architecture.name.clone(), Model::initialized(&architecture, shape, 2).unwrap());
             let x = random(3 * shape.len(), 3, -1.0, 1.0);
             let full = model.forward_trace(&x).unwrap();
             let lean = model.forward_trace_keeping(&x, TraceKeeps::BlockOutputs).unwrap();
@@ -264,11 +264,11 @@ mod tests {
                 let want = method.explain(&model, &full, &labels, &ids).unwrap();
                 let got = method.explain(&model, &asked, &labels, &ids).unwrap();
                 let bits = |maps: &[f32]| maps.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got.maps), bits(&want.maps), "{kind:?}, {method:?}");
-                assert_eq!((got.targets, got.logits), (want.targets, want.logits), "{kind:?}, {method:?}");
+                assert_eq!(bits(&got.maps), bits(&want.maps), "{name}, {method:?}");
+                assert_eq!((got.targets, got.logits), (want.targets, want.logits), "{name}, {method:?}");
                 if keeps != TraceKeeps::BlockOutputs {
                     let err = method.explain(&model, &lean, &labels, &ids).unwrap_err().to_string();
-                    assert!(err.contains("needs"), "{kind:?}, {method:?}: {err}");
+                    assert!(err.contains("needs"), "{name}, {method:?}: {err}");
                 }
             }
         }

@@ -40,6 +40,11 @@ pub(crate) struct ConvBlock {
 }
 
 impl ConvBlock {
+    /// Layers of the model the block runs: the conv, its ReLU, its pool.
+    pub(crate) fn layer_count(&self) -> usize {
+        1 + self.relu as usize + self.pool.is_some() as usize
+    }
+
     /// Floats of one image's output, after the pool if there is one.
     fn out_len(&self) -> usize {
         self.pool.map_or(self.geometry.out_len(), |pool| pool.out_len())

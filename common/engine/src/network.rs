@@ -336,28 +336,25 @@ impl Model {
         let layers = self.layers.len();
         let mut outputs: Vec<Vec<f32>> = vec![Vec::new(); layers];
         let mut argmax: Vec<Option<Vec<u32>>> = vec![None; layers];
-        // The last layer whose output is kept: the next one's input.
-        let mut last: Option<usize> = None;
         let mut index = 0;
         while index < layers {
-            let input = last.map_or(x, |i| outputs[i].as_slice());
+            // Every step keeps the output of its last layer: the next
+            // step's input.
+            let input = if index == 0 { x } else { outputs[index - 1].as_slice() };
             match conv_blocks(&self.layers, index, layers) {
                 (blocks, after) if !blocks.is_empty() => {
                     let kept = ConvStack::new(&blocks).infer_every_block(input);
-                    let mut first = index;
                     for ((block, _), kept) in blocks.iter().zip(kept) {
-                        let end = first + block.relu as usize + block.pool.is_some() as usize;
-                        (outputs[end], argmax[end]) = (kept.output, kept.argmax);
-                        first = end + 1;
+                        index += block.layer_count();
+                        (outputs[index - 1], argmax[index - 1]) = (kept.output, kept.argmax);
                     }
-                    index = after;
+                    debug_assert_eq!(index, after, "the blocks run the layers up to `after`");
                 }
                 _ => {
                     (outputs[index], argmax[index]) = apply_layer(&self.layers[index], input);
                     index += 1;
                 }
             }
-            last = Some(index - 1);
         }
         Trace { batch, input: x.to_vec(), outputs, argmax, keeps: TraceKeeps::BlockOutputs }
     }
@@ -442,8 +439,9 @@ fn conv_blocks(layers: &[Layer], mut index: usize, limit: usize) -> (Vec<(ConvBl
     let mut blocks = Vec::new();
     while let (true, Some(Layer::Conv(c))) = (index < limit, layers.get(index)) {
         let (relu, pool) = conv_followers(layers, index, limit);
-        blocks.push((ConvBlock { geometry: c.geometry, relu, pool }, c));
-        index += 1 + relu as usize + pool.is_some() as usize;
+        let block = ConvBlock { geometry: c.geometry, relu, pool };
+        index += block.layer_count();
+        blocks.push((block, c));
     }
     (blocks, index)
 }
