@@ -14,8 +14,8 @@
 use common::config::Baseline;
 use common::image::Normalization;
 use common::rng::Rng;
-use engine::kernels::{avgpool2x2_backward, conv2d_backward_input, dense_backward_input, maxpool2x2_backward, relu_backward};
-use engine::{Conv2d, Layer, Model, PoolGeometry, PooledConvGradient, Trace, TraceKeeps};
+pub use engine::ReluBackward;
+use engine::{Model, Trace, TraceKeeps};
 use rayon::prelude::*;
 
 use crate::error::ExplainError;
@@ -26,29 +26,6 @@ use crate::lrp::check_trace;
 /// whole images' copies at a time, about this many, to bound the memory of
 /// a pass's trace.
 const INPUTS_PER_PASS: usize = 256;
-
-/// How a ReLU passes a gradient back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReluBackward {
-    /// Where its input was positive: the gradient.
-    Gradient,
-    /// Where its input was positive and the gradient is positive: guided
-    /// backpropagation.
-    Guided,
-}
-
-impl ReluBackward {
-    /// `gradient` through the ReLU whose input (or, the same, output) is
-    /// `input`, in place.
-    fn backward(self, gradient: &mut [f32], input: &[f32]) {
-        relu_backward(gradient, input);
-        if self == ReluBackward::Guided {
-            // Guided backpropagation also passes only positive gradients.
-            let positive = |g: &mut f32| *g = if *g > 0.0 { *g } else { 0.0 };
-            gradient.par_chunks_mut(1 << 14).for_each(|stretch| stretch.iter_mut().for_each(positive));
-        }
-    }
-}
 
 /// A gradient-family method, resolved against the data set's normalisation.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,87 +128,20 @@ pub fn input_gradient(model: &Model, trace: &Trace, targets: &[usize], relu: Rel
 }
 
 /// Back-propagates `gradient` (at the logits) to the input of layer
-/// `first`, through that layer and those after it; the ReLU and max-pool
-/// derivatives come from the trace. Through a `conv -> relu -> max_pool`
-/// block the gradient goes from the pool's output to the conv's input in
-/// one step, from the pool's winners alone (see [`engine::pooled`]): the
-/// ReLU passes a window's gradient where the window's output is positive.
+/// `first`, through that layer and those after it (see
+/// `engine::Model::backpropagate`): the ReLU and max-pool derivatives come
+/// from the trace. Through a `conv -> relu -> max_pool` block the gradient
+/// goes from the pool's output to the conv's input in one step, from the
+/// pool's winners alone (see [`engine::pooled`]): the ReLU passes a
+/// window's gradient where the window's output is positive.
 pub fn backpropagate(
     model: &Model,
     trace: &Trace,
     first: usize,
-    mut gradient: Vec<f32>,
+    gradient: Vec<f32>,
     relu: ReluBackward,
 ) -> Result<Vec<f32>, ExplainError> {
-    let mut index = model.layers.len();
-    while index > first {
-        index -= 1;
-        let argmax = |index: usize| {
-            trace.argmax[index]
-                .as_deref()
-                .ok_or_else(|| ExplainError::Shape(format!("the forward trace has no max-pool winners for layer {index}")))
-        };
-        // What the ReLUs' gradients read: their outputs (positive where
-        // their inputs are), which a trace of the block outputs keeps too.
-        let output = |index: usize| match &trace.outputs[index] {
-            kept if !kept.is_empty() => Ok(kept.as_slice()),
-            _ => Err(ExplainError::Shape(format!("the forward trace does not keep the output of layer {index}"))),
-        };
-        // A ReLU before a max-pool passes a window's gradient where the
-        // window's output (its winner's ReLU output) is positive: the mask
-        // is taken on the windows, from the pool's output, which gives the
-        // same values as after the unpooling (every other input gets zero)
-        // and needs no output inside a conv block. Through a whole
-        // `conv -> relu -> max_pool` block the masked windows then go to
-        // the conv's input in one step.
-        if let (Layer::MaxPool(geometry), true) = (&model.layers[index], index > first && model.layers[index - 1] == Layer::Relu)
-        {
-            relu.backward(&mut gradient, output(index)?);
-            match conv_relu_pool_ending_at(model, first, index) {
-                Some(block) => {
-                    let route = PooledConvGradient::new(&block.conv.geometry, &block.conv.weight, &block.pool);
-                    gradient = route.input_gradient(&gradient, argmax(index)?);
-                    index = block.conv_index;
-                }
-                None => {
-                    gradient = maxpool2x2_backward(&gradient, argmax(index)?, geometry);
-                    index -= 1;
-                }
-            }
-            continue;
-        }
-        gradient = match &model.layers[index] {
-            Layer::Relu => {
-                relu.backward(&mut gradient, output(index)?);
-                gradient
-            }
-            Layer::Flatten | Layer::Dropout { .. } => gradient,
-            Layer::AvgPool(geometry) => avgpool2x2_backward(&gradient, geometry),
-            Layer::MaxPool(geometry) => maxpool2x2_backward(&gradient, argmax(index)?, geometry),
-            Layer::Conv(conv) => conv2d_backward_input(&gradient, &conv.geometry, &conv.weight),
-            Layer::Dense(dense) => dense_backward_input(&gradient, dense.inputs, &dense.weight),
-        };
-    }
-    Ok(gradient)
-}
-
-/// A `conv -> relu -> max_pool` block whose pool is layer `pool_index`.
-struct ConvReluPoolBlock<'a> {
-    conv_index: usize,
-    conv: &'a Conv2d,
-    pool: PoolGeometry,
-}
-
-/// The block ending at layer `pool_index`, where the layers before it are a
-/// conv and a ReLU at or after `first` and [`PooledConvGradient`] applies.
-fn conv_relu_pool_ending_at(model: &Model, first: usize, pool_index: usize) -> Option<ConvReluPoolBlock<'_>> {
-    let conv_index = pool_index.checked_sub(2).filter(|&conv| conv >= first)?;
-    match &model.layers[conv_index..=pool_index] {
-        [Layer::Conv(conv), Layer::Relu, Layer::MaxPool(pool)] if PooledConvGradient::applies(&conv.geometry, pool) => {
-            Some(ConvReluPoolBlock { conv_index, conv, pool: *pool })
-        }
-        _ => None,
-    }
+    model.backpropagate(trace, first, gradient, relu).map_err(|e| ExplainError::Shape(e.to_string()))
 }
 
 /// Gauss-Legendre nodes and weights on [0, 1] (Captum's default

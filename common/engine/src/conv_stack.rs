@@ -20,6 +20,7 @@ use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
 
+use crate::backprop::ReluBackward;
 use crate::geometry::{ConvGeometry, PoolGeometry, RowLayout};
 use crate::isa::Isa;
 use crate::kernels::{
@@ -149,9 +150,21 @@ pub(crate) struct ConvStack {
     key: StackKey,
 }
 
-/// A stack's blocks, and whether it trains (`Some`, with whether its first
-/// block passes an input gradient) or infers (`None`).
-type StackKey = (Vec<ConvBlock>, Option<bool>);
+/// What a stack is prepared for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// Forward passes alone.
+    Inference,
+    /// Training steps, whose first block passes a gradient to its input
+    /// only when `input_gradient` is set.
+    Training { input_gradient: bool },
+    /// Input gradients alone, from what a forward trace kept of each block
+    /// (see [`ConvStack::input_gradient`]).
+    InputGradient,
+}
+
+/// A stack's blocks and what it is prepared for.
+type StackKey = (Vec<ConvBlock>, Purpose);
 
 /// Buffers of earlier steps, handed to the next stack with the same blocks
 /// and purpose: the saved activations of a batch, and per-job scratch.
@@ -232,6 +245,14 @@ pub(crate) struct BlockOutput {
     pub(crate) argmax: Option<Vec<u32>>,
 }
 
+/// What [`ConvStack::input_gradient`] reads of one block's forward pass
+/// over a batch (N·C·H·W): its output, after its ReLU and pool, and its
+/// pool's winners, where it has one.
+pub(crate) struct KeptBlock<'a> {
+    pub output: &'a [f32],
+    pub argmax: Option<&'a [u32]>,
+}
+
 /// Where one image's output of block `block` goes (and its pool's
 /// winners, when asked).
 struct KeptOutput<'a> {
@@ -268,18 +289,24 @@ struct Scratch {
 impl ConvStack {
     /// The stack of `blocks` with their layers' weights, for inference.
     pub(crate) fn new(blocks: &[(ConvBlock, &Conv2d)]) -> Self {
-        Self::prepared(blocks, None)
+        Self::prepared(blocks, Purpose::Inference)
     }
 
     /// The stack for a training step. The first block passes gradients to
     /// its input only when `input_gradient` is set.
     pub(crate) fn for_training(blocks: &[(ConvBlock, &Conv2d)], input_gradient: bool) -> Self {
-        Self::prepared(blocks, Some(input_gradient))
+        Self::prepared(blocks, Purpose::Training { input_gradient })
     }
 
-    /// Input-gradient passes are prepared for training (`Some`), for every
-    /// block after the first and for the first when asked.
-    fn prepared(blocks: &[(ConvBlock, &Conv2d)], training: Option<bool>) -> Self {
+    /// The stack for [`ConvStack::input_gradient`].
+    pub(crate) fn for_input_gradient(blocks: &[(ConvBlock, &Conv2d)]) -> Self {
+        Self::prepared(blocks, Purpose::InputGradient)
+    }
+
+    /// Input-gradient passes are prepared for training, for every block
+    /// after the first and for the first when asked, and for input
+    /// gradients alone, for every block.
+    fn prepared(blocks: &[(ConvBlock, &Conv2d)], purpose: Purpose) -> Self {
         for pair in blocks.windows(2) {
             let ((before, layer), (after, next)) = (&pair[0], &pair[1]);
             assert_eq!(before.out_len(), after.geometry.in_len(), "{} does not take the output of {}", next.name, layer.name);
@@ -295,8 +322,22 @@ impl ConvStack {
                 if let Some(pool) = block.pool {
                     assert_eq!(pool.in_len(), g.out_len(), "the max-pool after {} must take its whole output", layer.name);
                 }
-                let passes_gradient = training.is_some_and(|first_too| i > 0 || first_too);
-                let pooled = block.pool.filter(|pool| training.is_some() && PooledConvGradient::applies(g, pool));
+                let passes_gradient = match purpose {
+                    Purpose::Inference => false,
+                    Purpose::Training { input_gradient } => i > 0 || input_gradient,
+                    Purpose::InputGradient => true,
+                };
+                // Input gradients alone go from the winners only through a
+                // ReLU (the gradient family's convention since it had the
+                // pooled route): elsewhere they take the transposed
+                // convolution of the unpooled gradient, the same sums in
+                // another order, so their maps keep their bits.
+                let pooled_route = match purpose {
+                    Purpose::Inference => false,
+                    Purpose::Training { .. } => true,
+                    Purpose::InputGradient => block.relu,
+                };
+                let pooled = block.pool.filter(|pool| pooled_route && PooledConvGradient::applies(g, pool));
                 let split = (g.stride != 1).then(|| PhaseSplit::new(g));
                 let keeps_input = split.is_some() && i > 0 && blocks[i - 1].0.relu;
                 let bias_and_relu = (Some(&layer.bias[..]), block.relu);
@@ -317,7 +358,7 @@ impl ConvStack {
                 Stage { block: *block, split, keeps_input, forward, params, passes_gradient, backward }
             })
             .collect();
-        let key = (blocks.iter().map(|(block, _)| *block).collect(), training);
+        let key = (blocks.iter().map(|(block, _)| *block).collect(), purpose);
         ConvStack { stages, key }
     }
 
@@ -452,6 +493,69 @@ impl ConvStack {
                 }
             },
         );
+    }
+
+    /// The gradient of the stack's input (N·C·H·W) from that of its output,
+    /// image by image through the blocks, so that an image's gradients stay
+    /// in its core's cache: the same arithmetic as the layer-by-layer
+    /// kernels. A block's ReLU passes the gradient as `relu` says, reading
+    /// the block's output from `kept` (one entry per block, for the whole
+    /// batch), and its max-pool routes it by the winners kept there. A
+    /// stack made by [`ConvStack::for_input_gradient`].
+    pub(crate) fn input_gradient(&self, kept: &[KeptBlock<'_>], d_output: &[f32], relu: ReluBackward) -> Vec<f32> {
+        assert_eq!(self.key.1, Purpose::InputGradient, "a stack prepared for input gradients");
+        assert_eq!(d_output.len() % self.out_len(), 0, "conv stack output gradient is not a whole number of images");
+        let batch = d_output.len() / self.out_len();
+        assert_eq!(kept.len(), self.stages.len(), "one kept output per block");
+        for (stage, kept) in self.stages.iter().zip(kept) {
+            let pooled = stage.block.pool.map(|pool| batch * pool.out_len());
+            assert_eq!(kept.output.len(), batch * stage.block.out_len(), "a kept block output per image");
+            assert_eq!(kept.argmax.map(<[u32]>::len), pooled, "the kept winners of a block's pool");
+        }
+        let isa = Isa::detected();
+        // An image's gradient moves between two buffers with room for the
+        // largest, as in `backward_group`.
+        let largest = self.stages.iter().map(|s| s.block.geometry.out_len().max(s.block.geometry.in_len())).max().unwrap_or(0);
+        let buffers = || (self.scratch(), Vec::with_capacity(largest), Vec::with_capacity(largest));
+        let mut dx = vec![0.0f32; batch * self.in_len()];
+        dx.par_chunks_mut(self.in_len())
+            .zip(d_output.par_chunks(self.out_len()))
+            .enumerate()
+            .with_min_len(images_per_job(batch))
+            .for_each_init(buffers, |(scratch, gradient, spare), (image, (dx, dout))| {
+                gradient.clear();
+                gradient.extend_from_slice(dout);
+                for (i, stage) in self.stages.iter().enumerate().rev() {
+                    let (block, scratch) = (&stage.block, &mut scratch.scratch[i]);
+                    let of_image = |len: usize| image * len..(image + 1) * len;
+                    // The ReLU's mask from the block's output: where a pool
+                    // follows it, on the windows, from the pool's output.
+                    if block.relu {
+                        relu.apply(isa, gradient, &kept[i].output[of_image(block.out_len())]);
+                    }
+                    let argmax = kept[i].argmax.map(|argmax| &argmax[of_image(block.out_len())]);
+                    let g = &block.geometry;
+                    match (&stage.backward, block.pool.zip(argmax)) {
+                        (Backward::Pooled(pooled), Some((_, argmax))) => {
+                            spare.resize(g.in_len(), 0.0);
+                            pooled.image(isa, Winners { gradients: gradient, argmax }, &mut scratch.pooled, spare);
+                        }
+                        (Backward::Dense(Some(input_gradient)), unpool) => {
+                            if let Some((pool, argmax)) = unpool {
+                                spare.resize(g.out_len(), 0.0);
+                                kernels::unpool_image_dense(&pool, gradient, argmax, None, spare);
+                                std::mem::swap(gradient, spare);
+                            }
+                            spare.resize(g.in_len(), 0.0);
+                            input_gradient.image(&mut scratch.input_gradient, gradient, spare);
+                        }
+                        _ => unreachable!("an input-gradient stack passes every block's gradient, by the winners of its pool"),
+                    }
+                    std::mem::swap(gradient, spare);
+                }
+                dx.copy_from_slice(gradient);
+            });
+        dx
     }
 
     /// From the gradient of the stack's output (N·C·H·W): every block's

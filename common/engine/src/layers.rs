@@ -78,4 +78,7 @@ pub enum ModelError {
     Architecture(#[from] common::architecture::ShapeError),
     #[error("input of {found} floats is not a whole number of {shape} images")]
     Input { found: usize, shape: ImageShape },
+    /// A backward pass needs what its forward trace did not keep.
+    #[error("the forward trace does not keep {0}")]
+    Trace(String),
 }
