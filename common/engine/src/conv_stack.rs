@@ -327,11 +327,11 @@ impl ConvStack {
                     Purpose::Training { input_gradient } => i > 0 || input_gradient,
                     Purpose::InputGradient => true,
                 };
-                // Input gradients alone go from the winners only through a
-                // ReLU (the gradient family's convention since it had the
-                // pooled route): elsewhere they take the transposed
-                // convolution of the unpooled gradient, the same sums in
-                // another order, so their maps keep their bits.
+                // Input gradients alone take the winners' route only
+                // through a ReLU, as the explainer's gradients always have:
+                // a conv straight into a pool takes the transposed
+                // convolution of the unpooled gradient (the same sums in
+                // another order), so its maps keep their bits.
                 let pooled_route = match purpose {
                     Purpose::Inference => false,
                     Purpose::Training { .. } => true,
@@ -368,6 +368,12 @@ impl ConvStack {
 
     fn out_len(&self) -> usize {
         self.last().out_len()
+    }
+
+    /// Floats of one image's largest gradient at a block's input or conv
+    /// output.
+    fn largest_gradient(&self) -> usize {
+        self.stages.iter().map(|s| s.block.geometry.out_len().max(s.block.geometry.in_len())).max().unwrap_or(0)
     }
 
     fn last(&self) -> &ConvBlock {
@@ -513,9 +519,9 @@ impl ConvStack {
             assert_eq!(kept.argmax.map(<[u32]>::len), pooled, "the kept winners of a block's pool");
         }
         let isa = Isa::detected();
-        // An image's gradient moves between two buffers with room for the
-        // largest, as in `backward_group`.
-        let largest = self.stages.iter().map(|s| s.block.geometry.out_len().max(s.block.geometry.in_len())).max().unwrap_or(0);
+        // An image's gradient moves between two buffers, as in
+        // `backward_group`.
+        let largest = self.largest_gradient();
         let buffers = || (self.scratch(), Vec::with_capacity(largest), Vec::with_capacity(largest));
         let mut dx = vec![0.0f32; batch * self.in_len()];
         dx.par_chunks_mut(self.in_len())
@@ -594,7 +600,7 @@ impl ConvStack {
         // each with room for the largest gradient: every pass below writes
         // all of its output, so a buffer is neither zeroed again nor
         // reallocated (which would copy what it held).
-        let largest = self.stages.iter().map(|s| s.block.geometry.out_len().max(s.block.geometry.in_len())).max().unwrap_or(0);
+        let largest = self.largest_gradient();
         let with_room = |values: &[f32]| {
             let mut buffer = Vec::with_capacity(largest);
             buffer.extend_from_slice(values);

@@ -41,7 +41,7 @@ pub struct PooledConvGradient {
     /// Per output channel, per kernel row: the row's taps channels-last
     /// (`kernel · in_channels` floats, column then input channel), zeros
     /// up to `row` floats.
-    kernel_rows: Vec<f32>,
+    kernel_rows: LineAligned,
     /// Floats of one kernel row in `kernel_rows`: a multiple of [`CHUNK`].
     row: usize,
 }
@@ -66,8 +66,9 @@ impl PooledConvGradient {
         assert_eq!(weight.len(), conv.weight_len(), "conv2d weight length");
         let (k, cin) = (conv.kernel, conv.in_channels);
         let row = (k * cin).next_multiple_of(CHUNK);
-        let mut kernel_rows = vec![0.0f32; conv.out_channels * k * row];
-        for (o, rows) in kernel_rows.chunks_exact_mut(k * row).enumerate() {
+        let mut kernel_rows = LineAligned::default();
+        kernel_rows.zeroed(conv.out_channels * k * row);
+        for (o, rows) in kernel_rows.as_mut_slice().chunks_exact_mut(k * row).enumerate() {
             for (ky, dst) in rows.chunks_exact_mut(row).enumerate() {
                 for kx in 0..k {
                     for c in 0..cin {
@@ -123,12 +124,11 @@ impl PooledConvGradient {
         // The input channels-last into the padded buffer's interior.
         let (pitch, padded_rows, p, cin) = (self.pitch(), g.height + 2 * g.padding, g.padding, g.in_channels);
         if scratch.input.len() != padded_rows * pitch {
-            scratch.input.clear();
-            scratch.input.resize(padded_rows * pitch, 0.0);
+            scratch.input.zeroed(padded_rows * pitch);
         }
         let (plane, row, first) = layout;
         for y in 0..g.height {
-            let dst = &mut scratch.input[(y + p) * pitch + p * cin..][..g.width * cin];
+            let dst = &mut scratch.input.as_mut_slice()[(y + p) * pitch + p * cin..][..g.width * cin];
             transpose(isa, &input[y * row + first..], (cin, plane), g.width, (dst, cin));
         }
         let kernel_len = g.kernel * self.row;
@@ -152,7 +152,7 @@ impl PooledConvGradient {
                 bias += gradient;
             }
             let sums = &mut scratch.weight_sums[o * kernel_len..][..kernel_len];
-            add_field_sums(isa, self, &scratch.fields, &scratch.input, sums);
+            add_field_sums(isa, self, &scratch.fields, scratch.input.as_slice(), sums);
             scratch.bias_sums[o] += bias;
         }
     }
@@ -195,7 +195,7 @@ impl PooledConvGradient {
     /// the next: the padded width's pixels and a chunk's slack, into which
     /// the rightmost receptive fields' zero-padded rows reach.
     fn pitch(&self) -> usize {
-        (self.conv.width + 2 * self.conv.padding) * self.conv.in_channels + CHUNK
+        ((self.conv.width + 2 * self.conv.padding) * self.conv.in_channels + CHUNK).next_multiple_of(LINE_FLOATS)
     }
 
     /// One image's input gradient into `dx`, accumulated in `scratch`.
@@ -203,16 +203,55 @@ impl PooledConvGradient {
         let g = &self.conv;
         let (pitch, padded_rows) = (self.pitch(), g.height + 2 * g.padding);
         scratch.group(&self.pool, winners);
-        scratch.accumulated.clear();
-        scratch.accumulated.resize(padded_rows * pitch, 0.0);
-        scatter_kernels(isa, self, &scratch.groups, &mut scratch.accumulated);
+        scratch.accumulated.zeroed(padded_rows * pitch);
+        scatter_kernels(isa, self, &scratch.groups, scratch.accumulated.as_mut_slice());
         // Channels-last and padded to channels-first and unpadded: each
         // row's pixels (rows of `cin` floats) into every channel's plane.
         let (cin, plane, p) = (g.in_channels, g.height * g.width, g.padding);
         for y in 0..g.height {
-            let row = &scratch.accumulated[(y + p) * pitch + p * cin..][..g.width * cin];
+            let row = &scratch.accumulated.as_slice()[(y + p) * pitch + p * cin..][..g.width * cin];
             transpose(isa, row, (g.width, cin), cin, (&mut dx[y * g.width..], plane));
         }
+    }
+}
+
+/// Floats in a cache line.
+const LINE_FLOATS: usize = 16;
+
+/// Floats used from the first cache-line boundary of their allocation:
+/// a receptive field's row (`x · in_channels` floats into a row of
+/// [`PooledConvGradient::pitch`], a multiple of a line) and a kernel row
+/// then start on a line where the channels fill whole lines, so that no
+/// vector load or store straddles two lines.
+#[derive(Default)]
+struct LineAligned {
+    values: Vec<f32>,
+    len: usize,
+}
+
+impl LineAligned {
+    /// Makes it `len` zeros.
+    fn zeroed(&mut self, len: usize) {
+        self.values.clear();
+        self.values.resize(len + LINE_FLOATS - 1, 0.0);
+        self.len = len;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn start(&self) -> usize {
+        self.values.as_ptr().align_offset(LINE_FLOATS * std::mem::size_of::<f32>())
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        &self.values[self.start()..][..self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        let start = self.start();
+        &mut self.values[start..][..self.len]
     }
 }
 
@@ -226,10 +265,10 @@ pub(crate) struct PooledScratch {
     cursors: Vec<u32>,
     /// The input gradient, channels-last and padded (rows of
     /// [`PooledConvGradient::pitch`]).
-    accumulated: Vec<f32>,
+    accumulated: LineAligned,
     /// The convolution's input laid out as `accumulated`, for the weight
     /// gradient; its border stays zero from one image to the next.
-    input: Vec<f32>,
+    input: LineAligned,
     /// One output channel's winners: where each receptive field starts in
     /// `input`, and its gradient.
     fields: Vec<(usize, f32)>,
@@ -464,7 +503,7 @@ unsafe fn scatter_block<V: Lanes, const CHUNKS: usize>(
         let x = 2 * (window % pooled_width) + corner % 2;
         let mut sums = [V::zero(); CHUNKS];
         for &(o, gradient) in entries {
-            let taps = &pass.kernel_rows[(o as usize * k + block.ky) * row + block.first..][..CHUNKS * V::WIDTH];
+            let taps = &pass.kernel_rows.as_slice()[(o as usize * k + block.ky) * row + block.first..][..CHUNKS * V::WIDTH];
             let gradient = V::splat(gradient);
             for (c, sum) in sums.iter_mut().enumerate() {
                 *sum = sum.add(gradient.mul(V::load(taps.as_ptr().add(c * V::WIDTH))));
