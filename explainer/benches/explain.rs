@@ -44,6 +44,9 @@ fn methods() -> Vec<(&'static str, MethodConfig)> {
     ]
 }
 
+#[global_allocator]
+static ALLOCATOR: engine::allocator::LineAlignedAllocator = engine::allocator::LineAlignedAllocator;
+
 fn main() {
     engine::allocator::keep_freed_memory();
     let reps = env_count("BENCH_REPS", 9);

@@ -2,6 +2,9 @@
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: engine::allocator::LineAlignedAllocator = engine::allocator::LineAlignedAllocator;
+
 fn main() -> std::process::ExitCode {
     common::cli::init_logging();
     engine::allocator::keep_freed_memory();

@@ -16,6 +16,9 @@ use engine::training::{loss_and_gradients, Device};
 use engine::Model;
 use trainer::adam::Adam;
 
+#[global_allocator]
+static ALLOCATOR: engine::allocator::LineAlignedAllocator = engine::allocator::LineAlignedAllocator;
+
 fn main() {
     let peer: Option<serde_json::Value> = std::env::var("PEER_JSON")
         .ok()
