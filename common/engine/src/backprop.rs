@@ -133,9 +133,10 @@ impl Model {
 mod tests {
     use super::*;
     use crate::kernels::relu_backward;
+    use crate::network::custom_architecture;
     use crate::network::TraceKeeps;
     use crate::PooledConvGradient;
-    use common::architecture::{Architecture, LayerKind, ModelKind};
+    use common::architecture::ModelKind;
     use common::image::ImageShape;
     use common::rng::Rng;
 
@@ -182,34 +183,13 @@ mod tests {
 
     /// Through the conv blocks image by image, the input gradient has the
     /// bits of the layer-by-layer kernels, plain and guided, from a trace
-    /// of the block outputs and from a full one: on both presets and on a
-    /// model with a strided conv (its ReLU and pool unpooled, as the
-    /// winners' route does not apply), a conv straight into a pool, a conv
-    /// with neither, a 5x5 block from the winners, an average pool and a
-    /// dense ReLU.
+    /// of the block outputs and from a full one: on both presets and on
+    /// the layers they lack (`custom_architecture`: a strided conv's block
+    /// unpools, as the winners' route does not apply, and so does a conv
+    /// straight into a pool).
     #[test]
     fn the_input_gradient_through_the_blocks_equals_the_layer_by_layer_kernels() {
-        use LayerKind::*;
-        let conv = |channels, kernel, stride| Conv { channels, kernel, padding: kernel / 2, stride };
-        let custom = Architecture::new(
-            "custom",
-            vec![
-                conv(8, 3, 2),
-                Relu,
-                MaxPool,
-                conv(32, 3, 1),
-                conv(32, 3, 1),
-                MaxPool,
-                conv(16, 5, 1),
-                Relu,
-                MaxPool,
-                AvgPool,
-                Flatten,
-                Dense { outputs: 12 },
-                Relu,
-                Dense { outputs: 10 },
-            ],
-        );
+        let custom = custom_architecture();
         let cases = [
             (ModelKind::Complex.architecture(10), ImageShape::RGB_32),
             (ModelKind::Simple.architecture(10), ImageShape::GRAY_28),

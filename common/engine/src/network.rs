@@ -497,6 +497,36 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
+/// A model with the layers the presets lack, for tests: a strided conv
+/// with its ReLU and pool, a conv with neither ReLU nor pool, a conv
+/// straight into a pool, a 5x5 block, an average pool after a max-pool, a
+/// dense layer with a ReLU and dropout.
+#[cfg(test)]
+pub(crate) fn custom_architecture() -> Architecture {
+    use common::architecture::LayerKind::*;
+    let conv = |channels, kernel, stride| Conv { channels, kernel, padding: kernel / 2, stride };
+    Architecture::new(
+        "custom",
+        vec![
+            conv(8, 3, 2),
+            Relu,
+            MaxPool,
+            conv(32, 3, 1),
+            conv(32, 3, 1),
+            MaxPool,
+            conv(16, 5, 1),
+            Relu,
+            MaxPool,
+            AvgPool,
+            Flatten,
+            Dense { outputs: 12 },
+            Relu,
+            Dropout { rate: 0.5 },
+            Dense { outputs: 10 },
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,32 +605,10 @@ mod tests {
     /// A trace of the block outputs keeps, bit for bit, the full trace's
     /// outputs and winners at every conv block's last layer and at every
     /// layer outside the blocks, and nothing inside a block: on both
-    /// presets and on layers the presets lack (a strided conv, a conv with
-    /// neither ReLU nor pool, a conv straight into a pool, an average pool,
-    /// a dense layer with a ReLU).
+    /// presets and on the layers they lack (`custom_architecture`).
     #[test]
     fn a_trace_of_block_outputs_keeps_the_full_traces_values_there() {
-        use LayerKind::*;
-        let conv = |channels, kernel, stride| Conv { channels, kernel, padding: kernel / 2, stride };
-        let custom = Architecture::new(
-            "custom",
-            vec![
-                conv(8, 3, 2),
-                Relu,
-                conv(32, 3, 1),
-                conv(32, 3, 1),
-                MaxPool,
-                conv(8, 5, 1),
-                Relu,
-                MaxPool,
-                AvgPool,
-                Flatten,
-                Dense { outputs: 12 },
-                Relu,
-                Dropout { rate: 0.5 },
-                Dense { outputs: 10 },
-            ],
-        );
+        let custom = custom_architecture();
         let cases = [
             (ModelKind::Complex.architecture(10), ImageShape::RGB_32),
             (ModelKind::Simple.architecture(10), ImageShape::GRAY_28),
