@@ -16,6 +16,7 @@
 //! the groups in order, so no result depends on the thread count or on the
 //! batch an image came in.
 
+use std::mem::MaybeUninit;
 use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
@@ -255,10 +256,20 @@ pub(crate) struct KeptBlock<'a> {
 
 /// Where one image's output of block `block` goes (and its pool's
 /// winners, when asked).
+/// The slots need not hold values: [`ConvStack::infer_keeping`] writes
+/// every one of them, so that outputs are not zero-filled before.
 struct KeptOutput<'a> {
     block: usize,
-    output: &'a mut [f32],
-    argmax: Option<&'a mut [u32]>,
+    output: &'a mut [MaybeUninit<f32>],
+    argmax: Option<&'a mut [MaybeUninit<u32>]>,
+}
+
+/// Writes `values` into `slots`, every one of them.
+fn write_all<T: Copy>(slots: &mut [MaybeUninit<T>], values: &[T]) {
+    assert_eq!(slots.len(), values.len(), "a kept output's length");
+    // SAFETY: both hold `values.len()` elements (asserted), of the same
+    // layout (`MaybeUninit<T>` is `T`'s), in distinct borrows.
+    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), slots.as_mut_ptr().cast::<T>(), values.len()) };
 }
 
 /// Images a parallel job takes at least: rayon splits the batch into
@@ -440,10 +451,13 @@ impl ConvStack {
     /// for a backward pass.
     pub(crate) fn infer(&self, x: &[f32]) -> Vec<f32> {
         assert_eq!(x.len() % self.in_len(), 0, "conv stack input is not a whole number of images");
-        let mut out = vec![0.0f32; x.len() / self.in_len() * self.out_len()];
-        let last = self.stages.len() - 1;
-        let kept = out.chunks_exact_mut(self.out_len()).map(|output| vec![KeptOutput { block: last, output, argmax: None }]);
-        self.infer_keeping(x, kept.collect());
+        let (last, len) = (self.stages.len() - 1, x.len() / self.in_len() * self.out_len());
+        let mut out = Vec::with_capacity(len);
+        let images = out.spare_capacity_mut()[..len].chunks_exact_mut(self.out_len());
+        self.infer_keeping(x, images.map(|output| vec![KeptOutput { block: last, output, argmax: None }]).collect());
+        // SAFETY: `infer_keeping` wrote every slot of each image's output
+        // (`x` holds `len / out_len` whole images, asserted above).
+        unsafe { out.set_len(len) };
         out
     }
 
@@ -456,26 +470,40 @@ impl ConvStack {
     pub(crate) fn infer_every_block(&self, x: &[f32]) -> Vec<BlockOutput> {
         assert_eq!(x.len() % self.in_len(), 0, "conv stack input is not a whole number of images");
         let batch = x.len() / self.in_len();
-        let mut outputs: Vec<BlockOutput> = self
-            .stages
-            .iter()
-            .map(|stage| BlockOutput {
-                output: vec![0.0; batch * stage.block.out_len()],
-                argmax: stage.block.pool.map(|pool| vec![0; batch * pool.out_len()]),
-            })
-            .collect();
+        let lens = |stage: &Stage| (batch * stage.block.out_len(), stage.block.pool.map(|pool| batch * pool.out_len()));
+        let mut outputs: Vec<Vec<f32>> = self.stages.iter().map(|stage| Vec::with_capacity(lens(stage).0)).collect();
+        let mut winners: Vec<Option<Vec<u32>>> = self.stages.iter().map(|stage| lens(stage).1.map(Vec::with_capacity)).collect();
         let mut kept: Vec<Vec<KeptOutput>> = (0..batch).map(|_| Vec::with_capacity(self.stages.len())).collect();
-        for (block, (stage, outputs)) in self.stages.iter().zip(&mut outputs).enumerate() {
-            let images = outputs.output.chunks_exact_mut(stage.block.out_len());
-            let pooled = stage.block.pool.map_or(0, |pool| pool.out_len());
-            let mut winners = outputs.argmax.as_mut().map(|argmax| argmax.chunks_exact_mut(pooled));
+        for (block, ((stage, outputs), winners)) in self.stages.iter().zip(&mut outputs).zip(&mut winners).enumerate() {
+            let (output_len, winners_len) = lens(stage);
+            let images = outputs.spare_capacity_mut()[..output_len].chunks_exact_mut(stage.block.out_len());
+            let mut winners = winners.as_mut().map(|argmax| {
+                let len = winners_len.expect("winners where there is a pool");
+                argmax.spare_capacity_mut()[..len].chunks_exact_mut(len / batch)
+            });
             for (image, output) in kept.iter_mut().zip(images) {
                 let argmax = winners.as_mut().and_then(Iterator::next);
                 image.push(KeptOutput { block, output, argmax });
             }
         }
         self.infer_keeping(x, kept);
-        outputs
+        self.stages
+            .iter()
+            .zip(outputs.into_iter().zip(winners))
+            .map(|(stage, (mut output, mut argmax))| {
+                let (output_len, winners_len) = lens(stage);
+                // SAFETY: `infer_keeping` wrote every slot of every image's
+                // output and winners, `batch` images of each block (`x`
+                // holds `batch` whole images).
+                unsafe {
+                    output.set_len(output_len);
+                    if let (Some(argmax), Some(len)) = (argmax.as_mut(), winners_len) {
+                        argmax.set_len(len);
+                    }
+                }
+                BlockOutput { output, argmax }
+            })
+            .collect()
     }
 
     /// Runs every image of `x` through the blocks and copies, for each
@@ -491,9 +519,9 @@ impl ConvStack {
                     let (scratch, input) = (&mut rest[0], before.last().map_or(image, |before| before.output.as_slice()));
                     stage.run(scratch, input, saved, false);
                     for target in kept.iter_mut().filter(|target| target.block == i) {
-                        target.output.copy_from_slice(&scratch.output);
+                        write_all(target.output, &scratch.output);
                         if let Some(argmax) = target.argmax.as_deref_mut() {
-                            argmax.copy_from_slice(&saved.argmax);
+                            write_all(argmax, &saved.argmax);
                         }
                     }
                 }
