@@ -111,7 +111,7 @@ mod tests {
     fn large_blocks_start_on_a_line_and_keep_their_values_when_resized() {
         let allocator = LineAlignedAllocator;
         let layout = |size| Layout::from_size_align(size, 4).unwrap();
-        let on_a_line = |p: *mut u8| p as usize % LINE == 0;
+        let on_a_line = |p: *mut u8| p.align_offset(LINE) == 0;
         let values = |p: *mut u8, len: usize| (0..len).all(|i| unsafe { *p.add(i) } == (i % 251) as u8);
         // SAFETY: every block is used within its size and released with
         // the layout it has.
