@@ -16,7 +16,7 @@ use crate::isa::Isa;
 use crate::kernels::{avgpool2x2_backward, conv2d_backward_input, dense_backward_input, maxpool2x2_backward};
 use crate::layers::{Layer, ModelError};
 use crate::microkernels::relu_gradient;
-use crate::network::{Model, Trace};
+use crate::network::{Model, Step, Trace};
 
 /// How a ReLU passes a gradient back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,16 +47,6 @@ impl ReluBackward {
     }
 }
 
-/// A step of the backward pass: a run of conv blocks, or one other layer.
-enum Step {
-    /// The conv blocks of layers `first..after`.
-    Blocks {
-        first: usize,
-        after: usize,
-    },
-    Layer(usize),
-}
-
 impl Model {
     /// Back-propagates `gradient` (at the logits, N·classes) to the input
     /// of layer `first` (N·C·H·W of that layer's input), through that
@@ -79,10 +69,9 @@ impl Model {
         let argmax = |index: usize| {
             trace.argmax[index].as_deref().ok_or_else(|| ModelError::Trace(format!("the max-pool winners of layer {index}")))
         };
-        for step in self.backward_steps(first).into_iter().rev() {
+        for step in self.steps_from(first).into_iter().rev() {
             gradient = match step {
-                Step::Blocks { first, after } => {
-                    let (blocks, _) = self.conv_blocks(first, after);
+                Step::Blocks { first, blocks } => {
                     let mut kept = Vec::with_capacity(blocks.len());
                     let mut end = first;
                     for (block, _) in &blocks {
@@ -107,33 +96,13 @@ impl Model {
         }
         Ok(gradient)
     }
-
-    /// The layers from `first` on in the steps the forward pass takes
-    /// them (a trace of the block outputs keeps each step's output).
-    fn backward_steps(&self, first: usize) -> Vec<Step> {
-        let mut steps = Vec::new();
-        let mut index = first;
-        while index < self.layers.len() {
-            match self.conv_blocks(index, self.layers.len()) {
-                (blocks, after) if !blocks.is_empty() => {
-                    steps.push(Step::Blocks { first: index, after });
-                    index = after;
-                }
-                _ => {
-                    steps.push(Step::Layer(index));
-                    index += 1;
-                }
-            }
-        }
-        steps
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::relu_backward;
-    use crate::network::custom_architecture;
+    use crate::network::test_architectures;
     use crate::network::TraceKeeps;
     use crate::PooledConvGradient;
     use common::architecture::ModelKind;
@@ -184,18 +153,12 @@ mod tests {
     /// Through the conv blocks image by image, the input gradient has the
     /// bits of the layer-by-layer kernels, plain and guided, from a trace
     /// of the block outputs and from a full one: on both presets and on
-    /// the layers they lack (`custom_architecture`: a strided conv's block
+    /// the layers they lack (`test_architectures`: a strided conv's block
     /// unpools, as the winners' route does not apply, and so does a conv
     /// straight into a pool).
     #[test]
     fn the_input_gradient_through_the_blocks_equals_the_layer_by_layer_kernels() {
-        let custom = custom_architecture();
-        let cases = [
-            (ModelKind::Complex.architecture(10), ImageShape::RGB_32),
-            (ModelKind::Simple.architecture(10), ImageShape::GRAY_28),
-            (custom, ImageShape::RGB_32),
-        ];
-        for (architecture, shape) in cases {
+        for (architecture, shape) in test_architectures() {
             let model = Model::initialized(&architecture, shape, 5).unwrap();
             let mut rng = Rng::new(12);
             let batch = 5;

@@ -336,27 +336,44 @@ impl Model {
         let layers = self.layers.len();
         let mut outputs: Vec<Vec<f32>> = vec![Vec::new(); layers];
         let mut argmax: Vec<Option<Vec<u32>>> = vec![None; layers];
-        let mut index = 0;
-        while index < layers {
+        for step in self.steps_from(0) {
             // Every step keeps the output of its last layer: the next
             // step's input.
-            let input = if index == 0 { x } else { outputs[index - 1].as_slice() };
-            match conv_blocks(&self.layers, index, layers) {
-                (blocks, after) if !blocks.is_empty() => {
-                    let kept = ConvStack::new(&blocks).infer_every_block(input);
+            let input = |first: usize| if first == 0 { x } else { outputs[first - 1].as_slice() };
+            match step {
+                Step::Blocks { first, blocks } => {
+                    let kept = ConvStack::new(&blocks).infer_every_block(input(first));
+                    let mut end = first;
                     for ((block, _), kept) in blocks.iter().zip(kept) {
-                        index += block.layer_count();
-                        (outputs[index - 1], argmax[index - 1]) = (kept.output, kept.argmax);
+                        end += block.layer_count();
+                        (outputs[end - 1], argmax[end - 1]) = (kept.output, kept.argmax);
                     }
-                    debug_assert_eq!(index, after, "the blocks run the layers up to `after`");
+                }
+                Step::Layer(index) => (outputs[index], argmax[index]) = apply_layer(&self.layers[index], input(index)),
+            }
+        }
+        Trace { batch, input: x.to_vec(), outputs, argmax, keeps: TraceKeeps::BlockOutputs }
+    }
+
+    /// The layers from `first` on in the steps that a trace of the block
+    /// outputs takes them, keeping each step's output, and that the
+    /// backward pass takes them back, reading those.
+    pub(crate) fn steps_from(&self, first: usize) -> Vec<Step<'_>> {
+        let mut steps = Vec::new();
+        let mut index = first;
+        while index < self.layers.len() {
+            match conv_blocks(&self.layers, index, self.layers.len()) {
+                (blocks, after) if !blocks.is_empty() => {
+                    steps.push(Step::Blocks { first: index, blocks });
+                    index = after;
                 }
                 _ => {
-                    (outputs[index], argmax[index]) = apply_layer(&self.layers[index], input);
+                    steps.push(Step::Layer(index));
                     index += 1;
                 }
             }
         }
-        Trace { batch, input: x.to_vec(), outputs, argmax, keeps: TraceKeeps::BlockOutputs }
+        steps
     }
 
     /// See [`TraceKeeps::LayersFrom`].
@@ -404,6 +421,17 @@ impl Model {
     pub(crate) fn conv_blocks(&self, index: usize, limit: usize) -> (Vec<(ConvBlock, &Conv2d)>, usize) {
         conv_blocks(&self.layers, index, limit)
     }
+}
+
+/// A step of a pass through a model's layers: a run of conv blocks (image
+/// by image, see `conv_stack`), or one other layer.
+pub(crate) enum Step<'a> {
+    /// The conv blocks from layer `first` on.
+    Blocks {
+        first: usize,
+        blocks: Vec<(ConvBlock, &'a Conv2d)>,
+    },
+    Layer(usize),
 }
 
 /// The output of `layers` run in order on a batch whose images fit the
@@ -497,12 +525,22 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// A model with the layers the presets lack, for tests: a strided conv
-/// with its ReLU and pool, a conv with neither ReLU nor pool, a conv
-/// straight into a pool, a 5x5 block, an average pool after a max-pool, a
-/// dense layer with a ReLU and dropout.
+/// The models tests run through, with an input shape each: both presets,
+/// and a model with the layers they lack (a strided conv with its ReLU and
+/// pool, a conv with neither ReLU nor pool, a conv straight into a pool, a
+/// 5x5 block, an average pool after a max-pool, a dense layer with a ReLU
+/// and dropout).
 #[cfg(test)]
-pub(crate) fn custom_architecture() -> Architecture {
+pub(crate) fn test_architectures() -> [(Architecture, ImageShape); 3] {
+    [
+        (common::architecture::ModelKind::Complex.architecture(10), ImageShape::RGB_32),
+        (common::architecture::ModelKind::Simple.architecture(10), ImageShape::GRAY_28),
+        (custom_architecture(), ImageShape::RGB_32),
+    ]
+}
+
+#[cfg(test)]
+fn custom_architecture() -> Architecture {
     use common::architecture::LayerKind::*;
     let conv = |channels, kernel, stride| Conv { channels, kernel, padding: kernel / 2, stride };
     Architecture::new(
@@ -605,16 +643,10 @@ mod tests {
     /// A trace of the block outputs keeps, bit for bit, the full trace's
     /// outputs and winners at every conv block's last layer and at every
     /// layer outside the blocks, and nothing inside a block: on both
-    /// presets and on the layers they lack (`custom_architecture`).
+    /// presets and on the layers they lack (`test_architectures`).
     #[test]
     fn a_trace_of_block_outputs_keeps_the_full_traces_values_there() {
-        let custom = custom_architecture();
-        let cases = [
-            (ModelKind::Complex.architecture(10), ImageShape::RGB_32),
-            (ModelKind::Simple.architecture(10), ImageShape::GRAY_28),
-            (custom, ImageShape::RGB_32),
-        ];
-        for (architecture, shape) in cases {
+        for (architecture, shape) in test_architectures() {
             let model = Model::initialized(&architecture, shape, 4).unwrap();
             let mut rng = Rng::new(9);
             let x: Vec<f32> = (0..3 * shape.len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
