@@ -29,7 +29,7 @@ use crate::kernels::{
 };
 use crate::layers::Conv2d;
 use crate::microkernels::relu_gradient;
-use crate::pooled::{PooledConvGradient, PooledScratch, Winners};
+use crate::pooled::{BeforeInput, PooledConvGradient, PooledScratch, Winners};
 use crate::strided::PhaseSplit;
 
 /// A convolution and what follows it inside a stack: an optional ReLU and
@@ -572,7 +572,13 @@ impl ConvStack {
                     match (&stage.backward, block.pool.zip(argmax)) {
                         (Backward::Pooled(pooled), Some((_, argmax))) => {
                             spare.resize(g.in_len(), 0.0);
-                            pooled.image(isa, Winners { gradients: gradient, argmax }, &mut scratch.pooled, spare);
+                            pooled.image(
+                                isa,
+                                Winners { gradients: gradient, argmax },
+                                &mut scratch.pooled,
+                                spare,
+                                BeforeInput::Nothing,
+                            );
                         }
                         (Backward::Dense(Some(input_gradient)), unpool) => {
                             if let Some((pool, argmax)) = unpool {
@@ -617,6 +623,13 @@ impl ConvStack {
         (params, dx)
     }
 
+    /// Whether the backward pass of the block after block `i` passes the
+    /// gradient through block `i`'s ReLU itself: a pooled block does, as it
+    /// writes its input gradient (see [`BeforeInput`]).
+    fn relu_masked_by_next(&self, i: usize) -> bool {
+        self.stages.get(i + 1).is_some_and(|next| matches!(next.backward, Backward::Pooled(_)))
+    }
+
     /// A group of images' parameter gradients (a partial sum per block)
     /// and the gradient of their inputs when the first block passes one
     /// (empty otherwise). Block by block, so that a block's weight gradient
@@ -645,23 +658,33 @@ impl ConvStack {
                     Some(next) => next.saved_input(&image.blocks[i + 1]),
                     None => (&image.output[..], (stage.block.out_len() / g.out_channels, stage.block.out_width(), 0)),
                 };
-                let relu = stage.block.relu.then_some(output);
+                let relu = (stage.block.relu && !self.relu_masked_by_next(i)).then_some(output);
                 match (&stage.backward, stage.block.pool) {
                     (Backward::Pooled(pooled), _) => {
                         // Each window's gradient after the ReLU, which
                         // passes it where the window's output is positive.
-                        scratch.windows.clear();
-                        scratch.windows.extend_from_slice(dout);
-                        if let Some(output) = relu {
-                            let shape = (pooled.pool().out_height(), pooled.pool().out_width());
-                            relu_gradient_by_rows(isa, &mut scratch.windows, shape, output);
-                        }
-                        let winners = Winners { gradients: &scratch.windows, argmax: &image.blocks[i].argmax };
+                        let windows = match relu {
+                            Some(output) => {
+                                scratch.windows.clear();
+                                scratch.windows.extend_from_slice(dout);
+                                let shape = (pooled.pool().out_height(), pooled.pool().out_width());
+                                relu_gradient_by_rows(isa, &mut scratch.windows, shape, output);
+                                &scratch.windows
+                            }
+                            None => &dout[..],
+                        };
+                        let winners = Winners { gradients: windows, argmax: &image.blocks[i].argmax };
                         let input = (&image.blocks[i].padded_input[..], stage.params.input_layout());
                         pooled.add_param_gradients(isa, winners, input, &mut scratch.pooled);
                         if stage.passes_gradient {
+                            // The ReLU before the block (the previous
+                            // block's) on the input just added.
+                            let before = match i.checked_sub(1).map(|before| self.stages[before].block.relu) {
+                                Some(true) => BeforeInput::ReluOfAddedInput,
+                                _ => BeforeInput::Nothing,
+                            };
                             spare.resize(g.in_len(), 0.0);
-                            pooled.image(isa, winners, &mut scratch.pooled, spare);
+                            pooled.image(isa, winners, &mut scratch.pooled, spare, before);
                             std::mem::swap(dout, spare);
                         }
                     }

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::geometry::{ConvGeometry, PoolGeometry, RowLayout};
 use crate::isa::Isa;
-use crate::microkernels::{transpose, Lanes};
+use crate::microkernels::{relu_gradient, transpose, Lanes};
 
 /// A receptive field's row is rounded up to a multiple of this many
 /// floats: whole vectors of AVX2 and of the portable code (AVX-512 takes
@@ -91,11 +91,12 @@ impl PooledConvGradient {
         assert_eq!(windows.len() % per_image, 0, "max-pool gradient is not a whole number of images");
         let isa = Isa::detected();
         let mut dx = vec![0.0f32; windows.len() / per_image * self.conv.in_len()];
-        dx.par_chunks_mut(self.conv.in_len())
-            .zip(windows.par_chunks(per_image).zip(argmax.par_chunks(per_image)))
-            .for_each_init(PooledScratch::default, |scratch, (dx, (gradients, argmax))| {
-                self.image(isa, Winners { gradients, argmax }, scratch, dx)
-            });
+        dx.par_chunks_mut(self.conv.in_len()).zip(windows.par_chunks(per_image).zip(argmax.par_chunks(per_image))).for_each_init(
+            PooledScratch::default,
+            |scratch, (dx, (gradients, argmax))| {
+                self.image(isa, Winners { gradients, argmax }, scratch, dx, BeforeInput::Nothing)
+            },
+        );
         dx
     }
 
@@ -198,21 +199,45 @@ impl PooledConvGradient {
         ((self.conv.width + 2 * self.conv.padding) * self.conv.in_channels + CHUNK).next_multiple_of(LINE_FLOATS)
     }
 
-    /// One image's input gradient into `dx`, accumulated in `scratch`.
-    pub(crate) fn image(&self, isa: Isa, winners: Winners, scratch: &mut PooledScratch, dx: &mut [f32]) {
+    /// One image's input gradient into `dx`, accumulated in `scratch`,
+    /// and then passed back through what lies before the input.
+    pub(crate) fn image(&self, isa: Isa, winners: Winners, scratch: &mut PooledScratch, dx: &mut [f32], before: BeforeInput) {
         let g = &self.conv;
         let (pitch, padded_rows) = (self.pitch(), g.height + 2 * g.padding);
+        if before == BeforeInput::ReluOfAddedInput {
+            assert_eq!(scratch.input.len(), padded_rows * pitch, "a ReLU's mask from an added input of this convolution");
+        }
         scratch.group(&self.pool, winners);
         scratch.accumulated.zeroed(padded_rows * pitch);
         scatter_kernels(isa, self, &scratch.groups, scratch.accumulated.as_mut_slice());
         // Channels-last and padded to channels-first and unpadded: each
         // row's pixels (rows of `cin` floats) into every channel's plane.
+        // The ReLU's mask goes on the row while it is in the core's first
+        // cache: the input is laid out as the gradient.
         let (cin, plane, p) = (g.in_channels, g.height * g.width, g.padding);
         for y in 0..g.height {
-            let row = &scratch.accumulated.as_slice()[(y + p) * pitch + p * cin..][..g.width * cin];
+            let at = (y + p) * pitch + p * cin;
+            let row = &mut scratch.accumulated.as_mut_slice()[at..][..g.width * cin];
+            if before == BeforeInput::ReluOfAddedInput {
+                relu_gradient(isa, row, &scratch.input.as_slice()[at..][..g.width * cin]);
+            }
             transpose(isa, row, (g.width, cin), cin, (&mut dx[y * g.width..], plane));
         }
     }
+}
+
+/// What lies between a pooled convolution's input and the layer before
+/// it, for [`PooledConvGradient::image`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BeforeInput {
+    /// Nothing the gradient passes through here.
+    Nothing,
+    /// A ReLU, whose output is the input that
+    /// [`PooledConvGradient::add_param_gradients`] took last with the same
+    /// scratch: the gradient passes where that input is positive. Masking
+    /// one image's gradient as it is written saves a pass over it (a
+    /// block's whole output where no pool comes between).
+    ReluOfAddedInput,
 }
 
 /// Floats in a cache line.
@@ -654,7 +679,7 @@ mod tests {
             let got = same_on_every_instruction_set("scattering_matches_unpooling_and_the_transposed_convolution", |isa| {
                 let mut got = vec![0.0f32; BATCH * case.conv.in_len()];
                 for (i, dx) in got.chunks_exact_mut(case.conv.in_len()).enumerate() {
-                    route.image(isa, case.winners(i), &mut PooledScratch::default(), dx);
+                    route.image(isa, case.winners(i), &mut PooledScratch::default(), dx, BeforeInput::Nothing);
                 }
                 assert_close(&got, &want, &case.name(isa));
                 got
