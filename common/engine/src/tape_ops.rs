@@ -8,6 +8,8 @@
 
 use dfdx::prelude::{Cpu, HasShape, PutTape, Shape, SplitTape, Tape, Tensor, TensorFromVec};
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use rayon::prelude::*;
 
 use crate::conv_stack::ConvStack;
@@ -19,8 +21,42 @@ use crate::layers::Dense;
 pub(crate) type Planes<T> = Tensor<(usize, usize, usize, usize), f32, Cpu, T>;
 /// Activations of a batch of row vectors: (batch, features).
 pub(crate) type Rows<T> = Tensor<(usize, usize), f32, Cpu, T>;
-/// A flat parameter tensor.
-pub(crate) type Flat = Tensor<(usize,), f32, Cpu>;
+
+/// Where the ops put the gradients of the model's parameters, one slot per
+/// parameter in the order of [`crate::network::Model::parameters`]. Every
+/// parameter is used once, so its gradient is written once and moved
+/// here, where dfdx's store would allocate a zeroed buffer for it and add
+/// the gradient in (and every parameter would need a tensor, a copy of
+/// its values, for its place in that store: together about a twentieth of
+/// a complex model's step, most of it on one thread).
+#[derive(Clone)]
+pub(crate) struct ParameterGradients(Arc<Mutex<Vec<Option<Vec<f32>>>>>);
+
+/// The slot of a layer's weight; its bias's is the next.
+#[derive(Clone, Copy)]
+pub(crate) struct ParameterSlot(pub(crate) usize);
+
+impl ParameterGradients {
+    pub(crate) fn new(parameters: usize) -> Self {
+        ParameterGradients(Arc::new(Mutex::new(vec![None; parameters])))
+    }
+
+    /// The gradients of a layer's weight and bias, from its backward op.
+    fn put(&self, ParameterSlot(weight): ParameterSlot, (dw, db): (Vec<f32>, Vec<f32>)) {
+        // A panic elsewhere while the lock was held leaves whole slots.
+        let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(slots[weight].is_none() && slots[weight + 1].is_none(), "a parameter's gradient is written once");
+        (slots[weight], slots[weight + 1]) = (Some(dw), Some(db));
+    }
+
+    /// Every parameter's gradient, zeros where no gradient reached it
+    /// (`lengths` gives each parameter's).
+    pub(crate) fn into_gradients(self, lengths: &[usize]) -> Vec<Vec<f32>> {
+        let slots = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        assert_eq!(slots.len(), lengths.len(), "a gradient slot per parameter");
+        slots.into_iter().zip(lengths).map(|(slot, &len)| slot.unwrap_or_else(|| vec![0.0; len])).collect()
+    }
+}
 
 fn add_into(dst: &mut [f32], delta: &[f32]) {
     dst.par_iter_mut().with_min_len(1 << 14).zip(delta.par_iter()).for_each(|(a, b)| *a += b);
@@ -35,25 +71,28 @@ pub(crate) fn data_of<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
 }
 
 /// The blocks of `stack` applied to `x` as one tape op, image by image (see
-/// [`ConvStack`]); `params` are the blocks' weight and bias tensors, in
-/// order. Gradients flow to every parameter, and to `x` when the stack
-/// passes them.
-pub(crate) fn conv_stack<T: Tape<f32, Cpu>>(dev: &Cpu, x: Planes<T>, stack: ConvStack, params: &[(Flat, Flat)]) -> Planes<T> {
+/// [`ConvStack`]). The blocks' weight and bias gradients go to
+/// `parameters`, from slot `first` on in block order; `x` receives one
+/// where the stack passes it.
+pub(crate) fn conv_stack<T: Tape<f32, Cpu>>(
+    dev: &Cpu,
+    x: Planes<T>,
+    stack: ConvStack,
+    (parameters, ParameterSlot(first)): (ParameterGradients, ParameterSlot),
+) -> Planes<T> {
     let (x, mut tape) = x.split_tape();
     let batch = x.shape().0;
     let (y, saved) = stack.forward(&data_of(&x));
     let (channels, height, width) = stack.output_shape();
     let out = dev.tensor_from_vec(y, (batch, channels, height, width));
-    let param_ghosts: Vec<_> = params.iter().map(|(w, b)| (w.ghost(), b.ghost())).collect();
     let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         // The output gradient is moved out while the others are written,
         // then put back.
         let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
         let (param_grads, dx) = stack.backward(&saved, &dy);
-        for ((w_ghost, b_ghost), (dw, db)) in param_ghosts.iter().zip(param_grads) {
-            add_into(grads.get_or_alloc_mut(w_ghost)?, &dw);
-            add_into(grads.get_or_alloc_mut(b_ghost)?, &db);
+        for (block, gradients) in param_grads.into_iter().enumerate() {
+            parameters.put(ParameterSlot(first + 2 * block), gradients);
         }
         if let Some(dx) = dx {
             add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
@@ -65,21 +104,24 @@ pub(crate) fn conv_stack<T: Tape<f32, Cpu>>(dev: &Cpu, x: Planes<T>, stack: Conv
     out.put_tape(tape)
 }
 
-/// The dense `layer` on rows `x`, with its flat `weight` and `bias`
-/// tensors (holding the layer's values), as one tape op through gemm.
-/// Gradients flow to the weight, the bias and `x`.
-pub(crate) fn dense<T: Tape<f32, Cpu>>(dev: &Cpu, x: Rows<T>, layer: &Dense, weight: &Flat, bias: &Flat) -> Rows<T> {
+/// The dense `layer` on rows `x` as one tape op through gemm. Its weight
+/// and bias gradients go to `parameters` at `slot`, and `x` receives one.
+pub(crate) fn dense<T: Tape<f32, Cpu>>(
+    dev: &Cpu,
+    x: Rows<T>,
+    layer: &Dense,
+    (parameters, slot): (ParameterGradients, ParameterSlot),
+) -> Rows<T> {
     let (x, mut tape) = x.split_tape();
     let x_data = data_of(&x);
     let y = kernels::dense_batch_forward(&x_data, layer.inputs, &layer.weight, &layer.bias);
     let out = dev.tensor_from_vec(y, (x.shape().0, layer.outputs));
     let (inputs, w_data) = (layer.inputs, layer.weight.clone());
-    let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
+    let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
         let (dw, db, dx) = kernels::dense_batch_backward(&x_data, &dy, inputs, &w_data);
-        add_into(grads.get_or_alloc_mut(&w_ghost)?, &dw);
-        add_into(grads.get_or_alloc_mut(&b_ghost)?, &db);
+        parameters.put(slot, (dw, db));
         add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
         **grads.get_or_alloc_mut(&out_ghost)? = dy;
         Ok(())

@@ -12,7 +12,7 @@ use common::rng::Rng;
 use crate::conv_stack::ConvStack;
 use crate::layers::{Layer, ModelError};
 use crate::network::{argmax, Model};
-use crate::tape_ops::{self, Flat, Planes, Rows};
+use crate::tape_ops::{self, ParameterGradients, ParameterSlot, Planes, Rows};
 
 type Taped = OwnedTape<f32, Cpu>;
 
@@ -29,11 +29,6 @@ pub struct StepResult {
 enum Activation {
     Planes(Planes<Taped>),
     Rows(Rows<Taped>),
-}
-
-/// A parameter as a flat tensor for the duration of one step.
-fn flat(dev: &Cpu, values: &[f32]) -> Flat {
-    dev.tensor_from_vec(values.to_vec(), (values.len(),))
 }
 
 /// A dropout mask for `len` values: each 0 with probability `rate`, else
@@ -61,7 +56,10 @@ pub fn loss_and_gradients(
     let batch = labels.len();
     let image = dev.tensor_from_vec(x, (batch, model.input.channels, model.input.height, model.input.width));
     let mut act = Activation::Planes(image.traced(Gradients::leaky()));
-    let mut params = Vec::new();
+    let lengths: Vec<usize> = model.parameters().iter().map(|p| p.data.len()).collect();
+    let parameters = ParameterGradients::new(lengths.len());
+    // The next layer's weight slot: the layers' parameters in order.
+    let mut slot = 0;
     let mut first_conv = true;
     let mut dropout = Rng::for_purpose(dropout_seed, "dropout");
     let mut index = 0;
@@ -73,9 +71,8 @@ pub fn loss_and_gradients(
                 next = after;
                 let stack = ConvStack::for_training(&blocks, !first_conv);
                 first_conv = false;
-                let tensors: Vec<(Flat, Flat)> = blocks.iter().map(|(_, c)| (flat(dev, &c.weight), flat(dev, &c.bias))).collect();
-                let y = tape_ops::conv_stack(dev, x, stack, &tensors);
-                params.extend(tensors.into_iter().flat_map(|(w, b)| [w, b]));
+                let y = tape_ops::conv_stack(dev, x, stack, (parameters.clone(), ParameterSlot(slot)));
+                slot += 2 * blocks.len();
                 Activation::Planes(y)
             }
             (Layer::Relu, Activation::Planes(x)) => Activation::Planes(x.relu()),
@@ -95,9 +92,8 @@ pub fn loss_and_gradients(
                 Activation::Rows(x.reshape_like(&(b, c * h * w)))
             }
             (Layer::Dense(d), Activation::Rows(x)) => {
-                let (w, b) = (flat(dev, &d.weight), flat(dev, &d.bias));
-                let y = tape_ops::dense(dev, x, d, &w, &b);
-                params.extend([w, b]);
+                let y = tape_ops::dense(dev, x, d, (parameters.clone(), ParameterSlot(slot)));
+                slot += 2;
                 Activation::Rows(y)
             }
             (layer, _) => unreachable!("layer {} got an activation of the wrong rank", layer.kind_name()),
@@ -114,14 +110,10 @@ pub fn loss_and_gradients(
     let target = dev.tensor_from_vec(onehot, (batch, classes));
     let loss = cross_entropy_with_logits_loss(logits, target);
     let loss_value = loss.retaped::<dfdx::prelude::NoneTape>().as_vec()[0];
-    let mut grads = loss.backward();
+    // The parameters' gradients are in `parameters` once this returns.
+    drop(loss.backward());
     let correct = logit_values.chunks(classes).zip(labels).filter(|(row, &l)| argmax(row) == l as usize).count();
-    // Moved out of dfdx's store, not copied (`Gradients::get` clones).
-    let gradients = params
-        .iter()
-        .map(|p| grads.get_or_alloc_mut(p).map(|g| std::mem::take(&mut **g)))
-        .collect::<Result<Vec<Vec<f32>>, _>>()
-        .expect("dfdx allocates a missing gradient buffer (only out of memory fails)");
+    let gradients = parameters.into_gradients(&lengths);
     Ok(StepResult { loss: loss_value, correct, gradients })
 }
 
