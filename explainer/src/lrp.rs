@@ -291,7 +291,13 @@ mod tests {
             vec![
                 Layer::Conv(Conv2d { name: "c".into(), geometry, weight: vec![1.0, -2.0, 0.5, 3.0], bias: vec![0.0] }),
                 Layer::Flatten,
-                Layer::Dense(Dense { name: "fc".into(), inputs: 1, outputs: 2, weight: vec![1.0, -1.0], bias: vec![0.0, 0.0] }),
+                Layer::Dense(Dense {
+                    name: "fc".into(),
+                    inputs: 1,
+                    outputs: 2,
+                    weight: vec![1.0, -1.0].into(),
+                    bias: vec![0.0, 0.0],
+                }),
             ],
         );
         let trace = model.forward_trace(&[0.5, -1.0, 1.0, 0.25]).unwrap();
@@ -361,7 +367,7 @@ mod zennit_reference {
                     name: "fc".into(),
                     inputs: 8,
                     outputs: 3,
-                    weight: (0..24).map(|k| 0.5 * ((2 * k + 1) as f32).cos()).collect(),
+                    weight: (0..24).map(|k| 0.5 * ((2 * k + 1) as f32).cos()).collect::<Vec<_>>().into(),
                     bias: vec![0.05, -0.1, 0.2],
                 }),
             ],

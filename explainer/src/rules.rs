@@ -604,7 +604,7 @@ mod tests {
 
     fn dense(weight: Vec<f32>, bias: Vec<f32>) -> Dense {
         let outputs = bias.len();
-        Dense { name: "fc".into(), inputs: weight.len() / outputs, outputs, weight, bias }
+        Dense { name: "fc".into(), inputs: weight.len() / outputs, outputs, weight: weight.into(), bias }
     }
 
     fn through(rule: &Rule, layer: LinearLayer, input: &[f32], relevance: &[f32]) -> Vec<f32> {

@@ -45,7 +45,7 @@ pub fn tiny_model(seed: u64, with_biases: bool) -> Model {
                 name: "fc".into(),
                 inputs: 27,
                 outputs: 4,
-                weight: random(4 * 27, seed + 2, -0.5, 0.5),
+                weight: random(4 * 27, seed + 2, -0.5, 0.5).into(),
                 bias: random(4, seed + 3, -bias_range, bias_range),
             }),
         ],
@@ -72,7 +72,7 @@ pub fn dense_model(input: ImageShape, layers: &[(&str, usize, Vec<f32>)]) -> Mod
             name: name.to_string(),
             inputs,
             outputs: *outputs,
-            weight: weight.clone(),
+            weight: weight.clone().into(),
             bias: vec![0.0; *outputs],
         }));
         inputs = *outputs;

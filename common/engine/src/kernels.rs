@@ -53,8 +53,40 @@ impl<'a> Mat<'a> {
 /// thread or, with `Parallelism::Rayon`, split over rayon's threads by
 /// blocks of the destination (gemm never splits the sum over k, so the
 /// result does not depend on the thread count).
-fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, (m, n, k): (usize, usize, usize), parallelism: gemm::Parallelism) {
-    assert!(dst.len() >= m * n, "matmul destination too small");
+fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, shape: (usize, usize, usize), parallelism: gemm::Parallelism) {
+    assert!(dst.len() >= shape.0 * shape.1, "matmul destination too small");
+    // SAFETY: `dst` holds the m·n floats, initialised.
+    unsafe { matmul_into(dst.as_mut_ptr(), accumulate, a, b, shape, parallelism) }
+}
+
+/// `a (m x k) · b (k x n)` into a new row-major vector that only the
+/// product writes: a large one (a dense layer's weight gradient, 4.7 MB in
+/// the complex model) is not zero-filled first.
+fn product(a: Mat, b: Mat, (m, n, k): (usize, usize, usize), parallelism: gemm::Parallelism) -> Vec<f32> {
+    let mut dst = Vec::with_capacity(m * n);
+    // SAFETY: the spare capacity holds m·n floats; without `accumulate`
+    // they are written and never read. Every one of them is written (by
+    // gemm, or as zeros where k is 0), so the length can then cover them.
+    unsafe {
+        matmul_into(dst.as_mut_ptr(), false, a, b, (m, n, k), parallelism);
+        dst.set_len(m * n);
+    }
+    dst
+}
+
+/// [`matmul`] into `dst`.
+///
+/// # Safety
+/// `dst` must be valid for writes of m·n floats, and hold them initialised
+/// where `accumulate` is set (which reads them).
+unsafe fn matmul_into(
+    dst: *mut f32,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    parallelism: gemm::Parallelism,
+) {
     a.check(m, k, "matmul lhs");
     b.check(k, n, "matmul rhs");
     if m == 0 || n == 0 {
@@ -62,7 +94,9 @@ fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, (m, n, k): (usize, 
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            // SAFETY: `dst` is valid for m·n floats (the caller's
+            // contract); zero bits are 0.0.
+            unsafe { std::ptr::write_bytes(dst, 0, m * n) };
         }
         return;
     }
@@ -87,11 +121,11 @@ fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, (m, n, k): (usize, 
         _ => (2 * rayon::current_num_threads()).min(rows.div_ceil(MIN_ROWS_PER_STRETCH)).max(1),
     };
     let per_stretch = rows.div_ceil(stretches);
-    let dst_address = dst.as_mut_ptr() as usize;
+    let dst_address = dst as usize;
     let run = |first: usize| {
         let count = per_stretch.min(rows - first);
         // SAFETY: the views were bounds-checked above for the given
-        // extents, and `dst` holds at least m*n floats laid out row-major
+        // extents, and `dst` holds m*n floats laid out row-major
         // (read as its transpose, column-major, in the first case). The
         // stretches cover disjoint rows of the destination, so no two
         // write the same floats.
@@ -980,10 +1014,8 @@ pub fn dense_batch_forward(x: &[f32], inputs: usize, weight: &[f32], bias: &[f32
 pub fn dense_batch_backward(x: &[f32], dy: &[f32], inputs: usize, weight: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (batch, outputs) = dense_shape(x, inputs, weight);
     assert_eq!(dy.len(), batch * outputs, "dense output gradient length");
-    let mut dw = vec![0.0f32; weight.len()];
-    matmul(&mut dw, false, Mat::transposed(dy, outputs), Mat::row_major(x, inputs), (outputs, inputs, batch), PARALLEL);
-    let mut dx = vec![0.0f32; x.len()];
-    matmul(&mut dx, false, Mat::row_major(dy, outputs), Mat::row_major(weight, inputs), (batch, inputs, outputs), PARALLEL);
+    let dw = product(Mat::transposed(dy, outputs), Mat::row_major(x, inputs), (outputs, inputs, batch), PARALLEL);
+    let dx = product(Mat::row_major(dy, outputs), Mat::row_major(weight, inputs), (batch, inputs, outputs), PARALLEL);
     let mut db = vec![0.0f32; outputs];
     for row in dy.chunks_exact(outputs) {
         db.iter_mut().zip(row).for_each(|(s, &d)| *s += d);

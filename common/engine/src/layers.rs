@@ -1,7 +1,10 @@
 //! The layers of a network as small plain structs: parameters as
-//! `Vec<f32>` in the layouts of the reference PyTorch modules
+//! `Vec<f32>` (a dense weight behind an `Arc`) in the layouts of the
+//! reference PyTorch modules
 //! (docs/DESIGN.md, "Checkpoints"), and no knowledge of the kernels that
 //! compute them.
+
+use std::sync::Arc;
 
 pub use common::architecture::ActivationShape;
 use common::image::ImageShape;
@@ -24,7 +27,11 @@ pub struct Dense {
     pub name: String,
     pub inputs: usize,
     pub outputs: usize,
-    pub weight: Vec<f32>,
+    /// Shared, not copied, with a training step's backward pass, which
+    /// reads it after the forward pass (a complex model's is 4.7 MB).
+    /// Writers take it with `Arc::make_mut`, which copies only while a
+    /// step still holds it.
+    pub weight: Arc<Vec<f32>>,
     pub bias: Vec<f32>,
 }
 

@@ -4,6 +4,7 @@
 //! (`training::loss_and_gradients`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use common::architecture::{Architecture, LayerKind};
 use common::image::ImageShape;
@@ -137,7 +138,7 @@ impl Builder {
         let inputs = self.shape.len();
         self.shape = ActivationShape::Flat(outputs);
         let (weight, bias) = (vec![0.0; inputs * outputs], vec![0.0; outputs]);
-        self.layers.push(Layer::Dense(Dense { name: name.to_string(), inputs, outputs, weight, bias }));
+        self.layers.push(Layer::Dense(Dense { name: name.to_string(), inputs, outputs, weight: Arc::new(weight), bias }));
     }
 
     fn add(&mut self, kind: LayerKind, name: Option<&str>) {
@@ -228,7 +229,7 @@ impl Model {
         for layer in &mut model.layers {
             let (fan_in, weight, bias) = match layer {
                 Layer::Conv(c) => (c.geometry.patch_len(), &mut c.weight, &mut c.bias),
-                Layer::Dense(d) => (d.inputs, &mut d.weight, &mut d.bias),
+                Layer::Dense(d) => (d.inputs, Arc::make_mut(&mut d.weight), &mut d.bias),
                 _ => continue,
             };
             let bound = 1.0 / (fan_in as f32).sqrt();
@@ -278,7 +279,7 @@ impl Model {
         for layer in &mut self.layers {
             match layer {
                 Layer::Conv(c) => out.extend([&mut c.weight, &mut c.bias]),
-                Layer::Dense(d) => out.extend([&mut d.weight, &mut d.bias]),
+                Layer::Dense(d) => out.extend([Arc::make_mut(&mut d.weight), &mut d.bias]),
                 _ => {}
             }
         }

@@ -116,11 +116,11 @@ pub(crate) fn dense<T: Tape<f32, Cpu>>(
     let x_data = data_of(&x);
     let y = kernels::dense_batch_forward(&x_data, layer.inputs, &layer.weight, &layer.bias);
     let out = dev.tensor_from_vec(y, (x.shape().0, layer.outputs));
-    let (inputs, w_data) = (layer.inputs, layer.weight.clone());
+    let (inputs, weight) = (layer.inputs, Arc::clone(&layer.weight));
     let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ghost)?);
-        let (dw, db, dx) = kernels::dense_batch_backward(&x_data, &dy, inputs, &w_data);
+        let (dw, db, dx) = kernels::dense_batch_backward(&x_data, &dy, inputs, &weight);
         parameters.put(slot, (dw, db));
         add_into(grads.get_or_alloc_mut(&x_ghost)?, &dx);
         **grads.get_or_alloc_mut(&out_ghost)? = dy;
