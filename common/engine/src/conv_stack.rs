@@ -136,6 +136,9 @@ impl Stage {
     /// The weight and bias gradients from the partial sums of the groups
     /// of images, in order.
     fn finish_params(&self, partials: &[Vec<f32>]) -> WeightAndBias {
+        if let Backward::Pooled(pooled) = &self.backward {
+            return pooled.finish(partials);
+        }
         let (dw, db) = self.params.finish(partials);
         match &self.split {
             Some(split) => (split.weight_gradient(&dw), db),
@@ -701,9 +704,7 @@ impl ConvStack {
                 }
             }
             if let Backward::Pooled(pooled) = &stage.backward {
-                let mut partial = stage.params.zeroed();
-                pooled.take_param_gradients(isa, &mut scratch.pooled, (&mut partial, stage.params.channels()));
-                partials[i] = Some(partial);
+                partials[i] = Some(pooled.take_param_gradients(&mut scratch.pooled));
             }
             if let Backward::Dense(input_gradient) = &stage.backward {
                 let padded: Vec<&[f32]> = images.iter().map(|image| image.blocks[i].padded_input.as_slice()).collect();

@@ -686,15 +686,10 @@ impl ParamGradient {
         }
     }
 
-    /// A partial sum of zeros: `[tap][channel]`, [`ParamGradient::channels`]
-    /// entries per tap, the bias last.
-    pub(crate) fn zeroed(&self) -> Vec<f32> {
-        vec![0.0f32; (self.taps.len() + 1) * self.channels]
-    }
-
-    /// Entries per tap in a partial sum: the output channels, padded.
-    pub(crate) fn channels(&self) -> usize {
-        self.channels
+    /// Floats of a partial sum: `[tap][channel]`, the output channels
+    /// padded to `channels` per tap, the bias last.
+    fn partial_len(&self) -> usize {
+        (self.taps.len() + 1) * self.channels
     }
 
     /// The partial sum of a group of images: `padded` holds the images as
@@ -705,7 +700,7 @@ impl ParamGradient {
         assert_eq!(padded.len(), douts.len(), "one output gradient per image");
         match &self.method {
             GradientMethod::Direct { isa, offsets } => {
-                let mut partial = self.zeroed();
+                let mut partial = vec![0.0f32; self.partial_len()];
                 let (shape, row) = ((g.out_channels, g.out_height(), g.out_width()), g.padded_width());
                 for (padded, dout) in padded.iter().zip(douts) {
                     assert_eq!(dout.len(), g.out_len(), "conv2d output gradient of one image");
@@ -722,14 +717,7 @@ impl ParamGradient {
     /// The weight `[out][tap]` and bias gradients: the partial sums added
     /// in their order.
     pub(crate) fn finish(&self, partials: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
-        let mut total = self.zeroed();
-        // Each entry is added over the partials in their order, whichever
-        // thread takes its stretch.
-        total.par_chunks_mut(1 << 12).enumerate().for_each(|(i, total)| {
-            for partial in partials {
-                total.iter_mut().zip(&partial[i << 12..]).for_each(|(a, b)| *a += b);
-            }
-        });
+        let total = sum_in_order(partials, self.partial_len());
         let channels = self.channels;
         let mut dw = vec![0.0f32; self.g.weight_len()];
         for (o, row) in dw.chunks_exact_mut(self.g.patch_len()).enumerate() {
@@ -740,6 +728,21 @@ impl ParamGradient {
         let db = total[self.taps.len() * channels..][..self.g.out_channels].to_vec();
         (dw, db)
     }
+}
+
+/// The sum of partial sums of `len` floats each: every entry added over
+/// the partials in their order, from zero, whichever thread takes its
+/// stretch.
+pub(crate) fn sum_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
+    const STRETCH: usize = 1 << 12;
+    assert!(partials.iter().all(|partial| partial.len() == len), "partial sums of {len} floats");
+    let mut total = vec![0.0f32; len];
+    total.par_chunks_mut(STRETCH).enumerate().for_each(|(i, total)| {
+        for partial in partials {
+            total.iter_mut().zip(&partial[i * STRETCH..]).for_each(|(a, b)| *a += b);
+        }
+    });
+    total
 }
 
 /// Max of each 2x2 window and, per output, the index of the winning input

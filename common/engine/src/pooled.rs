@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 use crate::geometry::{ConvGeometry, PoolGeometry, RowLayout};
 use crate::isa::Isa;
+use crate::kernels::sum_in_order;
 use crate::microkernels::{relu_gradient, transpose, Lanes};
 
 /// A receptive field's row is rounded up to a multiple of this many
@@ -133,7 +134,11 @@ impl PooledConvGradient {
             transpose(isa, &input[y * row + first..], (cin, plane), g.width, (dst, cin));
         }
         let kernel_len = g.kernel * self.row;
-        scratch.weight_sums.resize(g.out_channels * kernel_len, 0.0);
+        if scratch.weight_sums.is_empty() {
+            // Room for the biases, which the partial sum takes after them.
+            scratch.weight_sums.reserve_exact(self.partial_len());
+            scratch.weight_sums.resize(g.out_channels * kernel_len, 0.0);
+        }
         scratch.bias_sums.resize(g.out_channels, 0.0);
         let Winners { gradients, argmax } = winners;
         let (width, pooled_plane) = (self.pool.width, self.pool.out_len() / g.out_channels);
@@ -158,38 +163,46 @@ impl PooledConvGradient {
         }
     }
 
-    /// Writes the sums [`PooledConvGradient::add_param_gradients`]
-    /// gathered in `scratch` into `partial` (zeros where no image was
-    /// added) and zeroes them. `partial` is laid out as the direct and
-    /// Winograd methods' partial sums: `[tap][channel]` with `channels`
-    /// entries per tap, every tap of the kernel (`(c·k + ky)·k + kx`) and
-    /// then the bias; its entries past the output channels are left as
-    /// they are.
-    pub(crate) fn take_param_gradients(&self, isa: Isa, scratch: &mut PooledScratch, (partial, channels): (&mut [f32], usize)) {
-        let g = &self.conv;
-        let (k, cin, taps) = (g.kernel, g.in_channels, g.patch_len());
-        assert_eq!(partial.len(), (taps + 1) * channels, "a partial sum of every tap and the bias");
-        let kernel_len = k * self.row;
-        if scratch.weight_sums.len() != g.out_channels * kernel_len {
+    /// Floats of a partial sum: every output channel's kernel rows (as
+    /// `kernel_rows` lays them out), then the biases.
+    fn partial_len(&self) -> usize {
+        self.conv.out_channels * (self.conv.kernel * self.row + 1)
+    }
+
+    /// Hands over the sums [`PooledConvGradient::add_param_gradients`]
+    /// gathered in `scratch` (zeros where no image was added) as a partial
+    /// sum that [`PooledConvGradient::finish`] reads, and starts them
+    /// again from zero. The sums keep their own layout, per output channel
+    /// its kernel rows, until the partial sums are added: one reordering
+    /// per step, not one per group of images.
+    pub(crate) fn take_param_gradients(&self, scratch: &mut PooledScratch) -> Vec<f32> {
+        let mut partial = std::mem::take(&mut scratch.weight_sums);
+        if partial.is_empty() {
             // No image was added.
-            for totals in partial.chunks_exact_mut(channels) {
-                totals[..g.out_channels].fill(0.0);
-            }
-            return;
+            return vec![0.0; self.partial_len()];
         }
-        // A kernel row's float `kx·cin + c` is tap `(c·k + ky)·k + kx`: for
-        // each `(ky, kx)` the input channels' taps are `k·k` taps apart, so
-        // the channels' sums (rows of `kernel_len`) transpose into them.
-        for ky in 0..k {
-            for kx in 0..k {
-                let sums = &scratch.weight_sums[ky * self.row + kx * cin..];
-                let totals = &mut partial[(ky * k + kx) * channels..];
-                transpose(isa, sums, (g.out_channels, kernel_len), cin, (totals, k * k * channels));
-            }
-        }
-        partial[taps * channels..][..g.out_channels].copy_from_slice(&scratch.bias_sums);
-        scratch.weight_sums.fill(0.0);
+        partial.extend_from_slice(&scratch.bias_sums);
+        assert_eq!(partial.len(), self.partial_len(), "a partial sum of every kernel row and the biases");
         scratch.bias_sums.fill(0.0);
+        partial
+    }
+
+    /// The weight `[out][in][ky][kx]` and bias gradients from the partial
+    /// sums of the groups of images, added in their order.
+    pub(crate) fn finish(&self, partials: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
+        let g = &self.conv;
+        let total = sum_in_order(partials, self.partial_len());
+        let (k, cin, kernel_len) = (g.kernel, g.in_channels, g.kernel * self.row);
+        // A kernel row's float `kx·cin + c` is tap `(c·k + ky)·k + kx`.
+        let mut dw = Vec::with_capacity(g.weight_len());
+        for sums in total.chunks_exact(kernel_len).take(g.out_channels) {
+            for c in 0..cin {
+                for ky in 0..k {
+                    dw.extend((0..k).map(|kx| sums[ky * self.row + kx * cin + c]));
+                }
+            }
+        }
+        (dw, total[g.out_channels * kernel_len..].to_vec())
     }
 
     /// Floats from one row of the channels-last padded input gradient to
@@ -693,39 +706,25 @@ mod tests {
         for case in SHAPES.map(Case::new) {
             let (want_weight, want_bias) = conv2d_backward_params(&case.x, &case.unpooled(), &case.conv);
             let route = PooledConvGradient::new(&case.conv, &case.weight, &case.pool);
-            // A partial sum as the direct method lays it out, with the
-            // output channels padded to a few more than there are.
-            let (cout, taps) = (case.conv.out_channels, case.conv.patch_len());
-            let channels = cout + 3;
             same_on_every_instruction_set("parameter_gradients_from_the_winners_match_the_dense_ones", |isa| {
-                let mut partial = vec![0.0f32; (taps + 1) * channels];
                 let mut scratch = PooledScratch::default();
                 let (height, width) = (case.conv.height, case.conv.width);
+                // Taken after every second image and after the last, and
+                // once more with nothing added since (zeros).
+                let mut partials = Vec::new();
                 for (i, image) in case.x.chunks_exact(case.conv.in_len()).enumerate() {
                     route.add_param_gradients(isa, case.winners(i), (image, (height * width, width, 0)), &mut scratch);
-                    // Taken after every second image, and after the last,
-                    // into a partial sum whose padding channels are not
-                    // zero (they must stay as they are).
                     if i % 2 == 1 || i + 1 == BATCH {
-                        let mut taken = vec![7.0f32; (taps + 1) * channels];
-                        route.take_param_gradients(isa, &mut scratch, (&mut taken, channels));
-                        for (t, totals) in taken.chunks_exact(channels).zip(partial.chunks_exact_mut(channels)) {
-                            assert!(t[cout..].iter().all(|&v| v == 7.0), "the padding channels are left as they are");
-                            totals[..cout].iter_mut().zip(t).for_each(|(total, v)| *total += v);
-                        }
+                        partials.push(route.take_param_gradients(&mut scratch));
                     }
                 }
-                let mut untouched = vec![7.0f32; (taps + 1) * channels];
-                route.take_param_gradients(isa, &mut scratch, (&mut untouched, channels));
-                for totals in untouched.chunks_exact(channels) {
-                    assert!(totals[..cout].iter().all(|&v| v == 0.0), "nothing added since the last take: zeros");
-                }
-                let weight: Vec<f32> =
-                    (0..cout).flat_map(|o| (0..taps).map(move |t| (o, t))).map(|(o, t)| partial[t * channels + o]).collect();
+                let untouched = route.take_param_gradients(&mut scratch);
+                assert!(untouched.iter().all(|&v| v == 0.0), "nothing added since the last take: zeros");
+                partials.push(untouched);
+                let (weight, bias) = route.finish(&partials);
                 assert_close(&weight, &want_weight, &format!("weight gradient, {}", case.name(isa)));
-                assert_close(&partial[taps * channels..][..cout], &want_bias, &format!("bias gradient, {}", case.name(isa)));
-                assert!(partial[taps * channels + cout..].iter().all(|&v| v == 0.0), "the padding channels stay zero");
-                partial
+                assert_close(&bias, &want_bias, &format!("bias gradient, {}", case.name(isa)));
+                [weight, bias].concat()
             });
         }
     }
