@@ -626,9 +626,9 @@ impl ConvStack {
         (params, dx)
     }
 
-    /// Whether the backward pass of the block after block `i` passes the
-    /// gradient through block `i`'s ReLU itself: a pooled block does, as it
-    /// writes its input gradient (see [`BeforeInput`]).
+    /// Whether, in training, the backward pass of the block after block
+    /// `i` passes the gradient through block `i`'s ReLU itself: a pooled
+    /// block does, as it writes its input gradient (see [`BeforeInput`]).
     fn relu_masked_by_next(&self, i: usize) -> bool {
         self.stages.get(i + 1).is_some_and(|next| matches!(next.backward, Backward::Pooled(_)))
     }
@@ -680,11 +680,12 @@ impl ConvStack {
                         let input = (&image.blocks[i].padded_input[..], stage.params.input_layout());
                         pooled.add_param_gradients(isa, winners, input, &mut scratch.pooled);
                         if stage.passes_gradient {
-                            // The ReLU before the block (the previous
-                            // block's) on the input just added.
-                            let before = match i.checked_sub(1).map(|before| self.stages[before].block.relu) {
-                                Some(true) => BeforeInput::ReluOfAddedInput,
-                                _ => BeforeInput::Nothing,
+                            // The previous block's ReLU, on the input
+                            // just added (see `relu_masked_by_next`).
+                            let before = if i > 0 && self.stages[i - 1].block.relu {
+                                BeforeInput::ReluOfAddedInput
+                            } else {
+                                BeforeInput::Nothing
                             };
                             spare.resize(g.in_len(), 0.0);
                             pooled.image(isa, winners, &mut scratch.pooled, spare, before);
