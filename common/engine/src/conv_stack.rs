@@ -626,11 +626,13 @@ impl ConvStack {
         (params, dx)
     }
 
-    /// Whether, in training, the backward pass of the block after block
-    /// `i` passes the gradient through block `i`'s ReLU itself: a pooled
-    /// block does, as it writes its input gradient (see [`BeforeInput`]).
-    fn relu_masked_by_next(&self, i: usize) -> bool {
-        self.stages.get(i + 1).is_some_and(|next| matches!(next.backward, Backward::Pooled(_)))
+    /// Whether, in training, block `i` passes its input gradient through
+    /// the ReLU of the block before it itself: a pooled block does, as it
+    /// writes that gradient (see [`BeforeInput`]), so the block before
+    /// does not. False past the last block.
+    fn masks_relu_before(&self, i: usize) -> bool {
+        let pooled = self.stages.get(i).is_some_and(|stage| matches!(stage.backward, Backward::Pooled(_)));
+        pooled && i > 0 && self.stages[i - 1].block.relu
     }
 
     /// A group of images' parameter gradients (a partial sum per block)
@@ -661,7 +663,7 @@ impl ConvStack {
                     Some(next) => next.saved_input(&image.blocks[i + 1]),
                     None => (&image.output[..], (stage.block.out_len() / g.out_channels, stage.block.out_width(), 0)),
                 };
-                let relu = (stage.block.relu && !self.relu_masked_by_next(i)).then_some(output);
+                let relu = (stage.block.relu && !self.masks_relu_before(i + 1)).then_some(output);
                 match (&stage.backward, stage.block.pool) {
                     (Backward::Pooled(pooled), _) => {
                         // Each window's gradient after the ReLU, which
@@ -681,12 +683,9 @@ impl ConvStack {
                         pooled.add_param_gradients(isa, winners, input, &mut scratch.pooled);
                         if stage.passes_gradient {
                             // The previous block's ReLU, on the input
-                            // just added (see `relu_masked_by_next`).
-                            let before = if i > 0 && self.stages[i - 1].block.relu {
-                                BeforeInput::ReluOfAddedInput
-                            } else {
-                                BeforeInput::Nothing
-                            };
+                            // just added.
+                            let before =
+                                if self.masks_relu_before(i) { BeforeInput::ReluOfAddedInput } else { BeforeInput::Nothing };
                             spare.resize(g.in_len(), 0.0);
                             pooled.image(isa, winners, &mut scratch.pooled, spare, before);
                             std::mem::swap(dout, spare);
