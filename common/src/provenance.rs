@@ -97,9 +97,16 @@ pub fn checkpoint_fingerprint(run_fingerprint: &str, step: u64) -> String {
     Fingerprinter::new().add("run", &run_fingerprint).add("step", &step).finish()
 }
 
-/// Fingerprint of one explanation method's settings.
+/// Fingerprint of one explanation method's settings (SmoothGrad's with
+/// the name of its noise stream).
 pub fn method_fingerprint(method: &MethodConfig) -> String {
-    Fingerprinter::new().add("method", method).finish()
+    let fingerprint = Fingerprinter::new().add("method", method);
+    match method {
+        // SmoothGrad's maps are of its noise too: maps another sampler drew
+        // are not up to date.
+        MethodConfig::Smoothgrad { .. } => fingerprint.add("noise", &crate::rng::NORMAL_PAIRS).finish(),
+        _ => fingerprint.finish(),
+    }
 }
 
 /// Fingerprint of the maps of one method at one checkpoint.
@@ -171,5 +178,20 @@ mod tests {
         assert_eq!(replicated.len(), 2);
         assert_ne!(replicated[0], replicated[1]);
         assert_ne!(replicated[1], fingerprints(&CONFIG.replace("epochs = 1", "epochs = 1\nseeds = [2, 1]"))[1]);
+    }
+
+    #[test]
+    fn smoothgrads_fingerprint_names_its_noise_stream() {
+        let method = MethodConfig::Smoothgrad { samples: 4, noise: 0.1, seed: 0, target: Default::default() };
+        let settings_alone = Fingerprinter::new().add("method", &method).finish();
+        assert_ne!(method_fingerprint(&method), settings_alone);
+        let with_stream = Fingerprinter::new().add("method", &method).add("noise", &crate::rng::NORMAL_PAIRS).finish();
+        assert_eq!(method_fingerprint(&method), with_stream);
+        let guided = MethodConfig::GuidedBackprop { target: Default::default() };
+        assert_eq!(
+            method_fingerprint(&guided),
+            Fingerprinter::new().add("method", &guided).finish(),
+            "other methods keep theirs"
+        );
     }
 }

@@ -218,9 +218,10 @@ fn smoothgrad(
     (samples, sigma, seed): (usize, f32, u64),
 ) -> Result<Vec<f32>, ExplainError> {
     let noisy = |image: usize, pixels: &[f32], inputs: &mut [f32]| {
-        let mut rng = Rng::for_purpose(seed, &format!("smoothgrad-probe-{}", probe_ids[image]));
+        // The image's copies' noise, in copy order, then the pixels.
+        Rng::for_purpose(seed, &format!("smoothgrad-probe-{}", probe_ids[image])).fill_normal(inputs);
         for copy in inputs.chunks_exact_mut(pixels.len()) {
-            copy.iter_mut().zip(pixels).for_each(|(c, &v)| *c = v + sigma * rng.normal());
+            copy.iter_mut().zip(pixels).for_each(|(c, &v)| *c = v + sigma * *c);
         }
     };
     let image_len = model.input.len();
