@@ -67,13 +67,12 @@ impl Rng {
         }
     }
 
-    /// Standard normal sample (Box-Muller). Its `ln` and `cos` are the
-    /// platform's, whose last bits can differ between systems; results that
-    /// must keep their bytes everywhere draw from [`Rng::fill_normal`].
+    /// One standard normal sample: the first of a pair
+    /// ([`Rng::normal_pair`]), so that every normal sample of the pipeline
+    /// has the same bits on every machine. Many samples at once:
+    /// [`Rng::fill_normal`], which keeps both of each pair.
     pub fn normal(&mut self) -> f32 {
-        let u1 = (self.next_f32() as f64).max(1e-12);
-        let u2 = self.next_f32() as f64;
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        self.normal_pair()[0]
     }
 
     /// Fills `out` with independent standard normal samples, two from each
@@ -99,8 +98,8 @@ impl Rng {
     }
 
     /// Two independent standard normal samples from one 64-bit draw (see
-    /// [`PairBits`]), drawn alike on every machine, unlike [`Rng::normal`],
-    /// and several times faster (no calls into the C library).
+    /// [`PairBits`]): the same bits on every machine, since no C library
+    /// function (whose last bits differ between systems) takes part.
     pub fn normal_pair(&mut self) -> [f32; 2] {
         PairBits::of(self.next_u64()).normal_pair()
     }
