@@ -140,9 +140,11 @@ impl PairBits {
     }
 }
 
-/// The name of the stream [`Rng::fill_normal`] draws: results drawn from
-/// it put it in their fingerprints, so that a different sampler must take
-/// a new name and what the old one drew is no longer up to date.
+/// The name of the normal samples [`PairBits`] makes (what
+/// [`Rng::fill_normal`], [`Rng::normal_pair`] and [`Rng::normal`] draw):
+/// stored results drawn from them put it in their fingerprints, so that a
+/// different sampler must take a new name and what the old one drew is no
+/// longer up to date.
 pub const NORMAL_PAIRS: &str = "box-muller-pairs-f32";
 
 /// `ln x` for a positive normal `x`, within a few units in the last place
