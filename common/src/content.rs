@@ -112,9 +112,7 @@ mod tests {
 
     #[test]
     fn hashes_follow_the_content_and_outlive_the_file() {
-        let dir = std::env::temp_dir().join(format!("common-content-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch::ScratchDir::new("common-content");
         let file = dir.join("data.bin");
         std::fs::write(&file, b"one").unwrap();
         let first = file_hashes(&dir, &[file.clone()]);

@@ -481,10 +481,8 @@ pub fn synthetic(shape: ImageShape, len: usize, seed: u64) -> ImageSet {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("common-data-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp_dir(name: &str) -> crate::scratch::ScratchDir {
+        crate::scratch::ScratchDir::new(&format!("common-data-{name}"))
     }
 
     fn idx_bytes(magic: u32, dims: &[u32], payload: &[u8]) -> Vec<u8> {

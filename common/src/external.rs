@@ -145,11 +145,8 @@ pub fn external_content(output: &Path, external: &ExternalRun) -> Vec<(String, S
 mod tests {
     use super::*;
 
-    fn dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("common-external-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn dir(name: &str) -> crate::scratch::ScratchDir {
+        crate::scratch::ScratchDir::new(&format!("common-external-{name}"))
     }
 
     #[test]
@@ -201,7 +198,7 @@ mod tests {
         let d = dir("content");
         std::fs::write(d.join("step-0.safetensors"), "a").unwrap();
         std::fs::write(d.join("m.csv"), "step\n0\n").unwrap();
-        let external = ExternalRun { checkpoints: d.clone(), metrics: d.join("m.csv") };
+        let external = ExternalRun { checkpoints: d.to_path_buf(), metrics: d.join("m.csv") };
         let before = external_content(&d, &external);
         std::fs::write(d.join("step-0.safetensors"), "bb").unwrap();
         assert_ne!(before, external_content(&d, &external));

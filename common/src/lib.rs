@@ -21,4 +21,5 @@ pub mod measures;
 pub mod provenance;
 pub mod ranks;
 pub mod rng;
+pub mod scratch;
 pub mod stage;

@@ -13,6 +13,7 @@ use common::cli::{Shard, StageArgs};
 use common::config::PipelineConfig;
 use common::data::load_dataset;
 use common::provenance::{checkpoint_fingerprint, run_fingerprint};
+use common::scratch::ScratchDir;
 use engine::{argmax, write_checkpoint, Model};
 use explainer::{run, Cli};
 
@@ -58,7 +59,7 @@ fn checkpoint_model(step: u64) -> Model {
 }
 
 struct Fixture {
-    dir: PathBuf,
+    dir: ScratchDir,
     config_path: PathBuf,
     layout: RunLayout,
 }
@@ -66,9 +67,7 @@ struct Fixture {
 impl Fixture {
     /// A config, a probe of 6 images and checkpoints at steps 0 and 10.
     fn new(name: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("explainer-stage-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ScratchDir::new(&format!("explainer-stage-{name}"));
         let fixture = Fixture { config_path: dir.join("pipeline.toml"), layout: RunLayout::new(&dir.join("runs"), "a"), dir };
         fixture.write_config(CONFIG);
         let config = fixture.config();

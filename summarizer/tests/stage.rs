@@ -11,13 +11,11 @@ use common::artifacts::{
 };
 use common::config::Pipeline;
 use common::provenance::{expected_attributions, run_fingerprint};
+use common::scratch::ScratchDir;
 use summarizer::Cli;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("summarizer-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("summarizer-{name}"))
 }
 
 fn write_config(dir: &Path, measures: &[&str]) -> PathBuf {

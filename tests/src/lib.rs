@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::scratch::ScratchDir;
+
 /// The four stages, in pipeline order.
 pub const STAGES: [&str; 4] = ["trainer", "explainer", "summarizer", "analyzer"];
 
@@ -26,7 +28,7 @@ pub fn stage_binary(name: &str) -> PathBuf {
 /// A scratch folder with a copy of `configs/smoke.toml` whose outputs go
 /// into the folder itself.
 pub struct Scratch {
-    pub dir: PathBuf,
+    pub dir: ScratchDir,
     pub config: PathBuf,
 }
 
@@ -38,9 +40,7 @@ impl Scratch {
     /// A scratch folder with this config text; `@OUT@` stands for the
     /// folder's `out/`.
     pub fn with_config(name: &str, text: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("pipeline-e2e-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch folder");
+        let dir = ScratchDir::new(&format!("pipeline-e2e-{name}"));
         let config = dir.join("pipeline.toml");
         std::fs::write(&config, text.replace("@OUT@", &dir.join("out").display().to_string())).expect("config");
         Self { dir, config }

@@ -207,8 +207,7 @@ fn logits_of_checkpoint(s: &Scratch, checkpoint: &Path) -> Vec<f32> {
 #[test]
 fn an_image_folder_trains_and_is_explained() {
     let text = std::fs::read_to_string(workspace_root().join("configs/image-folder.toml")).expect("configs/image-folder.toml");
-    let scratch_dir = std::env::temp_dir().join(format!("pipeline-e2e-image-folder-data-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch_dir);
+    let scratch_dir = common::scratch::ScratchDir::new("pipeline-e2e-image-folder-data");
     let shape = common::data::ImageShape::RGB_32;
     let dataset = common::data::Dataset {
         train: common::data::synthetic(shape, 200, 7),
@@ -263,7 +262,6 @@ fn an_image_folder_trains_and_is_explained() {
     image_of_wrong_size(&scratch_dir.join("train/class-03/zz.png"));
     let err = s.fails("trainer", &["--force"]);
     assert!(err.contains("zz.png") && err.contains("image is 1x4x4, the data set declares 3x32x32"), "{err}");
-    let _ = std::fs::remove_dir_all(&scratch_dir);
 }
 
 /// A 4x4 grey PNG (the data set's images are 3x32x32).
@@ -310,8 +308,7 @@ fn write_external_run(dir: &Path) {
 #[test]
 fn a_run_trained_elsewhere_is_imported_and_explained_like_any_run() {
     let text = std::fs::read_to_string(workspace_root().join("configs/external-run.toml")).expect("configs/external-run.toml");
-    let external = std::env::temp_dir().join(format!("pipeline-e2e-external-data-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&external);
+    let external = common::scratch::ScratchDir::new("pipeline-e2e-external-data");
     write_external_run(&external);
     let mut config = text;
     for (from, to) in [

@@ -128,7 +128,8 @@ mod tests {
             rows: vec![row],
             running: RunningMean { loss_sum: 0.7, batches: 3, correct: 11, images: 300 },
         };
-        let path = std::env::temp_dir().join(format!("resume-{}/step-000007.resume.safetensors", std::process::id()));
+        let scratch = common::scratch::ScratchDir::new("resume");
+        let path = scratch.join("step-000007.resume.safetensors");
         write_resume_state(&path, &model, &state).unwrap();
         assert_eq!(read_resume_state(&path, &model).unwrap(), state);
         // NaN moments (a damaged or diverged state) are an error naming the tensor.

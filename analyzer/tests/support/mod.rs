@@ -15,12 +15,10 @@ use common::artifacts::{
 use common::config::Pipeline;
 use common::image::ImageShape;
 use common::provenance::{expected_attributions, run_fingerprint};
+use common::scratch::ScratchDir;
 
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("analyzer-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+pub fn temp_dir(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("analyzer-{name}"))
 }
 
 pub fn write_config(dir: &Path, run_name: &str) -> PathBuf {

@@ -46,7 +46,7 @@ mod tests {
 
     #[test]
     fn checkpoints_reload_to_the_same_logits() {
-        let dir = std::env::temp_dir().join(format!("ckpt-{}", std::process::id()));
+        let dir = common::scratch::ScratchDir::new("ckpt");
         let path = dir.join("step-000003.safetensors");
         let model = Model::initialized(&ModelKind::Simple.architecture(10), ImageShape::RGB_32, 9).unwrap();
         let info = CheckpointInfo { run: "r".into(), step: 3, epoch: 0.25, dataset: "d".into(), fingerprint: "f".into() };

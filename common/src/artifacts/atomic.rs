@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn writes_replace_and_clean_up() {
-        let dir = std::env::temp_dir().join(format!("atomic-{}", std::process::id()));
+        let dir = crate::scratch::ScratchDir::new("atomic");
         let path = dir.join("sub/file.bin");
         write_atomic(&path, b"one").unwrap();
         write_atomic(&path, b"two").unwrap();

@@ -154,7 +154,8 @@ mod tests {
             fingerprint: "f".into(),
             content: None,
         };
-        let path = std::env::temp_dir().join(format!("attr-{}/step-000600.safetensors", std::process::id()));
+        let scratch = crate::scratch::ScratchDir::new("attr");
+        let path = scratch.join("step-000600.safetensors");
         write_attributions(&path, &a).unwrap();
         let back = read_attributions(&path).unwrap();
         assert!(back.content.is_some());

@@ -288,7 +288,8 @@ mod tests {
         let err = file.f32(Path::new("f"), "w", &[Some(3), None]).unwrap_err().to_string();
         assert!(err.contains("tensor `w` is F32 [2, 3], expected F32 [3, *]"), "{err}");
         assert!(file.meta(Path::new("f"), "epoch").unwrap_err().to_string().contains("`epoch` is missing"));
-        let path = std::env::temp_dir().join(format!("tensors-meta-{}.safetensors", std::process::id()));
+        let scratch = crate::scratch::ScratchDir::new("tensors-meta");
+        let path = scratch.join("file.safetensors");
         std::fs::write(&path, encode(&file)).unwrap();
         let mut stored = read_metadata(&path).unwrap();
         assert!(stored.remove(CONTENT_KEY).is_some(), "written with a content hash");

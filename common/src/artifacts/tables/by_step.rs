@@ -235,7 +235,8 @@ mod tests {
             ]
         );
         assert_eq!(names[13..], Metric::ALL.map(|m| m.name()));
-        let path = std::env::temp_dir().join(format!("by-step-{}/by_step.parquet", std::process::id()));
+        let scratch = crate::scratch::ScratchDir::new("by-step");
+        let path = scratch.join("by_step.parquet");
         write_parquet(&path, &mut frame).unwrap();
         assert_eq!(read_by_step(&path, &[Measure::Gini]).unwrap(), table);
     }

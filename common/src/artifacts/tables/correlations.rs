@@ -306,7 +306,8 @@ mod tests {
                 "q_value"
             ]
         );
-        let path = std::env::temp_dir().join(format!("correlations-{}/correlations.parquet", std::process::id()));
+        let scratch = crate::scratch::ScratchDir::new("correlations");
+        let path = scratch.join("correlations.parquet");
         write_parquet(&path, &mut frame).unwrap();
         assert_eq!(read_correlations(&path).unwrap(), rows);
     }

@@ -213,7 +213,8 @@ mod tests {
                 "train_eval_acc"
             ]
         );
-        let path = std::env::temp_dir().join(format!("metrics-{}/metrics.parquet", std::process::id()));
+        let scratch = crate::scratch::ScratchDir::new("metrics");
+        let path = scratch.join("metrics.parquet");
         write_parquet(&path, &mut df).unwrap();
         assert_eq!(read_metrics(&path).unwrap(), rows);
         for (i, m) in Metric::ALL.iter().enumerate() {
@@ -223,7 +224,7 @@ mod tests {
 
     #[test]
     fn wrong_types_and_missing_columns_name_the_file_and_column() {
-        let dir = std::env::temp_dir().join(format!("metrics-bad-{}", std::process::id()));
+        let dir = crate::scratch::ScratchDir::new("metrics-bad");
         let path = dir.join("metrics.parquet");
         let mut df = metrics_frame(&[row(0)]);
         df.replace("test_loss", Column::new("test_loss".into(), ["1.2"]).as_materialized_series().clone()).unwrap();

@@ -143,7 +143,8 @@ mod tests {
                 ProbeEntry { probe_id: 1, split: Split::Unseen, source_index: 4, label: dataset.test.labels[4] },
             ],
         };
-        let path = std::env::temp_dir().join(format!("probe-{}/probe.parquet", std::process::id()));
+        let scratch = crate::scratch::ScratchDir::new("probe");
+        let path = scratch.join("probe.parquet");
         write_probe(&path, &probe).unwrap();
         assert_eq!(read_probe(&path).unwrap(), probe);
         let images = probe.images(&dataset).unwrap();

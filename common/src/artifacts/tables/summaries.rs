@@ -138,7 +138,8 @@ mod tests {
             logit: vec![2.0, -1.0, 0.5],
             values: vec![vec![Some(1.0), Some(2.0), Some(3.0)], vec![None, Some(0.5), None]],
         };
-        let path = std::env::temp_dir().join(format!("summaries-{}/lrp.parquet", std::process::id()));
+        let scratch = crate::scratch::ScratchDir::new("summaries");
+        let path = scratch.join("lrp.parquet");
         write_parquet(&path, &mut table.to_frame()).unwrap();
         assert_eq!(read_summaries(&path, &table.measures).unwrap(), table);
         assert_eq!(
