@@ -26,10 +26,6 @@ impl ScratchDir {
         std::fs::create_dir_all(&path).unwrap_or_else(|err| panic!("cannot make the scratch folder {}: {err}", path.display()));
         ScratchDir { path }
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Deref for ScratchDir {

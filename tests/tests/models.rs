@@ -271,10 +271,9 @@ fn image_of_wrong_size(path: &Path) {
         pixels: vec![9; 16],
         labels: vec![0],
     };
-    let dir = std::env::temp_dir().join(format!("wrong-size-{}", std::process::id()));
+    let dir = common::scratch::ScratchDir::new("wrong-size");
     common::data::write_image_folder(&dir, &common::data::Dataset { train: set.clone(), test: set, classes: 1 }).unwrap();
     std::fs::rename(dir.join("train/class-00/00000.png"), path).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A folder as a training loop elsewhere writes it: a state_dict of the
